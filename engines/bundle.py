@@ -1,0 +1,91 @@
+"""A model bundle: a directory with manifest.json and the files it lists.
+
+The manifest records labels, decision thresholds, preprocessing parameters,
+graph inputs and the sha256 of every file.  Loading checks every hash first, so
+a corrupt, truncated or tampered bundle is refused with the file's name instead
+of failing later with an obscure ONNX Runtime error (or, worse, running).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from engines.preprocess import Preprocessing
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be used; the message names the file."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(bundle: Path, manifest: dict) -> Path:
+    """Add the sha256 of every file in the bundle and write manifest.json."""
+    files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = dict(manifest, schema_version=SCHEMA_VERSION)
+    manifest["files"] = {p.relative_to(bundle).as_posix(): sha256(p) for p in files}
+    path = bundle / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def thresholds(self) -> list[float]:
+        return list(self.manifest["thresholds"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.manifest["preprocessing"])
+
+    def file(self, key: str) -> Path:
+        return self.path / self.manifest["graphs"][key]
+
+
+def open_bundle(path: str | Path) -> Bundle:
+    """Read and verify a bundle; raises BundleError naming the bad file."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: missing; is {path} a model bundle (trainer export)?")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"{manifest_path}: schema_version {manifest.get('schema_version')!r}, "
+            f"this version reads {SCHEMA_VERSION}"
+        )
+    for key in ("labels", "thresholds", "preprocessing", "graphs", "files"):
+        if key not in manifest:
+            raise BundleError(f"{manifest_path}: no {key!r} entry")
+    for name, expected in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{file}: listed in the manifest but missing")
+        if sha256(file) != expected:
+            raise BundleError(f"{file}: sha256 does not match the manifest (corrupt or modified)")
+    for key, name in manifest["graphs"].items():
+        if name not in manifest["files"]:
+            raise BundleError(f"{path / name}: graph {key!r} is not covered by a hash")
+    return Bundle(path, manifest)

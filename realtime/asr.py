@@ -1,0 +1,105 @@
+"""Speech to text for one utterance with faster-whisper (CTranslate2 Whisper).
+
+The segmenter has already cut the stream at silences, so each call gets one
+short utterance and Whisper's own VAD and long-form machinery are switched off.
+Decoding is greedy at temperature 0 without sampling fallbacks, so the same
+audio always gives the same text (tests and recorded sessions rely on it).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # Whisper's input rate
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class AsrOptions:
+    """Which Whisper model runs where.
+
+    Attributes:
+      model: Size name ("tiny.en", "base", ...) or path of a CTranslate2 model
+        directory; resolved by engines.offline.resolve_whisper_model, which
+        falls back to the bundled tiny.en when the hub is unreachable.
+      device: "cpu", "cuda", or "auto" (cuda when CTranslate2 sees a GPU).
+      compute_type: CTranslate2 compute type; "auto" means int8 on cpu and
+        float16 on cuda (fast, and accurate enough for Whisper).
+      language: Spoken language code; None detects it per utterance (slower,
+        and unstable on one-word utterances). English-only models need "en".
+      beam_size: 1 is greedy decoding, the fastest; larger trades speed for
+        a little accuracy.
+      cpu_threads: CTranslate2 threads on cpu; leave cores for the VAD and the
+        face model.
+    """
+
+    model: str = "tiny.en"
+    device: str = "auto"
+    compute_type: str = "auto"
+    language: str | None = "en"
+    beam_size: int = 1
+    cpu_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.device not in _DEVICES:
+            raise ValueError(f"device must be one of {', '.join(_DEVICES)}, got {self.device!r}")
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.cpu_threads < 0:
+            raise ValueError(f"cpu_threads must be >= 0 (0: CTranslate2 decides), got {self.cpu_threads}")
+
+
+def pick_device(device: str) -> str:
+    """Resolve "auto" to cuda when CTranslate2 sees a GPU, else cpu."""
+    if device != "auto":
+        return device
+    import ctranslate2
+
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def pick_compute_type(compute_type: str, device: str) -> str:
+    """Resolve "auto": int8 on cpu, float16 on cuda."""
+    if compute_type != "auto":
+        return compute_type
+    return "float16" if device == "cuda" else "int8"
+
+
+class Transcriber:
+    """Loads the model once; transcribe() is then called per utterance."""
+
+    def __init__(self, options: AsrOptions | None = None):
+        from faster_whisper import WhisperModel
+
+        from engines.offline import resolve_whisper_model
+
+        self.options = options or AsrOptions()
+        self.model_path = resolve_whisper_model(self.options.model)
+        self.device = pick_device(self.options.device)
+        self.compute_type = pick_compute_type(self.options.compute_type, self.device)
+        logger.info("ASR: %s on %s (%s)", self.model_path, self.device, self.compute_type)
+        self._model = WhisperModel(self.model_path, device=self.device, compute_type=self.compute_type,
+                                   cpu_threads=self.options.cpu_threads, num_workers=1)
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        """Text of one utterance (float32 mono at 16 kHz); "" for empty audio."""
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim != 1:
+            raise ValueError(f"expected mono 1-D samples, got shape {audio.shape}")
+        if audio.size == 0:
+            return ""
+        segments, _info = self._model.transcribe(
+            audio,
+            language=self.options.language,
+            beam_size=self.options.beam_size,
+            temperature=0.0,  # a single temperature: no sampling fallback
+            condition_on_previous_text=False,  # utterances are independent
+            vad_filter=False,  # the segmenter already cut at silences
+            without_timestamps=True,  # we only need the text; saves decoding steps
+        )
+        # segments is a lazy generator: decoding happens while it is consumed.
+        return " ".join(segment.text.strip() for segment in segments).strip()

@@ -1,0 +1,45 @@
+"""The public emotion stream: topics, message bodies and their JSON Schema.
+
+Documented in README.md and realtime/schema/emotion-stream-v1.json; any program
+with a ZeroMQ binding subscribes with the schema and the README alone.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+PROTOCOL = "emotion-stream/1"
+TOPIC_UTTERANCE = "emotion.utterance"
+TOPIC_STATUS = "status"
+SCHEMA_PATH = Path(__file__).parent / "schema" / "emotion-stream-v1.json"
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate(body: dict) -> None:
+    """Raise jsonschema.ValidationError when body breaks the protocol."""
+    import jsonschema
+
+    jsonschema.validate(body, schema())
+
+
+def topic_for(body: dict) -> str:
+    return TOPIC_UTTERANCE if body["type"] == "utterance" else TOPIC_STATUS
+
+
+def encode(body: dict) -> list[bytes]:
+    return [topic_for(body).encode(), json.dumps(body, ensure_ascii=False).encode()]
+
+
+def decode(frames: list[bytes]) -> tuple[str, dict]:
+    """Topic and body of a received message; ValueError when malformed."""
+    if len(frames) != 2:
+        raise ValueError(f"expected 2 frames (topic, body), got {len(frames)}")
+    try:
+        return frames[0].decode(), json.loads(frames[1])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"malformed message: {exc}") from exc

@@ -1,0 +1,332 @@
+"""Streaming voice-activity segmentation: cut a live 16 kHz stream into utterances.
+
+Uses the Silero VAD v6 ONNX model that ships inside faster-whisper, run frame by
+frame with our own state handling, so utterances come out as soon as the
+closing silence is heard rather than at the end of a file.
+
+The decisions are made once per 512-sample VAD frame and depend only on the
+samples, never on how they were chunked by the caller: feeding the same audio
+in 160- or 4000-sample chunks gives identical utterances.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+FRAME = 512   # samples per VAD decision (32 ms); the v6 model's fixed window at 16 kHz
+CONTEXT = 64  # samples of the previous frame that v6 expects in front of each frame
+STATE_SHAPE = (1, 1, 128)  # the LSTM's h and c
+
+# When an utterance must be force-cut, a pause at least this long inside it is
+# a better cut point than the middle of a word (faster-whisper uses ~100 ms too).
+CUT_PAUSE_MS = 100
+
+# A caller's t0 may drift from our sample count by rounding; only warn beyond this.
+T0_TOLERANCE_S = 0.02
+
+
+@dataclass
+class VadOptions:
+    """How speech is found and cut into utterances.
+
+    Attributes:
+      threshold: Speech probability at or above which a frame is speech; it
+        opens an utterance.
+      neg_threshold: Probability below which a frame is silence; only silence
+        can close an utterance. Frames between the two thresholds keep the
+        current state (hysteresis). None means max(threshold - 0.15, 0.01).
+      min_speech_ms: Utterances with less speech than this are dropped (clicks,
+        coughs).
+      min_silence_ms: Silence needed after speech to close an utterance; it
+        is also the latency between the end of speech and the utterance.
+      speech_pad_ms: Audio kept before and after the detected speech, so word
+        edges the VAD scores low are not cut off. The padding after the speech
+        is limited to the audio heard when the utterance closes (at least
+        min_silence_ms), and padding never overlaps the previous utterance.
+      max_utterance_s: Longer speech is cut (at a pause when there is one) so
+        that no utterance, padding included, is much longer than this.
+    """
+
+    threshold: float = 0.5
+    neg_threshold: float | None = None
+    min_speech_ms: int = 250
+    min_silence_ms: int = 500
+    speech_pad_ms: int = 200
+    max_utterance_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.neg_threshold is not None and not 0.0 < self.neg_threshold <= self.threshold:
+            raise ValueError(f"neg_threshold must be in (0, threshold={self.threshold}], "
+                             f"got {self.neg_threshold}")
+        for name in ("min_speech_ms", "min_silence_ms", "speech_pad_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_utterance_s * 1000 <= 2 * self.speech_pad_ms + self.min_speech_ms:
+            raise ValueError(f"max_utterance_s must exceed 2 * speech_pad_ms + min_speech_ms "
+                             f"({(2 * self.speech_pad_ms + self.min_speech_ms) / 1000} s), "
+                             f"got {self.max_utterance_s}")
+
+    @property
+    def close_threshold(self) -> float:
+        """neg_threshold with its default applied."""
+        if self.neg_threshold is not None:
+            return self.neg_threshold
+        return max(self.threshold - 0.15, 0.01)
+
+
+@dataclass
+class Utterance:
+    """One stretch of speech, padded."""
+
+    start: float  # seconds of media time (the t0 clock of the first fed chunk)
+    end: float  # start + len(audio) / sample_rate
+    audio: np.ndarray  # float32 16 kHz samples covering [start, end]
+
+
+def silero_model_path() -> Path:
+    """The silero_vad_v6.onnx inside the installed faster-whisper package."""
+    # find_spec locates the package without importing it (which would load
+    # CTranslate2 and PyAV just to learn a path).
+    spec = importlib.util.find_spec("faster_whisper")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("faster-whisper is not installed; it provides the Silero VAD model")
+    path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "silero_vad_v6.onnx"
+    if not path.is_file():
+        raise RuntimeError(f"Silero VAD v6 model not found at {path}; faster-whisper >= 1.2 ships it")
+    return path
+
+
+class SileroVad:
+    """Speech probability of consecutive 512-sample frames of one 16 kHz stream.
+
+    faster-whisper feeds a whole file at once: the model treats the first input
+    axis as time and carries its LSTM state across it. To stream, we pass one
+    frame per call and carry the state (h, c) and the 64-sample context between
+    calls ourselves; the probabilities equal faster-whisper's batch run.
+    """
+
+    def __init__(self, model_path: str | Path | None = None):
+        import onnxruntime
+
+        opts = onnxruntime.SessionOptions()
+        # One frame is a tiny graph: extra threads cost more in hand-off than
+        # they save, and the cores are needed by ASR and the face model.
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self._session = onnxruntime.InferenceSession(
+            str(model_path or silero_model_path()), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: the next frame is treated as the first."""
+        self._h = np.zeros(STATE_SHAPE, dtype=np.float32)
+        self._c = np.zeros(STATE_SHAPE, dtype=np.float32)
+        self._context = np.zeros(CONTEXT, dtype=np.float32)
+
+    def __call__(self, frame: np.ndarray) -> float:
+        """Probability that this frame (exactly FRAME float32 samples) is speech."""
+        x = np.concatenate([self._context, frame])[np.newaxis, :]
+        prob, self._h, self._c = self._session.run(None, {"input": x, "h": self._h, "c": self._c})
+        self._context = frame[-CONTEXT:].copy()
+        return float(prob.reshape(-1)[0])
+
+
+class _SampleBuffer:
+    """The recent tail of the stream, addressed by absolute sample index.
+
+    Dropping the head only moves an offset; the live part is copied into a new
+    array when appending runs out of room, with twice the room it needs, so each
+    sample is copied a bounded number of times and memory follows what is kept.
+    """
+
+    def __init__(self) -> None:
+        self._data = np.zeros(0, dtype=np.float32)
+        self._head = 0  # index in _data of the first kept sample
+        self.start = 0  # absolute index of the first kept sample
+        self.end = 0  # absolute index one past the last sample
+
+    def append(self, samples: np.ndarray) -> None:
+        size = self.end - self.start
+        if self._head + size + len(samples) > len(self._data):
+            grown = np.empty(max(2 * (size + len(samples)), 8 * FRAME), dtype=np.float32)
+            grown[:size] = self._data[self._head:self._head + size]
+            self._data, self._head = grown, 0
+        offset = self._head + size
+        self._data[offset:offset + len(samples)] = samples
+        self.end += len(samples)
+
+    def get(self, start: int, end: int) -> np.ndarray:
+        """A copy of samples [start, end); they must still be kept."""
+        if not self.start <= start <= end <= self.end:
+            raise IndexError(f"samples [{start}, {end}) outside kept [{self.start}, {self.end})")
+        offset = self._head - self.start
+        return self._data[offset + start:offset + end].copy()
+
+    def discard_before(self, index: int) -> None:
+        index = min(max(index, self.start), self.end)
+        self._head += index - self.start
+        self.start = index
+
+
+class StreamingSegmenter:
+    """Feed audio as it arrives; get utterances once their closing silence is heard.
+
+    All positions are absolute sample indices from the start of the stream;
+    media times are the first chunk's t0 plus index / sample_rate.
+    """
+
+    def __init__(self, options: VadOptions | None = None, sample_rate: int = SAMPLE_RATE):
+        if sample_rate != SAMPLE_RATE:
+            raise ValueError(f"sample_rate must be {SAMPLE_RATE} (the VAD model's rate); "
+                             f"resample before feeding, got {sample_rate}")
+        self.options = options or VadOptions()
+        self.options.validate()  # the dataclass may have been changed after construction
+        self.sample_rate = sample_rate
+        ms = sample_rate / 1000
+        self._min_speech = round(self.options.min_speech_ms * ms)
+        self._min_silence = round(self.options.min_silence_ms * ms)
+        self._pad = round(self.options.speech_pad_ms * ms)
+        self._cut_pause = round(CUT_PAUSE_MS * ms)
+        # Speech between the paddings may use what the padding leaves of the limit.
+        self._max_speech = round(self.options.max_utterance_s * sample_rate) - 2 * self._pad
+        self._vad = SileroVad()
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream (flush() does this after closing the last utterance)."""
+        self._vad.reset()
+        self._buffer = _SampleBuffer()
+        self._origin: float | None = None  # media time of sample 0
+        self._warned_t0 = False
+        self._vad_end = 0  # samples scored by the VAD so far (a multiple of FRAME)
+        self._emitted_end = 0  # end of the last utterance handed out
+        self._speech_start: int | None = None  # set while inside an utterance
+        self._silence_start: int | None = None  # set while a possible closing silence runs
+        self._pause: tuple[int, int] | None = None  # last pause inside the utterance, for cuts
+
+    @property
+    def buffered_samples(self) -> int:
+        """Samples held right now (for monitoring; bounded by the options, not the stream)."""
+        return self._buffer.end - self._buffer.start
+
+    def feed(self, samples: np.ndarray, t0: float) -> list[Utterance]:
+        """Add the next chunk (any length); t0 is the media time of samples[0].
+
+        Chunks are taken as contiguous; t0 only anchors the clock on the first
+        chunk, later ones are checked against it.
+        """
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"expected mono 1-D samples, got shape {samples.shape}")
+        self._check_clock(t0)
+        self._buffer.append(samples)
+        utterances = []
+        while self._buffer.end - self._vad_end >= FRAME:
+            utterances += self._score_frame(self._buffer.get(self._vad_end, self._vad_end + FRAME))
+        self._trim()
+        return utterances
+
+    def flush(self) -> list[Utterance]:
+        """End of stream: score the last partial frame, close any open utterance, reset."""
+        utterances = []
+        real_end = self._buffer.end
+        if real_end > self._vad_end:
+            partial = self._buffer.get(self._vad_end, real_end)
+            utterances += self._score_frame(np.pad(partial, (0, FRAME - len(partial))))
+        if self._speech_start is not None:
+            end = self._silence_start if self._silence_start is not None else real_end
+            utterances += self._close(end)
+        self.reset()
+        return utterances
+
+    # -- per-frame state machine ------------------------------------------------
+
+    def _score_frame(self, frame: np.ndarray) -> list[Utterance]:
+        pos = self._vad_end
+        prob = self._vad(frame)
+        self._vad_end += FRAME
+        return self._decide(prob, pos)
+
+    def _decide(self, prob: float, pos: int) -> list[Utterance]:
+        """Update the state with the frame starting at `pos`; return closed utterances."""
+        opts = self.options
+        if self._speech_start is None:
+            if prob >= opts.threshold:
+                self._speech_start, self._silence_start, self._pause = pos, None, None
+            return []
+        if prob >= opts.threshold and self._silence_start is not None:
+            # Speech resumed: the silence was a pause, remembered as a cut point.
+            if pos - self._silence_start >= self._cut_pause:
+                self._pause = (self._silence_start, pos)
+            self._silence_start = None
+        elif prob < opts.close_threshold and self._silence_start is None:
+            self._silence_start = pos
+        frame_end = pos + FRAME
+        if self._silence_start is not None and frame_end - self._silence_start >= self._min_silence:
+            return self._close(self._silence_start)
+        if frame_end - self._speech_start > self._max_speech:
+            return self._force_cut(frame_end)
+        return []
+
+    def _close(self, speech_end: int) -> list[Utterance]:
+        """End the open utterance at `speech_end`; drop it if it is too short."""
+        start = self._speech_start
+        self._speech_start = self._silence_start = self._pause = None
+        if speech_end - start < self._min_speech:
+            return []
+        return [self._emit(start, speech_end, pad_end=True)]
+
+    def _force_cut(self, now: int) -> list[Utterance]:
+        """The utterance is too long: cut it, preferring a pause to mid-speech."""
+        if self._silence_start is not None:
+            return self._close(self._silence_start)
+        cut = (self._pause[0] + self._pause[1]) // 2 if self._pause else now
+        # No padding at a cut: the next piece starts exactly where this one ends.
+        piece = self._emit(self._speech_start, cut, pad_end=False)
+        self._speech_start, self._pause = cut, None
+        return [piece]
+
+    def _emit(self, speech_start: int, speech_end: int, pad_end: bool) -> Utterance:
+        start = max(speech_start - self._pad, self._emitted_end)
+        end = speech_end
+        if pad_end:
+            # Only audio already scored: waiting for more would add latency and
+            # make the result depend on chunking.
+            end = min(speech_end + self._pad, self._vad_end, self._buffer.end)
+        self._emitted_end = end
+        return Utterance(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end))
+
+    # -- bookkeeping ------------------------------------------------------------
+
+    def _trim(self) -> None:
+        """Drop samples no future utterance can include (bounded memory)."""
+        anchor = self._speech_start if self._speech_start is not None else self._vad_end
+        self._buffer.discard_before(max(anchor - self._pad, self._emitted_end))
+
+    def _check_clock(self, t0: float) -> None:
+        if self._origin is None:
+            self._origin = float(t0)
+            return
+        expected = self._time(self._buffer.end)
+        if abs(t0 - expected) > T0_TOLERANCE_S and not self._warned_t0:
+            self._warned_t0 = True
+            logger.warning("chunk t0=%.3f s but %.3f s expected from the samples fed; "
+                           "chunks are treated as contiguous, utterance times follow the samples",
+                           t0, expected)
+
+    def _time(self, index: int) -> float:
+        return self._origin + index / self.sample_rate

@@ -1,0 +1,75 @@
+"""What every pipeline stage process shares: sockets, the control channel, errors.
+
+A stage is a function `body(stage)` run in its own process by `run_stage`.  It
+reports `ready` once its models are loaded, `error` with the traceback when it
+fails, and `done` when it has passed end-of-stream on.  The supervisor listens
+to these reports on one PULL socket (the control channel).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+import zmq
+
+from realtime import bus
+
+
+@dataclass
+class Endpoints:
+    """Where each internal socket lives; consumers bind, producers connect."""
+
+    audio: str  # source -> segmenter
+    video: str  # source -> faces
+    utterances: str  # segmenter -> asr
+    fusion: str  # asr, faces -> fusion
+    results: str  # fusion -> supervisor (lossless copy of what is published)
+    control: str  # every stage -> supervisor
+
+    @classmethod
+    def in_dir(cls, directory: str) -> "Endpoints":
+        names = ("audio", "video", "utterances", "fusion", "results", "control")
+        return cls(**{n: f"ipc://{directory}/{n}" for n in names})
+
+
+class Stage:
+    def __init__(self, name: str, endpoints: Endpoints, queue_limit: int):
+        self.name = name
+        self.endpoints = endpoints
+        self.queue_limit = queue_limit
+        self.ctx = zmq.Context()
+        self.control = bus.socket(self.ctx, zmq.PUSH, endpoints.control, bind=False)
+
+    def pull(self, endpoint: str) -> zmq.Socket:
+        return bus.socket(self.ctx, zmq.PULL, endpoint, bind=True, hwm=self.queue_limit)
+
+    def push(self, endpoint: str) -> zmq.Socket:
+        # Replay loses nothing: a full queue makes the sender wait, not drop.
+        return bus.socket(self.ctx, zmq.PUSH, endpoint, bind=False, hwm=self.queue_limit)
+
+    def report(self, state: str, **extra) -> None:
+        bus.send(self.control, {"type": state, "stage": self.name, "pid": os.getpid(),
+                                "time": time.time(), **extra})
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=2000)
+
+
+def run_stage(name: str, body: Callable[[Stage], None], endpoints: Endpoints, queue_limit: int) -> None:
+    """Process entry point: run `body`, report how it ended, exit 0 or 1."""
+    # The supervisor owns Ctrl-C: a stage must not die half-way through a
+    # message because the terminal sent SIGINT to the whole process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stage = Stage(name, endpoints, queue_limit)
+    try:
+        body(stage)
+        stage.report("done")
+    except Exception as exc:  # report any failure to the supervisor, then exit non-zero
+        stage.report("error", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        stage.close()
+        raise SystemExit(1)
+    stage.close()

@@ -1,0 +1,106 @@
+"""The pipeline's stages before fusion, one process each.
+
+    media source --audio--> segmenter --utterances--> asr --------+
+                 --video--> faces -----------crops----------------+--> fusion
+
+Each function is a stage body for `realtime.stage.run_stage`.  End of stream
+travels as an `eos` message so every stage can flush and exit in order.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from realtime import bus
+from realtime.stage import Stage
+
+
+def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps: float,
+                 sample_rate: int) -> None:
+    """Replay a recorded session: audio in fixed chunks, video frames, as fast as consumers take them."""
+    from engines.media import AudioChunk, iter_media
+
+    audio_out, video_out = stage.push(stage.endpoints.audio), stage.push(stage.endpoints.video)
+    stage.report("ready")
+    chunk = sample_rate * chunk_ms // 1000
+    pending = np.zeros(0, np.float32)
+    pending_t = 0.0
+    seq = 0
+    for item in iter_media(path, sample_rate, video_fps):
+        if isinstance(item, AudioChunk):
+            if pending.size == 0:
+                pending_t = item.t
+            pending = np.concatenate([pending, item.samples])
+            while pending.size >= chunk:
+                bus.send(audio_out, {"type": "audio", "session": session, "seq": seq, "t": pending_t},
+                         pending[:chunk])
+                pending, pending_t, seq = pending[chunk:], pending_t + chunk / sample_rate, seq + 1
+        else:
+            bus.send(video_out, {"type": "frame", "session": session, "seq": seq, "t": item.t}, item.image)
+            seq += 1
+    if pending.size:
+        bus.send(audio_out, {"type": "audio", "session": session, "seq": seq, "t": pending_t}, pending)
+    for sock in (audio_out, video_out):
+        bus.send(sock, {"type": "eos", "session": session})
+
+
+def segmenter(stage: Stage, vad_options) -> None:
+    """Streaming voice activity detection: audio chunks in, utterance windows out."""
+    from realtime.segmenter import StreamingSegmenter
+
+    inbox, out = stage.pull(stage.endpoints.audio), stage.push(stage.endpoints.utterances)
+    vad = StreamingSegmenter(vad_options)
+    stage.report("ready")
+    seq = 0
+    while True:
+        header, samples = bus.recv(inbox)
+        if header["type"] == "audio":
+            found = vad.feed(samples, header["t"])
+        elif header["type"] == "eos":
+            found = vad.flush()
+        else:
+            continue
+        for utt in found:
+            bus.send(out, {"type": "utterance", "session": header["session"], "seq": seq,
+                           "start": utt.start, "end": utt.end}, utt.audio)
+            seq += 1
+        if header["type"] == "eos":
+            bus.send(out, header)
+            return
+
+
+def asr(stage: Stage, asr_options) -> None:
+    """faster-whisper on each utterance window; the audio travels on to fusion."""
+    from realtime.asr import Transcriber
+
+    inbox, out = stage.pull(stage.endpoints.utterances), stage.push(stage.endpoints.fusion)
+    transcriber = Transcriber(asr_options)
+    stage.report("ready")
+    while True:
+        header, audio = bus.recv(inbox)
+        if header["type"] == "eos":
+            bus.send(out, dict(header, stream="audio"))
+            return
+        t0 = time.perf_counter()
+        text = transcriber.transcribe(audio)
+        header = dict(header, type="transcript", text=text, asr_s=time.perf_counter() - t0)
+        header.pop("dtype", None), header.pop("shape", None)
+        bus.send(out, header, audio)
+
+
+def faces(stage: Stage, face_options, preprocessing) -> None:
+    """Main-face crop of every sampled frame; a frame without a face is sent as such."""
+    from engines.faces import FaceCropper
+
+    inbox, out = stage.pull(stage.endpoints.video), stage.push(stage.endpoints.fusion)
+    cropper = FaceCropper(face_options, preprocessing)
+    stage.report("ready")
+    while True:
+        header, image = bus.recv(inbox)
+        if header["type"] == "eos":
+            bus.send(out, dict(header, stream="video"))
+            return
+        crop = cropper.crop(image)
+        bus.send(out, {"type": "face", "session": header["session"], "seq": header["seq"],
+                       "t": header["t"], "found": crop is not None}, crop)

@@ -1,0 +1,145 @@
+"""The streaming VAD segmenter on synthetic speech (espeak-ng)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+import speech
+from realtime.segmenter import FRAME, SileroVad, StreamingSegmenter, VadOptions
+
+pytestmark = pytest.mark.skipif(not speech.tools_available(), reason="needs espeak-ng and sox")
+
+SR = speech.SAMPLE_RATE
+TEXTS = ["i cannot believe you did that",
+         "please close the door when you leave",
+         "this is the worst day of my life"]
+T0 = 10.0  # media time of the first sample: utterance times must be offset by it
+
+
+@pytest.fixture(scope="module")
+def talk():
+    return speech.session(TEXTS, gap_s=1.2)
+
+
+def run(audio: np.ndarray, chunk: int, options: VadOptions | None = None, t0: float = T0):
+    """Feed audio in fixed-size chunks with correct t0s, then flush."""
+    segmenter = StreamingSegmenter(options or VadOptions())
+    utterances = []
+    for i in range(0, len(audio), chunk):
+        utterances += segmenter.feed(audio[i:i + chunk], t0 + i / SR)
+    return utterances + segmenter.flush()
+
+
+def test_finds_each_utterance_where_it_was_spoken(talk):
+    audio, spans = talk
+    utterances = run(audio, chunk=4000)
+    assert len(utterances) == len(spans)
+    for utterance, (start, end) in zip(utterances, spans):
+        assert utterance.start - T0 == pytest.approx(start, abs=0.3)
+        assert utterance.end - T0 == pytest.approx(end, abs=0.3)
+        # The audio is exactly the stream between start and end.
+        first = round((utterance.start - T0) * SR)
+        assert len(utterance.audio) == round((utterance.end - utterance.start) * SR)
+        assert np.array_equal(utterance.audio, audio[first:first + len(utterance.audio)])
+        assert utterance.audio.dtype == np.float32
+
+
+def test_chunk_size_does_not_change_the_result(talk):
+    audio, _ = talk
+    reference = run(audio, chunk=len(audio))
+    for chunk in (160, 333, 512, 4000):
+        utterances = run(audio, chunk)
+        assert [(u.start, u.end) for u in utterances] == [(u.start, u.end) for u in reference], chunk
+        assert all(np.array_equal(u.audio, r.audio) for u, r in zip(utterances, reference))
+
+
+def test_streaming_vad_matches_faster_whisper_batch(talk):
+    from faster_whisper.vad import get_vad_model
+
+    audio, _ = talk
+    audio = np.pad(audio, (0, -len(audio) % FRAME))
+    vad = SileroVad()
+    streamed = np.array([vad(frame) for frame in audio.reshape(-1, FRAME)])
+    batch = get_vad_model()(audio).reshape(-1)
+    np.testing.assert_allclose(streamed, batch, atol=1e-5)
+
+
+def test_memory_stays_bounded_in_silence():
+    options = VadOptions(speech_pad_ms=200)
+    segmenter = StreamingSegmenter(options)
+    noise = np.random.default_rng(0).normal(0, 1e-3, 60 * SR).astype(np.float32)
+    chunk = 1600
+    for i in range(0, len(noise), chunk):
+        assert segmenter.feed(noise[i:i + chunk], i / SR) == []
+        assert segmenter.buffered_samples <= 0.2 * SR + FRAME + chunk
+
+
+def test_long_speech_is_cut_into_bounded_pieces():
+    text = ("the quick brown fox jumps over the lazy dog and then it runs all the way "
+            "back home to tell everybody what happened in the forest today")
+    audio, [(start, end)] = speech.session([text], gap_s=1.0)
+    assert end - start > 5.0  # long enough for at least two cuts at 2.5 s
+    options = VadOptions(max_utterance_s=2.5)
+    segmenter = StreamingSegmenter(options)
+    pieces, most_kept = [], 0
+    for i in range(0, len(audio), 800):
+        pieces += segmenter.feed(audio[i:i + 800], i / SR)
+        most_kept = max(most_kept, segmenter.buffered_samples)
+    pieces += segmenter.flush()
+    assert len(pieces) >= 3
+    assert all(p.end - p.start <= options.max_utterance_s + FRAME / SR for p in pieces)
+    # Pieces follow each other without overlap and together cover the speech.
+    assert all(b.start >= a.end for a, b in zip(pieces, pieces[1:]))
+    assert pieces[0].start <= start + 0.1 and pieces[-1].end >= end - 0.1
+    assert most_kept <= (options.max_utterance_s + 0.2) * SR + 800 + FRAME
+
+
+def test_speech_shorter_than_min_speech_is_dropped():
+    audio, _ = speech.session(["yes"], gap_s=1.0)
+    assert len(run(audio, 512, VadOptions(min_speech_ms=100))) == 1
+    assert run(audio, 512, VadOptions(min_speech_ms=1500)) == []
+
+
+def test_flush_closes_open_utterance_and_resets(talk):
+    audio, spans = talk
+    cut = round((spans[1][0] + 0.8) * SR)  # stream ends in the middle of utterance 2
+    segmenter = StreamingSegmenter(VadOptions())
+    first = segmenter.feed(audio[:cut], 0.0)
+    assert len(first) == 1
+    [last] = segmenter.flush()
+    assert last.end == pytest.approx(cut / SR)
+    assert last.start == pytest.approx(spans[1][0], abs=0.3)
+    # After flush the segmenter is fresh: a new stream with a new clock.
+    again = segmenter.feed(audio, 100.0) + segmenter.flush()
+    assert [round(u.start - 100.0, 3) for u in again] == [round(u.start - T0, 3) for u in run(audio, 4000)]
+
+
+def test_warns_once_when_t0_is_not_contiguous(talk, caplog):
+    audio, _ = talk
+    segmenter = StreamingSegmenter(VadOptions())
+    with caplog.at_level(logging.WARNING, logger="realtime.segmenter"):
+        segmenter.feed(audio[:8000], 0.0)
+        segmenter.feed(audio[8000:16000], 5.0)  # should have been 0.5
+        segmenter.feed(audio[16000:24000], 9.0)
+    assert len([r for r in caplog.records if "t0" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("field, value", [
+    ("threshold", 0.0), ("threshold", 1.0), ("neg_threshold", 0.9), ("neg_threshold", 0.0),
+    ("min_speech_ms", -1), ("min_silence_ms", -5), ("speech_pad_ms", -1), ("max_utterance_s", 0.3),
+])
+def test_bad_options_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        VadOptions(**{field: value})
+
+
+def test_other_sample_rates_are_refused():
+    with pytest.raises(ValueError, match="sample_rate"):
+        StreamingSegmenter(VadOptions(), sample_rate=8000)
+
+
+def test_stereo_is_refused():
+    with pytest.raises(ValueError, match="mono"):
+        StreamingSegmenter(VadOptions()).feed(np.zeros((100, 2), np.float32), 0.0)

@@ -1,0 +1,38 @@
+"""The trainer's settings: the sections of config.toml that `trainer` reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engines.faces import FaceOptions
+from engines.preprocess import Preprocessing
+from engines.settings import apply_overrides, build, read_toml
+from trainer.fit import TrainOptions
+
+
+@dataclass
+class SynthOptions:
+    sessions: int = 40  # recorded sessions to generate
+    utterances_per_session: int = 6
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.sessions < 1 or self.utterances_per_session < 1:
+            raise ValueError("sessions and utterances_per_session must be >= 1")
+
+
+@dataclass
+class TrainerConfig:
+    synth: SynthOptions = field(default_factory=SynthOptions)
+    train: TrainOptions = field(default_factory=TrainOptions)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    faces: FaceOptions = field(default_factory=FaceOptions)
+
+
+def load_config(path=None, overrides: list[str] = ()) -> TrainerConfig:
+    data = apply_overrides(read_toml(path), list(overrides))
+    return TrainerConfig(
+        synth=build(SynthOptions, data.get("synth"), "synth"),
+        train=build(TrainOptions, data.get("train"), "train"),
+        preprocessing=build(Preprocessing, data.get("features"), "features"),
+        faces=build(FaceOptions, data.get("faces"), "faces"),
+    )
