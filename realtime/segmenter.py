@@ -286,15 +286,16 @@ class StreamingSegmenter:
         """End the open utterance at `speech_end`; drop it if it is too short."""
         start = self._speech_start
         self._speech_start = self._silence_start = self._pause = None
-        if speech_end - start < self._min_speech:
-            return []
+        if speech_end <= start or speech_end - start < self._min_speech:
+            return []  # too short, or nothing left after a cut at the very end
         return [self._emit(start, speech_end, pad_end=True)]
 
     def _force_cut(self, now: int) -> list[Utterance]:
         """The utterance is too long: cut it, preferring a pause to mid-speech."""
         if self._silence_start is not None:
             return self._close(self._silence_start)
-        cut = (self._pause[0] + self._pause[1]) // 2 if self._pause else now
+        # min(): in flush() the last frame is zero-padded past the real samples.
+        cut = (self._pause[0] + self._pause[1]) // 2 if self._pause else min(now, self._buffer.end)
         # No padding at a cut: the next piece starts exactly where this one ends.
         piece = self._emit(self._speech_start, cut, pad_end=False)
         self._speech_start, self._pause = cut, None

@@ -72,7 +72,7 @@ def export_text_encoder(encoder: SentenceEncoder, path: Path) -> None:
     ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]])
     mask = (ids != 0).long()
     torch.onnx.export(
-        encoder,
+        encoder.eval(),
         (ids, mask),
         str(path),
         input_names=["input_ids", "attention_mask"],

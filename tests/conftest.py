@@ -1,0 +1,60 @@
+"""Shared fixtures: one small synthetic corpus, one trained run and its bundle per test session.
+
+They are real (espeak-ng speech, face video, a trained student, ONNX export), only small.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: models come from the offline extra
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    from trainer.synth import generate
+
+    out = tmp_path_factory.mktemp("corpus")
+    generate(out, sessions=5, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def held_out_session(tmp_path_factory) -> Path:
+    """A session the model never saw (another seed)."""
+    from trainer.synth import generate
+
+    out = tmp_path_factory.mktemp("session")
+    generate(out, sessions=1, seed=4242, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def run_dir(corpus, tmp_path_factory) -> Path:
+    from engines.faces import FaceOptions
+    from engines.preprocess import Preprocessing
+    from trainer.fit import TrainOptions, fit
+
+    out = tmp_path_factory.mktemp("run")
+    cache = tmp_path_factory.mktemp("cache")
+    fit(f"synthetic:{corpus}", out, TrainOptions(epochs=3, dim=64, cache_dir=str(cache)),
+        Preprocessing(), FaceOptions(), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle(run_dir, tmp_path_factory) -> Path:
+    from trainer.export import export
+
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    export(run_dir, out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

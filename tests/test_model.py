@@ -1,0 +1,47 @@
+"""The student's structure: masks really remove a modality, samples never mix."""
+from __future__ import annotations
+
+import torch
+
+from engines.preprocess import Preprocessing
+from trainer.export import example_inputs
+from trainer.model import Student, StudentConfig, bce_loss
+
+
+def _model():
+    torch.manual_seed(0)
+    return Student(StudentConfig(n_labels=5, dim=32, layers=1, heads=2), Preprocessing()).eval()
+
+
+def test_absent_modality_does_not_change_the_fusion_output():
+    model = _model()
+    x = list(example_inputs(model, batch=2))
+    x[5] = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])  # video absent
+    with torch.no_grad():
+        a = model(*x)
+        x[3] = torch.randn_like(x[3]) * 5  # change the absent video
+        b = model(*x)
+        x[1] = torch.randn_like(x[1])  # change the present audio
+        c = model(*x)
+    assert torch.allclose(a[:, 0], b[:, 0], atol=1e-6)
+    assert not torch.allclose(a[:, 0], c[:, 0], atol=1e-3)
+
+
+def test_samples_of_a_batch_do_not_attend_to_each_other():
+    model = _model()
+    x = example_inputs(model, batch=4)
+    with torch.no_grad():
+        whole = model(*x)
+        first = model(*(t[:1] for t in x))
+    assert torch.allclose(whole[:1], first, atol=1e-5)
+
+
+def test_bce_loss_counts_only_present_peers():
+    logits = torch.zeros(1, 4, 2)
+    targets = torch.tensor([[1.0, 0.0]])
+    ln2 = torch.log(torch.tensor(2.0))
+    # all heads at p = 0.5: fusion ln2 + mean over present peers ln2
+    assert torch.isclose(bce_loss(logits, targets, torch.tensor([[1.0, 0.0, 0.0]])), 2 * ln2)
+    logits[0, 3] = 10.0  # a confident wrong video head is ignored while video is absent
+    assert torch.isclose(bce_loss(logits, targets, torch.tensor([[1.0, 0.0, 0.0]])), 2 * ln2)
+    assert bce_loss(logits, targets, torch.tensor([[1.0, 0.0, 1.0]])) > 2 * ln2
