@@ -1,9 +1,12 @@
 """A model bundle: a directory with manifest.json and the files it lists.
 
 The manifest records labels, decision thresholds, preprocessing parameters,
-graph inputs and the sha256 of every file.  Loading checks every hash first, so
-a corrupt, truncated or tampered bundle is refused with the file's name instead
-of failing later with an obscure ONNX Runtime error (or, worse, running).
+the precision of the ONNX graphs, their inputs and outputs (names, dtypes,
+shapes, dynamic axes), the student's config (to rebuild it in PyTorch from
+student.safetensors), any TensorRT engines and the sha256 of every file.
+Loading checks every hash first, so a corrupt, truncated or tampered bundle is
+refused with the file's name instead of failing later with an obscure ONNX
+Runtime error (or, worse, running).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from pathlib import Path
 
 from engines.preprocess import Preprocessing
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: precision, student weights + config, io dtypes, TensorRT plans
 MANIFEST = "manifest.json"
 
 
@@ -57,8 +60,21 @@ class Bundle:
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_dict(self.manifest["preprocessing"])
 
+    @property
+    def precision(self) -> str:
+        return self.manifest["precision"]
+
+    def has(self, key: str) -> bool:
+        return key in self.manifest["graphs"]
+
     def file(self, key: str) -> Path:
+        if not self.has(key):
+            raise BundleError(f"{self.path / MANIFEST}: no {key!r} in graphs")
         return self.path / self.manifest["graphs"][key]
+
+    @property
+    def has_tensorrt_engines(self) -> bool:
+        return self.has("student_plan") and self.has("text_encoder_plan")
 
 
 def open_bundle(path: str | Path) -> Bundle:
@@ -74,9 +90,9 @@ def open_bundle(path: str | Path) -> Bundle:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise BundleError(
             f"{manifest_path}: schema_version {manifest.get('schema_version')!r}, "
-            f"this version reads {SCHEMA_VERSION}"
+            f"this version reads {SCHEMA_VERSION} (export the run again with `trainer export`)"
         )
-    for key in ("labels", "thresholds", "preprocessing", "graphs", "files"):
+    for key in ("labels", "thresholds", "preprocessing", "precision", "graphs", "files"):
         if key not in manifest:
             raise BundleError(f"{manifest_path}: no {key!r} entry")
     for name, expected in manifest["files"].items():

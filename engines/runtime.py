@@ -1,7 +1,8 @@
 """Run a bundle: preprocessing, text encoder and student graph, batched.
 
-`load()` is the entry point.  ONNX Runtime is the backend that runs
-everywhere; other backends plug in behind the same `Engine.infer`.
+`load()` is the entry point.  The Engine does the preprocessing and the
+bookkeeping; a backend (engines.backends: ONNX Runtime, PyTorch, TensorRT)
+runs the two graphs, so every backend gives the same Window -> Prediction.
 """
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.bundle import Bundle, BundleError, open_bundle
+from engines.backends import Backend, open_backend
+from engines.bundle import Bundle, open_bundle
 from engines.preprocess import audio_features, video_features
 from engines.text import TextTokenizer
 
-BACKENDS = ("auto", "onnxruntime")
 HEADS = ("fusion", "text", "audio", "video")
 
 
@@ -37,38 +38,23 @@ class Prediction:
 
 
 class Engine:
-    def __init__(self, bundle: Bundle, threads: int = 1):
-        import onnxruntime as ort
-
+    def __init__(self, bundle: Bundle, backend: Backend):
         self.bundle = bundle
+        self.backend = backend
         self.labels = bundle.labels
         self.pre = bundle.preprocessing
-        options = ort.SessionOptions()
-        # One stage = one process; a single thread each keeps them from
-        # fighting over the cores, and keeps results bit-identical across runs.
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            self._student = ort.InferenceSession(
-                str(bundle.file("student")), options, providers=["CPUExecutionProvider"]
-            )
-            self._text = ort.InferenceSession(
-                str(bundle.file("text_encoder")), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise BundleError(f"{bundle.path}: ONNX Runtime cannot load a graph: {exc}") from exc
         self._tokenize = TextTokenizer(bundle.file("tokenizer"), self.pre.text_max_tokens)
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """Sentence embeddings (N, text_dim) from the bundle's text encoder."""
-        return self._text.run(None, self._tokenize(texts))[0]
+        return self.backend.embed_text(self._tokenize(texts))
 
     def infer(self, windows: list[Window]) -> list[Prediction]:
         """Score a batch of windows (they may come from different sessions)."""
         if not windows:
             return []
         feeds = self.features(windows)
-        probs = self._student.run(None, feeds)[0]  # (B, 4, L)
+        probs = self.backend.run_student(feeds)  # (B, 4, L)
         return [self._prediction(p, feeds["present"][i]) for i, p in enumerate(probs)]
 
     def features(self, windows: list[Window]) -> dict[str, np.ndarray]:
@@ -103,8 +89,12 @@ class Engine:
         )
 
 
-def load(bundle: str | Path, backend: str = "auto", threads: int = 1) -> Engine:
-    """Open and verify a bundle and return an engine for it."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r}: this build supports {', '.join(BACKENDS)}")
-    return Engine(open_bundle(bundle), threads=threads)
+def load(bundle: str | Path, backend: str = "auto", device: str = "auto", threads: int = 1) -> Engine:
+    """Open and verify a bundle and return an engine for it.
+
+    backend: auto | tensorrt | onnxruntime | torch; device: auto | cpu | cuda.
+    auto picks TensorRT on a GPU when the bundle has engines and tensorrt
+    imports, then PyTorch on CUDA, then ONNX Runtime on the CPU.
+    """
+    opened = open_bundle(bundle)
+    return Engine(opened, open_backend(opened, backend, device, threads))

@@ -25,7 +25,8 @@ def damaged(bundle, tmp_path):
 
 def test_bundle_opens_and_lists_every_file(bundle):
     b = open_bundle(bundle)
-    assert set(b.manifest["files"]) == {"student.onnx", "text_encoder.onnx", "tokenizer.json"}
+    assert set(b.manifest["files"]) == {"student.onnx", "text_encoder.onnx", "tokenizer.json",
+                                        "student.safetensors"}
     assert len(b.thresholds) == len(b.labels)
 
 
@@ -67,15 +68,15 @@ def test_replay_exits_nonzero_on_a_tampered_bundle(damaged, held_out_session):
 
 
 def test_onnxruntime_matches_pytorch(bundle, run_dir):
-    from trainer.export import STUDENT_INPUTS, example_inputs, load_run
-    from trainer.model import ExportedStudent
+    from engines.student import INPUTS, ExportedStudent
+    from trainer.export import example_inputs, load_run
 
     _, model = load_run(run_dir)
-    engine = engines.load(bundle)
+    engine = engines.load(bundle, backend="onnxruntime")
     inputs = example_inputs(model, batch=5, seed=3)
     with torch.no_grad():
         expected = ExportedStudent(model)(*inputs).numpy()
-    got = engine._student.run(None, {n: t.numpy() for n, t in zip(STUDENT_INPUTS, inputs)})[0]
+    got = engine.backend.run_student({n: t.numpy() for n, t in zip(INPUTS, inputs)})
     assert np.abs(expected - got).max() < 1e-4
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from engines.preprocess import Preprocessing
+from engines.student import Student, StudentConfig
 from trainer.export import example_inputs
-from trainer.model import Student, StudentConfig, bce_loss
+from trainer.model import bce_loss
 
 
 def _model():

@@ -2,7 +2,7 @@
 
   trainer synth  --out DIR --sessions N --seed S
   trainer fit    --data synthetic:DIR --out RUN [--epochs N]
-  trainer export RUN --out BUNDLE
+  trainer export RUN --out BUNDLE [--precision fp32|fp16] [--tensorrt] [--triton DIR]
 """
 from __future__ import annotations
 
@@ -36,9 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--out", type=Path, required=True, help="run directory to write")
     fp.add_argument("--epochs", type=int, default=None, help="epochs (default [train] epochs)")
 
-    ep = sub.add_parser("export", help="export a run as a model bundle (ONNX graphs + manifest)")
+    ep = sub.add_parser("export", help="export a run as a model bundle (ONNX graphs, weights, manifest)",
+                        description="Write a bundle that ONNX Runtime, PyTorch and (with --tensorrt) "
+                                    "TensorRT can run: ONNX graphs, student weights, tokenizer, manifest.")
     ep.add_argument("run", type=Path, help="run directory of `trainer fit`")
     ep.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    ep.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                    help="precision of the ONNX graphs (fp16: float16 compute, float32 inputs/outputs)")
+    ep.add_argument("--tensorrt", action="store_true",
+                    help="also build FP16 TensorRT engines (needs tensorrt and a CUDA GPU: the GPU that will run them)")
+    ep.add_argument("--triton", type=Path, metavar="DIR",
+                    help="also write a Triton Inference Server model repository to DIR")
     return parser
 
 
@@ -72,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from trainer.export import export
 
-            manifest = export(args.run, args.out)
-            print(f"wrote {args.out} (parity with PyTorch: max |diff| {manifest['parity_max_abs_diff']:.1e})")
+            manifest = export(args.run, args.out, args.precision, args.tensorrt, args.triton)
+            parity = ", ".join(f"{k} {v:.1e}" for k, v in manifest["parity_max_abs_diff"].items())
+            print(f"wrote {args.out} ({manifest['precision']}; max |diff| from PyTorch: {parity})")
+            if args.triton:
+                print(f"wrote Triton model repository {args.triton}")
         return 0
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"trainer {args.command}: error: {exc}", file=sys.stderr)

@@ -1,10 +1,16 @@
-"""`trainer export`: a run directory -> a model bundle (manifest + ONNX graphs).
+"""`trainer export`: a run directory -> a model bundle.
+
+  student.onnx         text embedding, log-mel, face crops, masks -> probabilities
+  text_encoder.onnx    input_ids, attention_mask -> sentence embedding
+  student.safetensors  the student's weights for the PyTorch backend (config in the manifest)
+  tokenizer.json
+  student.plan, text_encoder.plan   with --tensorrt (engines.tensorrt_build)
 
 Two graphs, so the runtime can score audio and video between utterances
-without running the text encoder:
-  text_encoder.onnx  input_ids, attention_mask -> sentence embedding
-  student.onnx       text embedding, log-mel, face crops, masks -> probabilities
-Export checks the ONNX Runtime outputs against PyTorch before it writes the manifest.
+without running the text encoder.  --precision fp16 converts both graphs to
+float16 compute with float32 inputs and outputs (engines.fp16).  Export checks
+each ONNX graph in ONNX Runtime against PyTorch fp32 before it writes the manifest.
+--triton DIR also writes a Triton model repository (engines.triton).
 """
 from __future__ import annotations
 
@@ -17,11 +23,19 @@ import torch
 
 from engines.bundle import write_manifest
 from engines.preprocess import Preprocessing
-from trainer.model import ExportedStudent, Student, StudentConfig
+from engines.student import INPUTS, ExportedStudent, Student, StudentConfig
+from engines.text import TextTokenizer
 from trainer.text_encoder import SentenceEncoder
 
 OPSET = 18
-PARITY_TOLERANCE = 1e-4  # max |probability difference|, ONNX Runtime vs PyTorch, fp32
+PRECISIONS = ("fp32", "fp16")
+# Max |difference| from PyTorch fp32 (probabilities; unit-length embeddings).
+PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
+# The range of each named axis the graphs are exported for.
+DYNAMIC_AXES = {"batch": {"min": 1, "max": 1024}, "tokens": {"min": 2, "max": 512}}
+HEADS = ["fusion", "text", "audio", "video"]  # axis 1 of the student's output
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
+PARITY_TEXTS = ["I am so happy today!", "Please put the files on my desk.", "no"]
 
 
 def load_run(run: Path) -> tuple[dict, Student]:
@@ -48,18 +62,19 @@ def example_inputs(model: Student, batch: int = 2, seed: int = 0) -> tuple[torch
     )
 
 
-STUDENT_INPUTS = ["text_emb", "mel", "audio_mask", "video", "video_mask", "present"]
+def _dim(name: str) -> torch.export.Dim:
+    return torch.export.Dim(name, min=DYNAMIC_AXES[name]["min"], max=DYNAMIC_AXES[name]["max"])
 
 
 def export_student(model: Student, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=1024)
+    batch = _dim("batch")
     torch.onnx.export(
         ExportedStudent(model).eval(),
         example_inputs(model),
         str(path),
-        input_names=STUDENT_INPUTS,
+        input_names=list(INPUTS),
         output_names=["probs"],
-        dynamic_shapes=tuple({0: batch} for _ in STUDENT_INPUTS),
+        dynamic_shapes=tuple({0: batch} for _ in INPUTS),
         opset_version=OPSET,
         dynamo=True,
         external_data=False,
@@ -67,8 +82,7 @@ def export_student(model: Student, path: Path) -> None:
 
 
 def export_text_encoder(encoder: SentenceEncoder, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    tokens = torch.export.Dim("tokens", min=2, max=512)
+    batch, tokens = _dim("batch"), _dim("tokens")
     ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]])
     mask = (ids != 0).long()
     torch.onnx.export(
@@ -84,28 +98,66 @@ def export_text_encoder(encoder: SentenceEncoder, path: Path) -> None:
     )
 
 
-def check_parity(model: Student, path: Path) -> float:
+def _session(path: Path):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def graph_io(session) -> dict:
+    """Names, dtypes and shapes (named axes as strings) of a graph's inputs and outputs."""
+    spec = lambda args: {a.name: {"dtype": ORT_DTYPES[a.type], "shape": list(a.shape)} for a in args}
+    return {"inputs": spec(session.get_inputs()), "outputs": spec(session.get_outputs())}
+
+
+def student_parity(model: Student, session) -> float:
     inputs = example_inputs(model, batch=3, seed=1)
     with torch.no_grad():
         expected = ExportedStudent(model)(*inputs).numpy()
-    got = session.run(None, {n: t.numpy() for n, t in zip(STUDENT_INPUTS, inputs)})[0]
+    got = session.run(None, {n: t.numpy() for n, t in zip(INPUTS, inputs)})[0]
     return float(np.abs(expected - got).max())
 
 
-def export(run: Path, bundle: Path) -> dict:
-    info, model = load_run(run)
+def text_encoder_parity(encoder: SentenceEncoder, session, max_tokens: int) -> float:
+    tokens = TextTokenizer(encoder.tokenizer_json, max_tokens)(PARITY_TEXTS)
+    with torch.no_grad():
+        expected = encoder(**{k: torch.from_numpy(v) for k, v in tokens.items()}).numpy()
+    return float(np.abs(expected - session.run(None, tokens)[0]).max())
+
+
+def _finish_graph(path: Path, precision: str, parity) -> tuple[dict, float]:
+    """Convert to the bundle's precision, then check it against PyTorch; (io spec, max |diff|)."""
+    if precision == "fp16":
+        from engines.fp16 import convert_file
+
+        convert_file(path, path)
+    session = _session(path)
+    diff = parity(session)
+    if diff > PARITY_TOLERANCE[precision]:
+        raise RuntimeError(f"{path.name} ({precision}) differs from PyTorch fp32 by {diff:.2e} "
+                           f"(> {PARITY_TOLERANCE[precision]})")
+    return graph_io(session), diff
+
+
+def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp32") -> dict:
+    """The bundle of a student and the run info (run.json) it came with."""
+    from safetensors.torch import save_file
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if bundle.exists():
         shutil.rmtree(bundle)
     bundle.mkdir(parents=True)
     export_student(model, bundle / "student.onnx")
-    diff = check_parity(model, bundle / "student.onnx")
-    if diff > PARITY_TOLERANCE:
-        raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
+    student_io, student_diff = _finish_graph(bundle / "student.onnx", precision,
+                                             lambda s: student_parity(model, s))
+    # Weights only, never a pickle: the PyTorch backend rebuilds the model from student_config.
+    save_file(model.state_dict(), str(bundle / "student.safetensors"))
     encoder = SentenceEncoder(info["text_encoder"])
     export_text_encoder(encoder, bundle / "text_encoder.onnx")
+    max_tokens = info["preprocessing"]["text_max_tokens"]
+    text_io, text_diff = _finish_graph(bundle / "text_encoder.onnx", precision,
+                                       lambda s: text_encoder_parity(encoder, s, max_tokens))
     shutil.copy(encoder.tokenizer_json, bundle / "tokenizer.json")
     manifest = {
         "labels": info["labels"],
@@ -113,17 +165,43 @@ def export(run: Path, bundle: Path) -> dict:
         "preprocessing": info["preprocessing"],
         "faces": info["faces"],
         "text_dim": info["student"]["text_dim"],
+        "precision": precision,
+        "student_config": info["student"],
         "graphs": {"student": "student.onnx", "text_encoder": "text_encoder.onnx",
-                   "tokenizer": "tokenizer.json"},
-        "inputs": {
-            "student": {name: ["batch", *t.shape[1:]] for name, t in
-                        zip(STUDENT_INPUTS, example_inputs(model))},
-            "text_encoder": {"input_ids": ["batch", "tokens"], "attention_mask": ["batch", "tokens"]},
+                   "tokenizer": "tokenizer.json", "student_weights": "student.safetensors"},
+        "inputs": {"student": student_io["inputs"], "text_encoder": text_io["inputs"]},
+        "outputs": {"student": student_io["outputs"], "text_encoder": text_io["outputs"]},
+        "dynamic_axes": DYNAMIC_AXES,
+        "heads": HEADS,
+        # What each backend runs.  The bundle has no PyTorch copy of the text
+        # encoder, so the torch backend runs text_encoder.onnx in ONNX Runtime.
+        "backends": {
+            "onnxruntime": {"student": "student.onnx", "text_encoder": "text_encoder.onnx"},
+            "torch": {"student": "student.safetensors", "text_encoder": "text_encoder.onnx (onnxruntime)"},
         },
-        "outputs": {"student": {"probs": ["batch", ["fusion", "text", "audio", "video"], "labels"]}},
         "training": {"data": info["data"], "selected_epoch": info["selected_epoch"],
                      "dev_weighted_f1": info["dev_weighted_f1"]},
-        "parity_max_abs_diff": diff,
+        "parity_max_abs_diff": {"student": student_diff, "text_encoder": text_diff},
     }
     write_manifest(bundle, manifest)
+    return manifest
+
+
+def export(run: Path, bundle: Path, precision: str = "fp32", tensorrt: bool = False,
+           triton: Path | None = None) -> dict:
+    """`trainer export`: bundle (+ TensorRT engines, + Triton repository) of a run."""
+    if tensorrt:
+        from engines.tensorrt_backend import import_tensorrt
+
+        import_tensorrt()  # fail now, not after minutes of ONNX export
+    info, model = load_run(run)
+    manifest = write_bundle(model, info, bundle, precision)
+    if tensorrt:
+        from engines.tensorrt_build import build_engines
+
+        manifest = build_engines(bundle)
+    if triton is not None:
+        from engines.triton import write_model_repository
+
+        write_model_repository(bundle, triton)
     return manifest

@@ -1,0 +1,136 @@
+"""Build FP16 TensorRT engines for a bundle, on the GPU that will run them.
+
+  python -m engines.tensorrt_build BUNDLE [--workspace-gib 4]
+
+Adds student.plan and text_encoder.plan to the bundle, lists them under
+`graphs` (so their sha256 is checked like every other file) and records the
+TensorRT version and optimisation profiles under `tensorrt`.  A plan only runs
+with the TensorRT version and the kind of GPU that built it, which is why this
+lives in `engines` (a deployment machine builds from the bundle, no trainer
+needed) and not only in `trainer export --tensorrt`.
+
+The networks are strongly typed and built from float16 ONNX graphs (engines.fp16):
+the precision is in the graph, as TensorRT 11 requires (it removed BuilderFlag.FP16).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engines.backends import BackendUnavailable
+from engines.bundle import BundleError, open_bundle, write_manifest
+
+GRAPHS = ("student", "text_encoder")
+# (min, opt, max).  Live replay scores one utterance at a time; a server batches up to 32.
+BATCH = (1, 8, 32)
+# Tokens per transcript: utterances are short, but the tokenizer may send up to text_max_tokens.
+TOKENS = (2, 32, 128)
+
+
+class BuildError(RuntimeError):
+    """TensorRT could not parse a graph or build its engine; the message names the graph."""
+
+
+def profile_shapes(manifest: dict, graph: str) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """(min, opt, max) shape of every input of `graph`, from the shapes the manifest records.
+
+    Named axes take BATCH / TOKENS, clamped to the range the ONNX graph was
+    exported for (manifest `dynamic_axes`); fixed axes are fixed.
+    """
+    text_max = manifest["preprocessing"]["text_max_tokens"]
+    wanted = {"batch": BATCH, "tokens": (TOKENS[0], TOKENS[1], max(TOKENS[2], text_max))}
+    shapes = {}
+    for name, spec in manifest["inputs"][graph].items():
+        dims = []
+        for dim in spec["shape"]:
+            if isinstance(dim, int):
+                dims.append((dim, dim, dim))
+                continue
+            if dim not in wanted:
+                raise BuildError(f"{graph}: input {name!r} has axis {dim!r} with no profile range")
+            bounds = manifest["dynamic_axes"][dim]
+            lo, opt, hi = (min(max(v, bounds["min"]), bounds["max"]) for v in wanted[dim])
+            dims.append((lo, opt, hi))
+        shapes[name] = tuple(tuple(d[i] for d in dims) for i in range(3))
+    return shapes
+
+
+def build_plan(trt, onnx_bytes: bytes, shapes: dict, graph: str, workspace_bytes: int) -> bytes:
+    """A serialised engine for one float16 ONNX graph."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    try:
+        builder = trt.Builder(logger)
+    except Exception as exc:  # no GPU or driver: the bindings raise, not return None
+        raise BackendUnavailable(f"TensorRT cannot create a builder (no CUDA GPU or driver?): {exc}") from exc
+    # Strongly typed: TensorRT keeps the graph's types (float16 compute, float32 I/O)
+    # instead of picking a precision per layer.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError(f"{graph}: TensorRT's ONNX parser failed: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in shapes.items():
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BuildError(f"{graph}: TensorRT could not build an engine (see its log above)")
+    return bytes(plan)
+
+
+def build_engines(bundle_path: str | Path, workspace_gib: float = 4.0) -> dict:
+    """Build and add both engines to the bundle; returns the new manifest."""
+    from engines.fp16 import fp16_bytes
+    from engines.tensorrt_backend import import_tensorrt
+
+    trt = import_tensorrt()
+    bundle = open_bundle(bundle_path)
+    manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "schema_version")}
+    manifest["graphs"] = dict(manifest["graphs"])
+    profiles = {}
+    for graph in GRAPHS:
+        source = bundle.file(graph)
+        onnx_bytes = source.read_bytes() if bundle.precision == "fp16" else fp16_bytes(source)
+        shapes = profile_shapes(manifest, graph)
+        plan = build_plan(trt, onnx_bytes, shapes, graph, int(workspace_gib * (1 << 30)))
+        (bundle.path / f"{graph}.plan").write_bytes(plan)
+        manifest["graphs"][f"{graph}_plan"] = f"{graph}.plan"
+        profiles[graph] = {name: dict(zip(("min", "opt", "max"), map(list, s))) for name, s in shapes.items()}
+    manifest["backends"] = dict(manifest.get("backends", {}),
+                                tensorrt={"student": "student.plan", "text_encoder": "text_encoder.plan"})
+    manifest["tensorrt"] = {"version": trt.__version__, "precision": "fp16", "gpu": _gpu_name(),
+                            "profiles": profiles}
+    write_manifest(bundle.path, manifest)
+    return manifest
+
+
+def _gpu_name() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    except Exception:  # informative only: torch may be absent on a build machine
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engines.tensorrt_build",
+                                     description="Build FP16 TensorRT engines into a model bundle, on this GPU.")
+    parser.add_argument("bundle", type=Path, help="model bundle directory (trainer export)")
+    parser.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace limit (GiB)")
+    args = parser.parse_args(argv)
+    try:
+        manifest = build_engines(args.bundle, args.workspace_gib)
+    except (BackendUnavailable, BundleError, BuildError) as exc:
+        print(f"tensorrt_build: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"built TensorRT {manifest['tensorrt']['version']} engines into {args.bundle}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
