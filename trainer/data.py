@@ -119,7 +119,8 @@ def media_features(
     """mel, audio_mask, video, video_mask for each utterance, decoded once per file."""
     by_file: dict[Path, list[int]] = {}
     for i, u in enumerate(utterances):
-        by_file.setdefault(u.file, []).append(i)
+        if u.extra.get("has_media", True):  # text-only utterances keep all-zero masks
+            by_file.setdefault(u.file, []).append(i)
     n = len(utterances)
     out = {
         "mel": np.zeros((n, pre.n_mels, pre.audio_frames), np.float32),

