@@ -18,13 +18,18 @@ class MessageError(ValueError):
     """A message that does not follow the internal bus format."""
 
 
-def send(sock: zmq.Socket, header: dict[str, Any], array: np.ndarray | None = None) -> None:
+def send(sock: zmq.Socket, header: dict[str, Any], array: np.ndarray | None = None, flags: int = 0) -> None:
     if array is None:
-        sock.send(json.dumps(header).encode())
+        sock.send(json.dumps(header).encode(), flags=flags)
         return
     array = np.ascontiguousarray(array)
     header = dict(header, dtype=array.dtype.str, shape=list(array.shape))
-    sock.send_multipart([json.dumps(header).encode(), memoryview(array)], copy=False)
+    sock.send_multipart([json.dumps(header).encode(), memoryview(array)], flags=flags, copy=False)
+
+
+def send_nowait(sock: zmq.Socket, header: dict[str, Any], array: np.ndarray | None = None) -> None:
+    """Send or raise zmq.Again when the queue is full (live sources drop instead of waiting)."""
+    send(sock, header, array, flags=zmq.NOBLOCK)
 
 
 def recv(sock: zmq.Socket) -> tuple[dict[str, Any], np.ndarray | None]:

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from engines.backends import BACKENDS, DEVICES
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
@@ -34,11 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--model", type=Path, help="model bundle directory (trainer export); default [model] bundle")
     rp.add_argument("--out", type=Path, help="write one JSON object per utterance to this JSONL file")
     rp.add_argument("--endpoint", help="publish on this ZeroMQ endpoint (default [stream] endpoint)")
-    rp.add_argument("--backend", choices=["auto", "onnxruntime"], help="inference backend")
+    rp.add_argument("--backend", choices=BACKENDS,
+                    help="inference backend (default [model] backend; auto: TensorRT, else PyTorch on CUDA, "
+                         "else ONNX Runtime on the CPU)")
+    rp.add_argument("--device", choices=DEVICES, help="where the model runs (default [model] device)")
     rp.add_argument("--wait-subscribers", type=int, metavar="N",
                     help="hold the first message until N subscribers are connected")
     rp.add_argument("--quiet", action="store_true", help="do not print messages as they are published")
     _common(rp)
+
+    sp = sub.add_parser("serve", help="live: webcam + microphone -> emotion stream",
+                        description="Capture a camera and a microphone, transcribe, and publish emotions "
+                                    "until Ctrl-C. Stages that die are restarted; a device that cannot be "
+                                    "opened is an error.")
+    sp.add_argument("--model", type=Path, help="model bundle directory; default [model] bundle")
+    sp.add_argument("--camera", help="camera index, video file or URL; '' for none (default [capture] camera)")
+    sp.add_argument("--microphone", help="microphone index or name fragment (default [capture] microphone)")
+    sp.add_argument("--endpoint", help="publish on this ZeroMQ endpoint (default [stream] endpoint)")
+    sp.add_argument("--jsonl", type=Path, help="also write every published message to this JSONL file")
+    sp.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
+    sp.add_argument("--quiet", action="store_true", help="do not print messages as they are published")
+    _common(sp)
+
+    sub.add_parser("devices", help="list cameras and microphones",
+                   description="Cameras OpenCV can open (indices 0-9) and PyAudio input devices.")
 
     lp = sub.add_parser("listen", help="subscribe to an emotion stream and print it",
                         description="Print every message of an emotion stream until Ctrl-C.")
@@ -52,12 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_message(body: dict) -> str:
     """One human-readable line for a stream message."""
-    if body.get("type") != "utterance":
-        return f"[{body.get('session')}#{body.get('seq')}] status: {body.get('state')}"
+    head = f"[{body.get('session')}#{body.get('seq')}]"
+    kind = body.get("type")
+    if kind == "status":
+        return f"{head} status: {body.get('state')}"
+    span = f"{body['start']:7.2f}-{body['end']:7.2f}s"
+    if kind == "transcript":
+        return f"{head} {span} transcript: \"{body['text']}\""
     top = sorted(body["labels"].items(), key=lambda kv: -kv[1])[:3]
     probs = "  ".join(f"{label} {p:.2f}" for label, p in top)
-    return (f"[{body['session']}#{body['seq']}] {body['start']:7.2f}-{body['end']:7.2f}s "
-            f"{probs}  ({'+'.join(body['modalities'])})  \"{body['text']}\"")
+    text = f"  \"{body['text']}\"" if kind == "utterance" else ""
+    return f"{head} {span} {kind:9s} {probs}  ({'+'.join(body['modalities'])}){text}"
 
 
 def cmd_replay(args) -> int:
@@ -71,14 +97,44 @@ def cmd_replay(args) -> int:
         overrides.append(f"stream.endpoint={json.dumps(args.endpoint)}")
     if args.backend:
         overrides.append(f"model.backend={json.dumps(args.backend)}")
+    if args.device:
+        overrides.append(f"model.device={json.dumps(args.device)}")
     if args.wait_subscribers is not None:
         overrides.append(f"stream.wait_subscribers={args.wait_subscribers}")
     config = load_config(args.config, overrides)
     if not config.model.bundle:
         raise ValueError("no model: pass --model BUNDLE or set [model] bundle in config.toml")
-    show = None if args.quiet else (lambda body: print(format_message(body), flush=True))
+    # Window updates and transcripts are on the stream (`realtime listen` shows them); here only results.
+    show = None if args.quiet else (
+        lambda body: body["type"] in ("utterance", "status") and print(format_message(body), flush=True))
     utterances = replay(args.media, config, args.out, on_message=show)
     print(f"{len(utterances)} utterances" + (f" written to {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from realtime.config import load_config
+    from realtime.pipeline import serve
+
+    overrides = list(args.overrides)
+    for key, value in (("model.bundle", args.model and str(args.model)), ("capture.camera", args.camera),
+                       ("capture.microphone", args.microphone), ("stream.endpoint", args.endpoint)):
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    config = load_config(args.config, overrides)
+    if not config.model.bundle:
+        raise ValueError("no model: pass --model BUNDLE or set [model] bundle in config.toml")
+    show = None if args.quiet else (
+        lambda body: body["type"] in ("utterance", "status") and print(format_message(body), flush=True))
+    utterances = serve(config, config.capture, args.jsonl, on_message=show, duration_s=args.duration)
+    print(f"{len(utterances)} utterances", file=sys.stderr)
+    return 0
+
+
+def cmd_devices(args) -> int:
+    from realtime.sources import list_devices
+
+    print(json.dumps(list_devices(), indent=2))
     return 0
 
 
@@ -121,14 +177,17 @@ def cmd_listen(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from engines.backends import BackendUnavailable
     from engines.bundle import BundleError
     from engines.media import MediaError
     from engines.settings import ConfigError
     from realtime.pipeline import PipelineError
+    from realtime.sources import DeviceError
 
     try:
-        return {"replay": cmd_replay, "listen": cmd_listen}[args.command](args)
-    except (BundleError, MediaError, ConfigError, PipelineError, ValueError) as exc:
+        commands = {"replay": cmd_replay, "serve": cmd_serve, "devices": cmd_devices, "listen": cmd_listen}
+        return commands[args.command](args)
+    except (BundleError, BackendUnavailable, MediaError, ConfigError, PipelineError, DeviceError, ValueError) as exc:
         print(f"realtime {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

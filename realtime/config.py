@@ -5,9 +5,12 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from urllib.parse import urlsplit
 
+from engines.backends import BACKENDS, DEVICES
 from engines.faces import FaceOptions
 from engines.settings import apply_overrides, build, read_toml
 from realtime.asr import AsrOptions
+from realtime.fusion import FusionOptions
+from realtime.sources import CaptureOptions
 from realtime.segmenter import VadOptions
 
 
@@ -41,8 +44,17 @@ class StreamOptions:
 @dataclass
 class ModelOptions:
     bundle: str = ""  # model bundle directory (trainer export); --model overrides
-    backend: str = "auto"  # auto | onnxruntime
+    backend: str = "auto"  # auto | tensorrt | onnxruntime | torch
+    device: str = "auto"  # auto | cpu | cuda
     threads: int = 1  # inference threads in the fusion stage
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
+        if self.threads < 1:
+            raise ValueError("threads must be >= 1")
 
 
 @dataclass
@@ -64,6 +76,8 @@ class RealtimeConfig:
     asr: AsrOptions = field(default_factory=AsrOptions)
     faces: FaceOptions = field(default_factory=FaceOptions)
     model: ModelOptions = field(default_factory=ModelOptions)
+    fusion: FusionOptions = field(default_factory=FusionOptions)
+    capture: CaptureOptions = field(default_factory=CaptureOptions)
     stream: StreamOptions = field(default_factory=StreamOptions)
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)
 
@@ -73,6 +87,8 @@ SECTIONS = {
     "asr": AsrOptions,
     "faces": FaceOptions,
     "model": ModelOptions,
+    "fusion": FusionOptions,
+    "capture": CaptureOptions,
     "stream": StreamOptions,
     "pipeline": PipelineOptions,
 }

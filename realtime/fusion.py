@@ -1,20 +1,41 @@
 """The fusion stage: align transcripts, audio and face crops by media time, run
 the model, publish on the public stream.
 
-An utterance is scored once the video stream has passed its end (or ended), so
-a result never misses face crops that were still on their way.
+Two kinds of result:
+- an utterance result when the ASR delivers an utterance (text + audio + video);
+- window updates at a fixed media-time rate (audio + video of the last
+  `window_s` seconds; the text encoder is not run), so a listener sees the mood
+  between utterances too.
+A result is computed only once the video stream has passed its end (or ended),
+so it never misses face crops that were still on their way; timing by media
+time, not arrival, makes replay give the same results every run.
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
+import numpy as np
 import zmq
 
 from realtime import bus, protocol
 from realtime.stage import Stage
 
-KEEP_CROPS_S = 2.0  # crops older than the last scored utterance end minus this are dropped
+
+@dataclass
+class FusionOptions:
+    window_rate: float = 4.0  # window updates per second of media time; 0 turns them off
+    window_s: float = 2.0  # audio and video span of one window update
+    keep_s: float = 30.0  # audio and crops kept for utterances still in the ASR
+
+    def __post_init__(self):
+        if self.window_rate < 0:
+            raise ValueError("window_rate must be >= 0")
+        if self.window_s <= 0:
+            raise ValueError("window_s must be > 0")
+        if self.keep_s < self.window_s:
+            raise ValueError("keep_s must be >= window_s")
 
 
 class Publisher:
@@ -48,53 +69,124 @@ class Publisher:
         return body
 
 
-def fusion(stage: Stage, model_options, stream_options, session: str) -> None:
+class AudioRing:
+    """Recent audio addressed by media time; older samples are dropped."""
+
+    def __init__(self, keep_s: float, sample_rate: int):
+        self.rate, self.keep = sample_rate, int(keep_s * sample_rate)
+        self.samples = np.zeros(0, np.float32)
+        self.t0 = 0.0  # media time of samples[0]
+
+    @property
+    def until(self) -> float:
+        return self.t0 + self.samples.size / self.rate
+
+    def add(self, t: float, chunk: np.ndarray) -> None:
+        if self.samples.size == 0:
+            self.t0 = t
+        self.samples = np.concatenate([self.samples, chunk])
+        extra = self.samples.size - self.keep
+        if extra > 0:
+            self.samples, self.t0 = self.samples[extra:], self.t0 + extra / self.rate
+
+    def span(self, start: float, end: float) -> np.ndarray:
+        a = max(0, int(round((start - self.t0) * self.rate)))
+        b = max(0, int(round((end - self.t0) * self.rate)))
+        return self.samples[a:b]
+
+
+class Fusion:
+    """The stage's state: what has arrived, and what can be scored."""
+
+    def __init__(self, engine, options: FusionOptions, out: Publisher):
+        self.engine, self.options, self.out = engine, options, out
+        self.audio = AudioRing(options.keep_s, engine.pre.sample_rate)
+        self.crops: list[tuple[float, np.ndarray | None]] = []
+        self.pending: list[tuple[dict, np.ndarray]] = []  # transcripts waiting for their video
+        self.video_until = -math.inf  # media time up to which every sampled frame has arrived
+        self.audio_done = False
+        period = 1.0 / options.window_rate if options.window_rate else math.inf
+        self.period, self.next_window = period, period
+
+    @property
+    def finished(self) -> bool:
+        return self.audio_done and not self.pending and self.video_until == math.inf
+
+    def on_message(self, header: dict, array) -> None:
+        kind = header["type"]
+        if kind == "transcript":
+            self.pending.append((header, array))
+            self.out.publish({"type": "transcript", "start": round(header["start"], 3),
+                              "end": round(header["end"], 3), "text": header["text"], "final": True})
+        elif kind == "audio":
+            self.audio.add(header["t"], array)
+        elif kind == "face":
+            self.crops.append((header["t"], array if header["found"] else None))
+            self.video_until = max(self.video_until, header["t"])
+        elif kind == "eos":
+            if header.get("stream") == "audio":
+                self.audio_done = True
+            else:
+                self.video_until = math.inf
+        self.score_ready()
+
+    def score_ready(self) -> None:
+        while self.pending and self.pending[0][0]["end"] <= self.video_until:
+            self.score_utterance(*self.pending.pop(0))
+        while self.next_window <= min(self.audio.until, self.video_until):
+            self.score_window(self.next_window)
+            self.next_window += self.period
+        oldest = min([u["start"] for u, _ in self.pending] + [self.next_window - self.options.window_s])
+        self.crops = [c for c in self.crops if c[0] >= oldest - self.options.keep_s]
+
+    def _crops(self, start: float, end: float):
+        return [c for c in self.crops if start <= c[0] <= end]
+
+    def _infer(self, window):
+        t0 = time.perf_counter()
+        (pred,) = self.engine.infer([window])
+        return pred, time.perf_counter() - t0
+
+    def _result(self, pred) -> dict:
+        thresholds = self.engine.bundle.thresholds
+        return {"labels": pred.probabilities,
+                "active": [l for l, t in zip(self.engine.labels, thresholds) if pred.probabilities[l] >= t],
+                "peers": pred.peers, "modalities": pred.modalities}
+
+    def score_utterance(self, utt: dict, audio: np.ndarray) -> None:
+        from engines.runtime import Window
+
+        window = Window(start=utt["start"], end=utt["end"], text=utt["text"], audio=audio,
+                        crops=self._crops(utt["start"], utt["end"]))
+        pred, infer_s = self._infer(window)
+        self.out.publish({"type": "utterance", "start": round(utt["start"], 3), "end": round(utt["end"], 3),
+                          "text": utt["text"], **self._result(pred),
+                          "timing": {"asr_s": round(utt["asr_s"], 4), "infer_s": round(infer_s, 4),
+                                     "emitted_at": time.time()}})
+
+    def score_window(self, end: float) -> None:
+        from engines.runtime import Window
+
+        start = max(0.0, end - self.options.window_s)
+        window = Window(start=start, end=end, audio=self.audio.span(start, end), crops=self._crops(start, end))
+        pred, infer_s = self._infer(window)
+        self.out.publish({"type": "window", "start": round(start, 3), "end": round(end, 3),
+                          **self._result(pred),
+                          "timing": {"infer_s": round(infer_s, 4), "emitted_at": time.time()}})
+
+
+def fusion(stage: Stage, model_options, stream_options, fusion_options, session: str) -> None:
     import engines
-    from engines.runtime import Window
 
     inbox = stage.pull(stage.endpoints.fusion)
-    engine = engines.load(model_options.bundle, backend=model_options.backend, threads=model_options.threads)
+    engine = engines.load(model_options.bundle, backend=model_options.backend, device=model_options.device,
+                          threads=model_options.threads)
     out = Publisher(stage, stream_options, session)
     out.wait_for_subscribers(stream_options.wait_subscribers, stream_options.wait_timeout_s)
     stage.report("ready")
     out.publish({"type": "status", "state": "started", "labels": engine.labels})
-
-    pending: list[tuple[dict, object]] = []  # transcripts waiting for their video
-    crops: list[tuple[float, object]] = []
-    video_until = -math.inf  # media time up to which every frame has arrived
-    audio_done = False
-    while not (audio_done and not pending and video_until == math.inf):
-        header, array = bus.recv(inbox)
-        if header["type"] == "transcript":
-            pending.append((header, array))
-        elif header["type"] == "face":
-            crops.append((header["t"], array if header["found"] else None))
-            video_until = max(video_until, header["t"])
-        elif header["type"] == "eos":
-            if header.get("stream") == "audio":
-                audio_done = True
-            else:
-                video_until = math.inf
-        while pending and pending[0][0]["end"] <= video_until:
-            utt, audio = pending.pop(0)
-            window = Window(start=utt["start"], end=utt["end"], text=utt["text"], audio=audio,
-                            crops=[c for c in crops if utt["start"] <= c[0] <= utt["end"]])
-            t0 = time.perf_counter()
-            (pred,) = engine.infer([window])
-            infer_s = time.perf_counter() - t0
-            out.publish({
-                "type": "utterance",
-                "start": round(utt["start"], 3),
-                "end": round(utt["end"], 3),
-                "text": utt["text"],
-                "labels": pred.probabilities,
-                "active": [l for l, t in zip(engine.labels, engine.bundle.thresholds)
-                           if pred.probabilities[l] >= t],
-                "peers": pred.peers,
-                "modalities": pred.modalities,
-                "timing": {"asr_s": round(utt["asr_s"], 4), "infer_s": round(infer_s, 4),
-                           "emitted_at": time.time()},
-            })
-            crops = [c for c in crops if c[0] >= utt["end"] - KEEP_CROPS_S]
+    state = Fusion(engine, fusion_options, out)
+    while not state.finished:
+        state.on_message(*stage.recv(inbox))
     out.publish({"type": "status", "state": "finished"})
     bus.send(out.results, {"type": "eos"})

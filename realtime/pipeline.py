@@ -2,15 +2,20 @@
 
 Replay reads a recorded session as fast as the slowest stage allows (PUSH
 queues are bounded, so a full queue makes the sender wait: nothing is
-dropped), writes each published utterance to a JSONL file, and stops when end
-of stream has passed through every stage.  A stage that fails stops the whole
-pipeline with that stage's error.
+dropped), and stops when end of stream has passed through every stage; a
+stage that fails stops the whole replay with that stage's error.
+
+Serve captures a camera and a microphone until Ctrl-C or SIGTERM; a processing
+stage that dies or stops sending heartbeats is restarted; a device that cannot
+be opened stops everything with a clear message.
 """
 from __future__ import annotations
 
 import functools
 import json
 import multiprocessing
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,9 +24,13 @@ from typing import Callable
 import zmq
 
 from engines.bundle import open_bundle
-from realtime import bus, fusion, stages
+from realtime import bus, fusion, sources, stages
 from realtime.config import RealtimeConfig
 from realtime.stage import Endpoints, run_stage
+
+PROCESSING = ["segmenter", "asr", "faces", "fusion"]
+HEARTBEAT_TIMEOUT_S = 30.0  # silence after which a stage counts as hung (ASR of a long utterance fits)
+MAX_RESTARTS = 3  # per stage, in one serve session
 
 
 class PipelineError(RuntimeError):
@@ -29,13 +38,18 @@ class PipelineError(RuntimeError):
 
 
 class Supervisor:
-    def __init__(self, config: RealtimeConfig, workdir: str):
+    def __init__(self, config: RealtimeConfig, workdir: str, restart: bool = False):
         self.config = config
+        self.restart = restart
         self.endpoints = Endpoints.in_dir(workdir)
         self.ctx = zmq.Context()
         self.control = bus.socket(self.ctx, zmq.PULL, self.endpoints.control, bind=True)
         self.results = bus.socket(self.ctx, zmq.PULL, self.endpoints.results, bind=True)
         self.procs: dict[str, multiprocessing.Process] = {}
+        self.bodies: dict[str, Callable] = {}
+        self.last_seen: dict[str, float] = {}
+        self.ready: set[str] = set()  # stages past model loading, which must send heartbeats
+        self.restarts: dict[str, int] = {}
         self._mp = multiprocessing.get_context("spawn")  # no fork: stages hold threads and sockets
 
     def start(self, name: str, body: Callable) -> None:
@@ -44,7 +58,19 @@ class Supervisor:
             args=(name, body, self.endpoints, self.config.pipeline.queue_limit),
         )
         proc.start()
-        self.procs[name] = proc
+        self.procs[name], self.bodies[name] = proc, body
+        self.ready.discard(name)
+        self.last_seen[name] = time.monotonic()
+
+    def start_processing(self, bundle, session: str) -> None:
+        cfg = self.config
+        self.start("segmenter", functools.partial(stages.segmenter, vad_options=cfg.vad))
+        self.start("asr", functools.partial(stages.asr, asr_options=cfg.asr))
+        self.start("faces", functools.partial(stages.faces, face_options=cfg.faces,
+                                              preprocessing=bundle.preprocessing))
+        self.start("fusion", functools.partial(fusion.fusion, model_options=cfg.model, stream_options=cfg.stream,
+                                               fusion_options=cfg.fusion, session=session))
+        self.wait_ready(PROCESSING)
 
     def wait_ready(self, names: list[str]) -> None:
         waiting = set(names)
@@ -53,34 +79,64 @@ class Supervisor:
             if time.monotonic() > deadline:
                 raise PipelineError(f"stages not ready after {self.config.pipeline.stage_start_timeout_s} s: "
                                     f"{', '.join(sorted(waiting))}")
-            report = self._control_report(timeout_ms=200)
+            report = self.check(timeout_ms=200, restart=False)
             if report and report["type"] == "ready":
                 waiting.discard(report["stage"])
 
-    def _control_report(self, timeout_ms: int) -> dict | None:
-        """Next stage report; raises PipelineError for an error or a silent death."""
+    def check(self, timeout_ms: int, restart: bool | None = None) -> dict | None:
+        """Next stage report, if any; a failed, dead or hung stage is restarted or raises PipelineError."""
+        restart = self.restart if restart is None else restart
+        report = None
         if self.control.poll(timeout_ms):
             report, _ = bus.recv(self.control)
+            self.last_seen[report["stage"]] = time.monotonic()
+            if report["type"] == "ready":
+                self.ready.add(report["stage"])
             if report["type"] == "error":
-                raise PipelineError(f"stage {report['stage']} failed: {report['message']}\n{report['traceback']}")
-            return report
-        for name, proc in self.procs.items():
+                self._failed(report["stage"], f"{report['message']}\n{report['traceback']}", restart)
+        now = time.monotonic()
+        for name, proc in list(self.procs.items()):
             if proc.exitcode not in (None, 0):
-                raise PipelineError(f"stage {name} exited with code {proc.exitcode}")
-        return None
+                self._failed(name, f"exited with code {proc.exitcode}", restart)
+            elif name in self.ready and proc.is_alive() and now - self.last_seen[name] > HEARTBEAT_TIMEOUT_S:
+                self._failed(name, f"no heartbeat for {HEARTBEAT_TIMEOUT_S:.0f} s", restart)
+        return report
 
-    def collect(self, on_result: Callable[[dict], None]) -> None:
-        """Pass every published message to on_result until fusion's end of stream."""
-        poller = zmq.Poller()
-        poller.register(self.results, zmq.POLLIN)
-        while True:
-            if poller.poll(100):
+    def _failed(self, name: str, why: str, restart: bool) -> None:
+        if not restart or name not in PROCESSING or self.restarts.get(name, 0) >= MAX_RESTARTS:
+            raise PipelineError(f"stage {name} failed: {why}")
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        print(f"realtime: stage {name} failed ({why.splitlines()[0]}); restarting "
+              f"({self.restarts[name]}/{MAX_RESTARTS})", file=sys.stderr)
+        proc = self.procs[name]
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        self.start(name, self.bodies[name])
+
+    def collect(self, on_result: Callable[[dict], None], stop: Callable[[], bool] = lambda: False) -> bool:
+        """Pass published messages to on_result until fusion's end of stream (True) or stop() (False)."""
+        while not stop():
+            if self.results.poll(100):
                 header, _ = bus.recv(self.results)
                 if header["type"] == "eos":
-                    return
+                    return True
                 on_result(header["body"])
             else:
-                self._control_report(timeout_ms=0)
+                self.check(timeout_ms=0)
+        return False
+
+    def end_sources(self, session: str, names: list[str], streams=("audio", "video")) -> None:
+        """Stop live sources and send end of stream in their place, so every stage flushes."""
+        for name in names:
+            proc = self.procs.pop(name, None)
+            if proc is not None and proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+        for endpoint in (getattr(self.endpoints, s) for s in streams):
+            sock = bus.socket(self.ctx, zmq.PUSH, endpoint, bind=False)
+            bus.send(sock, {"type": "eos", "session": session})
+            sock.close(linger=2000)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -91,6 +147,28 @@ class Supervisor:
                 proc.terminate()
                 proc.join(2)
         self.ctx.destroy(linger=0)
+
+
+class ResultSink:
+    """Receives every published message: keeps utterances, appends them to a JSONL file."""
+
+    def __init__(self, out_jsonl, on_message, all_types: bool = False):
+        self.utterances: list[dict] = []
+        self.on_message, self.all_types = on_message, all_types
+        self.out = open(out_jsonl, "w") if out_jsonl else None
+
+    def __call__(self, body: dict) -> None:
+        if body["type"] == "utterance":
+            self.utterances.append(body)
+        if self.out and (self.all_types or body["type"] == "utterance"):
+            self.out.write(json.dumps(body, ensure_ascii=False) + "\n")
+            self.out.flush()
+        if self.on_message:
+            self.on_message(body)
+
+    def close(self) -> None:
+        if self.out:
+            self.out.close()
 
 
 def replay(
@@ -107,36 +185,69 @@ def replay(
         raise MediaError(f"{media}: no such file")
     bundle = open_bundle(config.model.bundle)  # refuse a bad bundle before starting anything
     session = media.stem
-    utterances: list[dict] = []
-    out = open(out_jsonl, "w") if out_jsonl else None
-
-    def on_result(body: dict) -> None:
-        if body["type"] == "utterance":
-            utterances.append(body)
-            if out:
-                out.write(json.dumps(body, ensure_ascii=False) + "\n")
-                out.flush()
-        if on_message:
-            on_message(body)
-
-    cfg = config
+    sink = ResultSink(out_jsonl, on_message)
     with tempfile.TemporaryDirectory(prefix="realtime-") as workdir:
-        sup = Supervisor(cfg, workdir)
+        sup = Supervisor(config, workdir)
         try:
-            sup.start("segmenter", functools.partial(stages.segmenter, vad_options=cfg.vad))
-            sup.start("asr", functools.partial(stages.asr, asr_options=cfg.asr))
-            sup.start("faces", functools.partial(stages.faces, face_options=cfg.faces,
-                                                 preprocessing=bundle.preprocessing))
-            sup.start("fusion", functools.partial(fusion.fusion, model_options=cfg.model,
-                                                  stream_options=cfg.stream, session=session))
-            sup.wait_ready(["segmenter", "asr", "faces", "fusion"])
+            sup.start_processing(bundle, session)
             sup.start("source", functools.partial(
                 stages.media_source, path=str(media), session=session,
-                chunk_ms=cfg.pipeline.chunk_ms, video_fps=cfg.faces.sample_fps,
+                chunk_ms=config.pipeline.chunk_ms, video_fps=config.faces.sample_fps,
                 sample_rate=bundle.preprocessing.sample_rate))
-            sup.collect(on_result)
+            sup.collect(sink)
         finally:
             sup.stop()
-            if out:
-                out.close()
-    return utterances
+            sink.close()
+    return sink.utterances
+
+
+def serve(
+    config: RealtimeConfig,
+    capture: sources.CaptureOptions,
+    out_jsonl: str | Path | None = None,
+    on_message: Callable[[dict], None] | None = None,
+    duration_s: float = 0.0,
+) -> list[dict]:
+    """Live: camera + microphone until Ctrl-C, SIGTERM or duration_s; returns the utterances."""
+    bundle = open_bundle(config.model.bundle)
+    session = time.strftime("live-%Y%m%d-%H%M%S")
+    sink = ResultSink(out_jsonl, on_message, all_types=True)
+    stopping = {"now": False}
+
+    def request_stop(*_):
+        stopping["now"] = True
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    t_end = time.monotonic() + duration_s if duration_s else float("inf")
+    with tempfile.TemporaryDirectory(prefix="realtime-") as workdir:
+        sup = Supervisor(config, workdir, restart=True)
+        try:
+            sup.start_processing(bundle, session)
+            t_start = time.time()  # the session clock both sources stamp media time with
+            live = []
+            if capture.camera:  # opened first: the device most often missing or busy
+                live.append("camera")
+                sup.start("camera", functools.partial(
+                    sources.camera_source, options=capture, session=session,
+                    sample_fps=config.faces.sample_fps, t_start=t_start))
+                sup.wait_ready(live)
+            else:
+                sup.end_sources(session, [], streams=("video",))  # no camera: no video
+            live.append("microphone")
+            sup.start("microphone", functools.partial(
+                sources.microphone_source, options=capture, session=session, chunk_ms=config.pipeline.chunk_ms,
+                sample_rate=bundle.preprocessing.sample_rate, t_start=t_start))
+            sup.wait_ready(["microphone"])
+            print(f"realtime: serving session {session} on {config.stream.endpoint} (Ctrl-C to stop)",
+                  file=sys.stderr)
+            finished = sup.collect(sink, stop=lambda: stopping["now"] or time.monotonic() > t_end)
+            if not finished:
+                sup.end_sources(session, live)
+                sup.restart = False
+                sup.collect(sink)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            sup.stop()
+            sink.close()
+    return sink.utterances

@@ -10,8 +10,12 @@ from functools import lru_cache
 from pathlib import Path
 
 PROTOCOL = "emotion-stream/1"
-TOPIC_UTTERANCE = "emotion.utterance"
-TOPIC_STATUS = "status"
+TOPICS = {
+    "utterance": "emotion.utterance",  # fused result at the end of an utterance
+    "window": "emotion.window",  # audio + video update between utterances
+    "transcript": "transcript",  # what was said, as soon as the ASR has it
+    "status": "status",  # session started / finished
+}
 SCHEMA_PATH = Path(__file__).parent / "schema" / "emotion-stream-v1.json"
 
 
@@ -28,7 +32,7 @@ def validate(body: dict) -> None:
 
 
 def topic_for(body: dict) -> str:
-    return TOPIC_UTTERANCE if body["type"] == "utterance" else TOPIC_STATUS
+    return TOPICS[body["type"]]
 
 
 def encode(body: dict) -> list[bytes]:

@@ -18,6 +18,8 @@ import zmq
 
 from realtime import bus
 
+HEARTBEAT_S = 1.0  # a stage reports at least this often while it is alive
+
 
 @dataclass
 class Endpoints:
@@ -43,6 +45,7 @@ class Stage:
         self.queue_limit = queue_limit
         self.ctx = zmq.Context()
         self.control = bus.socket(self.ctx, zmq.PUSH, endpoints.control, bind=False)
+        self._last_beat = 0.0
 
     def pull(self, endpoint: str) -> zmq.Socket:
         return bus.socket(self.ctx, zmq.PULL, endpoint, bind=True, hwm=self.queue_limit)
@@ -50,6 +53,19 @@ class Stage:
     def push(self, endpoint: str) -> zmq.Socket:
         # Replay loses nothing: a full queue makes the sender wait, not drop.
         return bus.socket(self.ctx, zmq.PUSH, endpoint, bind=False, hwm=self.queue_limit)
+
+    def recv(self, sock: zmq.Socket):
+        """Next message on `sock`, sending heartbeats while waiting for it."""
+        while not sock.poll(int(HEARTBEAT_S * 1000)):
+            self.heartbeat()
+        self.heartbeat()
+        return bus.recv(sock)
+
+    def heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat >= HEARTBEAT_S:
+            self._last_beat = now
+            self.report("heartbeat")
 
     def report(self, state: str, **extra) -> None:
         bus.send(self.control, {"type": state, "stage": self.name, "pid": os.getpid(),

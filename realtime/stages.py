@@ -50,12 +50,15 @@ def segmenter(stage: Stage, vad_options) -> None:
     from realtime.segmenter import StreamingSegmenter
 
     inbox, out = stage.pull(stage.endpoints.audio), stage.push(stage.endpoints.utterances)
+    # Fusion also gets every chunk, for its window updates between utterances.
+    audio_copy = stage.push(stage.endpoints.fusion)
     vad = StreamingSegmenter(vad_options)
     stage.report("ready")
     seq = 0
     while True:
-        header, samples = bus.recv(inbox)
+        header, samples = stage.recv(inbox)
         if header["type"] == "audio":
+            bus.send(audio_copy, {k: header[k] for k in ("type", "session", "seq", "t")}, samples)
             found = vad.feed(samples, header["t"])
         elif header["type"] == "eos":
             found = vad.flush()
@@ -78,7 +81,7 @@ def asr(stage: Stage, asr_options) -> None:
     transcriber = Transcriber(asr_options)
     stage.report("ready")
     while True:
-        header, audio = bus.recv(inbox)
+        header, audio = stage.recv(inbox)
         if header["type"] == "eos":
             bus.send(out, dict(header, stream="audio"))
             return
@@ -97,7 +100,7 @@ def faces(stage: Stage, face_options, preprocessing) -> None:
     cropper = FaceCropper(face_options, preprocessing)
     stage.report("ready")
     while True:
-        header, image = bus.recv(inbox)
+        header, image = stage.recv(inbox)
         if header["type"] == "eos":
             bus.send(out, dict(header, stream="video"))
             return

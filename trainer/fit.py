@@ -17,10 +17,11 @@ from tqdm import tqdm
 
 from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
+from engines.student import INPUTS, Student, StudentConfig
 from engines.text import TextTokenizer
 from trainer.data import load_corpus, media_features, targets
 from trainer.metrics import multilabel_scores, tune_thresholds
-from trainer.model import Student, StudentConfig, bce_loss
+from trainer.model import bce_loss
 from trainer.text_encoder import SentenceEncoder
 
 
@@ -73,9 +74,6 @@ def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
     ) if utts else np.zeros((0, 3), np.float32)
     feats["targets"] = targets(utts, corpus.labels)
     return {k: torch.from_numpy(v) for k, v in feats.items()}
-
-
-INPUTS = ("text_emb", "mel", "audio_mask", "video", "video_mask", "present")
 
 
 def predict(model: Student, data: dict, batch_size: int = 64) -> np.ndarray:
@@ -167,8 +165,11 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
     probs = predict(model, dev)
     y = dev["targets"].numpy()
     thresholds = tune_thresholds(probs[:, 0], y)
+    # Each head is scored at thresholds tuned for that head: the peers are
+    # calibrated differently from the fusion, and the bundle ships only the
+    # fusion's thresholds.
     dev_metrics = {
-        head: multilabel_scores(probs[:, h], y, thresholds)["weighted_f1"]
+        head: multilabel_scores(probs[:, h], y, tune_thresholds(probs[:, h], y))["weighted_f1"]
         for h, head in enumerate(("fusion", "text", "audio", "video"))
     }
     run = {

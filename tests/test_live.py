@@ -1,0 +1,110 @@
+"""The live graph: `realtime serve` with the camera fed from a video file and the
+microphone from a PulseAudio null sink played in real time (no sound card here)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import wave
+
+import jiwer
+import jsonschema
+import numpy as np
+import pytest
+
+from realtime import protocol
+from tests.conftest import free_port
+from tests.test_end_to_end import _normalise
+
+
+@pytest.fixture
+def virtual_microphone(tmp_path):
+    """A PulseAudio daemon with a null sink `virtmic_sink` whose monitor is the source `virtmic`."""
+    for tool in ("pulseaudio", "paplay", "pactl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (Debian package pulseaudio): no virtual microphone")
+    pytest.importorskip("pyaudio", reason="pyaudio (extra `live`) is needed for the microphone source")
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "pulse"), PULSE_SOURCE="virtmic")
+    os.makedirs(env["XDG_RUNTIME_DIR"], exist_ok=True)
+    subprocess.run(["pulseaudio", "-D", "-n", "--exit-idle-time=-1", "--disallow-exit",
+                    "--load=module-native-protocol-unix",
+                    "--load=module-null-sink sink_name=virtmic_sink rate=16000 channels=1",
+                    "--load=module-remap-source master=virtmic_sink.monitor source_name=virtmic"],
+                   env=env, check=True, capture_output=True, timeout=30)
+    try:
+        yield env
+    finally:
+        subprocess.run(["pulseaudio", "--kill"], env=env, capture_output=True, timeout=30)
+
+
+def _write_wav(path, audio: np.ndarray, rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
+
+
+def _wait_for(path, text: str, timeout: float, proc) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early:\n{path.read_text()}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {text!r} after {timeout} s:\n{path.read_text()}")
+
+
+def test_serve_publishes_live_results(bundle, held_out_session, virtual_microphone, tmp_path):
+    from engines.media import read_media
+
+    truth = [json.loads(l) for l in (held_out_session / "manifest.jsonl").read_text().splitlines()]
+    media = held_out_session / truth[0]["file"]
+    audio, _, _ = read_media(media, 16000)
+    wav = tmp_path / "speech.wav"
+    _write_wav(wav, audio, 16000)
+    duration = len(audio) / 16000
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    messages, log = tmp_path / "messages.jsonl", tmp_path / "serve.log"
+    with log.open("w") as err:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "realtime.cli", "serve", "--model", str(bundle), "--camera", str(media),
+             "--microphone", "pulse", "--endpoint", endpoint, "--jsonl", str(messages),
+             "--duration", str(duration + 8), "--quiet"],
+            env=virtual_microphone, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            _wait_for(log, "serving session", 120, serve)
+            subprocess.run(["paplay", "--device=virtmic_sink", str(wav)], env=virtual_microphone,
+                           check=True, timeout=duration + 30)
+            assert serve.wait(timeout=120) == 0, log.read_text()
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+
+    got = [json.loads(l) for l in messages.read_text().splitlines()]
+    for message in got:
+        jsonschema.validate(message, protocol.schema())
+    utterances = [m for m in got if m["type"] == "utterance"]
+    assert len(utterances) == len(truth), [u["text"] for u in utterances]
+    wer = jiwer.wer(_normalise(" ".join(u["text"] for u in truth)),
+                    _normalise(" ".join(u["text"] for u in utterances)))
+    assert wer < 0.30, (wer, [u["text"] for u in utterances])
+    assert all(u["modalities"] == ["text", "audio", "video"] for u in utterances)
+    windows = [m for m in got if m["type"] == "window"]
+    span = windows[-1]["end"] - windows[0]["end"]
+    assert span > duration and abs(len(windows) - 1 - 4 * span) <= 2, (len(windows), span)
+    assert [m["state"] for m in got if m["type"] == "status"] == ["started", "finished"]
+
+
+def test_serve_refuses_a_camera_it_cannot_open(bundle, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "realtime.cli", "serve", "--model", str(bundle), "--camera",
+         str(tmp_path / "no-such-camera.mp4"), "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--quiet"],
+        capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0
+    assert "cannot open camera" in result.stderr
