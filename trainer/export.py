@@ -66,36 +66,31 @@ def _dim(name: str) -> torch.export.Dim:
     return torch.export.Dim(name, min=DYNAMIC_AXES[name]["min"], max=DYNAMIC_AXES[name]["max"])
 
 
+def _onnx_export(module, inputs, path: Path, input_names, output_names, dynamic_shapes) -> None:
+    """torch.onnx's dynamo exporter, without its progress lines and known-harmless warnings."""
+    import logging
+    import warnings
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # axis-renaming notices of dynamic shapes
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(module.eval(), inputs, str(path), input_names=input_names, output_names=output_names,
+                          dynamic_shapes=dynamic_shapes, opset_version=OPSET, dynamo=True,
+                          external_data=False, verbose=False)
+
+
 def export_student(model: Student, path: Path) -> None:
     batch = _dim("batch")
-    torch.onnx.export(
-        ExportedStudent(model).eval(),
-        example_inputs(model),
-        str(path),
-        input_names=list(INPUTS),
-        output_names=["probs"],
-        dynamic_shapes=tuple({0: batch} for _ in INPUTS),
-        opset_version=OPSET,
-        dynamo=True,
-        external_data=False,
-    )
+    _onnx_export(ExportedStudent(model), example_inputs(model), path, list(INPUTS), ["probs"],
+                 tuple({0: batch} for _ in INPUTS))
 
 
 def export_text_encoder(encoder: SentenceEncoder, path: Path) -> None:
     batch, tokens = _dim("batch"), _dim("tokens")
     ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]])
-    mask = (ids != 0).long()
-    torch.onnx.export(
-        encoder.eval(),
-        (ids, mask),
-        str(path),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["sentence_embedding"],
-        dynamic_shapes=({0: batch, 1: tokens}, {0: batch, 1: tokens}),
-        opset_version=OPSET,
-        dynamo=True,
-        external_data=False,
-    )
+    _onnx_export(encoder, (ids, (ids != 0).long()), path, ["input_ids", "attention_mask"],
+                 ["sentence_embedding"], ({0: batch, 1: tokens}, {0: batch, 1: tokens}))
 
 
 def _session(path: Path):
