@@ -85,3 +85,68 @@ def read_media(path: str | Path, sample_rate: int = 16000, video_fps: float = 5.
     audio = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
     start = chunks[0].t if chunks else 0.0
     return audio, start, frames
+
+
+class MediaWriter:
+    """Write BGR frames at a constant rate and mono float audio into one file (PyAV).
+
+    Audio is encoded as it comes and interleaved with the video by time, so a
+    long recording never sits in memory.
+    """
+
+    def __init__(self, path: str | Path, fps: float, width: int, height: int, sample_rate: int = 16000):
+        import av
+
+        self.fps, self.rate = fps, sample_rate
+        self.container = av.open(str(path), "w")
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        self.video_stream = self.container.add_stream(codec, rate=int(round(fps)))
+        self.video_stream.width, self.video_stream.height = width, height
+        self.video_stream.pix_fmt = "yuv420p"
+        # One encoder thread: the same input gives the same bytes on every run.
+        self.video_stream.codec_context.thread_count = 1
+        if codec == "libx264":
+            self.video_stream.options = {"preset": "veryfast", "crf": "23"}
+        else:
+            self.video_stream.bit_rate = 800_000
+        self.audio_stream = self.container.add_stream("aac", rate=sample_rate, layout="mono")
+        self.audio_stream.bit_rate = 64_000
+        self.frames = 0  # video frames written
+        self.pending = np.zeros(0, np.float32)  # audio not yet encoded (AAC takes 1024-sample frames)
+        self.samples = 0  # audio samples encoded
+
+    def video(self, image_bgr: np.ndarray) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(image_bgr, format="bgr24")
+        frame.pts = self.frames
+        self.container.mux(self.video_stream.encode(frame))
+        self.frames += 1
+
+    def audio(self, samples: np.ndarray) -> None:
+        self.pending = np.concatenate([self.pending, np.asarray(samples, np.float32).reshape(-1)])
+        while self.pending.size >= 1024:
+            self._encode(self.pending[:1024])
+            self.pending = self.pending[1024:]
+
+    def _encode(self, chunk: np.ndarray) -> None:
+        import av
+
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = self.rate, self.samples
+        self.container.mux(self.audio_stream.encode(frame))
+        self.samples += chunk.size
+
+    def close(self) -> None:
+        if self.pending.size:
+            self._encode(self.pending)
+            self.pending = np.zeros(0, np.float32)
+        self.container.mux(self.video_stream.encode(None))
+        self.container.mux(self.audio_stream.encode(None))
+        self.container.close()
+
+    def __enter__(self) -> "MediaWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

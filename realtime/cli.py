@@ -58,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="do not print messages as they are published")
     _common(sp)
 
+    cp = sub.add_parser("record", help="save a live session (camera + microphone) for replay",
+                        description="Record the camera and the microphone into one file (mp4) that "
+                                    "`realtime replay` reads, until Ctrl-C or --duration.")
+    cp.add_argument("out", type=Path, help="file to write (.mp4)")
+    cp.add_argument("--camera", help="camera index, video file or URL; '' for none (default [capture] camera)")
+    cp.add_argument("--microphone", help="microphone index or name fragment (default [capture] microphone)")
+    cp.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
+    cp.add_argument("--fps", type=float, default=15.0, help="video frame rate written")
+    _common(cp)
+
     sub.add_parser("devices", help="list cameras and microphones",
                    description="Cameras OpenCV can open (indices 0-9) and PyAudio input devices.")
 
@@ -131,6 +141,27 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_record(args) -> int:
+    import signal
+    import threading
+
+    from realtime.config import load_config
+    from realtime.record import record
+
+    overrides = list(args.overrides)
+    for key, value in (("capture.camera", args.camera), ("capture.microphone", args.microphone)):
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    config = load_config(args.config, overrides)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"recording to {args.out} (Ctrl-C to stop)", file=sys.stderr)
+    result = record(args.out, config.capture, args.duration, args.fps, stop)
+    print(f"wrote {result['path']}: {result['seconds']:.1f} s of audio, {result['frames']} frames", file=sys.stderr)
+    return 0
+
+
 def cmd_devices(args) -> int:
     from realtime.sources import list_devices
 
@@ -185,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     from realtime.sources import DeviceError
 
     try:
-        commands = {"replay": cmd_replay, "serve": cmd_serve, "devices": cmd_devices, "listen": cmd_listen}
+        commands = {"replay": cmd_replay, "serve": cmd_serve, "record": cmd_record, "devices": cmd_devices, "listen": cmd_listen}
         return commands[args.command](args)
     except (BundleError, BackendUnavailable, MediaError, ConfigError, PipelineError, DeviceError, ValueError) as exc:
         print(f"realtime {args.command}: error: {exc}", file=sys.stderr)

@@ -52,26 +52,44 @@ def open_camera(spec: str, options: CaptureOptions):
     return cap
 
 
-def camera_source(stage: Stage, options: CaptureOptions, session: str, sample_fps: float, t_start: float) -> None:
-    """Send sampled frames stamped with seconds since t_start; drop what the faces stage cannot take."""
-    import cv2
+class Camera:
+    """Frames with media times (seconds since t_start); a file plays at its own rate, like a camera."""
 
-    cap = open_camera(options.camera, options)
+    def __init__(self, options: CaptureOptions, t_start: float):
+        import cv2
+
+        self.cap = open_camera(options.camera, options)
+        self.t_start = t_start
+        self.is_file = not options.camera.isdigit() and "://" not in options.camera
+        self.file_fps = self.cap.get(cv2.CAP_PROP_FPS) or 25.0
+        self.size = (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+
+    def frames(self):
+        n = 0
+        while True:
+            ok, image = self.cap.read()
+            if not ok:
+                return  # end of a file, or a camera that went away
+            if self.is_file:
+                t = n / self.file_fps
+                time.sleep(max(0.0, self.t_start + t - time.time()))
+            else:
+                t = time.time() - self.t_start
+            n += 1
+            yield t, image
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+def camera_source(stage: Stage, options: CaptureOptions, session: str, sample_fps: float, t_start: float) -> None:
+    """Send sampled frames stamped with session time; drop what the faces stage cannot take."""
+    camera = Camera(options, t_start)
     out = stage.push(stage.endpoints.video)
     out.setsockopt(zmq.SNDHWM, 2)  # at most two frames wait: the rest are stale
-    # A file stands in for a camera in tests and demos: play it at its own rate.
-    is_file = not options.camera.isdigit() and "://" not in options.camera
-    file_fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     stage.report("ready")
-    seq, next_t, n = 0, 0.0, 0
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break  # end of a file, or a camera that went away
-        t = n / file_fps if is_file else time.time() - t_start
-        n += 1
-        if is_file:
-            time.sleep(max(0.0, t_start + t - time.time()))
+    seq, next_t = 0, 0.0
+    for t, image in camera.frames():
         if t + 1e-6 < next_t:
             continue
         next_t = t + 1.0 / sample_fps
@@ -81,7 +99,7 @@ def camera_source(stage: Stage, options: CaptureOptions, session: str, sample_fp
             pass  # faces stage busy: drop this frame
         seq += 1
         stage.heartbeat()
-    cap.release()
+    camera.close()
     bus.send(out, {"type": "eos", "session": session})
 
 
@@ -98,43 +116,60 @@ def find_microphone(pa, spec: str) -> int | None:
     raise DeviceError(f"no microphone matches {spec!r}; `realtime devices` lists microphones")
 
 
-def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk_ms: int,
-                      sample_rate: int, t_start: float, seconds: float = 0.0) -> None:
-    """Capture mono audio, resample to sample_rate, send chunk_ms chunks stamped by sample count."""
-    import av
-    import pyaudio
+class Microphone:
+    """Mono capture at the device's rate, resampled to sample_rate, in chunk_ms reads."""
 
-    pa = pyaudio.PyAudio()
-    try:
-        index = find_microphone(pa, options.microphone)
-        info = pa.get_device_info_by_index(index) if index is not None else pa.get_default_input_device_info()
-        rate = options.mic_rate or int(info["defaultSampleRate"])
-        frames = rate * chunk_ms // 1000
-        stream = pa.open(format=pyaudio.paInt16, channels=1, rate=rate, input=True,
-                         input_device_index=index, frames_per_buffer=frames)
-    except (OSError, IOError) as exc:
-        pa.terminate()
-        raise DeviceError(f"cannot open microphone {options.microphone or '(default)'}: {exc}") from exc
+    def __init__(self, options: CaptureOptions, chunk_ms: int, sample_rate: int):
+        import av
+        import pyaudio
+
+        self.pa = pyaudio.PyAudio()
+        try:
+            index = find_microphone(self.pa, options.microphone)
+            info = (self.pa.get_device_info_by_index(index) if index is not None
+                    else self.pa.get_default_input_device_info())
+            self.device_rate = options.mic_rate or int(info["defaultSampleRate"])
+            self.frames = self.device_rate * chunk_ms // 1000
+            self.stream = self.pa.open(format=pyaudio.paInt16, channels=1, rate=self.device_rate, input=True,
+                                       input_device_index=index, frames_per_buffer=self.frames)
+        except (OSError, IOError) as exc:
+            self.pa.terminate()
+            raise DeviceError(f"cannot open microphone {options.microphone or '(default)'}: {exc}") from exc
+        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+
+    def read(self) -> np.ndarray:
+        """The next chunk_ms of audio (float32 at sample_rate; sizes vary slightly with resampling)."""
+        import av
+
+        raw = np.frombuffer(self.stream.read(self.frames, exception_on_overflow=False), np.int16)
+        frame = av.AudioFrame.from_ndarray(raw.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.device_rate
+        out = [f.to_ndarray().reshape(-1) for f in self.resampler.resample(frame)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+    def close(self) -> None:
+        self.stream.close()
+        self.pa.terminate()
+
+
+def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk_ms: int,
+                      sample_rate: int, t_start: float) -> None:
+    """Send audio chunks stamped by sample count from the moment capture started."""
+    mic = Microphone(options, chunk_ms, sample_rate)
     out = stage.push(stage.endpoints.audio)
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
     stage.report("ready")
     sent, seq = 0, 0
-    # Media time of sample 0: now, relative to the session clock the camera uses too.
-    t0 = time.time() - t_start
+    t0 = time.time() - t_start  # media time of sample 0, on the session clock the camera uses too
     try:
-        while not seconds or sent < seconds * sample_rate:
-            raw = np.frombuffer(stream.read(frames, exception_on_overflow=False), np.int16)
-            frame = av.AudioFrame.from_ndarray(raw.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = rate
-            for resampled in resampler.resample(frame):
-                samples = resampled.to_ndarray().reshape(-1).astype(np.float32)
+        while True:
+            samples = mic.read()
+            if samples.size:
                 bus.send(out, {"type": "audio", "session": session, "seq": seq, "t": t0 + sent / sample_rate},
                          samples)
                 sent, seq = sent + samples.size, seq + 1
             stage.heartbeat()
     finally:
-        stream.close()
-        pa.terminate()
+        mic.close()
         bus.send(out, {"type": "eos", "session": session})
 
 

@@ -108,3 +108,41 @@ def test_serve_refuses_a_camera_it_cannot_open(bundle, tmp_path):
         capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
     assert "cannot open camera" in result.stderr
+
+
+def test_record_then_replay(bundle, held_out_session, virtual_microphone, tmp_path):
+    """A recorded live session is a file that replay turns into the same utterances."""
+    from engines.media import read_media
+
+    truth = [json.loads(l) for l in (held_out_session / "manifest.jsonl").read_text().splitlines()]
+    media = held_out_session / truth[0]["file"]
+    audio, _, _ = read_media(media, 16000)
+    wav = tmp_path / "speech.wav"
+    _write_wav(wav, audio, 16000)
+    recording, log = tmp_path / "recorded.mp4", tmp_path / "record.log"
+    with log.open("w") as err:
+        rec = subprocess.Popen(
+            [sys.executable, "-m", "realtime.cli", "record", str(recording), "--camera", str(media),
+             "--microphone", "pulse", "--duration", str(len(audio) / 16000 + 3)],
+            env=virtual_microphone, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            _wait_for(log, "recording to", 60, rec)
+            subprocess.run(["paplay", "--device=virtmic_sink", str(wav)], env=virtual_microphone,
+                           check=True, timeout=120)
+            assert rec.wait(timeout=60) == 0, log.read_text()
+        finally:
+            if rec.poll() is None:
+                rec.kill()
+    recorded_audio, _, frames = read_media(recording, 16000, video_fps=5.0)
+    assert len(recorded_audio) / 16000 > len(audio) / 16000
+    assert len(frames) > 5 * len(audio) / 16000 * 0.8
+
+    out = tmp_path / "out.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "realtime.cli", "replay", str(recording), "--model", str(bundle), "--out", str(out),
+         "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(lines) == len(truth)
+    wer = jiwer.wer(_normalise(" ".join(u["text"] for u in truth)), _normalise(" ".join(l["text"] for l in lines)))
+    assert wer < 0.30, wer
