@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--microphone", help="microphone index or name fragment (default [capture] microphone)")
     sp.add_argument("--endpoint", help="publish on this ZeroMQ endpoint (default [stream] endpoint)")
     sp.add_argument("--jsonl", type=Path, help="also write every published message to this JSONL file")
+    sp.add_argument("--backend", choices=BACKENDS, help="inference backend (default [model] backend)")
+    sp.add_argument("--device", choices=DEVICES, help="where the model runs (default [model] device)")
     sp.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
     sp.add_argument("--quiet", action="store_true", help="do not print messages as they are published")
     _common(sp)
@@ -96,47 +98,46 @@ def format_message(body: dict) -> str:
     return f"{head} {span} {kind:9s} {probs}  ({'+'.join(body['modalities'])}){text}"
 
 
-def cmd_replay(args) -> int:
+def load_settings(args, needs_model: bool = False, **flags):
+    """config.toml (or --config), then --set, then the command's own flags (KEY=value, None = not given)."""
     from realtime.config import load_config
-    from realtime.pipeline import replay
 
     overrides = list(args.overrides)
-    if args.model:
-        overrides.append(f"model.bundle={json.dumps(str(args.model))}")
-    if args.endpoint:
-        overrides.append(f"stream.endpoint={json.dumps(args.endpoint)}")
-    if args.backend:
-        overrides.append(f"model.backend={json.dumps(args.backend)}")
-    if args.device:
-        overrides.append(f"model.device={json.dumps(args.device)}")
-    if args.wait_subscribers is not None:
-        overrides.append(f"stream.wait_subscribers={args.wait_subscribers}")
+    for key, value in flags.items():
+        if value is not None:
+            overrides.append(f"{key.replace('__', '.')}={json.dumps(str(value) if isinstance(value, Path) else value)}")
     config = load_config(args.config, overrides)
-    if not config.model.bundle:
+    if needs_model and not config.model.bundle:
         raise ValueError("no model: pass --model BUNDLE or set [model] bundle in config.toml")
-    # Window updates and transcripts are on the stream (`realtime listen` shows them); here only results.
-    show = None if args.quiet else (
-        lambda body: body["type"] in ("utterance", "status") and print(format_message(body), flush=True))
-    utterances = replay(args.media, config, args.out, on_message=show)
+    return config
+
+
+def print_results(args):
+    """Print utterance results and status as they are published; window updates and
+    transcripts are on the stream too (`realtime listen` shows them)."""
+    if args.quiet:
+        return None
+    return lambda body: body["type"] in ("utterance", "status") and print(format_message(body), flush=True)
+
+
+def cmd_replay(args) -> int:
+    from realtime.pipeline import replay
+
+    config = load_settings(args, needs_model=True, model__bundle=args.model, stream__endpoint=args.endpoint,
+                           model__backend=args.backend, model__device=args.device,
+                           stream__wait_subscribers=args.wait_subscribers)
+    utterances = replay(args.media, config, args.out, on_message=print_results(args))
     print(f"{len(utterances)} utterances" + (f" written to {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
 
 def cmd_serve(args) -> int:
-    from realtime.config import load_config
     from realtime.pipeline import serve
 
-    overrides = list(args.overrides)
-    for key, value in (("model.bundle", args.model and str(args.model)), ("capture.camera", args.camera),
-                       ("capture.microphone", args.microphone), ("stream.endpoint", args.endpoint)):
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
-    config = load_config(args.config, overrides)
-    if not config.model.bundle:
-        raise ValueError("no model: pass --model BUNDLE or set [model] bundle in config.toml")
-    show = None if args.quiet else (
-        lambda body: body["type"] in ("utterance", "status") and print(format_message(body), flush=True))
-    utterances = serve(config, config.capture, args.jsonl, on_message=show, duration_s=args.duration)
+    config = load_settings(args, needs_model=True, model__bundle=args.model, capture__camera=args.camera,
+                           capture__microphone=args.microphone, stream__endpoint=args.endpoint,
+                           model__backend=args.backend, model__device=args.device)
+    utterances = serve(config, config.capture, args.jsonl, on_message=print_results(args), duration_s=args.duration)
     print(f"{len(utterances)} utterances", file=sys.stderr)
     return 0
 
@@ -145,14 +146,9 @@ def cmd_record(args) -> int:
     import signal
     import threading
 
-    from realtime.config import load_config
     from realtime.record import record
 
-    overrides = list(args.overrides)
-    for key, value in (("capture.camera", args.camera), ("capture.microphone", args.microphone)):
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
-    config = load_config(args.config, overrides)
+    config = load_settings(args, capture__camera=args.camera, capture__microphone=args.microphone)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

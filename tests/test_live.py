@@ -48,6 +48,19 @@ def _write_wav(path, audio: np.ndarray, rate: int) -> None:
         w.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
 
 
+@pytest.fixture
+def spoken_session(held_out_session, tmp_path):
+    """The held-out session's manifest, its mp4 (the camera) and its speech as a wav (the microphone)."""
+    from engines.media import read_media
+
+    truth = [json.loads(l) for l in (held_out_session / "manifest.jsonl").read_text().splitlines()]
+    media = held_out_session / truth[0]["file"]
+    audio, _, _ = read_media(media, 16000)
+    wav = tmp_path / "speech.wav"
+    _write_wav(wav, audio, 16000)
+    return truth, media, wav, len(audio) / 16000
+
+
 def _wait_for(path, text: str, timeout: float, proc) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -59,15 +72,8 @@ def _wait_for(path, text: str, timeout: float, proc) -> None:
     raise AssertionError(f"no {text!r} after {timeout} s:\n{path.read_text()}")
 
 
-def test_serve_publishes_live_results(bundle, held_out_session, virtual_microphone, tmp_path):
-    from engines.media import read_media
-
-    truth = [json.loads(l) for l in (held_out_session / "manifest.jsonl").read_text().splitlines()]
-    media = held_out_session / truth[0]["file"]
-    audio, _, _ = read_media(media, 16000)
-    wav = tmp_path / "speech.wav"
-    _write_wav(wav, audio, 16000)
-    duration = len(audio) / 16000
+def test_serve_publishes_live_results(bundle, spoken_session, virtual_microphone, tmp_path):
+    truth, media, wav, duration = spoken_session
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     messages, log = tmp_path / "messages.jsonl", tmp_path / "serve.log"
@@ -110,20 +116,16 @@ def test_serve_refuses_a_camera_it_cannot_open(bundle, tmp_path):
     assert "cannot open camera" in result.stderr
 
 
-def test_record_then_replay(bundle, held_out_session, virtual_microphone, tmp_path):
+def test_record_then_replay(bundle, spoken_session, virtual_microphone, tmp_path):
     """A recorded live session is a file that replay turns into the same utterances."""
     from engines.media import read_media
 
-    truth = [json.loads(l) for l in (held_out_session / "manifest.jsonl").read_text().splitlines()]
-    media = held_out_session / truth[0]["file"]
-    audio, _, _ = read_media(media, 16000)
-    wav = tmp_path / "speech.wav"
-    _write_wav(wav, audio, 16000)
+    truth, media, wav, duration = spoken_session
     recording, log = tmp_path / "recorded.mp4", tmp_path / "record.log"
     with log.open("w") as err:
         rec = subprocess.Popen(
             [sys.executable, "-m", "realtime.cli", "record", str(recording), "--camera", str(media),
-             "--microphone", "pulse", "--duration", str(len(audio) / 16000 + 3)],
+             "--microphone", "pulse", "--duration", str(duration + 3)],
             env=virtual_microphone, stdout=subprocess.DEVNULL, stderr=err)
         try:
             _wait_for(log, "recording to", 60, rec)
@@ -134,8 +136,8 @@ def test_record_then_replay(bundle, held_out_session, virtual_microphone, tmp_pa
             if rec.poll() is None:
                 rec.kill()
     recorded_audio, _, frames = read_media(recording, 16000, video_fps=5.0)
-    assert len(recorded_audio) / 16000 > len(audio) / 16000
-    assert len(frames) > 5 * len(audio) / 16000 * 0.8
+    assert len(recorded_audio) / 16000 > duration
+    assert len(frames) > 5 * duration * 0.8
 
     out = tmp_path / "out.jsonl"
     result = subprocess.run(
