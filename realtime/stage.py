@@ -46,6 +46,7 @@ class Stage:
         self.ctx = zmq.Context()
         self.control = bus.socket(self.ctx, zmq.PUSH, endpoints.control, bind=False)
         self._last_beat = 0.0
+        self._parent = os.getppid()
 
     def pull(self, endpoint: str) -> zmq.Socket:
         return bus.socket(self.ctx, zmq.PULL, endpoint, bind=True, hwm=self.queue_limit)
@@ -62,6 +63,10 @@ class Stage:
         return bus.recv(sock)
 
     def heartbeat(self) -> None:
+        if os.getppid() != self._parent:
+            # The supervisor is gone (killed, not stopped): nobody reads our
+            # output any more, so do not linger as an orphan.
+            os._exit(3)
         now = time.monotonic()
         if now - self._last_beat >= HEARTBEAT_S:
             self._last_beat = now
