@@ -24,6 +24,7 @@ from torch import nn
 from engines.preprocess import Preprocessing
 
 MODALITIES = ("text", "audio", "video")
+HEADS = ("fusion",) + MODALITIES  # axis 1 of the logits
 # Inputs of Student.forward and of the exported graph, in order.
 INPUTS = ("text_emb", "mel", "audio_mask", "video", "video_mask", "present")
 NEG = -1e4  # additive mask value; -inf would turn a fully masked row into NaN
@@ -37,6 +38,8 @@ class StudentConfig:
     heads: int = 4
     layers: int = 2
     dropout: float = 0.1
+    embed_dim: int = 64  # joint space of the NCE loss (training only; not in the exported graph)
+    kd_dim: int = 0  # size of a teacher's features for feature KD; 0 = no KD projections
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +105,13 @@ class Student(nn.Module):
         self.fusion = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.fusion_norm = nn.LayerNorm(cfg.dim)
         self.fusion_head = nn.Linear(cfg.dim, cfg.n_labels)
+        # Training-only heads on each head's aggregation/fusion token: g_{m->c} into the
+        # joint space of NCE, and projections to a teacher's feature size for feature KD.
+        # forward() (and so the exported graph) never uses them.
+        self.joint = nn.ModuleDict({h: nn.Linear(cfg.dim, cfg.embed_dim) for h in HEADS})
+        self.kd = nn.ModuleDict(
+            {h: nn.Linear(cfg.dim, cfg.kd_dim) for h in HEADS} if cfg.kd_dim > 0 else {}
+        )
 
     def audio_tokens(self, mel: torch.Tensor) -> torch.Tensor:
         # (B, n_mels, frames) -> (B, tokens, n_mels * patch): one token per 80 ms
@@ -119,11 +129,9 @@ class Student(nn.Module):
         present = frame_mask.reshape(b, n // t, t).amax(-1)
         return tokens, present.repeat_interleave((s // h) * (s // w), dim=1)
 
-    def forward(self, text_emb, mel, audio_mask, video, video_mask, present):
-        """present: (B, 3) float, 1 where text, audio, video are given.
-
-        Returns logits (B, 4, L): fusion, text, audio, video.
-        """
+    def encode(self, text_emb, mel, audio_mask, video, video_mask, present):
+        """(logits (B, 4, L), tokens {head: (B, dim)}): the fusion token and each peer's
+        aggregation token, after their final norms."""
         tokens_v, mask_v = self.video_tokens(video, video_mask)
         x_t, k_t, logit_t = self.text(text_emb[:, None, :], present[:, 0:1])
         x_a, k_a, logit_a = self.audio(self.audio_tokens(mel), audio_mask)
@@ -138,8 +146,29 @@ class Student(nn.Module):
         key_mask = torch.cat([torch.ones_like(key_mask[:, :1]), key_mask], dim=1)
         for block in self.fusion:
             x = block(x, key_mask)
-        logit_f = self.fusion_head(self.fusion_norm(x[:, 0]))
-        return torch.stack([logit_f, logit_t, logit_a, logit_v], dim=1)
+        fused = self.fusion_norm(x[:, 0])
+        logit_f = self.fusion_head(fused)
+        tokens = {"fusion": fused, "text": x_t[:, 0], "audio": x_a[:, 0], "video": x_v[:, 0]}
+        return torch.stack([logit_f, logit_t, logit_a, logit_v], dim=1), tokens
+
+    def forward(self, text_emb, mel, audio_mask, video, video_mask, present):
+        """present: (B, 3) float, 1 where text, audio, video are given.
+
+        Returns logits (B, 4, L): fusion, text, audio, video.
+        """
+        return self.encode(text_emb, mel, audio_mask, video, video_mask, present)[0]
+
+    def forward_train(self, text_emb, mel, audio_mask, video, video_mask, present) -> dict:
+        """What the losses need (trainer.losses.total_loss's `outputs`):
+
+        logits (B, 4, L); embeddings {head: (B, embed_dim)} in the joint space (NCE);
+        kd_features {head: (B, kd_dim)} when cfg.kd_dim > 0 (feature KD).
+        """
+        logits, tokens = self.encode(text_emb, mel, audio_mask, video, video_mask, present)
+        out = {"logits": logits, "embeddings": {h: self.joint[h](tokens[h]) for h in HEADS}}
+        if self.cfg.kd_dim > 0:
+            out["kd_features"] = {h: self.kd[h](tokens[h]) for h in HEADS}
+        return out
 
 
 class ExportedStudent(nn.Module):

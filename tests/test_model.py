@@ -46,3 +46,20 @@ def test_bce_loss_counts_only_present_peers():
     logits[0, 3] = 10.0  # a confident wrong video head is ignored while video is absent
     assert torch.isclose(bce_loss(logits, targets, torch.tensor([[1.0, 0.0, 0.0]])), 2 * ln2)
     assert bce_loss(logits, targets, torch.tensor([[1.0, 0.0, 1.0]])) > 2 * ln2
+
+
+def test_forward_train_adds_joint_embeddings_and_kd_features():
+    torch.manual_seed(0)
+    model = Student(StudentConfig(n_labels=5, dim=32, layers=1, heads=2, embed_dim=16, kd_dim=24),
+                    Preprocessing()).eval()
+    x = example_inputs(model, batch=3)
+    with torch.no_grad():
+        out = model.forward_train(*x)
+        logits = model(*x)
+    assert torch.allclose(out["logits"], logits)
+    assert set(out["embeddings"]) == set(out["kd_features"]) == {"fusion", "text", "audio", "video"}
+    assert all(e.shape == (3, 16) for e in out["embeddings"].values())
+    assert all(f.shape == (3, 24) for f in out["kd_features"].values())
+    # an old config (no embed_dim / kd_dim) still builds, without KD projections
+    plain = Student(StudentConfig(n_labels=5, dim=32, layers=1, heads=2), Preprocessing())
+    assert "kd_features" not in plain.forward_train(*x)

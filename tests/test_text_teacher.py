@@ -1,0 +1,95 @@
+"""The text teacher (trainer/text_teacher.py): TelME prompts, left-truncation, a tiny fit, save/load."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.data import Utterance
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def utt(dialogue: str, turn: int, speaker: str, text: str, label: str = "joy") -> Utterance:
+    return Utterance(session=dialogue, file=Path(), start=0.0, end=0.0, text=text, speaker=speaker,
+                     labels=[label], split="train", extra={"dialogue": dialogue, "turn": turn})
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    from trainer.text_teacher import TeacherConfig, TextTeacher
+
+    torch.set_num_threads(2)
+    return TextTeacher.create(TeacherConfig(labels=["joy", "neutral"], max_len=32, epochs=1))
+
+
+def test_prompt_is_past_only_and_uses_the_encoders_tokens(teacher):
+    # Given out of order, with the future turns' words unique to them.
+    dialogue = [utt("d", 2, "Ann", "alpha future"), utt("d", 0, "Bob", "first words"),
+                utt("d", 1, "Ann", "second words"), utt("d", 3, "Bob", "omega later")]
+    prompts = teacher.prompts(dialogue)
+    tok = teacher.tokenizer
+    by_turn = {u.extra["turn"]: p for u, p in zip(dialogue, prompts)}
+    assert by_turn[0] == f"<s1> first words {tok.sep_token} Now <s1> feels {tok.mask_token}"
+    assert "future" not in by_turn[1] and "omega" not in by_turn[1]
+    assert "omega" not in by_turn[2] and by_turn[2].endswith(f"Now <s2> feels {tok.mask_token}")
+    for turn, p in by_turn.items():
+        later = [u.text for u in dialogue if u.extra["turn"] > turn]
+        assert not any(text in p for text in later)
+    # Speaker tokens are single special tokens, never split or lower-cased away.
+    ids = tok("<s1> hi <s2>", add_special_tokens=False)["input_ids"]
+    assert ids[0] == tok.convert_tokens_to_ids("<s1>") and ids[-1] == tok.convert_tokens_to_ids("<s2>")
+
+
+def test_left_truncation_keeps_the_prompt(teacher):
+    long_past = [utt("d", i, f"p{i % 2}", " ".join(["word"] * 30)) for i in range(10)]
+    current = utt("d", 10, "p0", "the current utterance")
+    prompts = teacher.prompts(long_past + [current])
+    batch = teacher.encode([prompts[-1]])
+    ids = batch["input_ids"][0].tolist()
+    tok = teacher.tokenizer
+    assert len(ids) == teacher.config.max_len
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    text = tok.decode(ids)
+    assert text.rstrip().endswith(f"the current utterance {tok.sep_token} now <s1> feels {tok.mask_token} {tok.sep_token}".lower()) \
+        or "the current utterance" in text and tok.mask_token in text
+    assert tok.mask_token_id in ids
+    # The features come from the mask position, for every row of a padded batch.
+    feats = teacher.features(**teacher.encode(prompts))
+    assert feats.shape == (len(prompts), teacher.encoder.config.hidden_size)
+
+
+def test_tiny_fit_on_meld_saves_and_loads(tmp_path):
+    meld = DATA / "meld"
+    if not (meld / "dev_sent_emo.csv").is_file():
+        pytest.skip(f"{meld} is absent (the shared data are not on this machine)")
+    from trainer.datasets import load
+    from trainer.text_teacher import TeacherConfig, TextTeacher
+
+    torch.set_num_threads(2)
+    corpus = load(f"meld:{meld}")
+    dev = corpus.split("dev")[:64]
+    teacher = TextTeacher.create(TeacherConfig(labels=corpus.labels, max_len=64, epochs=1, batch_size=16,
+                                               eval_batch_size=32))
+    history = teacher.fit(dev[:48], dev[48:], log=lambda m: None)
+    assert len(history) == 1 and history[0]["steps"] == 3 and np.isfinite(history[0]["train_loss"])
+    logits, feats = teacher.logits(dev[48:]), teacher.embed(dev[48:])
+    assert logits.shape == (16, 7) and feats.shape == (16, teacher.encoder.config.hidden_size)
+    teacher.save(tmp_path / "teacher")
+    assert (tmp_path / "teacher" / "head.safetensors").is_file()
+    assert (tmp_path / "teacher" / "encoder" / "model.safetensors").is_file()
+    again = TextTeacher.load(tmp_path / "teacher")
+    np.testing.assert_allclose(again.logits(dev[48:]), logits, atol=1e-4)
+    np.testing.assert_allclose(again.embed(dev[48:]), feats, atol=1e-4)
+
+
+def test_multi_label_mode_uses_bce():
+    from trainer.text_teacher import TeacherConfig, TextTeacher
+
+    teacher = TextTeacher.create(TeacherConfig(labels=["a", "b", "c"], multi_label=True, max_len=16))
+    y = torch.tensor([[1.0, 0.0, 1.0]])
+    logits = torch.zeros(1, 3)
+    assert torch.isclose(teacher.loss(logits, y), torch.tensor(np.log(2.0), dtype=torch.float32))
+    assert torch.allclose(teacher.probabilities(logits), torch.full((1, 3), 0.5))

@@ -1,0 +1,222 @@
+"""`trainer evaluate RUN --data KIND:PATH --split test --report OUT`: score a run once.
+
+Single-label corpora (every utterance has exactly one label: MELD, IEMOCAP, CREMA-D)
+are scored with argmax, as their papers score them: weighted F1, macro F1, accuracy
+and per-class F1.  Multi-label corpora are scored at the run's thresholds (tuned on
+dev) and additionally get micro and sample F1, mean average precision and Hamming
+loss; their accuracy is the exact-match (subset) accuracy.  Both get the expected
+calibration error (ECE, 15 equal-width bins) and two figures:
+
+  confusion.png    true label (rows) x predicted label (columns), counts; for a
+                   multi-label corpus a sample adds 1 for each (true, predicted) pair
+  reliability.png  the reliability diagram behind the ECE
+
+OUT gets report.json (everything) and report.md (the same, for people).
+All scores are in percent except Hamming loss and ECE (fractions in [0, 1]).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import average_precision_score, f1_score, hamming_loss
+
+from engines.faces import FaceOptions
+from engines.preprocess import Preprocessing
+
+N_BINS = 15
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def argmax_onehot(probs: np.ndarray) -> np.ndarray:
+    pred = np.zeros_like(probs, dtype=np.float32)
+    pred[np.arange(len(probs)), probs.argmax(1)] = 1
+    return pred
+
+
+def calibration(confidence: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS) -> dict:
+    """ECE = sum_b |B_b| / N * |acc(B_b) - conf(B_b)| over equal-width confidence bins."""
+    confidence, correct = np.asarray(confidence, float).ravel(), np.asarray(correct, float).ravel()
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        sel = which == b
+        if not sel.any():
+            bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": 0})
+            continue
+        acc, conf = float(correct[sel].mean()), float(confidence[sel].mean())
+        ece += sel.sum() / max(len(confidence), 1) * abs(acc - conf)
+        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(sel.sum()),
+                     "accuracy": acc, "confidence": conf})
+    return {"ece": float(ece), "bins": bins}
+
+
+def single_label_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str]) -> dict:
+    """Argmax scores: the prediction is the label with the highest probability."""
+    truth, pred = y.argmax(1), probs.argmax(1)
+    ids = list(range(len(labels)))
+    per_class = f1_score(truth, pred, labels=ids, average=None, zero_division=0)
+    # confidence of the argmax, renormalised over the labels (the heads are sigmoids)
+    norm = probs / np.clip(probs.sum(1, keepdims=True), 1e-12, None)
+    cal = calibration(norm.max(1), pred == truth)
+    return {
+        "scoring": "argmax (single-label)",
+        "weighted_f1": 100 * f1_score(truth, pred, labels=ids, average="weighted", zero_division=0),
+        "macro_f1": 100 * f1_score(truth, pred, labels=ids, average="macro", zero_division=0),
+        "accuracy": 100 * float((truth == pred).mean()),
+        "per_class_f1": {label: 100 * float(f) for label, f in zip(labels, per_class)},
+        "ece": cal["ece"],
+        "calibration_bins": cal["bins"],
+    }
+
+
+def multi_label_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str],
+                        thresholds: np.ndarray) -> dict:
+    """Thresholded scores, plus mAP over the labels that occur, and Hamming loss."""
+    pred = (probs >= np.asarray(thresholds)[None, :]).astype(np.float32)
+    occurring = y.sum(0) > 0
+    ap = [average_precision_score(y[:, j], probs[:, j]) for j in np.flatnonzero(occurring)]
+    per_class = f1_score(y, pred, average=None, zero_division=0)
+    cal = calibration(probs, y)  # every (sample, label) probability against its 0/1 truth
+    return {
+        "scoring": "thresholds tuned on dev (multi-label)",
+        "weighted_f1": 100 * f1_score(y, pred, average="weighted", zero_division=0),
+        "macro_f1": 100 * f1_score(y, pred, average="macro", zero_division=0),
+        "micro_f1": 100 * f1_score(y, pred, average="micro", zero_division=0),
+        "samples_f1": 100 * f1_score(y, pred, average="samples", zero_division=0),
+        "accuracy": 100 * float((pred == y).all(1).mean()),
+        "mAP": 100 * float(np.mean(ap)) if ap else 0.0,
+        "hamming_loss": float(hamming_loss(y, pred)),
+        "per_class_f1": {label: 100 * float(f) for label, f in zip(labels, per_class)},
+        "ece": cal["ece"],
+        "calibration_bins": cal["bins"],
+    }
+
+
+def confusion(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(L, L) counts of (true label, predicted label) pairs; argmax one-hots give the usual matrix."""
+    return (y.T @ pred).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(labels), 0.8 + 0.6 * len(labels)))
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black", fontsize=8)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reliability(bins: list[dict], ece: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    width = bins[0]["hi"] - bins[0]["lo"]
+    for b in bins:
+        if b["count"]:
+            ax.bar(b["lo"], b["accuracy"], width=width, align="edge", color="tab:blue", edgecolor="black")
+            ax.bar(b["lo"], b["confidence"] - b["accuracy"], bottom=b["accuracy"], width=width,
+                   align="edge", color="tab:red", alpha=0.3)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {ece:.3f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- command
+
+
+def score(probs: np.ndarray, y: np.ndarray, labels: list[str], thresholds, single_label: bool) -> dict:
+    if single_label:
+        return single_label_metrics(probs, y, labels)
+    return multi_label_metrics(probs, y, labels, np.asarray(thresholds))
+
+
+def evaluate(run: Path, data_spec: str, split: str, report: Path, media: str | Path | None = None,
+             cache_dir: str | None = None, progress: bool = True) -> dict:
+    """Score the fusion head of `run` on `split` of `data_spec` ("all": every utterance)."""
+    from trainer.data import Corpus
+    from trainer.datasets import load
+    from trainer.export import load_run
+    from trainer.fit import TrainOptions, build_inputs, predict
+    from trainer.text_encoder import SentenceEncoder
+
+    run = Path(run)
+    info, model = load_run(run)
+    known = {f.name for f in fields(TrainOptions)}
+    opts = TrainOptions(**{k: v for k, v in info["options"].items() if k in known})
+    if cache_dir is not None:
+        opts = replace(opts, cache_dir=cache_dir)
+    corpus = load(data_spec, media, opts.dev_fraction, opts.seed)
+    if split == "all":
+        corpus = Corpus(corpus.labels, [replace(u, split="all") for u in corpus.utterances])
+    if not corpus.split(split):
+        raise ValueError(f"{data_spec}: no utterances in split {split!r}")
+    labels = info["labels"]
+    if list(corpus.labels) != list(labels):
+        raise ValueError(f"{data_spec}: labels {corpus.labels} differ from the run's {labels}")
+    single_label = all(len(u.labels) == 1 for u in corpus.utterances)
+    data = build_inputs(corpus, split, Preprocessing.from_dict(info["preprocessing"]),
+                        FaceOptions(**info["faces"]), opts, SentenceEncoder(info["text_encoder"]), progress)
+    probs = predict(model, data)[:, 0]
+    y = data["targets"].numpy()
+    metrics = score(probs, y, labels, info["thresholds"], single_label)
+    pred = argmax_onehot(probs) if single_label else (probs >= np.asarray(info["thresholds"])).astype(np.float32)
+    matrix = confusion(y, pred)
+
+    report = Path(report)
+    report.mkdir(parents=True, exist_ok=True)
+    plot_confusion(matrix, labels, report / "confusion.png", f"{split}: {len(y)} utterances")
+    plot_reliability(metrics["calibration_bins"], metrics["ece"], report / "reliability.png")
+    result = {"run": str(run), "data": data_spec, "split": split, "utterances": int(len(y)),
+              "labels": labels, "single_label": single_label, "metrics": metrics,
+              "confusion": matrix.tolist(), "figures": ["confusion.png", "reliability.png"]}
+    (report / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    (report / "report.md").write_text(markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    m = result["metrics"]
+    lines = [f"# Evaluation of {result['run']}", "",
+             f"Data `{result['data']}`, split `{result['split']}`, {result['utterances']} utterances; "
+             f"scoring: {m['scoring']}.", "", "| metric | value |", "|---|---|"]
+    for key in ("weighted_f1", "macro_f1", "micro_f1", "samples_f1", "accuracy", "mAP"):
+        if key in m:
+            lines.append(f"| {key} (%) | {m[key]:.2f} |")
+    if "hamming_loss" in m:
+        lines.append(f"| hamming_loss | {m['hamming_loss']:.4f} |")
+    lines += [f"| ECE | {m['ece']:.4f} |", "", "| label | F1 (%) |", "|---|---|"]
+    lines += [f"| {label} | {f:.2f} |" for label, f in m["per_class_f1"].items()]
+    lines += ["", "![confusion matrix](confusion.png)", "", "![reliability diagram](reliability.png)", ""]
+    return "\n".join(lines)

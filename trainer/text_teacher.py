@@ -1,0 +1,323 @@
+"""The text teacher (TelME 3.2.2) and the text benchmarks' classifier.
+
+Input: the past-only dialogue context of an utterance with speaker tokens and the prompt
+"Now <sK> feels <mask>" (`trainer.datasets.context_prompts`), using the encoder's own
+separator and mask tokens.  The speaker tokens <s1>.. are added to the tokenizer as
+special tokens (the embedding matrix is resized).  Output: the final hidden state of the
+mask token -> dropout -> linear head.  Multi-label (sigmoid, BCE) or single-label
+(softmax, CE).
+
+Sequences are truncated from the LEFT, so the oldest context goes first and the current
+utterance and the prompt always survive (the [CLS] token is added after truncation).
+
+    teacher = TextTeacher.create(TeacherConfig(labels=corpus.labels))
+    teacher.fit(corpus.split("train"), corpus.split("dev"))   # epoch chosen on dev
+    teacher.save("out/text_teacher")                          # safetensors + json
+    teacher = TextTeacher.load("out/text_teacher")
+    feats = teacher.embed(utterances)    # mask-token features, for feature KD
+    logits = teacher.logits(utterances)  # for response KD
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.data import Utterance
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "text_teacher.json"
+HEAD_FILE = "head.safetensors"
+
+
+@dataclass
+class TeacherConfig:
+    labels: list[str] = field(default_factory=list)
+    encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    multi_label: bool = False
+    context: bool = True            # False: the utterance alone (still with the prompt)
+    max_turns: int | None = None    # earlier turns kept before left-truncation (None: all)
+    max_len: int = 128
+    n_speaker_tokens: int = 16      # <s1>..<sN>; windows with more speakers reuse word pieces
+    dropout: float = 0.1
+    lr: float = 5e-5                # encoder
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.1             # fraction of the optimizer steps
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    clip: float = 1.0
+    seed: int = 0
+    max_train_seconds: float | None = None  # stop after the epoch/step that passes this
+    select: str = "auto"            # dev metric: weighted_f1 (single) / macro_f1 (multi)
+
+
+def speaker_tokens(n: int) -> list[str]:
+    return [f"<s{i}>" for i in range(1, n + 1)]
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class TextTeacher(nn.Module):
+    def __init__(self, config: TeacherConfig, encoder: nn.Module, tokenizer):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, len(config.labels))
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def create(cls, config: TeacherConfig) -> "TextTeacher":
+        from transformers import AutoModel, AutoTokenizer
+
+        from engines.offline import resolve_text_encoder
+
+        set_seed(config.seed)
+        path = resolve_text_encoder(config.encoder)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.mask_token is None:
+            raise ValueError(f"text encoder {config.encoder!r}: its tokenizer has no mask token")
+        tokenizer.add_special_tokens({"additional_special_tokens": speaker_tokens(config.n_speaker_tokens)})
+        encoder = AutoModel.from_pretrained(path)
+        encoder.resize_token_embeddings(len(tokenizer))
+        return cls(config, encoder, tokenizer)
+
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(directory / "encoder", safe_serialization=True)
+        self.tokenizer.save_pretrained(directory / "encoder")
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(directory / HEAD_FILE))
+        meta = {"config": dataclasses.asdict(self.config), "history": self.history}
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "TextTeacher":
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        directory = Path(directory)
+        meta = json.loads((directory / CONFIG_FILE).read_text())
+        config = TeacherConfig(**meta["config"])
+        tokenizer = AutoTokenizer.from_pretrained(directory / "encoder")
+        encoder = AutoModel.from_pretrained(directory / "encoder")
+        teacher = cls(config, encoder, tokenizer)
+        teacher.head.load_state_dict(load_file(str(directory / HEAD_FILE)))
+        teacher.history = meta.get("history", [])
+        teacher.eval()
+        return teacher
+
+    # ------------------------------------------------------------------ inputs
+
+    def prompts(self, utterances: list[Utterance]) -> list[str]:
+        """TelME prompts from the past of each utterance's dialogue (within `utterances`)."""
+        from trainer.datasets import context_prompts
+
+        tok = self.tokenizer
+        max_turns = self.config.max_turns if self.config.context else 0
+        return context_prompts(utterances, max_turns=max_turns, sep=tok.sep_token, mask=tok.mask_token)
+
+    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Token ids, truncated from the left (the prompt at the end always survives)."""
+        tok = self.tokenizer
+        side = tok.truncation_side
+        tok.truncation_side = "left"
+        try:
+            batch = tok(prompts, padding=True, truncation=True, max_length=self.config.max_len,
+                        return_tensors="pt")
+        finally:
+            tok.truncation_side = side
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def targets(self, utterances: list[Utterance]) -> np.ndarray:
+        index = {label: j for j, label in enumerate(self.config.labels)}
+        y = np.zeros((len(utterances), len(index)), dtype=np.float32)
+        for i, u in enumerate(utterances):
+            for label in u.labels:
+                y[i, index[label]] = 1.0
+        return y
+
+    # ------------------------------------------------------------------ model
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The final hidden state of the (last) mask token of each row."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        is_mask = input_ids == self.tokenizer.mask_token_id
+        if not bool(is_mask.any(1).all()):
+            raise ValueError("a row lost its mask token (truncation must keep the prompt)")
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        last = torch.where(is_mask, positions, torch.full_like(positions, -1)).max(1).values
+        return hidden[torch.arange(len(hidden), device=hidden.device), last]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(input_ids, attention_mask)))
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.config.multi_label:
+            return nn.functional.binary_cross_entropy_with_logits(logits, y)
+        return nn.functional.cross_entropy(logits, y.argmax(1))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.config.multi_label else torch.softmax(logits, -1)
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def _run(self, prompts: list[str], what: str) -> np.ndarray:
+        was_training = self.training
+        self.eval()
+        order = np.argsort([len(p) for p in prompts])  # similar lengths: less padding
+        out: list[np.ndarray] = [None] * len(prompts)  # type: ignore[list-item]
+        bs = self.config.eval_batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start:start + bs]
+            batch = self.encode([prompts[i] for i in idx])
+            feats = self.features(**batch)
+            values = feats if what == "embed" else self.head(feats)
+            for i, row in zip(idx, values.numpy()):
+                out[i] = row
+        self.train(was_training)
+        return np.stack(out) if out else np.zeros((0, self.head.out_features), np.float32)
+
+    def embed(self, utterances: list[Utterance]) -> np.ndarray:
+        """Mask-token features (N, hidden) for feature KD."""
+        return self._run(self.prompts(utterances), "embed")
+
+    def logits(self, utterances: list[Utterance]) -> np.ndarray:
+        """Head logits (N, labels) for response KD."""
+        return self._run(self.prompts(utterances), "logits")
+
+    def predict_proba(self, utterances: list[Utterance]) -> np.ndarray:
+        return self.probabilities(torch.from_numpy(self.logits(utterances))).numpy()
+
+    # ------------------------------------------------------------------ training
+
+    def score(self, probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, f1_score
+
+        from trainer.metrics import multilabel_scores, tune_thresholds
+
+        if self.config.multi_label:
+            scores = multilabel_scores(probs, y, tune_thresholds(probs, y))
+            return {k: float(v) for k, v in scores.items()}
+        pred, true = probs.argmax(1), y.argmax(1)
+        return {"weighted_f1": 100 * float(f1_score(true, pred, average="weighted", zero_division=0)),
+                "macro_f1": 100 * float(f1_score(true, pred, average="macro", zero_division=0)),
+                "accuracy": 100 * float(accuracy_score(true, pred))}
+
+    def fit(self, train: list[Utterance], dev: list[Utterance], log=print) -> list[dict]:
+        """Fine-tune; keep the weights of the epoch with the best dev score (never test)."""
+        cfg = self.config
+        set_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        gen = np.random.default_rng(cfg.seed)
+        prompts, y = self.prompts(train), torch.from_numpy(self.targets(train))
+        dev_prompts, dev_y = self.prompts(dev), self.targets(dev)
+        lengths = np.array([len(self.tokenizer.tokenize(p)) for p in prompts])
+
+        def batches() -> list[np.ndarray]:
+            # Length-bucketed batches (sort within chunks of 50 batches), batch order shuffled.
+            perm = gen.permutation(len(prompts))
+            chunk = cfg.batch_size * 50
+            out = []
+            for s in range(0, len(perm), chunk):
+                part = perm[s:s + chunk]
+                part = part[np.argsort(lengths[part], kind="stable")]
+                out += [part[i:i + cfg.batch_size] for i in range(0, len(part), cfg.batch_size)]
+            gen.shuffle(out)
+            return out
+
+        steps_per_epoch = math.ceil(len(prompts) / cfg.batch_size)
+        total = steps_per_epoch * cfg.epochs
+        warmup = int(cfg.warmup * total)
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+        enc = [(n, p) for n, p in self.encoder.named_parameters()]
+        groups = [
+            {"params": [p for n, p in enc if not n.endswith(no_decay)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+            {"params": [p for n, p in enc if n.endswith(no_decay)], "lr": cfg.lr, "weight_decay": 0.0},
+            {"params": list(self.head.parameters()), "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
+        ]
+        opt = torch.optim.AdamW(groups)
+
+        plan = {"total": total, "warmup": warmup}
+
+        def factor(step: int) -> float:  # counted in optimizer steps
+            if step < plan["warmup"]:
+                return (step + 1) / max(1, plan["warmup"])
+            return max(0.0, (plan["total"] - step) / max(1, plan["total"] - plan["warmup"]))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        key = cfg.select if cfg.select != "auto" else ("macro_f1" if cfg.multi_label else "weighted_f1")
+        best, best_state = -1.0, None
+        started = time.perf_counter()
+        step = 0
+        self.history = []
+        for epoch in range(1, cfg.epochs + 1):
+            self.train()
+            running, seen, stopped = 0.0, 0, False
+            for b in batches():
+                batch = self.encode([prompts[i] for i in b])
+                loss = self.loss(self(**batch), y[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.parameters(), cfg.clip)
+                opt.step()
+                sched.step()
+                step += 1
+                running += loss.item() * len(b)
+                seen += len(b)
+                if step == 10 and cfg.max_train_seconds:
+                    # Time-bounded: shrink the schedule (warmup + decay to 0) to the steps that
+                    # fit the budget, so the run ends with a decayed learning rate.
+                    fit = int(cfg.max_train_seconds / ((time.perf_counter() - started) / step))
+                    if fit < plan["total"]:
+                        plan["total"] = max(step + 1, fit)
+                        plan["warmup"] = min(plan["warmup"], int(cfg.warmup * plan["total"]))
+                        log(f"time budget: schedule shortened to {plan['total']} of {total} steps")
+                if step % 50 == 0 or step == 10:
+                    log(f"epoch {epoch} step {step}/{plan['total']} loss {running / seen:.4f} "
+                        f"{time.perf_counter() - started:.0f}s")
+                if step >= plan["total"] or (cfg.max_train_seconds
+                                             and time.perf_counter() - started > cfg.max_train_seconds):
+                    stopped = step < total
+                    break
+            probs = self.probabilities(torch.from_numpy(self._run(dev_prompts, "logits"))).numpy()
+            scores = self.score(probs, dev_y)
+            record = {"epoch": epoch, "steps": step, "train_loss": running / max(1, seen),
+                      "seconds": time.perf_counter() - started, "stopped_early": stopped,
+                      **{f"dev_{k}": v for k, v in scores.items()}}
+            self.history.append(record)
+            log(json.dumps(record))
+            if scores[key] > best:
+                best, best_state = scores[key], copy.deepcopy(self.state_dict())
+            if stopped or step >= plan["total"]:
+                if stopped:
+                    log(f"time budget {cfg.max_train_seconds}s: stopped after step {step}/{total}")
+                break
+        if best_state is not None:
+            self.load_state_dict(best_state)
+        self.eval()
+        return self.history
