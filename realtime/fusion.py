@@ -42,7 +42,7 @@ class Publisher:
     """The public PUB socket (XPUB, so it can see subscribers join) and the lossless results copy."""
 
     def __init__(self, stage: Stage, stream_options, session: str):
-        self.session = session
+        self.stage, self.session = stage, session
         self.seq = 0
         self.pub = stage.ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.LINGER, 1000)
@@ -65,7 +65,7 @@ class Publisher:
         body = {"protocol": protocol.PROTOCOL, "session": self.session, "seq": self.seq, **body}
         self.seq += 1
         self.pub.send_multipart(protocol.encode(body))
-        bus.send(self.results, {"type": "result", "body": body})
+        self.stage.send(self.results, {"type": "result", "body": body})
         return body
 
 
@@ -189,4 +189,4 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
     while not state.finished:
         state.on_message(*stage.recv(inbox))
     out.publish({"type": "status", "state": "finished"})
-    bus.send(out.results, {"type": "eos"})
+    stage.send(out.results, {"type": "eos"})

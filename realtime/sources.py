@@ -100,7 +100,7 @@ def camera_source(stage: Stage, options: CaptureOptions, session: str, sample_fp
         seq += 1
         stage.heartbeat()
     camera.close()
-    bus.send(out, {"type": "eos", "session": session})
+    stage.send(out, {"type": "eos", "session": session})
 
 
 def find_microphone(pa, spec: str) -> int | None:
@@ -164,13 +164,13 @@ def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk
         while True:
             samples = mic.read()
             if samples.size:
-                bus.send(out, {"type": "audio", "session": session, "seq": seq, "t": t0 + sent / sample_rate},
+                stage.send(out, {"type": "audio", "session": session, "seq": seq, "t": t0 + sent / sample_rate},
                          samples)
                 sent, seq = sent + samples.size, seq + 1
             stage.heartbeat()
     finally:
         mic.close()
-        bus.send(out, {"type": "eos", "session": session})
+        stage.send(out, {"type": "eos", "session": session})
 
 
 def list_devices() -> dict[str, list[dict]]:

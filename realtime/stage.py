@@ -52,8 +52,18 @@ class Stage:
         return bus.socket(self.ctx, zmq.PULL, endpoint, bind=True, hwm=self.queue_limit)
 
     def push(self, endpoint: str) -> zmq.Socket:
-        # Replay loses nothing: a full queue makes the sender wait, not drop.
-        return bus.socket(self.ctx, zmq.PUSH, endpoint, bind=False, hwm=self.queue_limit)
+        # Replay loses nothing: a full queue makes the sender wait (see send), not drop.
+        sock = bus.socket(self.ctx, zmq.PUSH, endpoint, bind=False, hwm=self.queue_limit)
+        sock.setsockopt(zmq.SNDTIMEO, int(HEARTBEAT_S * 1000))
+        return sock
+
+    def send(self, sock: zmq.Socket, header: dict, array=None) -> None:
+        """Send, waiting as long as the receiver needs, with heartbeats while waiting."""
+        while True:
+            try:
+                return bus.send(sock, header, array)
+            except zmq.Again:
+                self.heartbeat()
 
     def recv(self, sock: zmq.Socket):
         """Next message on `sock`, sending heartbeats while waiting for it."""
@@ -73,8 +83,11 @@ class Stage:
             self.report("heartbeat")
 
     def report(self, state: str, **extra) -> None:
-        bus.send(self.control, {"type": state, "stage": self.name, "pid": os.getpid(),
-                                "time": time.time(), **extra})
+        try:  # never block on the supervisor: if it is gone, heartbeat() notices and exits
+            bus.send_nowait(self.control, {"type": state, "stage": self.name, "pid": os.getpid(),
+                                           "time": time.time(), **extra})
+        except zmq.Again:
+            pass
 
     def close(self) -> None:
         self.ctx.destroy(linger=2000)

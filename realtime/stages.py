@@ -33,16 +33,16 @@ def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps
                 pending_t = item.t
             pending = np.concatenate([pending, item.samples])
             while pending.size >= chunk:
-                bus.send(audio_out, {"type": "audio", "session": session, "seq": seq, "t": pending_t},
+                stage.send(audio_out, {"type": "audio", "session": session, "seq": seq, "t": pending_t},
                          pending[:chunk])
                 pending, pending_t, seq = pending[chunk:], pending_t + chunk / sample_rate, seq + 1
         else:
-            bus.send(video_out, {"type": "frame", "session": session, "seq": seq, "t": item.t}, item.image)
+            stage.send(video_out, {"type": "frame", "session": session, "seq": seq, "t": item.t}, item.image)
             seq += 1
     if pending.size:
-        bus.send(audio_out, {"type": "audio", "session": session, "seq": seq, "t": pending_t}, pending)
+        stage.send(audio_out, {"type": "audio", "session": session, "seq": seq, "t": pending_t}, pending)
     for sock in (audio_out, video_out):
-        bus.send(sock, {"type": "eos", "session": session})
+        stage.send(sock, {"type": "eos", "session": session})
 
 
 def segmenter(stage: Stage, vad_options) -> None:
@@ -58,18 +58,18 @@ def segmenter(stage: Stage, vad_options) -> None:
     while True:
         header, samples = stage.recv(inbox)
         if header["type"] == "audio":
-            bus.send(audio_copy, {k: header[k] for k in ("type", "session", "seq", "t")}, samples)
+            stage.send(audio_copy, {k: header[k] for k in ("type", "session", "seq", "t")}, samples)
             found = vad.feed(samples, header["t"])
         elif header["type"] == "eos":
             found = vad.flush()
         else:
             continue
         for utt in found:
-            bus.send(out, {"type": "utterance", "session": header["session"], "seq": seq,
+            stage.send(out, {"type": "utterance", "session": header["session"], "seq": seq,
                            "start": utt.start, "end": utt.end}, utt.audio)
             seq += 1
         if header["type"] == "eos":
-            bus.send(out, header)
+            stage.send(out, header)
             return
 
 
@@ -83,13 +83,13 @@ def asr(stage: Stage, asr_options) -> None:
     while True:
         header, audio = stage.recv(inbox)
         if header["type"] == "eos":
-            bus.send(out, dict(header, stream="audio"))
+            stage.send(out, dict(header, stream="audio"))
             return
         t0 = time.perf_counter()
         text = transcriber.transcribe(audio)
         header = dict(header, type="transcript", text=text, asr_s=time.perf_counter() - t0)
         header.pop("dtype", None), header.pop("shape", None)
-        bus.send(out, header, audio)
+        stage.send(out, header, audio)
 
 
 def faces(stage: Stage, face_options, preprocessing) -> None:
@@ -102,8 +102,8 @@ def faces(stage: Stage, face_options, preprocessing) -> None:
     while True:
         header, image = stage.recv(inbox)
         if header["type"] == "eos":
-            bus.send(out, dict(header, stream="video"))
+            stage.send(out, dict(header, stream="video"))
             return
         crop = cropper.crop(image)
-        bus.send(out, {"type": "face", "session": header["session"], "seq": header["seq"],
+        stage.send(out, {"type": "face", "session": header["session"], "seq": header["seq"],
                        "t": header["t"], "found": crop is not None}, crop)

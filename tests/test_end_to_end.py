@@ -84,3 +84,4 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
     # Window updates interleave with utterances by arrival, so seq may differ; content may not.
     strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq")}
     assert [strip(json.loads(l)) for l in again.read_text().splitlines()] == [strip(l) for l in lines]
+
