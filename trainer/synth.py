@@ -19,15 +19,19 @@ frames, and sessions can be rendered in parallel in any order.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from contextlib import ExitStack
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import av
+import cv2
 import numpy as np
 
 LABELS = ("neutral", "happiness", "sadness", "anger", "surprise")
@@ -35,6 +39,7 @@ LABELS = ("neutral", "happiness", "sadness", "anger", "surprise")
 SAMPLE_RATE = 16000  # every stage of the project works at 16 kHz mono
 FPS = 10
 WIDTH, HEIGHT = 320, 240
+FACE_WIDTH = 100  # typical face box width in the frame, pixels (webcam distance)
 LEAD_IN_S = 0.6
 TRAIL_S = 0.8
 GAP_S = (0.7, 1.5)  # silence between utterances, drawn uniformly
@@ -53,8 +58,14 @@ NOISE_STD = 0.0015  # faint hiss, as in a real room; keeps silence from being ex
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 FACE_FILES = {"A": "face_a.jpg", "B": "face_b.jpg"}
-# Speaker A's photo is a man, B's a woman, so each gets voices to match.
-VOICE_VARIANTS = {"A": ("m1", "m2", "m3", "m4"), "B": ("f1", "f2", "f3", "f4")}
+# Speaker A's photo is a man, B's a woman, so each gets voices to match.  These
+# variants are the ones Whisper tiny.en understood best in a trial of espeak-ng
+# voices (the klatt variants are male).  The female voices are harder to
+# understand at the same speed, so B talks more slowly (SPEED_WPM).
+VOICE_VARIANTS = {"A": ("klatt3", "klatt2", "m6"), "B": ("f3", "steph")}
+SPEED_WPM = {"A": (140, 160), "B": (125, 140)}
+BASE_PITCH = {"A": 42, "B": 52}  # espeak -p; the variant sets the voice's own register
+WORD_GAP = 3  # espeak -g, 10 ms units: short pauses between words help recognition
 
 
 # --------------------------------------------------------------------------- text
@@ -67,7 +78,7 @@ SLOTS = {
     ),
     "person": (
         "my sister", "our manager", "the neighbor", "my friend", "the team",
-        "your brother", "the teacher", "my father",
+        "your cousin", "the teacher", "my father",
     ),
     "time": ("today", "this morning", "last night", "this week", "yesterday", "on Monday"),
 }
@@ -75,13 +86,13 @@ SLOTS = {
 NEUTRAL_TEMPLATES = (
     "I need to check {thing} {time}.",
     "We talked about {thing} {time}.",
-    "{person} will send the notes later.",
+    "{person} will send the letter later.",
     "Please put the files on my desk.",
     "The train leaves from the second platform.",
     "Let me look at {thing} first.",
     "I think the room is on the left.",
-    "{person} called about {thing} {time}.",
-    "We should update the list before lunch.",
+    "{person} asked about {thing} {time}.",
+    "We should finish the list before lunch.",
     "The printer is next to the kitchen.",
     "Can you read {thing} again?",
     "I moved {thing} to the other folder.",
@@ -125,7 +136,7 @@ EMOTION_TEMPLATES = {
         "How dare {person} ignore me again!",
         "I am sick and tired of {thing}.",
         "Stop wasting my time with {thing}!",
-        "{person} ruined everything {time}, I am livid.",
+        "{person} ruined everything {time}, I am so mad.",
         "That makes me so angry!",
         "I hate the way {person} treats us.",
         "Do not ever lie to me again!",
@@ -210,7 +221,8 @@ class Speaker:
     voice: str  # espeak-ng voice with variant, e.g. "en-us+m3"
     pitch: float  # espeak -p for neutral speech
     speed: float  # espeak -s (words per minute) for neutral speech
-    face_scale: float  # size of the face in the frame, per session
+    loudness_db: float  # offset on every utterance's level: some people talk louder
+    face_scale: float  # face size in the frame, as a factor on FACE_WIDTH
     face_offset: tuple[float, float]  # face centre shift from the frame centre, pixels
 
 
@@ -222,7 +234,7 @@ class Utterance:
     cues: dict[str, bool]
     text: str
     start_sample: int = 0
-    audio: np.ndarray = field(default=None, repr=False)
+    audio: np.ndarray | None = field(default=None, repr=False)  # speech, set once synthesised
 
     @property
     def end_sample(self) -> int:
@@ -257,15 +269,15 @@ def draw_cues(rng: np.random.Generator, labels: list[str]) -> dict[str, bool]:
 
 def draw_speakers(rng: np.random.Generator) -> dict[str, Speaker]:
     speakers = {}
-    for name, base_pitch in (("A", 42), ("B", 52)):
-        variants = VOICE_VARIANTS[name]
+    for name, variants in VOICE_VARIANTS.items():
         speakers[name] = Speaker(
             name=name,
             voice="en-us+" + variants[rng.integers(len(variants))],
-            pitch=base_pitch + rng.uniform(-6, 6),
-            speed=rng.uniform(160, 180),
-            face_scale=rng.uniform(0.95, 1.1),
-            face_offset=(rng.uniform(-25, 25), rng.uniform(-6, 6)),
+            pitch=BASE_PITCH[name] + rng.uniform(-6, 6),
+            speed=rng.uniform(*SPEED_WPM[name]),
+            loudness_db=rng.uniform(-2, 2),
+            face_scale=rng.uniform(0.85, 1.15),
+            face_offset=(rng.uniform(-40, 40), rng.uniform(-10, 10)),
         )
     return speakers
 
@@ -289,29 +301,39 @@ def plan_session(rng: np.random.Generator, n_utterances: int) -> tuple[dict[str,
 
 @dataclass(frozen=True)
 class Prosody:
-    pitch: float = 0.0  # added to the speaker's espeak -p
-    speed: float = 1.0  # factor on the speaker's espeak -s
-    amplitude: float = 100.0  # espeak -a (100 is espeak's default loudness)
+    pitch: float = 0.0  # added to the speaker's espeak -p (0..99)
+    speed: float = 1.0  # factor on the speaker's espeak -s (words per minute)
+    loudness_db: float = -25.0  # RMS level of the utterance, dB full scale
     pitch_range: float = 100.0  # SSML <prosody range>, percent of the voice's default
 
 
 # Textbook acoustic correlates of each emotion, exaggerated enough to be
-# learnable yet mild enough that Whisper still understands every word.
+# learnable yet mild enough that Whisper still understands the words.
+# Loudness is set by scaling the samples rather than espeak's -a: espeak-ng's
+# voices differ in level by several dB and loud settings clip.
 LABEL_PROSODY = {
     "neutral": Prosody(),
-    "happiness": Prosody(pitch=16, speed=1.12, amplitude=130, pitch_range=170),  # high, lively, fast
-    "sadness": Prosody(pitch=-18, speed=0.78, amplitude=50, pitch_range=30),  # low, flat, slow, quiet
-    "anger": Prosody(pitch=4, speed=1.15, amplitude=190, pitch_range=120),  # loud and fast
-    "surprise": Prosody(pitch=36, speed=1.0, amplitude=135, pitch_range=200),  # very high, wide swings
+    "happiness": Prosody(pitch=15, speed=1.08, loudness_db=-22, pitch_range=160),  # high, lively
+    "sadness": Prosody(pitch=-16, speed=0.8, loudness_db=-33, pitch_range=35),  # low, flat, slow, quiet
+    "anger": Prosody(pitch=5, speed=1.1, loudness_db=-17, pitch_range=125),  # loud and fast
+    "surprise": Prosody(pitch=32, speed=1.0, loudness_db=-22, pitch_range=190),  # very high, wide swings
 }
 
 
 def prosody_for(labels: list[str], audio_cue: bool) -> Prosody:
-    """Prosody of the labels (the mean of both for a pair), neutral without the cue."""
+    """Prosody of the labels (a blend for a pair), neutral without the cue."""
     if not audio_cue:
         return LABEL_PROSODY["neutral"]
-    parts = [LABEL_PROSODY[label] for label in labels]
-    return Prosody(*(float(np.mean([getattr(p, f) for p in parts])) for f in Prosody.__dataclass_fields__))
+    return average([LABEL_PROSODY[label] for label in labels])
+
+
+def average(parts: list):
+    """Field-wise mean of dataclass instances: a label pair shows a blend of both."""
+    values = {}
+    for f in fields(parts[0]):
+        mean = np.mean([getattr(p, f.name) for p in parts], axis=0)
+        values[f.name] = tuple(float(v) for v in mean) if np.ndim(mean) else float(mean)
+    return type(parts[0])(**values)
 
 
 def jitter_prosody(rng: np.random.Generator, p: Prosody) -> Prosody:
@@ -321,7 +343,7 @@ def jitter_prosody(rng: np.random.Generator, p: Prosody) -> Prosody:
         p,
         pitch=p.pitch + rng.uniform(-4, 4),
         speed=p.speed * rng.uniform(0.95, 1.05),
-        amplitude=p.amplitude * rng.uniform(0.9, 1.1),
+        loudness_db=p.loudness_db + rng.uniform(-1.5, 1.5),
     )
 
 
@@ -339,16 +361,16 @@ def espeak(text: str, speaker: Speaker, p: Prosody) -> np.ndarray:
     """Speech for one sentence as float32 at SAMPLE_RATE, silence trimmed."""
     pitch = int(round(np.clip(speaker.pitch + p.pitch, 0, 99)))
     speed = int(round(np.clip(speaker.speed * p.speed, 80, 450)))
-    amplitude = int(round(np.clip(p.amplitude, 0, 200)))
     # Pitch range has no command-line flag, only SSML; text is escaped for it.
     ssml = f'<speak><prosody range="{p.pitch_range:.0f}%">{escape(text)}</prosody></speak>'
     cmd = [require_espeak(), "-v", speaker.voice, "-p", str(pitch), "-s", str(speed),
-           "-a", str(amplitude), "-m", "-z", "--stdin", "--stdout"]
+           "-g", str(WORD_GAP), "-m", "-z", "--stdin", "--stdout"]
     proc = subprocess.run(cmd, input=ssml.encode(), capture_output=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"espeak-ng failed ({proc.returncode}): {proc.stderr.decode(errors='replace')}")
     audio, rate = parse_wav(proc.stdout)
-    return trim_silence(resample(audio, rate, SAMPLE_RATE))
+    audio = trim_silence(resample(audio, rate, SAMPLE_RATE))
+    return set_loudness(audio, p.loudness_db + speaker.loudness_db)
 
 
 def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
@@ -374,8 +396,27 @@ def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
     if rate == target or audio.size == 0:
         return audio
     n_out = int(round(audio.size * target / rate))
-    spectrum = np.fft.rfft(audio)[: n_out // 2 + 1]
-    return (np.fft.irfft(spectrum, n_out) * (n_out / audio.size)).astype(np.float32)
+    # Zero-pad to a length whose FFTs are fast (few, small prime factors) and
+    # that maps to a whole number of output samples; the padding is cut off.
+    step = rate // np.gcd(rate, target)
+    blocks = _smooth_at_least(-(-audio.size // step))
+    padded = np.pad(audio, (0, blocks * step - audio.size))
+    n_padded_out = blocks * step * target // rate
+    spectrum = np.fft.rfft(padded)[: n_padded_out // 2 + 1]
+    out = np.fft.irfft(spectrum, n_padded_out) * (n_padded_out / padded.size)
+    return out[:n_out].astype(np.float32)
+
+
+def _smooth_at_least(n: int) -> int:
+    """Smallest integer >= n with no prime factor above 5."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
 
 
 def trim_silence(audio: np.ndarray, margin_s: float = 0.02) -> np.ndarray:
@@ -385,6 +426,29 @@ def trim_silence(audio: np.ndarray, margin_s: float = 0.02) -> np.ndarray:
         return audio
     margin = int(margin_s * SAMPLE_RATE)
     return audio[max(loud[0] - margin, 0) : loud[-1] + margin + 1]
+
+
+def set_loudness(audio: np.ndarray, level_db: float) -> np.ndarray:
+    """Scale to an RMS level in dBFS, softly limiting the peaks of loud speech."""
+    rms = float(np.sqrt(np.mean(audio**2))) if audio.size else 0.0
+    if rms == 0.0:
+        return audio
+    return soft_limit(audio * (10 ** (level_db / 20) / rms))
+
+
+def soft_limit(audio: np.ndarray, knee: float = 0.7, ceiling: float = 0.95) -> np.ndarray:
+    """Compress only the samples above `knee` so none passes `ceiling`.
+
+    Turning a whole shouted sentence down until its highest peak fits would
+    make it no louder than calm speech; squashing just the peaks keeps the
+    level difference, much as a shouting voice itself saturates.
+    """
+    magnitude = np.abs(audio)
+    over = magnitude > knee
+    squashed = knee + (ceiling - knee) * np.tanh((magnitude[over] - knee) / (ceiling - knee))
+    out = audio.astype(np.float32, copy=True)
+    out[over] = np.sign(audio[over]) * squashed
+    return out
 
 
 def mix_session(rng: np.random.Generator, utterances: list[Utterance]) -> np.ndarray:
@@ -417,7 +481,7 @@ class Expression:
     mouth_width: float = 0.34
     brow_tilt: float = 0.0  # inner brow ends raised (+, sad) or pulled down (-, angry)
     brow_raise: float = 0.0  # both brows up (+) or down (-)
-    teeth: float = 0.0  # 1 shows the upper teeth (a laughing mouth)
+    teeth: float = 0.0  # > 0 shows the upper teeth (a laughing or clenched mouth)
     tint: tuple[float, float, float] = (1.0, 1.0, 1.0)  # BGR gain on the face
 
 
@@ -434,13 +498,10 @@ LABEL_EXPRESSIONS = {
 
 
 def expression_for(labels: list[str], video_cue: bool) -> Expression:
-    """Expression of the labels (the mean of both for a pair), neutral without the cue."""
+    """Expression of the labels (a blend for a pair), neutral without the cue."""
     if not video_cue:
         return LABEL_EXPRESSIONS["neutral"]
-    parts = [LABEL_EXPRESSIONS[label] for label in labels]
-    mean = {f: np.mean([getattr(p, f) for p in parts], axis=0) for f in Expression.__dataclass_fields__}
-    mean["tint"] = tuple(float(v) for v in mean["tint"])
-    return Expression(**{k: (v if k == "tint" else float(v)) for k, v in mean.items()})
+    return average([LABEL_EXPRESSIONS[label] for label in labels])
 
 
 class Face:
@@ -454,8 +515,6 @@ class Face:
     BROWS = ((0.22, 0.43), (0.78, 0.57))  # (outer end, inner end) x, fractions of the box width
 
     def __init__(self, path: Path):
-        import cv2
-
         image = cv2.imread(str(path))
         if image is None:
             raise RuntimeError(f"face asset missing or unreadable: {path}")
@@ -468,7 +527,7 @@ class Face:
         # Soft elliptical edge so the square photo blends into the session background.
         yy, xx = np.mgrid[0:size, 0:size]
         r = np.hypot((xx - size / 2) / (size * 0.48), (yy - size / 2) / (size * 0.5))
-        self.alpha = np.clip((1.0 - r) / 0.12, 0.0, 1.0).astype(np.float32)[..., None]
+        self.alpha = np.clip((1.0 - r) / 0.12, 0.0, 1.0).astype(np.float32)
 
     def _px(self, fx: float, fy: float) -> tuple[float, float]:
         x, y, w, h = self.box
@@ -483,8 +542,6 @@ class Face:
         return np.median(np.concatenate(patches), axis=0)
 
     def _paint_out_features(self, image: np.ndarray) -> np.ndarray:
-        import cv2
-
         _, _, w, h = self.box
         mask = np.zeros(image.shape[:2], np.float32)
         mx, my = self._px(0.5, self.MOUTH_Y)
@@ -499,8 +556,6 @@ class Face:
 
     def draw(self, expr: Expression, speaking_open: float = 0.0) -> np.ndarray:
         """The face with an expression; speaking_open (0..1) opens the mouth further."""
-        import cv2
-
         image = self.blank.copy()
         x, y, w, h = self.box
         thick = max(2, int(round(0.035 * w)))
@@ -515,8 +570,6 @@ class Face:
         return image
 
     def _draw_mouth(self, image: np.ndarray, expr: Expression, speaking_open: float) -> None:
-        import cv2
-
         _, _, w, _ = self.box
         cx, cy = self._px(0.5, self.MOUTH_Y)
         half = expr.mouth_width * w / 2
@@ -540,8 +593,6 @@ class Face:
 
 @lru_cache(maxsize=1)
 def _cascade():
-    import cv2
-
     path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
@@ -551,8 +602,6 @@ def _cascade():
 
 def detect_face_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
     """Largest Haar face (x, y, w, h), with the settings the runtime uses."""
-    import cv2
-
     grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
     boxes = _cascade().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=4, minSize=(40, 40))
     if len(boxes) == 0:
@@ -573,7 +622,7 @@ class FrameRenderer:
         # Background: a plain muted colour with a vertical gradient, per session.
         top, bottom = rng.uniform(40, 200, 3), rng.uniform(30, 160, 3)
         ramp = np.linspace(0, 1, HEIGHT, dtype=np.float32)[:, None, None]
-        self.background = np.broadcast_to(top * (1 - ramp) + bottom * ramp, (HEIGHT, WIDTH, 3)).astype(np.float32)
+        self.background = np.broadcast_to(top * (1 - ramp) + bottom * ramp, (HEIGHT, WIDTH, 3)).astype(np.uint8)
         # Head motion: a sum of slow sinusoids with random phases, so it is
         # smooth like a real head and different in every session.
         self.freqs = rng.uniform(0.1, 0.6, (3, 2))
@@ -587,20 +636,18 @@ class FrameRenderer:
         return float(dx), float(dy), float(angle)
 
     def render(self, speaker: str, expr: Expression, speaking_open: float, t: float, speaking: bool) -> np.ndarray:
-        import cv2
-
         face = load_face(speaker)
         spk = self.speakers[speaker]
-        image = face.draw(expr, speaking_open).astype(np.float32) * np.float32(expr.tint) * self.brightness
+        gain = tuple(float(c) * self.brightness for c in expr.tint) + (0.0,)
+        image = cv2.multiply(face.draw(expr, speaking_open), gain, dtype=cv2.CV_8U)  # per-channel, saturating
         dx, dy, angle = self._motion(t, speaking)
         size = image.shape[0]
-        scale = spk.face_scale * HEIGHT / size
+        scale = spk.face_scale * FACE_WIDTH / face.box[2]
         matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
         matrix[:, 2] += (WIDTH / 2 + spk.face_offset[0] + dx - size / 2, HEIGHT / 2 + spk.face_offset[1] + dy - size / 2)
         warped = cv2.warpAffine(image, matrix, (WIDTH, HEIGHT), flags=cv2.INTER_LINEAR)
-        alpha = cv2.warpAffine(face.alpha, matrix, (WIDTH, HEIGHT), flags=cv2.INTER_LINEAR)[..., None]
-        frame = warped * alpha + self.background * (1 - alpha)
-        return np.clip(frame, 0, 255).astype(np.uint8)
+        alpha = cv2.warpAffine(face.alpha, matrix, (WIDTH, HEIGHT), flags=cv2.INTER_LINEAR)
+        return cv2.blendLinear(warped, self.background, alpha, 1.0 - alpha)
 
 
 def speech_envelope(audio: np.ndarray, t: float, window_s: float = 0.05) -> float:
@@ -637,15 +684,11 @@ def session_frames(rng: np.random.Generator, speakers: dict[str, Speaker],
 
 
 def video_codec() -> str:
-    import av
-
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
 def write_mp4(path: Path, audio: np.ndarray, frames) -> None:
     """Mux BGR frames (FPS) and mono float audio (SAMPLE_RATE) into an mp4 with PyAV."""
-    import av
-
     codec = video_codec()
     with av.open(str(path), "w") as container:
         video = container.add_stream(codec, rate=FPS)
@@ -659,6 +702,7 @@ def write_mp4(path: Path, audio: np.ndarray, frames) -> None:
             video.bit_rate = 800_000
         sound = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
         sound.bit_rate = 64_000
+        sound.options = {"aac_coder": "fast"}
         chunk = 1024  # AAC encodes 1024 samples per frame
         sent = 0
         for i, image in enumerate(frames):
@@ -678,8 +722,6 @@ def write_mp4(path: Path, audio: np.ndarray, frames) -> None:
 
 
 def _audio_frame(samples: np.ndarray, pts: int):
-    import av
-
     frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None, :], format="fltp", layout="mono")
     frame.sample_rate = SAMPLE_RATE
     frame.pts = pts
@@ -740,27 +782,36 @@ def generate(
     out_dir.mkdir(parents=True, exist_ok=True)
     for speaker in FACE_FILES:
         load_face(speaker)  # fail early, before any worker starts, if an asset is broken
-    workers = max(1, min(workers or os.cpu_count() or 1, sessions))
-    args = [(out_dir, i, seed, utterances_per_session) for i in range(sessions)]
-    if workers == 1:
-        results = map(_render_session_args, args)
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers)
-        results = pool.map(_render_session_args, args)  # yields in session order
-    if progress:
-        from tqdm import tqdm
+    workers = max(1, min(workers or _cpu_count(), sessions))
+    jobs = [(out_dir, i, seed, utterances_per_session) for i in range(sessions)]
+    with ExitStack() as stack:
+        if workers == 1:
+            results = map(_render_job, jobs)
+        else:
+            # spawn, not fork: the caller may already hold threads (torch, tqdm)
+            # that a forked child would inherit in a broken state.
+            pool = stack.enter_context(
+                ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            )
+            results = pool.map(_render_job, jobs)  # yields in session order
+        if progress:
+            from tqdm import tqdm
 
-        results = tqdm(results, total=sessions, desc="synth sessions", unit="session")
-    try:
+            results = tqdm(results, total=sessions, desc="synth sessions", unit="session")
         rows = [row for session_rows in results for row in session_rows]
-    finally:
-        if workers > 1:
-            pool.shutdown()
     manifest = out_dir / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     (out_dir / "labels.json").write_text(json.dumps({"labels": list(LABELS)}, indent=2) + "\n")
     return manifest
 
 
-def _render_session_args(args) -> list[dict]:
-    return render_session(*args)
+def _render_job(job: tuple) -> list[dict]:
+    return render_session(*job)
+
+
+def _cpu_count() -> int:
+    # CPUs this process may use, which in a container can be fewer than the machine's.
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
