@@ -152,8 +152,8 @@ def cmd_record(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"recording to {args.out} (Ctrl-C to stop)", file=sys.stderr)
-    result = record(args.out, config.capture, args.duration, args.fps, stop)
+    result = record(args.out, config.capture, args.duration, args.fps, stop,
+                    on_ready=lambda: print(f"recording to {args.out} (Ctrl-C to stop)", file=sys.stderr, flush=True))
     print(f"wrote {result['path']}: {result['seconds']:.1f} s of audio, {result['frames']} frames", file=sys.stderr)
     return 0
 

@@ -19,8 +19,12 @@ SAMPLE_RATE = 16000
 
 
 def record(out: str | Path, capture: CaptureOptions, duration_s: float = 0.0, fps: float = 15.0,
-           stop: threading.Event | None = None, chunk_ms: int = 32) -> dict:
-    """Record until duration_s (0: until `stop` is set); returns what was written."""
+           stop: threading.Event | None = None, chunk_ms: int = 100, on_ready=None) -> dict:
+    """Record until duration_s (0: until `stop` is set); returns what was written.
+
+    Reads of chunk_ms: larger reads than the pipeline's keep the device buffer
+    from overflowing while this process also encodes video.
+    """
     from engines.media import MediaWriter
 
     stop = stop or threading.Event()
@@ -35,6 +39,8 @@ def record(out: str | Path, capture: CaptureOptions, duration_s: float = 0.0, fp
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
+    if on_ready:
+        on_ready()  # devices are open and capturing
     width, height = camera.size if camera else (320, 240)
     blank = np.zeros((height, width, 3), np.uint8)
     try:

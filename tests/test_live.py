@@ -147,4 +147,4 @@ def test_record_then_replay(bundle, spoken_session, virtual_microphone, tmp_path
     lines = [json.loads(l) for l in out.read_text().splitlines()]
     assert len(lines) == len(truth)
     wer = jiwer.wer(_normalise(" ".join(u["text"] for u in truth)), _normalise(" ".join(l["text"] for l in lines)))
-    assert wer < 0.30, wer
+    assert wer < 0.30, (wer, [l["text"] for l in lines])
