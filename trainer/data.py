@@ -19,9 +19,6 @@ from engines.faces import FaceCropper, FaceOptions
 from engines.media import read_media
 from engines.preprocess import Preprocessing, audio_features, video_features
 
-KINDS = ("synthetic", "manifest")
-
-
 class DataError(ValueError):
     """A data spec or data file that cannot be used; the message says which."""
 
@@ -48,17 +45,10 @@ class Corpus:
         return [u for u in self.utterances if u.split == name]
 
 
-def parse_spec(spec: str) -> tuple[str, Path]:
-    kind, sep, path = spec.partition(":")
-    if not sep or kind not in KINDS:
-        raise DataError(f"--data {spec!r}: expected KIND:PATH with KIND one of {', '.join(KINDS)}")
-    if not Path(path).exists():
-        raise DataError(f"--data {spec!r}: {path} does not exist")
-    return kind, Path(path)
-
-
-def load_corpus(spec: str, dev_fraction: float = 0.2, seed: int = 0) -> Corpus:
-    kind, path = parse_spec(spec)
+def load_corpus(path: Path, dev_fraction: float = 0.2, seed: int = 0) -> Corpus:
+    """A JSONL manifest (or a directory holding manifest.jsonl); `--data` specs are
+    parsed by trainer.datasets.load."""
+    path = Path(path)
     manifest = path / "manifest.jsonl" if path.is_dir() else path
     root = manifest.parent
     rows = []

@@ -48,7 +48,7 @@ def load(spec: str, media_root: str | Path | None = None, dev_fraction: float = 
     kind, path = parse(spec)
     root = Path(media_root) if media_root is not None else None
     if kind in ("synthetic", "manifest"):
-        return load_corpus(spec, dev_fraction, seed)
+        return load_corpus(path, dev_fraction, seed)
     if kind == "meld":
         return meld.load(path, root, limit)
     if kind == "iemocap":
