@@ -111,6 +111,7 @@ class MediaWriter:
             self.video_stream.bit_rate = 800_000
         self.audio_stream = self.container.add_stream("aac", rate=sample_rate, layout="mono")
         self.audio_stream.bit_rate = 64_000
+        self.audio_stream.options = {"aac_coder": "fast"}
         self.frames = 0  # video frames written
         self.pending = np.zeros(0, np.float32)  # audio not yet encoded (AAC takes 1024-sample frames)
         self.samples = 0  # audio samples encoded

@@ -683,49 +683,19 @@ def session_frames(rng: np.random.Generator, speakers: dict[str, Speaker],
 # --------------------------------------------------------------------------- muxing
 
 
-def video_codec() -> str:
-    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
-
-
 def write_mp4(path: Path, audio: np.ndarray, frames) -> None:
-    """Mux BGR frames (FPS) and mono float audio (SAMPLE_RATE) into an mp4 with PyAV."""
-    codec = video_codec()
-    with av.open(str(path), "w") as container:
-        video = container.add_stream(codec, rate=FPS)
-        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        # One thread per encoder: sessions already run in parallel, and a
-        # single-threaded encoder gives the same bytes on every run.
-        video.codec_context.thread_count = 1
-        if codec == "libx264":
-            video.options = {"preset": "veryfast", "crf": "23"}
-        else:
-            video.bit_rate = 800_000
-        sound = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
-        sound.bit_rate = 64_000
-        sound.options = {"aac_coder": "fast"}
-        chunk = 1024  # AAC encodes 1024 samples per frame
-        sent = 0
+    """Mux BGR frames (FPS) and mono float audio (SAMPLE_RATE) into an mp4."""
+    from engines.media import MediaWriter
+
+    fed = 0
+    with MediaWriter(path, FPS, WIDTH, HEIGHT, SAMPLE_RATE) as writer:
         for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-            frame.pts = i
-            container.mux(video.encode(frame))
+            writer.video(image)
             # Keep audio in step with video so the muxer interleaves without buffering.
             until = min(len(audio), int((i + 1) * SAMPLE_RATE / FPS))
-            while sent + chunk <= until or (until == len(audio) and sent < until):
-                container.mux(sound.encode(_audio_frame(audio[sent : sent + chunk], sent)))
-                sent += chunk
-        container.mux(video.encode(None))
-        while sent < len(audio):
-            container.mux(sound.encode(_audio_frame(audio[sent : sent + chunk], sent)))
-            sent += chunk
-        container.mux(sound.encode(None))
-
-
-def _audio_frame(samples: np.ndarray, pts: int):
-    frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None, :], format="fltp", layout="mono")
-    frame.sample_rate = SAMPLE_RATE
-    frame.pts = pts
-    return frame
+            writer.audio(audio[fed:until])
+            fed = max(fed, until)
+        writer.audio(audio[fed:])
 
 
 # --------------------------------------------------------------------------- sessions
