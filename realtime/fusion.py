@@ -70,29 +70,33 @@ class Publisher:
 
 
 class AudioRing:
-    """Recent audio addressed by media time; older samples are dropped."""
+    """Recent audio addressed by media time; older samples are dropped.
+
+    Backed by the segmenter's SampleBuffer, so a chunk appended costs its own
+    size, not a copy of everything kept.
+    """
 
     def __init__(self, keep_s: float, sample_rate: int):
+        from realtime.segmenter import SampleBuffer
+
         self.rate, self.keep = sample_rate, int(keep_s * sample_rate)
-        self.samples = np.zeros(0, np.float32)
-        self.t0 = 0.0  # media time of samples[0]
+        self.buffer = SampleBuffer()
+        self.t0 = 0.0  # media time of absolute sample 0 (the first chunk's start)
 
     @property
     def until(self) -> float:
-        return self.t0 + self.samples.size / self.rate
+        return self.t0 + self.buffer.end / self.rate
 
     def add(self, t: float, chunk: np.ndarray) -> None:
-        if self.samples.size == 0:
+        if self.buffer.end == 0:
             self.t0 = t
-        self.samples = np.concatenate([self.samples, chunk])
-        extra = self.samples.size - self.keep
-        if extra > 0:
-            self.samples, self.t0 = self.samples[extra:], self.t0 + extra / self.rate
+        self.buffer.append(chunk)
+        self.buffer.discard_before(self.buffer.end - self.keep)
 
     def span(self, start: float, end: float) -> np.ndarray:
-        a = max(0, int(round((start - self.t0) * self.rate)))
-        b = max(0, int(round((end - self.t0) * self.rate)))
-        return self.samples[a:b]
+        index = lambda t: min(max(int(round((t - self.t0) * self.rate)), self.buffer.start), self.buffer.end)
+        a, b = index(start), index(end)
+        return self.buffer.get(a, max(a, b))
 
 
 class Fusion:

@@ -145,7 +145,7 @@ class SileroVad:
         return float(prob.reshape(-1)[0])
 
 
-class _SampleBuffer:
+class SampleBuffer:
     """The recent tail of the stream, addressed by absolute sample index.
 
     Dropping the head only moves an offset; the live part is copied into a new
@@ -209,7 +209,7 @@ class StreamingSegmenter:
     def reset(self) -> None:
         """Start a new stream (flush() does this after closing the last utterance)."""
         self._vad.reset()
-        self._buffer = _SampleBuffer()
+        self._buffer = SampleBuffer()
         self._origin: float | None = None  # media time of sample 0
         self._warned_t0 = False
         self._vad_end = 0  # samples scored by the VAD so far (a multiple of FRAME)
