@@ -35,6 +35,11 @@ class AsrOptions:
         a little accuracy.
       cpu_threads: CTranslate2 threads on cpu; leave cores for the VAD and the
         face model.
+      partial_every_s: While an utterance is still open, transcribe what has
+        been said so far each time this much more speech has arrived and
+        publish it as a partial transcript (final: false); 0 turns them off.
+        A partial is skipped when the ASR already has newer work waiting, so
+        partials never delay final transcripts.
     """
 
     model: str = "tiny.en"
@@ -43,6 +48,7 @@ class AsrOptions:
     language: str | None = "en"
     beam_size: int = 1
     cpu_threads: int = 2
+    partial_every_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -51,6 +57,8 @@ class AsrOptions:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
         if self.cpu_threads < 0:
             raise ValueError(f"cpu_threads must be >= 0 (0: CTranslate2 decides), got {self.cpu_threads}")
+        if self.partial_every_s < 0:
+            raise ValueError(f"partial_every_s must be >= 0 (0: no partial transcripts), got {self.partial_every_s}")
 
 
 def pick_device(device: str) -> str:

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("media", type=Path, help="recorded session (.mp4, .mkv, .wav, ... anything FFmpeg reads)")
     rp.add_argument("--model", type=Path, help="model bundle directory (trainer export); default [model] bundle")
     rp.add_argument("--out", type=Path, help="write one JSON object per utterance to this JSONL file")
+    rp.add_argument("--all-messages", action="store_true",
+                    help="with --out: write every published message (transcripts, window updates, "
+                         "status), not only the utterance results")
     rp.add_argument("--endpoint", help="publish on this ZeroMQ endpoint (default [stream] endpoint)")
     rp.add_argument("--backend", choices=BACKENDS,
                     help="inference backend (default [model] backend; auto: TensorRT, else PyTorch on CUDA, "
@@ -126,7 +129,8 @@ def cmd_replay(args) -> int:
     config = load_settings(args, needs_model=True, model__bundle=args.model, stream__endpoint=args.endpoint,
                            model__backend=args.backend, model__device=args.device,
                            stream__wait_subscribers=args.wait_subscribers)
-    utterances = replay(args.media, config, args.out, on_message=print_results(args))
+    utterances = replay(args.media, config, args.out, on_message=print_results(args),
+                        all_messages=args.all_messages)
     print(f"{len(utterances)} utterances" + (f" written to {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
+import os
 import signal
 import sys
 import tempfile
@@ -55,7 +56,7 @@ class Supervisor:
     def start(self, name: str, body: Callable) -> None:
         proc = self._mp.Process(
             target=run_stage, name=f"realtime-{name}", daemon=True,
-            args=(name, body, self.endpoints, self.config.pipeline.queue_limit),
+            args=(name, body, self.endpoints, self.config.pipeline.queue_limit, os.getpid()),
         )
         proc.start()
         self.procs[name], self.bodies[name] = proc, body
@@ -64,7 +65,8 @@ class Supervisor:
 
     def start_processing(self, bundle, session: str) -> None:
         cfg = self.config
-        self.start("segmenter", functools.partial(stages.segmenter, vad_options=cfg.vad))
+        self.start("segmenter", functools.partial(stages.segmenter, vad_options=cfg.vad,
+                                                 partial_every_s=cfg.asr.partial_every_s))
         self.start("asr", functools.partial(stages.asr, asr_options=cfg.asr))
         self.start("faces", functools.partial(stages.faces, face_options=cfg.faces,
                                               preprocessing=bundle.preprocessing))
@@ -176,8 +178,11 @@ def replay(
     config: RealtimeConfig,
     out_jsonl: str | Path | None = None,
     on_message: Callable[[dict], None] | None = None,
+    all_messages: bool = False,
 ) -> list[dict]:
-    """Run the pipeline over one recorded session; returns the utterance messages."""
+    """Run the pipeline over one recorded session; returns the utterance messages.
+
+    out_jsonl gets the utterance results, or every published message with all_messages."""
     from engines.media import MediaError
 
     media = Path(media)
@@ -185,7 +190,7 @@ def replay(
         raise MediaError(f"{media}: no such file")
     bundle = open_bundle(config.model.bundle)  # refuse a bad bundle before starting anything
     session = media.stem
-    sink = ResultSink(out_jsonl, on_message)
+    sink = ResultSink(out_jsonl, on_message, all_types=all_messages)
     with tempfile.TemporaryDirectory(prefix="realtime-") as workdir:
         sup = Supervisor(config, workdir)
         try:

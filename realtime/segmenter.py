@@ -253,6 +253,15 @@ class StreamingSegmenter:
         self.reset()
         return utterances
 
+    def open_utterance(self) -> Utterance | None:
+        """The utterance still being spoken, up to the audio scored so far (what a
+        partial transcript is made of); None while there is no speech."""
+        if self._speech_start is None:
+            return None
+        start = max(self._speech_start - self._pad, self._emitted_end)
+        end = min(self._vad_end, self._buffer.end)
+        return Utterance(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end))
+
     # -- per-frame state machine ------------------------------------------------
 
     def _score_frame(self, frame: np.ndarray) -> list[Utterance]:

@@ -39,14 +39,16 @@ class Endpoints:
 
 
 class Stage:
-    def __init__(self, name: str, endpoints: Endpoints, queue_limit: int):
+    def __init__(self, name: str, endpoints: Endpoints, queue_limit: int, supervisor_pid: int | None = None):
         self.name = name
         self.endpoints = endpoints
         self.queue_limit = queue_limit
         self.ctx = zmq.Context()
         self.control = bus.socket(self.ctx, zmq.PUSH, endpoints.control, bind=False)
         self._last_beat = 0.0
-        self._parent = os.getppid()
+        # The supervisor passes its pid: a stage still importing its libraries when the
+        # supervisor was killed would otherwise take its new parent (init) for it.
+        self._parent = supervisor_pid if supervisor_pid is not None else os.getppid()
 
     def pull(self, endpoint: str) -> zmq.Socket:
         return bus.socket(self.ctx, zmq.PULL, endpoint, bind=True, hwm=self.queue_limit)
@@ -93,12 +95,14 @@ class Stage:
         self.ctx.destroy(linger=2000)
 
 
-def run_stage(name: str, body: Callable[[Stage], None], endpoints: Endpoints, queue_limit: int) -> None:
+def run_stage(name: str, body: Callable[[Stage], None], endpoints: Endpoints, queue_limit: int,
+              supervisor_pid: int) -> None:
     """Process entry point: run `body`, report how it ended, exit 0 or 1."""
     # The supervisor owns Ctrl-C: a stage must not die half-way through a
     # message because the terminal sent SIGINT to the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stage = Stage(name, endpoints, queue_limit)
+    stage = Stage(name, endpoints, queue_limit, supervisor_pid)
+    stage.heartbeat()  # the supervisor may already be gone
     try:
         body(stage)
         stage.report("done")

@@ -45,8 +45,12 @@ def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps
         stage.send(sock, {"type": "eos", "session": session})
 
 
-def segmenter(stage: Stage, vad_options) -> None:
-    """Streaming voice activity detection: audio chunks in, utterance windows out."""
+def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0) -> None:
+    """Streaming voice activity detection: audio chunks in, utterance windows out.
+
+    With partial_every_s > 0 the utterance still being spoken also goes to the ASR,
+    as a `partial`, each time that much more speech has been heard.
+    """
     from realtime.segmenter import StreamingSegmenter
 
     inbox, out = stage.pull(stage.endpoints.audio), stage.push(stage.endpoints.utterances)
@@ -55,6 +59,14 @@ def segmenter(stage: Stage, vad_options) -> None:
     vad = StreamingSegmenter(vad_options)
     stage.report("ready")
     seq = 0
+    partial_at: tuple[float, float] | None = None  # (start, end) of the last partial sent
+
+    def emit(kind: str, utt) -> None:
+        nonlocal seq
+        stage.send(out, {"type": kind, "session": header["session"], "seq": seq,
+                         "start": utt.start, "end": utt.end}, utt.audio)
+        seq += 1
+
     while True:
         header, samples = stage.recv(inbox)
         if header["type"] == "audio":
@@ -65,12 +77,17 @@ def segmenter(stage: Stage, vad_options) -> None:
         else:
             continue
         for utt in found:
-            stage.send(out, {"type": "utterance", "session": header["session"], "seq": seq,
-                           "start": utt.start, "end": utt.end}, utt.audio)
-            seq += 1
+            emit("utterance", utt)
+            partial_at = None
         if header["type"] == "eos":
             stage.send(out, header)
             return
+        current = vad.open_utterance() if partial_every_s > 0 else None
+        if current is not None:
+            last = partial_at if partial_at and partial_at[0] == current.start else (current.start, current.start)
+            if current.end - last[1] >= partial_every_s:
+                emit("partial", current)
+                partial_at = (current.start, current.end)
 
 
 def asr(stage: Stage, asr_options) -> None:
@@ -85,11 +102,16 @@ def asr(stage: Stage, asr_options) -> None:
         if header["type"] == "eos":
             stage.send(out, dict(header, stream="audio"))
             return
+        if header["type"] == "partial" and inbox.poll(0):
+            continue  # newer audio is waiting: a stale partial would only delay it
         t0 = time.perf_counter()
         text = transcriber.transcribe(audio)
-        header = dict(header, type="transcript", text=text, asr_s=time.perf_counter() - t0)
-        header.pop("dtype", None), header.pop("shape", None)
-        stage.send(out, header, audio)
+        asr_s = time.perf_counter() - t0
+        fields = {k: header[k] for k in ("session", "seq", "start", "end")}
+        if header["type"] == "partial":
+            stage.send(out, {"type": "partial_transcript", **fields, "text": text, "asr_s": asr_s})
+        else:
+            stage.send(out, {"type": "transcript", **fields, "text": text, "asr_s": asr_s}, audio)
 
 
 def faces(stage: Stage, face_options, preprocessing) -> None:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jiwer
 import jsonschema
@@ -78,10 +79,66 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
     assert all(abs(b - a - 0.25) < 1e-6 for a, b in zip(ends, ends[1:]))
     assert all(w["modalities"] == ["audio", "video"] for w in windows)
 
-    # Same file, same probabilities and transcripts.
+    # Same file, same probabilities and transcripts; partial transcripts, switched on
+    # here, add messages but change no result.
     again = tmp_path / "again.jsonl"
-    assert _replay(media, bundle, again, f"tcp://127.0.0.1:{free_port()}").returncode == 0
+    result = _replay(media, bundle, again, f"tcp://127.0.0.1:{free_port()}", "--all-messages",
+                     "--set", "asr.partial_every_s=0.5")
+    assert result.returncode == 0, result.stderr
+    messages = [json.loads(l) for l in again.read_text().splitlines()]
     # Window updates interleave with utterances by arrival, so seq may differ; content may not.
     strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq")}
-    assert [strip(json.loads(l)) for l in again.read_text().splitlines()] == [strip(l) for l in lines]
+    assert [strip(m) for m in messages if m["type"] == "utterance"] == [strip(l) for l in lines]
+    for message in messages:
+        jsonschema.validate(message, protocol.schema())
+    finals = [m for m in messages if m["type"] == "transcript" and m["final"]]
+    partials = [m for m in messages if m["type"] == "transcript" and not m["final"]]
+    assert [m["text"] for m in finals] == [l["text"] for l in lines]
+    assert partials, "no partial transcript although utterances last longer than 0.5 s"
+    for partial in partials:
+        # Each partial belongs to an utterance that is later published as final.
+        final = next(f for f in finals if f["start"] == partial["start"])
+        assert partial["seq"] < final["seq"]
 
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[1]) == pid:  # fields: state, ppid, ...
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's reaping is left
+
+
+def test_stages_exit_when_the_replay_is_killed(bundle, held_out_session):
+    """SIGKILL leaves the supervisor no chance to stop its stages: they must notice alone,
+    even when the kill comes while they are still starting up."""
+    media = next(held_out_session.glob("*.mp4"))
+    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "replay", str(media), "--model", str(bundle),
+                             "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    stages: list[int] = []
+    # Kill as soon as the processing stages are spawned: they are still importing then.
+    while len(stages) < 4 and time.monotonic() < deadline:
+        stages = _children(proc.pid)
+        time.sleep(0.02)
+    assert len(stages) >= 4, stages
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 90
+    while any(_alive(p) for p in stages) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in stages if _alive(p)], "stage processes outlived their killed supervisor"

@@ -55,6 +55,26 @@ def test_chunk_size_does_not_change_the_result(talk):
         assert all(np.array_equal(u.audio, r.audio) for u, r in zip(utterances, reference))
 
 
+def test_open_utterance_is_the_start_of_the_one_that_closes(talk):
+    """What partial transcripts are made of: the audio of the utterance so far."""
+    audio, _ = talk
+    segmenter = StreamingSegmenter(VadOptions())
+    chunk, seen, closed = 1600, [], []
+    for i in range(0, len(audio), chunk):
+        closed += segmenter.feed(audio[i:i + chunk], T0 + i / SR)
+        current = segmenter.open_utterance()
+        if current is not None:
+            seen.append(current)
+    closed += segmenter.flush()
+    assert segmenter.open_utterance() is None
+    assert len(seen) > 3 * len(closed)  # every utterance was open over several chunks
+    for partial in seen:
+        final = next(u for u in closed if u.start == partial.start)
+        assert len(partial.audio) == round((partial.end - partial.start) * SR)
+        n = min(len(partial.audio), len(final.audio))
+        assert np.array_equal(partial.audio[:n], final.audio[:n])
+
+
 def test_streaming_vad_matches_faster_whisper_batch(talk):
     from faster_whisper.vad import get_vad_model
 
