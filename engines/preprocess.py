@@ -27,6 +27,24 @@ class Preprocessing:
     face_size: int = 64  # square grey crop, as FER2013 models take
     tubelet: tuple[int, int, int] = (2, 16, 16)  # frames x height x width per video token
     text_max_tokens: int = 64
+    # What the text encoder reads (engines.dialogue.text_input):
+    # "mean": the utterance alone, mean of its token states (a sentence encoder such as
+    #   all-MiniLM-L6-v2, frozen: a dialogue prompt only blurs its sentence embedding);
+    # "mask": TelME's prompt with up to text_context_turns past turns, the state of its
+    #   mask token (an encoder fine-tuned on such prompts: `trainer teach`).
+    text_pooling: str = "mean"
+    text_context_turns: int = 0
+    text_sep: str = ""  # the encoder's separator and mask tokens; trainer fit fills them in
+    text_mask: str = ""
+
+    def __post_init__(self):
+        if self.text_pooling not in ("mean", "mask"):
+            raise ValueError(f"text_pooling must be mean or mask, got {self.text_pooling!r}")
+        if self.text_context_turns < 0:
+            raise ValueError(f"text_context_turns must be >= 0, got {self.text_context_turns}")
+        if self.text_context_turns and self.text_pooling != "mask":
+            raise ValueError("text_context_turns needs text_pooling = \"mask\": dialogue context goes "
+                             "into the prompt, which only mask pooling reads")
 
     @property
     def audio_frames(self) -> int:

@@ -13,6 +13,7 @@ import numpy as np
 
 from engines.backends import Backend, open_backend
 from engines.bundle import Bundle, open_bundle
+from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
 from engines.preprocess import audio_features, video_features
 from engines.text import TextTokenizer
 
@@ -26,6 +27,10 @@ class Window:
     start: float
     end: float
     text: str | None = None
+    # Earlier turns of the session, oldest first: the dialogue context of `text`, read
+    # when the bundle's text_pooling is "mask" (engines.dialogue.text_input).
+    context: list[Turn] = field(default_factory=list)
+    speaker: str = UNKNOWN_SPEAKER
     audio: np.ndarray | None = None  # 16 kHz mono float32 covering [start, end]
     crops: list = field(default_factory=list)  # (media time, grey crop or None)
 
@@ -43,7 +48,7 @@ class Engine:
         self.backend = backend
         self.labels = bundle.labels
         self.pre = bundle.preprocessing
-        self._tokenize = TextTokenizer(bundle.file("tokenizer"), self.pre.text_max_tokens)
+        self._tokenize = TextTokenizer.for_preprocessing(bundle.file("tokenizer"), self.pre)
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """Sentence embeddings (N, text_dim) from the bundle's text encoder."""
@@ -63,7 +68,8 @@ class Engine:
         text_emb = np.zeros((len(windows), self.bundle.manifest["text_dim"]), dtype=np.float32)
         with_text = [i for i, t in enumerate(texts) if t]
         if with_text:
-            text_emb[with_text] = self.embed_text([texts[i] for i in with_text])
+            inputs = [text_input(p, windows[i].context, Turn(windows[i].speaker, texts[i])) for i in with_text]
+            text_emb[with_text] = self.embed_text(inputs)
         mels, amasks = zip(*(audio_features(w.audio, p) for w in windows))
         videos, vmasks = zip(*(video_features(w.crops, w.start, w.end, p) for w in windows))
         present = np.array(

@@ -16,7 +16,7 @@ the runtime still runs without torch (engines/__init__ does not import this).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -39,7 +39,9 @@ class StudentConfig:
     layers: int = 2
     dropout: float = 0.1
     embed_dim: int = 64  # joint space of the NCE loss (training only; not in the exported graph)
-    kd_dim: int = 0  # size of a teacher's features for feature KD; 0 = no KD projections
+    # Feature size of each teacher (name -> dims) for feature KD: one training-only
+    # projection per teacher and head; empty = no KD projections.
+    kd_dims: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,7 +112,7 @@ class Student(nn.Module):
         # forward() (and so the exported graph) never uses them.
         self.joint = nn.ModuleDict({h: nn.Linear(cfg.dim, cfg.embed_dim) for h in HEADS})
         self.kd = nn.ModuleDict(
-            {h: nn.Linear(cfg.dim, cfg.kd_dim) for h in HEADS} if cfg.kd_dim > 0 else {}
+            {f"{t}_{h}": nn.Linear(cfg.dim, d) for t, d in cfg.kd_dims.items() for h in HEADS}
         )
 
     def audio_tokens(self, mel: torch.Tensor) -> torch.Tensor:
@@ -162,12 +164,14 @@ class Student(nn.Module):
         """What the losses need (trainer.losses.total_loss's `outputs`):
 
         logits (B, 4, L); embeddings {head: (B, embed_dim)} in the joint space (NCE);
-        kd_features {head: (B, kd_dim)} when cfg.kd_dim > 0 (feature KD).
+        kd_features {teacher: {head: (B, kd_dims[teacher])}} when cfg.kd_dims names
+        teachers (feature KD).
         """
         logits, tokens = self.encode(text_emb, mel, audio_mask, video, video_mask, present)
         out = {"logits": logits, "embeddings": {h: self.joint[h](tokens[h]) for h in HEADS}}
-        if self.cfg.kd_dim > 0:
-            out["kd_features"] = {h: self.kd[h](tokens[h]) for h in HEADS}
+        if self.cfg.kd_dims:
+            out["kd_features"] = {t: {h: self.kd[f"{t}_{h}"](tokens[h]) for h in HEADS}
+                                  for t in self.cfg.kd_dims}
         return out
 
 

@@ -11,12 +11,27 @@ import numpy as np
 
 
 class TextTokenizer:
-    def __init__(self, tokenizer_json: str | Path, max_tokens: int):
+    """keep_end: truncate from the left, so a prompt's end (the current utterance and
+    its mask token) survives and the oldest context goes; special tokens are added
+    after truncation either way."""
+
+    def __init__(self, tokenizer_json: str | Path, max_tokens: int, keep_end: bool = False):
         from tokenizers import Tokenizer
 
         self._tok = Tokenizer.from_file(str(tokenizer_json))
-        self._tok.enable_truncation(max_length=max_tokens)
+        self._tok.enable_truncation(max_length=max_tokens, direction="left" if keep_end else "right")
         self._tok.enable_padding(pad_id=0, pad_token="[PAD]")
+
+    @classmethod
+    def for_preprocessing(cls, tokenizer_json: str | Path, pre) -> "TextTokenizer":
+        """The tokenizer as a bundle's preprocessing wants it (prompts keep their end)."""
+        return cls(tokenizer_json, pre.text_max_tokens, keep_end=pre.text_pooling == "mask")
+
+    def token_id(self, token: str) -> int:
+        found = self._tok.token_to_id(token)
+        if found is None:
+            raise ValueError(f"the tokenizer has no token {token!r}")
+        return found
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         """input_ids and attention_mask, int64, padded to the longest text."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from engines.dialogue import History, Turn
 from realtime import bus, protocol
 from realtime.stage import Stage
 
@@ -56,6 +57,7 @@ class Publisher:
         """Block until `count` subscriptions arrived (replay: nobody misses the start)."""
         joined, deadline = 0, time.monotonic() + timeout_s
         while joined < count and time.monotonic() < deadline:
+            self.stage.heartbeat()
             if self.pub.poll(100):
                 if self.pub.recv()[:1] == b"\x01":  # 1 = subscribe, 0 = unsubscribe
                     joined += 1
@@ -104,6 +106,9 @@ class Fusion:
 
     def __init__(self, engine, options: FusionOptions, out: Publisher):
         self.engine, self.options, self.out = engine, options, out
+        # Past utterances of this session: the text branch's dialogue context.  There is
+        # no diarization, so every turn has the unknown speaker (as in training).
+        self.history = History(engine.pre.text_context_turns)
         self.audio = AudioRing(options.keep_s, engine.pre.sample_rate)
         self.crops: list[tuple[float, np.ndarray | None]] = []
         self.pending: list[tuple[dict, np.ndarray]] = []  # transcripts waiting for their video
@@ -122,6 +127,9 @@ class Fusion:
             self.pending.append((header, array))
             self.out.publish({"type": "transcript", "start": round(header["start"], 3),
                               "end": round(header["end"], 3), "text": header["text"], "final": True})
+        elif kind == "partial_transcript":
+            self.out.publish({"type": "transcript", "start": round(header["start"], 3),
+                              "end": round(header["end"], 3), "text": header["text"], "final": False})
         elif kind == "audio":
             self.audio.add(header["t"], array)
         elif kind == "face":
@@ -161,8 +169,9 @@ class Fusion:
         from engines.runtime import Window
 
         window = Window(start=utt["start"], end=utt["end"], text=utt["text"], audio=audio,
-                        crops=self._crops(utt["start"], utt["end"]))
+                        crops=self._crops(utt["start"], utt["end"]), context=self.history.past)
         pred, infer_s = self._infer(window)
+        self.history.add(Turn(window.speaker, utt["text"]))
         self.out.publish({"type": "utterance", "start": round(utt["start"], 3), "end": round(utt["end"], 3),
                           "text": utt["text"], **self._result(pred),
                           "timing": {"asr_s": round(utt["asr_s"], 4), "infer_s": round(infer_s, 4),

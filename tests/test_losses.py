@@ -260,13 +260,14 @@ def test_total_loss_is_the_weighted_sum_and_zero_weight_removes_a_term():
 def test_total_loss_with_teacher_detaches_it_and_respects_masks():
     out = _outputs(b=5)
     teacher = {
+        "name": "text", "heads": ("audio",),
         "logits": torch.randn(5, 3, dtype=torch.float64, requires_grad=True),
         "features": torch.randn(5, 5, dtype=torch.float64, requires_grad=True),
     }
     y = t([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0]])
     present = t([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 1], [1, 1, 1]])
-    w = L.LossWeights(kd_heads=("audio",))
-    loss, parts = L.total_loss(out, y, present, w, teacher=teacher)
+    w = L.LossWeights()
+    loss, parts = L.total_loss(out, y, present, w, teachers=[teacher])
     assert {"response_kd", "feature_kd"} <= set(parts)
     rows = present[:, 1] > 0
     expected = L.dist_response_kd(out["logits"][rows, 2], teacher["logits"][rows], w.response_tau)
@@ -276,20 +277,38 @@ def test_total_loss_with_teacher_detaches_it_and_respects_masks():
     # the audio head gets no KD gradient from sample 3, whose audio is absent: compare
     # with and without the KD terms
     out2 = {"logits": out["logits"].detach().clone().requires_grad_(), "embeddings": out["embeddings"]}
-    L.total_loss(out2, y, present, L.LossWeights(response_kd=0, feature_kd=0), teacher=teacher)[0].backward()
+    L.total_loss(out2, y, present, L.LossWeights(response_kd=0, feature_kd=0), teachers=[teacher])[0].backward()
     assert torch.allclose(out["logits"].grad[3, 2], out2["logits"].grad[3, 2])
     assert not torch.allclose(out["logits"].grad[0, 2], out2["logits"].grad[0, 2])
 
 
 def test_total_loss_with_a_teacher_of_other_classes_uses_the_shared_ones():
     out = _outputs(b=4)
-    teacher = {"logits": torch.randn(4, 7, dtype=torch.float64),
+    teacher = {"name": "face", "heads": ("video",), "logits": torch.randn(4, 7, dtype=torch.float64),
                "features": torch.randn(4, 5, dtype=torch.float64),
                "label_map": {3: 0, 0: 2}}  # teacher class 3 is label 0, class 0 is label 2
     y = t([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]])
     present = t([[1, 1, 1]] * 4)
-    w = L.LossWeights(kd_heads=("video",))
-    _, parts = L.total_loss(out, y, present, w, teacher=teacher)
+    w = L.LossWeights()
+    _, parts = L.total_loss(out, y, present, w, teachers=[teacher])
     video = out["logits"][:, 3]
     expected = L.dist_response_kd(video[:, [2, 0]], teacher["logits"][:, [0, 3]], w.response_tau)
     assert parts["response_kd"].item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_total_loss_averages_the_kd_terms_of_several_teachers():
+    out = _outputs(b=4)
+    out["kd_features"] = {"face": {h: torch.randn(4, 6, dtype=torch.float64) for h in L.HEADS},
+                          "text": {h: torch.randn(4, 5, dtype=torch.float64) for h in L.HEADS}}
+    y = t([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    present = t([[1, 1, 1]] * 4)
+    face = {"name": "face", "heads": ("video",), "logits": torch.randn(4, 3, dtype=torch.float64),
+            "features": torch.randn(4, 6, dtype=torch.float64)}
+    text = {"name": "text", "heads": ("audio", "video"), "logits": torch.randn(4, 3, dtype=torch.float64),
+            "features": torch.randn(4, 5, dtype=torch.float64)}
+    w = L.LossWeights()
+    _, parts = L.total_loss(out, y, present, w, teachers=[face, text])
+    f = lambda teacher, head: L.feature_kd(out["kd_features"][teacher["name"]][head], teacher["features"],
+                                           w.feature_tau)
+    expected = (f(face, "video") + (f(text, "audio") + f(text, "video")) / 2) / 2
+    assert parts["feature_kd"].item() == pytest.approx(expected.item(), rel=1e-12)

@@ -50,16 +50,20 @@ def test_bce_loss_counts_only_present_peers():
 
 def test_forward_train_adds_joint_embeddings_and_kd_features():
     torch.manual_seed(0)
-    model = Student(StudentConfig(n_labels=5, dim=32, layers=1, heads=2, embed_dim=16, kd_dim=24),
+    model = Student(StudentConfig(n_labels=5, dim=32, layers=1, heads=2, embed_dim=16,
+                                  kd_dims={"face": 24, "text": 12}),
                     Preprocessing()).eval()
     x = example_inputs(model, batch=3)
     with torch.no_grad():
         out = model.forward_train(*x)
         logits = model(*x)
     assert torch.allclose(out["logits"], logits)
-    assert set(out["embeddings"]) == set(out["kd_features"]) == {"fusion", "text", "audio", "video"}
+    assert set(out["embeddings"]) == {"fusion", "text", "audio", "video"}
     assert all(e.shape == (3, 16) for e in out["embeddings"].values())
-    assert all(f.shape == (3, 24) for f in out["kd_features"].values())
-    # an old config (no embed_dim / kd_dim) still builds, without KD projections
+    assert set(out["kd_features"]) == {"face", "text"}
+    for teacher, size in (("face", 24), ("text", 12)):
+        assert set(out["kd_features"][teacher]) == set(out["embeddings"])
+        assert all(f.shape == (3, size) for f in out["kd_features"][teacher].values())
+    # a config without embed_dim / kd_dims still builds, without KD projections
     plain = Student(StudentConfig(n_labels=5, dim=32, layers=1, heads=2), Preprocessing())
     assert "kd_features" not in plain.forward_train(*x)

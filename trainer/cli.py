@@ -1,6 +1,7 @@
 """`trainer`: make data, train the student, export a model bundle.
 
   trainer synth  --out DIR --sessions N --seed S
+  trainer teach  --data KIND:PATH --out TEACHER [--epochs N] [--max-turns N]
   trainer fit    --data KIND:PATH --out RUN [--epochs N] [--media DIR] [--resume]
   trainer evaluate RUN --data KIND:PATH [--split test] --report OUT
   trainer export RUN --out BUNDLE [--precision fp32|fp16] [--tensorrt] [--triton DIR]
@@ -29,6 +30,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sessions", type=int, default=None, help="number of sessions (default [synth] sessions)")
     sp.add_argument("--seed", type=int, default=None, help="random seed (default [synth] seed)")
     sp.add_argument("--utterances", type=int, default=None, help="utterances per session")
+
+    tp = sub.add_parser("teach", help="fine-tune the text teacher on a corpus's transcripts",
+                        description="TelME's text teacher: the text encoder fine-tuned on the prompt "
+                                    "'<s1> past turns ... [SEP] Now <s1> feels [MASK]' with a head on the "
+                                    "mask token; the epoch is chosen on dev.  Use the result as "
+                                    "[train] text_teacher (KD into the student) and its encoder/ folder "
+                                    "as [train] text_encoder with [features] text_pooling = \"mask\".")
+    tp.add_argument("--data", required=True, metavar="KIND:PATH", help="corpus, as for fit")
+    tp.add_argument("--media", type=Path, default=None, metavar="DIR", help="media directory, as for fit")
+    tp.add_argument("--out", type=Path, required=True, help="teacher directory to write")
+    tp.add_argument("--encoder", default=None, help="text encoder to start from (default [train] text_encoder)")
+    tp.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
+    tp.add_argument("--max-turns", type=int, default=8, help="past turns in the prompt (default 8)")
+    tp.add_argument("--max-len", type=int, default=128, help="tokens per prompt, oldest cut first (default 128)")
+    tp.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate (default 5e-5)")
+    tp.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
 
     fp = sub.add_parser("fit", help="train the student on a corpus",
                         description="Train text, audio and video peers and the fusion branch; select the "
@@ -88,6 +105,21 @@ def main(argv: list[str] | None = None) -> int:
             manifest = generate(args.out, config.synth.sessions, config.synth.seed,
                                 utterances_per_session=config.synth.utterances_per_session, progress=progress)
             print(f"wrote {manifest}")
+        elif args.command == "teach":
+            from trainer.datasets import load
+            from trainer.text_teacher import TeacherConfig, TextTeacher
+
+            corpus = load(args.data, args.media, config.train.dev_fraction, config.train.seed)
+            multi = not all(len(u.labels) == 1 for u in corpus.utterances)
+            teacher = TextTeacher.create(TeacherConfig(
+                labels=list(corpus.labels), encoder=args.encoder or config.train.text_encoder, multi_label=multi,
+                max_turns=args.max_turns, max_len=args.max_len, lr=args.lr, epochs=args.epochs,
+                batch_size=args.batch_size, seed=config.train.seed))
+            history = teacher.fit(corpus.split("train"), corpus.split("dev"),
+                                  log=lambda m: print(m, file=sys.stderr, flush=True) if progress else None)
+            teacher.save(args.out)
+            key = "dev_macro_f1" if multi else "dev_weighted_f1"
+            print(json.dumps({"teacher": str(args.out), key: max(h[key] for h in history)}, indent=2))
         elif args.command == "fit":
             from trainer.fit import fit
 

