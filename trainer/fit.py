@@ -119,7 +119,14 @@ def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
     allowed = np.array([m in opts.modalities for m in MODALITIES], np.float32)
     feats["present"] = feats["present"] * allowed
     feats["targets"] = targets(utts, corpus.labels)
-    return {k: torch.from_numpy(v) for k, v in feats.items()}
+    return {k: as_tensor(v) for k, v in feats.items()}
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """torch view of a feature array; a read-only broadcast (text-only corpora) stays one."""
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    return torch.from_numpy(array[:1].copy()).expand(array.shape)
 
 
 def make_teachers(corpus, train: dict, opts: TrainOptions, weights: LossWeights) -> tuple[list[dict], list[str]]:
