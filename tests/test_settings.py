@@ -52,3 +52,13 @@ def test_stream_must_stay_on_loopback(endpoint):
 def test_missing_config_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_realtime(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("override, named", [
+    ("asr.partial_every_s=-1", "partial_every_s"),
+    ("features.text_context_turns=4", "text_pooling"),  # context needs mask pooling
+    ("features.text_pooling='cls'", "text_pooling"),
+])
+def test_text_and_partial_settings_are_checked(override, named):
+    with pytest.raises(ConfigError, match=named):
+        (load_realtime if override.startswith("asr") else load_trainer)(None, [override])
