@@ -3,7 +3,11 @@
 Each peer is a small transformer with its own aggregation token and its own
 multi-label head (SeMuL-PCD's peer networks).  The fusion branch is a fusion
 token that attends over the tokens of every present peer (cross-network
-attention).  Presence masks let any modality be missing, per sample.
+attention), plus TelME's attention-based modality shifting: the text token,
+shifted by a displacement vector made from the audio and video tokens, is added
+to the fusion token, so the fusion head always has the text's own view and the
+non-verbal peers move it rather than replace it.  Presence masks let any
+modality be missing, per sample.
 
 Attention is written out (no nn.MultiheadAttention fast path) so that the graph
 exports to ONNX plainly, and masks are per sample: attention never mixes the
@@ -42,6 +46,7 @@ class StudentConfig:
     # Feature size of each teacher (name -> dims) for feature KD: one training-only
     # projection per teacher and head; empty = no KD projections.
     kd_dims: dict[str, int] = field(default_factory=dict)
+    shift_threshold: float = 0.1  # TelME's theta (eq. 19): the shift is at most this share of |text|
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,6 +100,34 @@ class Peer(nn.Module):
         return x, key_mask, self.head(x[:, 0])
 
 
+class ModalityShift(nn.Module):
+    """TelME 3.2.4: Z = F_T + lambda * H.
+
+    The present non-verbal tokens attend to each other (multi-head self-attention) and
+    are averaged into F_att; a gate g = ReLU(W1 [F_T, F_att] + b1) picks what matters
+    given the text; H = g * (W2 F_att + b2); lambda = min(theta * |F_T| / |H|, 1).
+    Without audio and video H is 0 and Z is the text token itself.
+    """
+
+    def __init__(self, cfg: StudentConfig):
+        super().__init__()
+        self.attend = Block(cfg.dim, cfg.heads, cfg.dropout)
+        self.gate = nn.Linear(2 * cfg.dim, cfg.dim)
+        self.displace = nn.Linear(cfg.dim, cfg.dim)
+        self.theta = cfg.shift_threshold
+
+    def forward(self, text: torch.Tensor, nonverbal: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """text (B, D); nonverbal (B, 2, D) audio and video tokens; present (B, 2)."""
+        attended = self.attend(nonverbal, present)
+        count = present.sum(1, keepdim=True)
+        f_att = (attended * present[:, :, None]).sum(1) / count.clamp(min=1.0)
+        h = torch.relu(self.gate(torch.cat([text, f_att], dim=-1))) * self.displace(f_att)
+        h = h * (count > 0).to(h.dtype)
+        scale = torch.clamp(self.theta * text.norm(dim=-1, keepdim=True) / (h.norm(dim=-1, keepdim=True) + 1e-6),
+                            max=1.0)
+        return text + scale * h
+
+
 class Student(nn.Module):
     def __init__(self, cfg: StudentConfig, pre: Preprocessing):
         super().__init__()
@@ -106,6 +139,7 @@ class Student(nn.Module):
         self.fusion_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.fusion = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.fusion_norm = nn.LayerNorm(cfg.dim)
+        self.shift = ModalityShift(cfg)
         self.fusion_head = nn.Linear(cfg.dim, cfg.n_labels)
         # Training-only heads on each head's aggregation/fusion token: g_{m->c} into the
         # joint space of NCE, and projections to a teacher's feature size for feature KD.
@@ -149,6 +183,8 @@ class Student(nn.Module):
         for block in self.fusion:
             x = block(x, key_mask)
         fused = self.fusion_norm(x[:, 0])
+        shifted = self.shift(x_t[:, 0], torch.stack([x_a[:, 0], x_v[:, 0]], dim=1), present[:, 1:3])
+        fused = fused + present[:, 0:1] * shifted  # no text: the fusion token alone
         logit_f = self.fusion_head(fused)
         tokens = {"fusion": fused, "text": x_t[:, 0], "audio": x_a[:, 0], "video": x_v[:, 0]}
         return torch.stack([logit_f, logit_t, logit_a, logit_v], dim=1), tokens

@@ -67,3 +67,24 @@ def test_forward_train_adds_joint_embeddings_and_kd_features():
     # a config without embed_dim / kd_dims still builds, without KD projections
     plain = Student(StudentConfig(n_labels=5, dim=32, layers=1, heads=2), Preprocessing())
     assert "kd_features" not in plain.forward_train(*x)
+
+
+def test_modality_shift_is_bounded_and_absent_without_audio_and_video():
+    from engines.student import ModalityShift
+
+    torch.manual_seed(0)
+    cfg = StudentConfig(n_labels=3, dim=16, heads=2, shift_threshold=0.1)
+    shift = ModalityShift(cfg).eval()
+    text, nonverbal = torch.randn(4, 16), torch.randn(4, 2, 16) * 50
+    present = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    with torch.no_grad():
+        z = shift(text, nonverbal, present)
+        moved = (z - text).norm(dim=-1)
+    assert torch.all(moved <= 0.1 * text.norm(dim=-1) + 1e-5)  # eq. 19: lambda caps the shift
+    assert moved[3] == 0  # no audio, no video: the text token unchanged
+    assert moved[:3].min() > 0
+    # an absent modality has no say: changing the missing video token changes nothing
+    other = nonverbal.clone()
+    other[1, 1] += 100
+    with torch.no_grad():
+        assert torch.allclose(shift(text, other, present)[1], z[1], atol=1e-5)

