@@ -118,3 +118,39 @@ def test_text_teacher_teaches_and_its_encoder_reads_the_context(run_dir, corpus,
     assert engine._tokenize.token_id("<s1>") >= 30522  # the teacher's speaker tokens came along
     (pred,) = engine.infer([Window(0, 1, text="I can't believe it")])
     assert pred.modalities == ["text"]
+
+
+def test_torchrun_trains_data_parallel_on_the_cpu(run_dir, corpus, tmp_path):
+    """Two ranks over gloo: each takes half of every batch, DDP averages the gradients, and
+    fit checks at the end that both hold the same weights; rank 0 alone writes."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cache = json.loads((run_dir / "run.json").read_text())["options"]["cache_dir"]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun comes with torch"
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "trainer.cli", "--no-progress",
+         "--set", "train.dim=32", "--set", "train.layers=1", "--set", "train.heads=2",
+         "--set", "train.batch_size=8", "--set", f"train.cache_dir='{cache}'",
+         "fit", "--data", f"synthetic:{corpus}", "--out", str(out), "--epochs", "2"],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["world_size"] == 2 and info["device"] == "cpu" and info["mixed_precision"] is None
+    assert len(_rows(out)) == 2  # one line per epoch: only rank 0 logs
+    assert result.stdout.count('"selected_epoch"') == 1  # only rank 0 reports
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(run_dir, corpus, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        fit(f"synthetic:{corpus}", tmp_path / "r", _opts(run_dir, device="cuda"), Preprocessing(), FaceOptions(),
+            progress=False)

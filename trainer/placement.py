@@ -1,0 +1,96 @@
+"""Where `trainer fit` runs: CPU or CUDA (mixed precision there), one process or several
+under torchrun (data parallel: each rank takes its share of every batch and
+DistributedDataParallel averages the gradients).
+
+    torchrun --standalone --nproc_per_node 2 -m trainer.cli fit --data ... --out run
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; without them this is one process.  On the
+CPU the ranks talk over gloo, on CUDA over NCCL, one GPU per rank.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class Placement:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    amp_dtype: torch.dtype | None = None  # autocast dtype on CUDA; None: full precision
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 evaluates, logs and writes files; the others only train."""
+        return self.rank == 0
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling, needed by float16 only (bfloat16 has float32's range)."""
+        return torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def shard(self, indices: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a batch (the batch order is the same on every rank)."""
+        return indices[self.rank :: self.world]
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Some heads get no gradient in a step (a term with weight 0, an absent teacher).
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+    def in_sync(self, module: nn.Module) -> bool:
+        """Whether every rank holds the same weights (they must, after each step)."""
+        if self.world == 1:
+            return True
+        import torch.distributed as dist
+
+        total = torch.stack([p.detach().double().sum() for p in module.parameters()]).sum().reshape(1)
+        gathered = [torch.zeros_like(total) for _ in range(self.world)]
+        dist.all_gather(gathered, total.to(self.device))
+        return all(torch.allclose(g, gathered[0], rtol=1e-9, atol=0.0) for g in gathered)
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def place(device: str = "auto", mixed_precision: bool = True) -> Placement:
+    if device not in DEVICES:
+        raise ValueError(f"[train] device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("[train] device = \"cuda\", but PyTorch sees no CUDA GPU (a CPU build of torch, "
+                         "or no driver); use \"auto\" or \"cpu\"")
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    where = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(where)
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+    amp = None
+    if cuda and mixed_precision:
+        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return Placement(where, rank, world, amp)
