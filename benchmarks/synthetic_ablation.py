@@ -73,6 +73,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=20, help="warmup optimizer steps")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    ap.add_argument("--loss", action="append", default=[], metavar="KEY=VALUE",
+                    help="set a LossWeights field in every config, e.g. nce_temperature=0.5 (a term a "
+                         "config switches off stays off)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/synthetic_ablation.json")
     args = ap.parse_args()
     import torch
@@ -96,6 +99,10 @@ def main() -> None:
     for seed in args.seeds:  # seed-major: every config gets seed 0 before any gets seed 1
         for name in args.configs:
             modalities, weights = CONFIGS[name]
+            for setting in args.loss:
+                key, value = setting.split("=", 1)
+                if getattr(weights, key) != 0.0 or key.endswith(("temperature", "tau")):
+                    weights = replace(weights, **{key: float(value)})
             opts = TrainOptions(epochs=args.epochs, dim=args.dim, layers=args.layers, lr=args.lr,
                                 warmup_steps=args.warmup, seed=seed,
                                 cache_dir=str(args.work.parent / "cache"),
@@ -142,6 +149,7 @@ def write(args, commit, t0, scores, tests) -> None:
                  "only; 'full' adds the FER face teacher's KD on the video head to "
                  "bce+lcc+mdl+nce+sdt; 'full+text_teacher' adds the text teacher's KD",
         "seeds_done": {k: len(v) for k, v in scores.items()},
+        "loss_overrides": args.loss,
         "metrics": metrics,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
