@@ -93,10 +93,11 @@ def load_corpus(path: Path, dev_fraction: float = 0.2, seed: int = 0) -> Corpus:
         except KeyError as exc:
             raise DataError(f"{manifest}:{n}: missing field {exc}") from exc
     # A session is one conversation: its turns in time order are the text branch's context.
-    turns: dict[str, int] = {}
-    for u in sorted(utterances, key=lambda u: (u.session, u.start)):
+    from trainer.datasets._common import number_turns  # here: that module imports this one
+
+    for u in utterances:
         u.extra["dialogue"] = u.session
-        u.extra["turn"] = turns[u.session] = turns.get(u.session, -1) + 1
+    number_turns(utterances, lambda u: (u.start,))
     return Corpus(labels, utterances)
 
 
