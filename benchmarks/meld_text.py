@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.elderreact_audio import result_json, write  # noqa: E402
+from benchmarks.report import result_json, write  # noqa: E402
 
 
 def frozen_logreg(corpus, encoder: str, multi_label: bool, threads: int) -> dict:

@@ -19,10 +19,6 @@ interrupted benchmark still leaves the numbers it has.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -33,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import result_json, write  # noqa: E402
 from engines.faces import FaceOptions  # noqa: E402
 from engines.preprocess import Preprocessing  # noqa: E402
 from trainer.fit import TrainOptions, fit  # noqa: E402
@@ -51,13 +48,6 @@ CONFIGS = {
     "full": (None, LossWeights()),  # + face-teacher KD: the default recipe
     "full+text_teacher": (None, LossWeights()),
 }
-
-
-def environment() -> dict:
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "platform": platform.platform(), "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -92,7 +82,6 @@ def main() -> None:
         from trainer.cli import main as trainer_main
 
         trainer_main(["--no-progress", "teach", "--data", f"synthetic:{args.corpus}", "--out", str(teacher)])
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     t0 = time.perf_counter()
     scores: dict[str, list[float]] = {c: [] for c in args.configs}
     tests: dict[str, list[float]] = {c: [] for c in args.configs}
@@ -117,10 +106,10 @@ def main() -> None:
             tests[name].append(report["metrics"]["weighted_f1"])
             print(f"{name} seed {seed}: dev weighted F1 {scores[name][-1]:.1f}, "
                   f"test {tests[name][-1]:.1f}", flush=True)
-            write(args, commit, t0, scores, tests)
+            write_results(args, t0, scores, tests)
 
 
-def write(args, commit, t0, scores, tests) -> None:
+def write_results(args, t0, scores, tests) -> None:
     metrics = {}
     done = {k: v for k, v in scores.items() if v}
     for name, values in done.items():
@@ -137,24 +126,13 @@ def write(args, commit, t0, scores, tests) -> None:
     metrics["epochs"] = args.epochs
     metrics["dim"] = args.dim
     metrics["layers"] = args.layers
-    result = {
-        "benchmark": "synthetic_ablation",
-        "commit": commit,
-        "command": "python benchmarks/synthetic_ablation.py " + " ".join(sys.argv[1:]),
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-        "environment": environment(),
-        "notes": "weighted F1 (percent) of the fusion head; epoch and thresholds chosen on the dev "
-                 "sessions (seed-drawn, 20% of 40); test = a separate 10-session corpus (synth seed 1) "
-                 "scored once per run; peer-alone configs see only that modality and train with BCE "
-                 "only; 'full' adds the FER face teacher's KD on the video head to "
-                 "bce+lcc+mdl+nce+sdt; 'full+text_teacher' adds the text teacher's KD",
-        "seeds_done": {k: len(v) for k, v in scores.items()},
-        "loss_overrides": args.loss,
-        "metrics": metrics,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-
+    notes = ("weighted F1 (percent) of the fusion head; epoch and thresholds chosen on the dev "
+             "sessions (seed-drawn, 20% of 40); test = a separate 10-session corpus (synth seed 1) "
+             "scored once per run; peer-alone configs see only that modality and train with BCE "
+             "only; 'full' adds the FER face teacher's KD on the video head to "
+             "bce+lcc+mdl+nce+sdt; 'full+text_teacher' adds the text teacher's KD")
+    write(args.out, result_json("synthetic_ablation", t0, args.threads, metrics, notes=notes,
+                                seeds_done={k: len(v) for k, v in scores.items()}, loss_overrides=args.loss))
 
 if __name__ == "__main__":
     main()
