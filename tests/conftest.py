@@ -12,6 +12,16 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: models come from the offline extra
 
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def need(name: str) -> Path:
+    """The shared corpus `name` (../shared/data/NAME), or a skip that says it is absent."""
+    path = DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (the shared data are not on this machine)")
+    return path
+
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:

@@ -13,14 +13,7 @@ import pytest
 from trainer.data import DataError, Utterance
 from trainer.datasets import context_prompt, context_prompts, load
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
-def need(name: str) -> Path:
-    path = DATA / name
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent (the shared data are not on this machine)")
-    return path
+from tests.conftest import need
 
 
 # --------------------------------------------------------------------------- MELD

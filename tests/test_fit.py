@@ -10,6 +10,8 @@ from engines.preprocess import Preprocessing
 from trainer.fit import TrainOptions, fit
 from trainer.losses import LossWeights
 
+from tests.conftest import need
+
 ALL_PARTS = ("bce", "peer_bce", "lcc", "mdl", "nce", "sdt")
 
 
@@ -154,3 +156,17 @@ def test_cuda_without_a_gpu_is_a_clear_error(run_dir, corpus, tmp_path):
     with pytest.raises(ValueError, match="no CUDA GPU"):
         fit(f"synthetic:{corpus}", tmp_path / "r", _opts(run_dir, device="cuda"), Preprocessing(), FaceOptions(),
             progress=False)
+
+
+def test_a_corpus_with_nothing_the_student_reads_is_a_clear_error(tmp_path):
+    # ElderReact without its mp4 clips: labels and COVAREP vectors, no transcript, no media.
+    source = need("elderreact")
+    data = tmp_path / "elderreact"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        for kind in ("labels", "audio"):
+            lines = (source / f"{split}_{kind}.txt").read_text().splitlines()[:6]
+            (data / f"{split}_{kind}.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="no training utterance has a transcript, audio or video"):
+        fit(f"elderreact:{data}", tmp_path / "r", TrainOptions(epochs=1, cache_dir=str(tmp_path / "cache")),
+            Preprocessing(), FaceOptions(), progress=False)

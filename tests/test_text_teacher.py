@@ -9,7 +9,7 @@ import torch
 
 from trainer.data import Utterance
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from tests.conftest import need
 
 
 def utt(dialogue: str, turn: int, speaker: str, text: str, label: str = "joy") -> Utterance:
@@ -62,9 +62,7 @@ def test_left_truncation_keeps_the_prompt(teacher):
 
 
 def test_tiny_fit_on_meld_saves_and_loads(tmp_path):
-    meld = DATA / "meld"
-    if not (meld / "dev_sent_emo.csv").is_file():
-        pytest.skip(f"{meld} is absent (the shared data are not on this machine)")
+    meld = need("meld")
     from trainer.datasets import load
     from trainer.text_teacher import TeacherConfig, TextTeacher
 

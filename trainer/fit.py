@@ -322,6 +322,12 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where)
     dev = build_inputs(corpus, "dev", pre, faces, opts, encoder, progress)
     if len(train["targets"]) == 0 or len(dev["targets"]) == 0:
         raise ValueError(f"{data_spec}: need utterances in both train and dev splits")
+    if not train["present"].any():
+        raise ValueError(
+            f"{data_spec}: no training utterance has a transcript, audio or video the student reads "
+            f"(modalities {', '.join(opts.modalities)}); precomputed features such as ElderReact's "
+            "COVAREP values are not a student input: give the corpus its media "
+            "(--media) or see benchmarks/elderreact_audio.py")
 
     teachers, notes = make_teachers(corpus, train, opts, weights)
     for note in notes if where.main else []:
