@@ -134,5 +134,6 @@ def write_results(args, t0, scores, tests) -> None:
     write(args.out, result_json("synthetic_ablation", t0, args.threads, metrics, notes=notes,
                                 seeds_done={k: len(v) for k, v in scores.items()}, loss_overrides=args.loss))
 
+
 if __name__ == "__main__":
     main()
