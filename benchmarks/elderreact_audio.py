@@ -139,8 +139,8 @@ def scores(probs, y, th, labels) -> dict[str, float]:
     pred = probs >= th[None, :]
     out = multilabel_scores(probs, y, th)
     out.update(binary_scores(pred, y))
-    for j, label in enumerate(labels):
-        out[f"f1_{label}"] = 100 * f1_score(y[:, j], pred[:, j], zero_division=0)
+    per_label = f1_score(y, pred, average=None, zero_division=0)
+    out.update({f"f1_{label}": 100 * float(f) for label, f in zip(labels, per_label)})
     return out
 
 
@@ -152,10 +152,11 @@ def cross_validate(x, y, groups, layout, seeds, folds):
     models, epochs = [], []
     for k, (fit, held) in enumerate(GroupKFold(n_splits=folds).split(x, y, groups)):
         std = Standardiser(x[fit])
+        z_fit, z_held = std(x[fit]), std(x[held])
         probs = []
         for seed in seeds:
-            net, epoch = train_peer(std(x[fit]), y[fit], std(x[held]), y[held], layout, seed=1000 * k + seed)
-            probs.append(predict(net, std(x[held]), layout))
+            net, epoch = train_peer(z_fit, y[fit], z_held, y[held], layout, seed=1000 * k + seed)
+            probs.append(predict(net, z_held, layout))
             models.append((std, net))
             epochs.append(epoch)
         oof[held] = np.mean(probs, 0)
@@ -190,12 +191,14 @@ def main(argv=None) -> int:
     seeds = list(range(args.seeds))
 
     # Baseline: logistic regression per label, C chosen on dev (split protocol).
+    # The split protocol's inputs, standardised on train (logreg and the split runs below).
     std = Standardiser(xtr)
+    ztr, zdv, zte = std(xtr), std(xdv), std(xte)
     best = None
     for C in (0.001, 0.01, 0.1, 1.0):
-        models = [LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit(std(xtr), ytr[:, j])
+        models = [LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit(ztr, ytr[:, j])
                   for j in range(len(labels))]
-        pdv, pte = (np.stack([m.predict_proba(std(x))[:, 1] for m in models], 1) for x in (xdv, xte))
+        pdv, pte = (np.stack([m.predict_proba(z)[:, 1] for m in models], 1) for z in (zdv, zte))
         s = scores(pdv, ydv, tune_thresholds(pdv, ydv), labels)["weighted_f1"]
         print(f"logreg C={C}: dev weighted F1 {s:.2f}", flush=True)
         if best is None or s > best[0]:
@@ -223,9 +226,8 @@ def main(argv=None) -> int:
     metrics.update({f"cv_{k}": v for k, v in scores(pte, yte, th, labels).items()})
 
     # split protocol, same layout: train on train, stop and tune on dev.
-    std = Standardiser(xtr)
-    nets = [train_peer(std(xtr), ytr, std(xdv), ydv, layout, seed)[0] for seed in seeds]
-    pdv, pte = (np.mean([predict(n, std(x), layout) for n in nets], 0) for x in (xdv, xte))
+    nets = [train_peer(ztr, ytr, zdv, ydv, layout, seed)[0] for seed in seeds]
+    pdv, pte = (np.mean([predict(n, z, layout) for n in nets], 0) for z in (zdv, zte))
     th_dev = tune_thresholds(pdv, ydv)
     metrics["split_dev_weighted_f1"] = scores(pdv, ydv, th_dev, labels)["weighted_f1"]
     metrics.update({f"split_{k}": v for k, v in scores(pte, yte, th_dev, labels).items() if not k.startswith("f1_")})
