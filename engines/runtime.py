@@ -48,6 +48,9 @@ class Engine:
         self.backend = backend
         self.labels = bundle.labels
         self.pre = bundle.preprocessing
+        # Bundles before the manifest named them read every modality.
+        self.modalities = tuple(bundle.manifest.get("modalities", HEADS[1:]))
+        self._allowed = np.array([m in self.modalities for m in HEADS[1:]], dtype=np.float32)
         self._tokenize = TextTokenizer.for_preprocessing(bundle.file("tokenizer"), self.pre)
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
@@ -75,7 +78,7 @@ class Engine:
         present = np.array(
             [[bool(texts[i]), amasks[i].any(), vmasks[i].any()] for i in range(len(windows))],
             dtype=np.float32,
-        )
+        ) * self._allowed
         return {
             "text_emb": text_emb,
             "mel": np.stack(mels),

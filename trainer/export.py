@@ -23,7 +23,7 @@ import torch
 
 from engines.bundle import write_manifest
 from engines.preprocess import Preprocessing
-from engines.student import INPUTS, ExportedStudent, Student, StudentConfig
+from engines.student import INPUTS, MODALITIES, ExportedStudent, Student, StudentConfig
 from engines.text import TextTokenizer
 from trainer.text_encoder import SentenceEncoder
 
@@ -171,6 +171,10 @@ def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp3
         "outputs": {"student": student_io["outputs"], "text_encoder": text_io["outputs"]},
         "dynamic_axes": DYNAMIC_AXES,
         "heads": HEADS,
+        # The modalities the student was trained to read; the engine hides the others, so
+        # an untrained branch (e.g. audio in a model that never heard real speech) never
+        # reaches the fusion.
+        "modalities": list(info.get("options", {}).get("modalities", MODALITIES)),
         # What each backend runs.  The bundle has no PyTorch copy of the text
         # encoder, so the torch backend runs text_encoder.onnx in ONNX Runtime.
         "backends": {

