@@ -20,7 +20,7 @@ T = TypeVar("T")
 # The config file is shared by the runtime and the trainer.  Each side reads its
 # own sections; this list lets either side reject a section nobody reads.
 KNOWN_SECTIONS = frozenset(
-    {"capture", "features", "fusion", "vad", "asr", "faces", "model", "stream", "pipeline", "synth", "train", "loss"}
+    {"capture", "features", "fusion", "vad", "asr", "faces", "model", "stream", "pipeline", "synth", "train", "loss", "recipe"}
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"

@@ -8,6 +8,7 @@ from engines.preprocess import Preprocessing
 from engines.settings import apply_overrides, build, read_toml
 from trainer.fit import TrainOptions
 from trainer.losses import LossWeights
+from trainer.recipe import RecipeOptions
 
 
 @dataclass
@@ -28,6 +29,7 @@ class TrainerConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     faces: FaceOptions = field(default_factory=FaceOptions)
+    recipe: RecipeOptions = field(default_factory=RecipeOptions)
 
 
 def load_config(path=None, overrides: list[str] = ()) -> TrainerConfig:
@@ -38,4 +40,5 @@ def load_config(path=None, overrides: list[str] = ()) -> TrainerConfig:
         loss=build(LossWeights, data.get("loss"), "loss"),
         preprocessing=build(Preprocessing, data.get("features"), "features"),
         faces=build(FaceOptions, data.get("faces"), "faces"),
+        recipe=build(RecipeOptions, data.get("recipe"), "recipe"),
     )

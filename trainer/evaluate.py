@@ -167,6 +167,7 @@ def evaluate(run: Path, data_spec: str, split: str, report: Path, media: str | P
     """Score the fusion head of `run` on `split` of `data_spec` ("all": every utterance)."""
     from trainer.data import Corpus
     from trainer.datasets import load
+    from trainer.datasets.mix import on_labels
     from trainer.export import load_run
     from trainer.fit import TrainOptions, build_inputs, predict
     from trainer.text_encoder import SentenceEncoder
@@ -183,8 +184,7 @@ def evaluate(run: Path, data_spec: str, split: str, report: Path, media: str | P
     if not corpus.split(split):
         raise ValueError(f"{data_spec}: no utterances in split {split!r}")
     labels = info["labels"]
-    if list(corpus.labels) != list(labels):
-        raise ValueError(f"{data_spec}: labels {corpus.labels} differ from the run's {labels}")
+    corpus = on_labels(corpus, labels, data_spec)
     single_label = all(len(u.labels) == 1 for u in corpus.utterances)
     pre = Preprocessing.from_dict(info["preprocessing"])
     data = build_inputs(corpus, split, pre, FaceOptions(**info["faces"]), opts,

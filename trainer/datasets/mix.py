@@ -77,3 +77,13 @@ def load_mix(spec: str, load_one) -> Corpus:
     if not utterances:
         raise DataError(f"--data {spec!r}: no utterance has a label among {', '.join(EKMAN)}")
     return Corpus(list(EKMAN), utterances)
+
+
+def on_labels(corpus: Corpus, labels: list[str], spec: str) -> Corpus:
+    """corpus scored by a model with `labels`: the same names in any order, or, for a model
+    on EKMAN, the corpus relabelled as above (IEMOCAP's frustration dropped)."""
+    if set(corpus.labels) == set(labels):
+        return Corpus(list(labels), corpus.utterances)
+    if list(labels) == list(EKMAN):
+        return relabel(corpus, spec.partition(":")[0])[0]
+    raise DataError(f"{spec}: labels {corpus.labels} differ from the model's {labels}")
