@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, required=True, help="directory for every step's output")
     rp.add_argument("--quick", action="store_true",
                     help="MELD alone, at most 4 epochs and 12 synthetic sessions (the demo's model)")
+    rp.add_argument("--check", action="store_true",
+                    help="only say where the corpora are (exit 2 when one is missing), train nothing")
 
     ep = sub.add_parser("export", help="export a run as a model bundle (ONNX graphs, weights, manifest)",
                         description="Write a bundle that ONNX Runtime, PyTorch and (with --tensorrt) "
@@ -150,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
                              indent=2))
             print(f"wrote {args.report}/report.json, report.md")
         elif args.command == "recipe":
-            from trainer.recipe import real
+            from trainer.recipe import check, real
+
+            if args.check:
+                for spec in check(config, args.quick).values():
+                    print(spec)
+                return 0
 
             done = real(args.out, config, quick=args.quick, progress=progress,
                         log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -19,6 +19,7 @@ back with torch.load(weights_only=True), which refuses any pickled code.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -84,14 +85,33 @@ class TrainOptions:
             raise ValueError(f"video_encoder must be one of {', '.join(VIDEO_ENCODERS)}")
 
 
-def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing) -> np.ndarray:
+def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing,
+                cache: Path | None = None) -> np.ndarray:
+    """Sentence embeddings (N, dim) of `texts`.  With `cache`, kept there keyed by the
+    encoder's weights and the exact inputs: a frozen encoder gives the same embeddings
+    every run, and 70,000 texts take minutes on 2 cores (a resumed recipe, evaluate)."""
+    path = None
+    if cache is not None:
+        weights = sorted(encoder.path.glob("*.safetensors")) + sorted(encoder.path.glob("*.bin"))
+        digest = hashlib.sha256(json.dumps(
+            [str(encoder.path.resolve()), [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
+             encoder.pooling, pre.text_max_tokens, texts]).encode()).hexdigest()[:24]
+        path = cache / f"text-{digest}.npy"
+        if path.is_file():
+            return np.load(path)
     tokenize = TextTokenizer.for_preprocessing(encoder.tokenizer_json, pre)
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), 64):
             batch = {k: torch.from_numpy(v) for k, v in tokenize(texts[i : i + 64]).items()}
             out.append(encoder(**batch).numpy())
-    return np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
+    emb = np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
+    if path is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, emb)
+        tmp.replace(path)  # atomic: an interrupted run leaves no half-written cache
+    return emb
 
 
 def student_texts(utterances: list, pre: Preprocessing) -> list[str]:
@@ -134,7 +154,7 @@ def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
     index = np.zeros(len(utts), np.int64)
     index[with_media] = np.arange(1, len(with_media) + 1)
     feats["media_index"] = index
-    feats["text_emb"] = embed_texts(encoder, student_texts(utts, pre), pre)
+    feats["text_emb"] = embed_texts(encoder, student_texts(utts, pre), pre, cache)
     feats["present"] = np.array(
         [[bool(u.text.strip()), feats["audio_mask"][r].any(), feats["video_mask"][r].any()]
          for u, r in zip(utts, index)], np.float32).reshape(len(utts), 3)

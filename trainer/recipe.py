@@ -86,6 +86,20 @@ def step(n: int, total: int, what: str, log) -> float:
     return time.perf_counter()
 
 
+def options(config, quick: bool) -> RecipeOptions:
+    opts: RecipeOptions = config.recipe
+    if quick:
+        opts = replace(opts, corpora=["meld"], epochs=min(opts.epochs, 4),
+                       synthetic_sessions=min(opts.synthetic_sessions, 12))
+    return opts
+
+
+def check(config, quick: bool = False) -> dict[str, str]:
+    """kind -> "kind:PATH" of the corpora the recipe would read, or a DataError."""
+    opts = options(config, quick)
+    return corpus_specs(data_root(opts.data_root), opts.corpora)
+
+
 def real(out: Path, config, quick: bool = False, progress: bool = True, log=print) -> dict:
     """Run the real recipe into `out`; returns {"bundle", "reports", "seconds"}."""
     from trainer.evaluate import evaluate
@@ -93,11 +107,8 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
     from trainer.fit import fit
     from trainer.synth import generate
 
-    opts: RecipeOptions = config.recipe
-    if quick:
-        opts = replace(opts, corpora=["meld"], epochs=min(opts.epochs, 4),
-                       synthetic_sessions=min(opts.synthetic_sessions, 12))
-    specs = corpus_specs(data_root(opts.data_root), opts.corpora)
+    opts = options(config, quick)
+    specs = check(config, quick)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started, total, seconds = time.perf_counter(), 4, {}
