@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "used (no real labelled speech offline).  Writes DIR/synthetic, DIR/run, "
                                     "DIR/bundle and DIR/reports; run it again to resume.  Settings: [recipe].")
     rp.add_argument("name", choices=["real"], help="the recipe")
-    rp.add_argument("--out", type=Path, required=True, help="directory for every step's output")
+    rp.add_argument("--out", type=Path, help="directory for every step's output (required unless --check)")
     rp.add_argument("--quick", action="store_true",
                     help="MELD alone, at most 4 epochs and 12 synthetic sessions (the demo's model)")
     rp.add_argument("--check", action="store_true",
@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 for spec in check(config, args.quick).values():
                     print(spec)
                 return 0
+            if args.out is None:
+                raise ValueError("--out DIR is required (the directory for every step's output)")
 
             done = real(args.out, config, quick=args.quick, progress=progress,
                         log=lambda m: print(m, file=sys.stderr, flush=True))
