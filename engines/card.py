@@ -68,17 +68,15 @@ def _labels_part(labels: list[str]) -> str:
 
 
 def branch_phrase(name: str, branch: dict) -> str:
-    """'text: MELD+GoEmotions', 'video: FER2013 teacher, not trained on real faces', ..."""
+    """'text: MELD+GoEmotions', 'video: synthetic, FER2013 teacher, not trained on real faces', ..."""
     if not branch.get("trained", True):
         return f"{name}: not trained ({branch.get('note') or 'no data'})"
-    parts = []
-    if branch.get("real"):
-        parts.append("+".join(branch.get("data") or ["unknown data"]))
+    parts = ["+".join(branch.get("data") or ["unknown data"])]
     parts += [f"{t} teacher" for t in branch.get("teachers") or []]
     if branch.get("real") is False:
         parts.append(f"not trained on {REAL_WHAT.get(name, 'real data')}")
     elif branch.get("real") is None:
-        parts.append(f"{'+'.join(branch.get('data') or ['unknown data'])} (real or not: unknown)")
+        parts.append("real or not: unknown")
     return f"{name}: {', '.join(parts)}"
 
 

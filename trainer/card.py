@@ -245,7 +245,7 @@ def render_markdown(card: dict) -> str:
         lines += [""] + [f"- {note}" for note in card["notes"]]
     lines += ["", "## Evaluations", ""]
     if not card.get("evaluations"):
-        lines.append("None yet: `trainer evaluate`, then `trainer card BUNDLE --eval NAME=REPORT_DIR`.")
+        lines += ["None yet: `trainer evaluate`, then `trainer card BUNDLE --eval NAME=REPORT_DIR`.", ""]
     for name, e in card.get("evaluations", {}).items():
         lines += [f"### {name}", "",
                   f"`{e['data']}`, split `{e['split']}`, {e['utterances']} utterances; protocol: "
