@@ -2,6 +2,7 @@
 
   realtime replay SESSION.mp4 --model BUNDLE --out OUT.jsonl
   realtime listen [--endpoint tcp://127.0.0.1:5555] [--jsonl FILE]
+  realtime describe --model BUNDLE [--json]
 """
 from __future__ import annotations
 
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
     cp.add_argument("--fps", type=float, default=15.0, help="video frame rate written")
     _common(cp)
+
+    dp = sub.add_parser("describe", help="verify a bundle and print its model card's summary",
+                        description="Check every file of the bundle against its sha256 and print one line: "
+                                    "labels, what each branch learnt from, test scores (card.json).")
+    dp.add_argument("--model", type=Path, help="model bundle directory; default [model] bundle")
+    dp.add_argument("--json", action="store_true", help="print the whole card.json instead")
+    _common(dp)
 
     sub.add_parser("devices", help="list cameras and microphones",
                    description="Cameras OpenCV can open (indices 0-9) and PyAudio input devices.")
@@ -162,6 +170,14 @@ def cmd_record(args) -> int:
     return 0
 
 
+def cmd_describe(args) -> int:
+    from engines.card import model_line, read_card
+
+    bundle = load_settings(args, needs_model=True, model__bundle=args.model).model.bundle
+    print(json.dumps(read_card(bundle), indent=2) if args.json else model_line(bundle))
+    return 0
+
+
 def cmd_devices(args) -> int:
     from realtime.sources import list_devices
 
@@ -216,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     from realtime.sources import DeviceError
 
     try:
-        commands = {"replay": cmd_replay, "serve": cmd_serve, "record": cmd_record, "devices": cmd_devices, "listen": cmd_listen}
+        commands = {"replay": cmd_replay, "serve": cmd_serve, "record": cmd_record, "devices": cmd_devices, "listen": cmd_listen,
+                    "describe": cmd_describe}
         return commands[args.command](args)
     except (BundleError, BackendUnavailable, MediaError, ConfigError, PipelineError, DeviceError, ValueError) as exc:
         print(f"realtime {args.command}: error: {exc}", file=sys.stderr)
