@@ -21,7 +21,7 @@ where it stopped (fit itself resumes from its last epoch):
   DIR/synthetic/   synthetic sessions for the fusion        (trainer synth)
   DIR/run/         the trained student                       (trainer fit, --resume)
   DIR/bundle/      the bundle realtime runs                  (trainer export)
-  DIR/reports/     test scores of every corpus               (trainer evaluate)
+  DIR/reports/     test scores of every corpus               (trainer evaluate, trainer card)
 """
 from __future__ import annotations
 
@@ -102,6 +102,7 @@ def check(config, quick: bool = False) -> dict[str, str]:
 
 def real(out: Path, config, quick: bool = False, progress: bool = True, log=print) -> dict:
     """Run the real recipe into `out`; returns {"bundle", "reports", "seconds"}."""
+    from trainer.card import add_reports
     from trainer.evaluate import evaluate
     from trainer.export import export
     from trainer.fit import fit
@@ -137,7 +138,7 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
         export(run, bundle)
     seconds["export"] = time.perf_counter() - t0
 
-    t0 = step(4, total, "test scores", log)
+    t0 = step(4, total, "test scores, into the model card", log)
     reports = {}
     tests = {kind: (spec, "test") for kind, spec in specs.items()}
     tests["synthetic"] = (f"synthetic:{held_out}", "all")
@@ -146,6 +147,7 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
         if not (report / "report.json").is_file():
             evaluate(run, spec, split, report, progress=progress)
         reports[name] = report
+    add_reports(bundle, reports)  # the test scores go into the bundle's model card
     seconds["evaluate"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     return {"bundle": bundle, "reports": reports, "seconds": seconds}
