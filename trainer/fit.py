@@ -32,14 +32,13 @@ from tqdm import tqdm
 from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
 from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
-from engines.student import INPUTS, MODALITIES, Student, StudentConfig
+from engines.heads import HEADS, MODALITIES
+from engines.student import INPUTS, Student, StudentConfig
 from engines.text import TextTokenizer
 from trainer.data import media_features, targets
 from trainer.losses import LearnableTemperature, LossWeights, total_loss
 from trainer.metrics import multilabel_scores, tune_thresholds
 from trainer.text_encoder import SentenceEncoder
-
-HEADS = ("fusion",) + MODALITIES
 
 
 @dataclass

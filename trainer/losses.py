@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-HEADS = ("fusion", "text", "audio", "video")
+from engines.heads import HEADS
+
 PEERS = HEADS[1:]
 
 

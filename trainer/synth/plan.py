@@ -10,13 +10,13 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from engines.heads import MODALITIES
 from trainer.synth.text import utterance_text
 
 LABELS = ("neutral", "happiness", "sadness", "anger", "surprise")
 NEUTRAL_P = 0.3  # share of single-label utterances that are neutral
 MULTI_LABEL_P = 0.15  # share of utterances with a second label
 CUE_P = 0.65  # chance that a modality carries the emotion of a non-neutral utterance
-MODALITIES = ("text", "audio", "video")
 # Label pairs that plausibly co-occur; the order within a pair is drawn per utterance.
 LABEL_PAIRS = (
     ("happiness", "surprise"),
