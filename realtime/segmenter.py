@@ -34,32 +34,19 @@ T0_TOLERANCE_S = 0.02
 
 @dataclass
 class VadOptions:
-    """How speech is found and cut into utterances.
+    """How speech is found and cut into utterances."""
 
-    Attributes:
-      threshold: Speech probability at or above which a frame is speech; it
-        opens an utterance.
-      neg_threshold: Probability below which a frame is silence; only silence
-        can close an utterance. Frames between the two thresholds keep the
-        current state (hysteresis). None means max(threshold - 0.15, 0.01).
-      min_speech_ms: Utterances with less speech than this are dropped (clicks,
-        coughs).
-      min_silence_ms: Silence needed after speech to close an utterance; it
-        is also the latency between the end of speech and the utterance.
-      speech_pad_ms: Audio kept before and after the detected speech, so word
-        edges the VAD scores low are not cut off. The padding after the speech
-        is limited to the audio heard when the utterance closes (at least
-        min_silence_ms), and padding never overlaps the previous utterance.
-      max_utterance_s: Longer speech is cut (at a pause when there is one) so
-        that no utterance, padding included, is much longer than this.
-    """
-
-    threshold: float = 0.5
-    neg_threshold: float | None = None
-    min_speech_ms: int = 250
-    min_silence_ms: int = 500
-    speech_pad_ms: int = 200
-    max_utterance_s: float = 15.0
+    threshold: float = 0.5  # speech probability at or above which a frame is speech; it opens an utterance
+    neg_threshold: float | None = None  # probability below which a frame is silence; only silence
+    # closes an utterance, and frames between the thresholds keep the state (hysteresis);
+    # unset: max(threshold - 0.15, 0.01)
+    min_speech_ms: int = 250  # utterances with less speech than this are dropped (clicks, coughs)
+    min_silence_ms: int = 500  # silence that closes an utterance; also the latency from the end of speech
+    speech_pad_ms: int = 200  # audio kept before and after the speech, so word edges the VAD
+    # scores low survive; the padding after is at most the audio heard when the utterance
+    # closes (at least min_silence_ms), and padding never overlaps the previous utterance
+    max_utterance_s: float = 15.0  # longer speech is cut, at a pause when there is one, so that
+    # no utterance, padding included, is much longer than this
 
     def __post_init__(self) -> None:
         self.validate()
