@@ -186,8 +186,10 @@ def toml_value(value: Any) -> str:
     """A default as TOML writes it (strings in JSON's escapes, which TOML shares)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float, str)):
-        return json.dumps(value) if isinstance(value, str) else repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML form for {value!r}")

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from engines.heads import HEADS, MODALITIES
+from engines.heads import HEADS
 from engines.preprocess import Preprocessing
 
 # Inputs of Student.forward and of the exported graph, in order.
