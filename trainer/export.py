@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from engines.bundle import write_manifest
+from engines.heads import HEADS, MODALITIES
 from engines.preprocess import Preprocessing
-from engines.student import INPUTS, MODALITIES, ExportedStudent, Student, StudentConfig
+from engines.student import INPUTS, ExportedStudent, Student, StudentConfig
 from engines.text import TextTokenizer
 from trainer.card import build_card, write_card_files
 from trainer.text_encoder import SentenceEncoder
@@ -35,7 +36,6 @@ PRECISIONS = ("fp32", "fp16")
 PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
 # The range of each named axis the graphs are exported for.
 DYNAMIC_AXES = {"batch": {"min": 1, "max": 1024}, "tokens": {"min": 2, "max": 512}}
-HEADS = ["fusion", "text", "audio", "video"]  # axis 1 of the student's output
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 PARITY_TEXTS = ["I am so happy today!", "Please put the files on my desk.", "no"]
 
@@ -172,7 +172,7 @@ def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp3
         "inputs": {"student": student_io["inputs"], "text_encoder": text_io["inputs"]},
         "outputs": {"student": student_io["outputs"], "text_encoder": text_io["outputs"]},
         "dynamic_axes": DYNAMIC_AXES,
-        "heads": HEADS,
+        "heads": list(HEADS),
         # The modalities the student was trained to read; the engine hides the others, so
         # an untrained branch (e.g. audio in a model that never heard real speech) never
         # reaches the fusion.

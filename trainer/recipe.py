@@ -39,14 +39,14 @@ CHECKOUT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 @dataclass
 class RecipeOptions:
-    # Folder holding meld/, iemocap/ and goemotions/ as the corpora ship them;
-    # "" = $EMOTION_DATA, else ../shared/data beside the checkout.
-    data_root: str = ""
-    # Text corpora of the full recipe (--quick: meld alone).
-    corpora: list[str] = field(default_factory=lambda: ["meld", "goemotions-ekman", "iemocap"])
-    synthetic_sessions: int = 24  # sessions with face video and speech, for the fusion
+    data_root: str = ""  # folder holding meld/, iemocap/, goemotions/ as the corpora ship them;
+    # "" = $EMOTION_DATA, else ../shared/data beside the checkout
+    corpora: list[str] = field(default_factory=lambda: ["meld", "goemotions-ekman", "iemocap"])  # text corpora
+    # (--quick: meld alone)
+    synthetic_sessions: int = 24  # synthetic sessions (face video + speech): the fusion's only aligned
+    # text and face
     synthetic_repeat: int = 10  # each synthetic training utterance counts this often per epoch
-    epochs: int = 8  # fit's epochs (--quick: 4)
+    epochs: int = 8  # fit's epochs (--quick: at most 4)
 
     def __post_init__(self):
         unknown = sorted(set(self.corpora) - set(FOLDERS))
