@@ -205,6 +205,9 @@ def test_quick_recipe_builds_a_bundle_and_resumes(tmp_path, run_dir):
     meld_report = json.loads((done["reports"]["meld"] / "report.json").read_text())
     assert meld_report["single_label"] and meld_report["utterances"] == 119
     assert [line.split("]")[0] for line in lines] == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    card = json.loads((done["bundle"] / "card.json").read_text())
+    assert set(card["evaluations"]) == {"meld", "synthetic"}
+    assert card["evaluations"]["meld"]["scores"]["weighted_f1"] == meld_report["metrics"]["weighted_f1"]
 
     stamp = (done["bundle"] / "manifest.json").stat().st_mtime_ns
     again = real(tmp_path / "out", replace(config), quick=True, progress=False, log=lines.append)

@@ -102,6 +102,7 @@ def check(config, quick: bool = False) -> dict[str, str]:
 
 def real(out: Path, config, quick: bool = False, progress: bool = True, log=print) -> dict:
     """Run the real recipe into `out`; returns {"bundle", "reports", "seconds"}."""
+    from engines.card import read_card
     from trainer.card import add_reports
     from trainer.evaluate import evaluate
     from trainer.export import export
@@ -147,7 +148,8 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
         if not (report / "report.json").is_file():
             evaluate(run, spec, split, report, progress=progress)
         reports[name] = report
-    add_reports(bundle, reports)  # the test scores go into the bundle's model card
+    if set(reports) - set((read_card(bundle) or {}).get("evaluations", {})):
+        add_reports(bundle, reports)  # the test scores go into the bundle's model card
     seconds["evaluate"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     return {"bundle": bundle, "reports": reports, "seconds": seconds}
