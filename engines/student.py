@@ -206,13 +206,14 @@ class Student(nn.Module):
         logits = (torch.log(mean) - torch.log1p(-mean))[:, self.fer_classes.clamp(min=0)]
         return torch.cat([feats, probs], dim=-1), logits
 
-    def encode(self, text_emb, mel, audio_mask, video, video_mask, present):
+    def encode(self, text_emb, mel, audio_mask, video, video_mask, present, fer=None):
         """(logits (B, 4, L), tokens {head: (B, dim)}): the fusion token and each peer's
-        aggregation token, after their final norms."""
+        aggregation token, after their final norms.  fer: fer_frames' outputs when the
+        trainer computed them once (the network is frozen, so they never change)."""
         x_t, k_t, logit_t = self.text(text_emb[:, None, :], present[:, 0:1])
         x_a, k_a, logit_a = self.audio(self.audio_tokens(mel), audio_mask)
         if self.cfg.video_encoder == "fer":
-            tokens_v, fer_logits = self.fer_frames(video, video_mask)
+            tokens_v, fer_logits = fer if fer is not None else self.fer_frames(video, video_mask)
             x_v, k_v, logit_v = self.video(tokens_v, video_mask)
             logit_v = torch.where(self.fer_classes >= 0, fer_logits, logit_v)
         else:
@@ -241,14 +242,14 @@ class Student(nn.Module):
         """
         return self.encode(text_emb, mel, audio_mask, video, video_mask, present)[0]
 
-    def forward_train(self, text_emb, mel, audio_mask, video, video_mask, present) -> dict:
+    def forward_train(self, text_emb, mel, audio_mask, video, video_mask, present, fer=None) -> dict:
         """What the losses need (trainer.losses.total_loss's `outputs`):
 
         logits (B, 4, L); embeddings {head: (B, embed_dim)} in the joint space (NCE);
         kd_features {teacher: {head: (B, kd_dims[teacher])}} when cfg.kd_dims names
         teachers (feature KD).
         """
-        logits, tokens = self.encode(text_emb, mel, audio_mask, video, video_mask, present)
+        logits, tokens = self.encode(text_emb, mel, audio_mask, video, video_mask, present, fer)
         out = {"logits": logits, "embeddings": {h: self.joint[h](tokens[h]) for h in HEADS}}
         if self.cfg.kd_dims:
             out["kd_features"] = {t: {h: self.kd[f"{t}_{h}"](tokens[h]) for h in HEADS}

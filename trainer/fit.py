@@ -133,7 +133,8 @@ def with_text_tokens(pre: Preprocessing, encoder: SentenceEncoder) -> Preprocess
     return replace(pre, text_sep=pre.text_sep or sep, text_mask=pre.text_mask or mask)
 
 
-MEDIA = ("mel", "audio_mask", "video", "video_mask")  # per media row, not per utterance
+# Stored per media row, not per utterance (fer_*: the FER video encoder's outputs, fer_inputs).
+MEDIA = ("mel", "audio_mask", "video", "video_mask", "fer_tokens", "fer_logits")
 
 
 def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
@@ -161,6 +162,28 @@ def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
     feats["present"] = feats["present"] * allowed
     feats["targets"] = targets(utts, corpus.labels)
     return {k: torch.from_numpy(v) for k, v in feats.items()}
+
+
+def fer_inputs(model: Student, data: dict, batch_size: int = 64) -> None:
+    """Add the frozen FER network's outputs for every media row to `data`, computed once:
+    running it on every crop of every step would be most of the training time."""
+    if model.cfg.video_encoder != "fer":
+        return
+    device = next(model.parameters()).device
+    tokens, logits = [], []
+    with torch.no_grad():
+        for i in range(0, len(data["video"]), batch_size):
+            t, lg = model.fer_frames(data["video"][i : i + batch_size].to(device),
+                                     data["video_mask"][i : i + batch_size].to(device))
+            tokens.append(t.cpu())
+            logits.append(lg.cpu())
+    data["fer_tokens"], data["fer_logits"] = torch.cat(tokens), torch.cat(logits)
+
+
+def model_inputs(batch: dict, device) -> tuple[tuple, tuple | None]:
+    """(the student's inputs, the precomputed FER outputs or None) of a batch, on device."""
+    fer = (batch["fer_tokens"].to(device), batch["fer_logits"].to(device)) if "fer_tokens" in batch else None
+    return tuple(batch[k].to(device) for k in INPUTS), fer
 
 
 def take(data: dict, idx: torch.Tensor) -> dict:
@@ -320,8 +343,8 @@ def predict(model: Student, data: dict, batch_size: int = 64) -> np.ndarray:
     outs = []
     with torch.no_grad():
         for i in range(0, len(data["targets"]), batch_size):
-            batch = take(data, torch.arange(i, min(i + batch_size, len(data["targets"]))))
-            outs.append(torch.sigmoid(model(*(batch[k].to(device) for k in INPUTS))).float().cpu())
+            inputs, fer = model_inputs(take(data, torch.arange(i, min(i + batch_size, len(data["targets"])))), device)
+            outs.append(torch.sigmoid(model.encode(*inputs, fer=fer)[0]).float().cpu())
     return torch.cat(outs).numpy()
 
 
@@ -333,8 +356,8 @@ class TrainStep(torch.nn.Module):
         super().__init__()
         self.student, self.temperature = student, temperature
 
-    def forward(self, *inputs):
-        return self.student.forward_train(*inputs), self.temperature()
+    def forward(self, *inputs, fer=None):
+        return self.student.forward_train(*inputs, fer=fer), self.temperature()
 
 
 def drop_modalities(present: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -413,6 +436,8 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where)
 
         load_face_net(model.face_net)
     model = model.to(where.device)
+    for split in (train, dev):
+        fer_inputs(model, split)
     temperature = LearnableTemperature(weights.mdl_temperature).to(where.device)
     step_module = where.wrap(TrainStep(model, temperature))
     scaler = where.scaler()
@@ -457,7 +482,8 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where)
             batch["present"] = drop_modalities(batch["present"], opts.modality_dropout, drop_gen)
             batch = {k: v.to(where.device) for k, v in batch.items()}
             with where.autocast():
-                outputs, tau = step_module(*(batch[k] for k in INPUTS))
+                inputs, fer = model_inputs(batch, where.device)
+                outputs, tau = step_module(*inputs, fer=fer)
                 taught = [dict(t, **{k: batch[f"{t['name']}_{k}"] for k in ("logits", "features", "present")})
                           for t in teachers]
                 value, parts = total_loss(outputs, batch["targets"], batch["present"], weights, taught,
