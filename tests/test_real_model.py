@@ -52,6 +52,9 @@ def test_the_fer_video_head_is_the_face_teacher():
     w = mask[..., None]
     expected = ((probs * w).sum(1) / w.sum(1).clamp(min=1))[:, FER_CLASSES]
     assert torch.allclose(got, expected.clamp(1e-4, 1 - 1e-4), atol=1e-5)
+    with torch.no_grad():  # the trainer's precomputed FER outputs give the graph's result
+        cached = model.encode(*x, fer=model.fer_frames(video, mask))[0]
+    assert torch.allclose(cached, model(*x), atol=1e-6)
 
 
 def test_the_fer_network_stays_frozen_in_training():
