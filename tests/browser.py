@@ -46,3 +46,16 @@ def drawn_share(png: bytes) -> float:
     background = max(colors)[0]
     return 1.0 - background / (image.width * image.height)
 
+
+
+def full_page_png(driver, width: int = 1280) -> bytes:
+    """A screenshot of the whole page, however long, at `width` CSS pixels."""
+    import time
+
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    time.sleep(0.3)  # let the page lay itself out at that size
+    png = driver.get_screenshot_as_png()
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    return png

@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from realtime import protocol
-from tests.browser import chromium, drawn_share
+from tests.browser import chromium, drawn_share, full_page_png
 from tests.conftest import free_port
 from tests.streams import LABELS, SessionStream
 
@@ -68,14 +68,9 @@ def timeline_points(driver) -> int:
     return int(driver.execute_script("return document.getElementById('timeline').dataset.points || 0"))
 
 
-def screenshot_full(driver, path: Path | None) -> bytes:
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, min(max(height, 600), 2000))
-    time.sleep(0.3)
-    png = driver.get_screenshot_as_png()
-    if path is not None:
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(png)
+def screenshot(driver, path: Path) -> bytes:
+    png = full_page_png(driver)
+    path.write_bytes(png)  # kept in the test's tmp_path, to look at when a check fails
     return png
 
 
@@ -165,7 +160,7 @@ def test_dashboard_draws_the_stream_as_it_arrives(publisher, tmp_path):
         finally:
             late.quit()
 
-        png = screenshot_full(driver, tmp_path / "dashboard.png")
+        png = screenshot(driver, tmp_path / "dashboard.png")
         assert drawn_share(png) > 0.05, "the dashboard screenshot is (nearly) blank"
         # The timeline's canvas itself has lines on it, not only the page around it.
         canvas = driver.find_element("css selector", "#timeline canvas")
@@ -217,7 +212,7 @@ def test_dashboard_follows_a_realtime_replay(bundle, held_out_session, tmp_path)
             time.sleep(0.5)
         final_view = {"points": timeline_points(driver), "bars": bars(driver),
                       "rows": len(driver.find_elements("css selector", "#transcript .utterance"))}
-        png = screenshot_full(driver, tmp_path / "replay-dashboard.png")
+        png = screenshot(driver, tmp_path / "replay-dashboard.png")
     finally:
         if driver:
             driver.quit()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from realtime.report import summarize
-from tests.browser import chromium, drawn_share
+from tests.browser import chromium, drawn_share, full_page_png
 from tests.streams import LABELS, SessionStream
 
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.I)
@@ -92,9 +92,7 @@ def test_report_is_self_contained_and_renders_offline(tmp_path):
         assert f"{neutral['mean']:.2f}" in table[0].text and f"{100 * neutral['active_share']:.0f} %" in table[0].text
         assert "ms" in driver.find_element("id", "latency").text
 
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1280, min(height, 2000))
-        png = driver.get_screenshot_as_png()
+        png = full_page_png(driver)
         (tmp_path / "report.png").write_bytes(png)
         assert drawn_share(png) > 0.05, "the report screenshot is (nearly) blank"
         assert drawn_share(driver.find_element("css selector", "#timeline canvas").screenshot_as_png) > 0.03
