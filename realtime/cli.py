@@ -186,6 +186,8 @@ def cmd_replay(args) -> int:
     config = load_settings(args, needs_model=True, model__bundle=args.model, stream__endpoint=args.endpoint,
                            model__backend=args.backend, model__device=args.device,
                            stream__wait_subscribers=args.wait_subscribers)
+    if args.report and not args.report.parent.is_dir():  # say so now, not after the whole replay
+        raise ValueError(f"--report {args.report}: no such folder {args.report.parent}")
     dashboard = None
     if args.dashboard:
         dashboard = start_dashboard(config.stream.endpoint, args.dashboard_port)

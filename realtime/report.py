@@ -80,13 +80,15 @@ def summarize(messages: list[dict]) -> dict:
             "window_mean": mean([w["labels"][label] for w in windows if label in w["labels"]]),
         })
     emotional = [m for m in messages if m["type"] in ("utterance", "window")]
+    statuses = [m for m in messages if m["type"] == "status"]
     return {
         "session": messages[0]["session"],
         "utterances": len(utterances),
         "windows": len(windows),
         "duration_s": max((m["end"] for m in emotional + [m for m in messages if m["type"] == "transcript"]),
                           default=0.0),
-        "finished": any(m["type"] == "status" and m["state"] == "finished" for m in messages),
+        # None: the file has no status messages (replay --out without --all-messages) to tell.
+        "finished": (any(m["state"] == "finished" for m in statuses) if statuses else None),
         "labels": rows,
     }
 
@@ -167,7 +169,7 @@ def render(messages: list[dict], card: dict | None = None, source: str = "") -> 
     data = _script_safe(json.dumps(messages, ensure_ascii=False))
     title = f"Session report: {summary['session']}"
     facts = (f"{summary['duration_s']:.1f} s · {summary['utterances']} utterances · "
-             f"{summary['windows']} window updates" + ("" if summary["finished"] else " · session not finished")
+             f"{summary['windows']} window updates" + (" · session not finished" if summary["finished"] is False else "")
              + (f" · from {source}" if source else "") + f" · written {time.strftime('%Y-%m-%d %H:%M')}")
     return f"""<!doctype html>
 <html lang="en">

@@ -117,6 +117,8 @@ def test_report_of_utterances_only_shows_the_manifest_labels(tmp_path):
         assert len(driver.find_elements("css selector", "#transcript .utterance")) == 3
         # No window updates: the table has no column for them.
         assert "between utterances" not in driver.find_element("id", "summary").text
+        # Nor status messages: the page cannot tell whether the session finished, and does not say.
+        assert "not finished" not in driver.find_element("id", "facts").text
     finally:
         driver.quit()
 
@@ -174,3 +176,11 @@ def test_a_bundle_without_manifest_is_a_clear_error(tmp_path):
     result = report(jsonl, "--html", tmp_path / "r.html", "--model", tmp_path / "empty")
     assert result.returncode == 2
     assert "no manifest.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_replay_report_into_a_missing_folder_is_refused_before_replaying(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "realtime.cli", "replay", str(tmp_path / "s.mp4"),
+                             "--model", str(tmp_path), "--report", str(tmp_path / "nowhere" / "r.html")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "no such folder" in result.stderr and "Traceback" not in result.stderr
