@@ -249,9 +249,10 @@ def test_dashboard_follows_a_realtime_replay(bundle, held_out_session, tmp_path)
         url = read_url(proc, log)
         driver.get(url)
         # Watch the page while the replay runs: points must arrive in several steps.
-        seen = []
+        seen, bar_states = [], []
         while proc.poll() is None and time.monotonic() - t0 < 240:
             seen.append(timeline_points(driver))
+            bar_states.append(json.dumps(bars(driver)))
             time.sleep(0.5)
         final_view = {"points": timeline_points(driver), "bars": bars(driver),
                       "rows": len(driver.find_elements("css selector", "#transcript .utterance"))}
@@ -276,6 +277,7 @@ def test_dashboard_follows_a_realtime_replay(bundle, held_out_session, tmp_path)
     assert elapsed >= media_span
     growth = sorted(set(n for n in seen if 0 < n < len(emotional)))
     assert len(growth) >= 3, f"the timeline did not grow while the replay ran: {seen}"
+    assert len(set(bar_states)) >= 3, "the bars did not change while the replay ran"
     assert final_view["points"] == len(emotional)
     assert final_view["rows"] == len(utterances) == len(truth)
     last = max(emotional, key=lambda m: m["seq"])

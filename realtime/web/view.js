@@ -42,6 +42,8 @@ class EmotionView {
     this.win = {};       // label -> window probabilities aligned with xs (null elsewhere)
     this.utt = {};       // label -> utterance probabilities aligned with xs
     this.utterances = [];
+    this.transcriptVersion = 0;  // bumped when the transcript changes: window updates leave it be
+    this.drawnTranscript = -1;
     this.heard = null;   // the newest transcript not yet scored (partial or final)
     this.latest = null;  // the newest utterance or window message
     this.hasWindows = false;
@@ -80,12 +82,14 @@ class EmotionView {
       this.state = msg.state;
     } else if (msg.type === "transcript") {
       this.heard = msg;
+      this.transcriptVersion++;
     } else if (msg.type === "utterance" || msg.type === "window") {
       if (this.state === "waiting") this.state = "started";
       this.addLabels(Object.keys(msg.labels));
       this.insertPoint(msg);
       this.latest = msg;
       if (msg.type === "utterance") {
+        this.transcriptVersion++;
         this.utterances.push(msg);
         if (this.heard && this.heard.start === msg.start) this.heard = null;
       } else {
@@ -274,7 +278,8 @@ class EmotionView {
 
   renderTranscript() {
     const node = document.getElementById("transcript");
-    if (!node) return;
+    if (!node || this.drawnTranscript === this.transcriptVersion) return;
+    this.drawnTranscript = this.transcriptVersion;
     const follow = node.scrollHeight - node.scrollTop - node.clientHeight < 40;
     const rows = this.utterances.map((u, i) => this.utteranceRow(u, i));
     if (this.heard) {
