@@ -2,6 +2,7 @@
 
   realtime replay SESSION.mp4 --model BUNDLE --out OUT.jsonl [--realtime] [--report REPORT.html]
   realtime listen [--endpoint tcp://127.0.0.1:5555] [--jsonl FILE]
+  realtime describe --model BUNDLE [--json]
   realtime dashboard [--endpoint tcp://127.0.0.1:5555] [--port 8765]
   realtime report OUT.jsonl --html REPORT.html [--model BUNDLE]
 """
@@ -81,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--fps", type=float, default=15.0, help="video frame rate written")
     _common(cp)
 
+    dp = sub.add_parser("describe", help="verify a bundle and print its model card's summary",
+                        description="Check every file of the bundle against its sha256 and print one line: "
+                                    "labels, what each branch learnt from, test scores (card.json).")
+    dp.add_argument("--model", type=Path, help="model bundle directory; default [model] bundle")
+    dp.add_argument("--json", action="store_true", help="print the whole card.json instead")
+    _common(dp)
+
     sub.add_parser("devices", help="list cameras and microphones",
                    description="Cameras OpenCV can open (indices 0-9) and PyAudio input devices.")
 
@@ -109,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("jsonl", type=Path, help="messages of the session, one JSON object per line")
     hp.add_argument("--html", type=Path, required=True, metavar="REPORT.html", help="page to write")
     hp.add_argument("--model", type=Path, default=None,
-                    help="bundle whose card.json summary (else labels and thresholds) the page shows "
+                    help="bundle whose model card summary (else labels and thresholds) the page shows "
                          "(default [model] bundle, if set)")
     hp.add_argument("--session", default=None,
                     help="which session of the file (default: the last; listen --jsonl appends sessions)")
@@ -277,6 +285,14 @@ def cmd_record(args) -> int:
     return 0
 
 
+def cmd_describe(args) -> int:
+    from engines.card import model_line, read_card
+
+    bundle = load_settings(args, needs_model=True, model__bundle=args.model).model.bundle
+    print(json.dumps(read_card(bundle), indent=2) if args.json else model_line(bundle))
+    return 0
+
+
 def cmd_devices(args) -> int:
     from realtime.sources import list_devices
 
@@ -332,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"replay": cmd_replay, "serve": cmd_serve, "record": cmd_record, "devices": cmd_devices,
-                    "listen": cmd_listen, "dashboard": cmd_dashboard, "report": cmd_report}
+                    "listen": cmd_listen, "describe": cmd_describe, "dashboard": cmd_dashboard, "report": cmd_report}
         return commands[args.command](args)
     except (BundleError, BackendUnavailable, MediaError, ConfigError, PipelineError, DeviceError, ValueError,
             OSError) as exc:

@@ -25,6 +25,7 @@ from typing import Callable
 import zmq
 
 from engines.bundle import open_bundle
+from engines.card import model_line
 from realtime import bus, fusion, sources, stages
 from realtime.config import RealtimeConfig
 from realtime.stage import Endpoints, run_stage
@@ -191,6 +192,7 @@ def replay(
     if not media.is_file():
         raise MediaError(f"{media}: no such file")
     bundle = open_bundle(config.model.bundle)  # refuse a bad bundle before starting anything
+    print(model_line(bundle), file=sys.stderr, flush=True)
     session = media.stem
     sink = ResultSink(out_jsonl, on_message, all_types=all_messages)
     with tempfile.TemporaryDirectory(prefix="realtime-") as workdir:
@@ -217,6 +219,7 @@ def serve(
 ) -> list[dict]:
     """Live: camera + microphone until Ctrl-C, SIGTERM or duration_s; returns the utterances."""
     bundle = open_bundle(config.model.bundle)
+    print(model_line(bundle), file=sys.stderr, flush=True)
     session = time.strftime("live-%Y%m%d-%H%M%S")
     sink = ResultSink(out_jsonl, on_message, all_types=True)
     stopping = {"now": False}

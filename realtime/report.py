@@ -5,7 +5,7 @@ window updates, transcripts and status too) or `realtime listen --jsonl` wrote.
 The page inlines its CSS, the vendored uPlot and the dashboard's own drawing code
 (`realtime/web/view.js`) with the messages, so it opens anywhere with no network
 and draws the same timeline, transcript and latency panels as the live dashboard;
-the per-label summary and the model card are written here, in plain HTML.
+the per-label summary and the model (its card's summary) are written here, in plain HTML.
 """
 from __future__ import annotations
 
@@ -94,27 +94,19 @@ def summarize(messages: list[dict]) -> dict:
 
 
 def model_card(bundle: str | Path | None) -> dict | None:
-    """What the page says about the model: card.json's `summary` when the bundle has one,
-    else the manifest's labels and thresholds; None without a bundle."""
+    """What the page says about the model: its card's one-line summary when the bundle has
+    a card (engines.card, hash-checked like every file of the bundle), else the manifest's
+    labels and thresholds; None without a bundle. A bad bundle raises BundleError."""
+    from engines.bundle import open_bundle
+    from engines.card import read_card, summary_line
+
     if bundle is None or str(bundle) == "":
         return None
-    bundle = Path(bundle)
-    card, manifest = bundle / "card.json", bundle / "manifest.json"
-    if card.is_file():
-        try:
-            summary = json.loads(card.read_text(encoding="utf-8")).get("summary")
-        except (json.JSONDecodeError, AttributeError):
-            summary = None
-        if isinstance(summary, str) and summary.strip():
-            return {"bundle": str(bundle), "summary": summary}
-    if not manifest.is_file():
-        raise ReportError(f"{bundle}: not a model bundle (no manifest.json)")
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        return {"bundle": str(bundle), "labels": list(data["labels"]),
-                "thresholds": list(data.get("thresholds", []))}
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ReportError(f"{manifest}: unreadable manifest ({exc})") from None
+    opened = open_bundle(bundle)
+    card = read_card(opened)
+    if card is not None:
+        return {"bundle": str(opened.path), "summary": card.get("summary") or summary_line(card)}
+    return {"bundle": str(opened.path), "labels": opened.labels, "thresholds": opened.thresholds}
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:

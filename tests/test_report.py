@@ -24,11 +24,17 @@ def write_jsonl(path: Path, messages: list[dict]) -> Path:
 
 
 def make_bundle(path: Path, card: str | None) -> Path:
-    """The two files of a bundle the report reads (manifest.json, and card.json if given)."""
+    """A bundle as far as the report reads it: a manifest with its files' sha256 (written
+    by the exporter's own write_manifest) and, if given, a card.json with that summary."""
+    from engines.bundle import write_manifest
+    from engines.card import CARD_VERSION
+
     path.mkdir()
-    (path / "manifest.json").write_text(json.dumps({"labels": LABELS, "thresholds": [0.5, 0.4, 0.45, 0.5, 0.3]}))
     if card is not None:
-        (path / "card.json").write_text(json.dumps({"summary": card, "metrics": {}}))
+        (path / "card.json").write_text(json.dumps({"card_version": CARD_VERSION, "labels": LABELS,
+                                                    "summary": card}))
+    write_manifest(path, {"labels": LABELS, "thresholds": [0.5, 0.4, 0.45, 0.5, 0.3], "preprocessing": {},
+                          "precision": "fp32", "graphs": {}})
     return path
 
 
@@ -175,7 +181,19 @@ def test_a_bundle_without_manifest_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = report(jsonl, "--html", tmp_path / "r.html", "--model", tmp_path / "empty")
     assert result.returncode == 2
-    assert "no manifest.json" in result.stderr and "Traceback" not in result.stderr
+    assert "manifest.json: missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_card_edited_after_export_is_refused(tmp_path):
+    """The card is hash-checked like the rest of the bundle: a report never shows a
+    summary that the export did not write."""
+    jsonl = write_jsonl(tmp_path / "out.jsonl", SessionStream().session_messages(utterances=1))
+    bundle = make_bundle(tmp_path / "bundle", card="honest summary")
+    (bundle / "card.json").write_text(json.dumps({"card_version": 1, "summary": "better numbers"}))
+    result = report(jsonl, "--html", tmp_path / "r.html", "--model", bundle)
+    assert result.returncode == 2
+    assert "card.json" in result.stderr and "sha256" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_replay_report_into_a_missing_folder_is_refused_before_replaying(tmp_path):

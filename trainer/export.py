@@ -4,6 +4,7 @@
   text_encoder.onnx    input_ids, attention_mask -> sentence embedding
   student.safetensors  the student's weights for the PyTorch backend (config in the manifest)
   tokenizer.json
+  card.json, card.md   the model card (trainer.card): data, teachers, licences, scores
   student.plan, text_encoder.plan   with --tensorrt (engines.tensorrt_build)
 
 Two graphs, so the runtime can score audio and video between utterances
@@ -25,6 +26,7 @@ from engines.bundle import write_manifest
 from engines.preprocess import Preprocessing
 from engines.student import INPUTS, ExportedStudent, Student, StudentConfig
 from engines.text import TextTokenizer
+from trainer.card import build_card, write_card_files
 from trainer.text_encoder import SentenceEncoder
 
 OPSET = 18
@@ -181,6 +183,7 @@ def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp3
                      "dev_weighted_f1": info["dev_weighted_f1"]},
         "parity_max_abs_diff": {"student": student_diff, "text_encoder": text_diff},
     }
+    write_card_files(bundle, build_card(info))  # hashed with the rest by write_manifest
     write_manifest(bundle, manifest)
     return manifest
 

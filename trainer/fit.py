@@ -450,6 +450,8 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where)
         "data": data_spec,
         "media": str(media) if media is not None else None,
         "train_utterances": int(n),
+        # per modality, for the model card: which branches saw (real) data
+        "train_present": {m: int(train["present"][:, i].sum()) for i, m in enumerate(MODALITIES)},
         "world_size": where.world,
         "device": str(where.device),
         "mixed_precision": str(where.amp_dtype).replace("torch.", "") if where.amp_dtype else None,
