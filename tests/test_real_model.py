@@ -216,3 +216,16 @@ def test_quick_recipe_builds_a_bundle_and_resumes(tmp_path, run_dir):
     again = real(tmp_path / "out", replace(config), quick=True, progress=False, log=lines.append)
     assert (again["bundle"] / "manifest.json").stat().st_mtime_ns == stamp  # nothing redone
     assert again["seconds"]["fit"] < 5
+
+
+def test_the_card_of_a_fer_bundle_says_its_video_branch_is_the_fer_network():
+    from trainer.card import build_card
+
+    info = {"labels": list(EKMAN), "data": "meld:/d/meld+synthetic:/d/syn*10", "teachers": [],
+            "student": {"video_encoder": "fer"}, "train_present": {"text": 9000, "audio": 0, "video": 500},
+            "options": {"modalities": ["text", "video"], "text_encoder": "sentence-transformers/all-MiniLM-L6-v2"}}
+    card = build_card(info)
+    assert card["branches"]["video"]["real"] is True and card["branches"]["video"]["data"] == ["FER2013 network"]
+    assert card["branches"]["audio"]["trained"] is False
+    assert "video: FER2013 network" in card["summary"] and "audio: not trained" in card["summary"]
+    assert any("FER2013 mini-XCEPTION weights" in row["what"] for row in card["licences"])
