@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from engines.face_net import FER_FEATURES, FER_LABELS, MiniXception
-from engines.heads import HEADS
+from engines.heads import HEADS, MODALITIES
 from engines.preprocess import Preprocessing
 
 # Inputs of Student.forward and of the exported graph, in order.
@@ -57,8 +57,13 @@ class StudentConfig:
     video_encoder: str = "tubelets"
     # With video_encoder "fer": for each label, the index of its FER class (-1: none).
     fer_classes: list[int] = field(default_factory=list)
+    # The branches that are built.  A modality the model never reads (audio in the real
+    # recipe) gets no peer: no weights, no compute; its token is zero and always masked.
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
 
     def __post_init__(self):
+        if not self.modalities or set(self.modalities) - set(MODALITIES):
+            raise ValueError(f"modalities must be a non-empty subset of {list(MODALITIES)}, got {self.modalities}")
         if self.video_encoder not in VIDEO_ENCODERS:
             raise ValueError(f"video_encoder must be one of {', '.join(VIDEO_ENCODERS)}, got {self.video_encoder!r}")
         if self.video_encoder == "fer" and len(self.fer_classes) != self.n_labels:
@@ -149,9 +154,11 @@ class Student(nn.Module):
         super().__init__()
         self.cfg, self.pre = cfg, pre
         t, h, w = pre.tubelet
-        self.text = Peer(cfg, cfg.text_dim, 1)
-        self.audio = Peer(cfg, pre.n_mels * pre.audio_patch, pre.audio_tokens)
-        if cfg.video_encoder == "fer":
+        self.text = Peer(cfg, cfg.text_dim, 1) if "text" in cfg.modalities else None
+        self.audio = Peer(cfg, pre.n_mels * pre.audio_patch, pre.audio_tokens) if "audio" in cfg.modalities else None
+        if "video" not in cfg.modalities:
+            self.video = None
+        elif cfg.video_encoder == "fer":
             self.face_net = MiniXception().requires_grad_(False)  # weights: trainer.teachers
             self.register_buffer("fer_classes", torch.tensor(cfg.fer_classes, dtype=torch.long), persistent=False)
             self.video = Peer(cfg, FER_FEATURES + len(FER_LABELS), pre.video_frames)
@@ -206,13 +213,28 @@ class Student(nn.Module):
         logits = (torch.log(mean) - torch.log1p(-mean))[:, self.fer_classes.clamp(min=0)]
         return torch.cat([feats, probs], dim=-1), logits
 
+    def unbuilt(self, *inputs: torch.Tensor):
+        """What a branch that is not built gives: a zero token, masked, and zero logits.
+        Computed from its inputs times 0, so the exported graph keeps them as inputs."""
+        b = inputs[0].shape[0]
+        zero = sum(x.reshape(b, -1)[:, :1] for x in inputs) * 0.0  # (B, 1)
+        return zero[:, :, None].expand(b, 1, self.cfg.dim), zero, zero.expand(b, self.cfg.n_labels)
+
     def encode(self, text_emb, mel, audio_mask, video, video_mask, present, fer=None):
         """(logits (B, 4, L), tokens {head: (B, dim)}): the fusion token and each peer's
         aggregation token, after their final norms.  fer: fer_frames' outputs when the
         trainer computed them once (the network is frozen, so they never change)."""
-        x_t, k_t, logit_t = self.text(text_emb[:, None, :], present[:, 0:1])
-        x_a, k_a, logit_a = self.audio(self.audio_tokens(mel), audio_mask)
-        if self.cfg.video_encoder == "fer":
+        if self.text is None:
+            x_t, k_t, logit_t = self.unbuilt(text_emb)
+        else:
+            x_t, k_t, logit_t = self.text(text_emb[:, None, :], present[:, 0:1])
+        if self.audio is None:
+            x_a, k_a, logit_a = self.unbuilt(mel, audio_mask)
+        else:
+            x_a, k_a, logit_a = self.audio(self.audio_tokens(mel), audio_mask)
+        if self.video is None:
+            x_v, k_v, logit_v = self.unbuilt(video, video_mask)
+        elif self.cfg.video_encoder == "fer":
             tokens_v, fer_logits = fer if fer is not None else self.fer_frames(video, video_mask)
             x_v, k_v, logit_v = self.video(tokens_v, video_mask)
             logit_v = torch.where(self.fer_classes >= 0, fer_logits, logit_v)

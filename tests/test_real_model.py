@@ -229,3 +229,26 @@ def test_the_card_of_a_fer_bundle_says_its_video_branch_is_the_fer_network():
     assert card["branches"]["audio"]["trained"] is False
     assert "video: FER2013 network" in card["summary"] and "audio: not trained" in card["summary"]
     assert any("FER2013 mini-XCEPTION weights" in row["what"] for row in card["licences"])
+
+
+def test_a_modality_the_model_never_reads_has_no_branch_but_the_graph_keeps_its_inputs(tmp_path):
+    import onnxruntime as ort
+
+    from engines.student import INPUTS
+    from trainer.export import export_student
+
+    torch.manual_seed(0)
+    model = Student(StudentConfig(n_labels=5, dim=32, layers=1, heads=2, modalities=["text", "video"]),
+                    Preprocessing()).eval()
+    assert model.audio is None and not any(k.startswith("audio.") for k in model.state_dict())
+    x = list(example_inputs(model, batch=2))
+    with torch.no_grad():
+        a = model(*x)
+        x[1] = torch.randn_like(x[1]) * 3  # other audio changes nothing
+        assert torch.equal(a, model(*x))
+    assert torch.equal(a[:, 2], torch.zeros_like(a[:, 2]))  # the audio head's logits
+    export_student(model, tmp_path / "student.onnx")
+    session = ort.InferenceSession(str(tmp_path / "student.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == list(INPUTS)
+    got = session.run(None, {n: t.numpy() for n, t in zip(INPUTS, x)})[0]
+    assert np.allclose(got, torch.sigmoid(a).numpy(), atol=1e-5)

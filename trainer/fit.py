@@ -429,7 +429,8 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where)
     cfg = StudentConfig(n_labels=len(corpus.labels), text_dim=encoder.dim, dim=opts.dim,
                         heads=opts.heads, layers=opts.layers, shift_threshold=opts.shift_threshold,
                         kd_dims={t["name"]: int(train[f"{t['name']}_features"].shape[1]) for t in teachers},
-                        video_encoder=opts.video_encoder, fer_classes=fer_classes(corpus.labels, opts))
+                        video_encoder=opts.video_encoder, fer_classes=fer_classes(corpus.labels, opts),
+                        modalities=list(opts.modalities))
     model = Student(cfg, pre)
     if opts.video_encoder == "fer":
         from trainer.teachers import load_face_net
@@ -441,8 +442,10 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where)
     temperature = LearnableTemperature(weights.mdl_temperature).to(where.device)
     step_module = where.wrap(TrainStep(model, temperature))
     scaler = where.scaler()
-    params = list(model.parameters()) + (list(temperature.parameters()) if weights.mdl != 0 else [])
-    optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]  # not the frozen FER network
+    params += list(temperature.parameters()) if weights.mdl != 0 else []
+    # foreach: one kernel per step for all of the student's many small tensors, not one per tensor
+    optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay, foreach=True)
     n = len(train["targets"])
     counts = repeats(corpus.split("train"))
     steps_per_epoch = math.ceil((n if counts is None else int(counts.sum())) / opts.batch_size)
