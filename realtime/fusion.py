@@ -21,7 +21,7 @@ import zmq
 
 from engines.dialogue import History, Turn
 from realtime import bus, protocol
-from realtime.stage import Stage
+from realtime.stage import Stage, StageError
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Publisher:
         try:
             self.pub.bind(stream_options.endpoint)
         except zmq.ZMQError as exc:
-            raise RuntimeError(f"cannot bind the emotion stream to {stream_options.endpoint}: {exc}") from exc
+            raise StageError(f"cannot bind the emotion stream to {stream_options.endpoint}: {exc}") from exc
         self.results = stage.push(stage.endpoints.results)
 
     def wait_for_subscribers(self, count: int, timeout_s: float) -> int:
@@ -200,6 +200,6 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
     out.publish({"type": "status", "state": "started", "labels": engine.labels})
     state = Fusion(engine, fusion_options, out)
     while not state.finished:
-        state.on_message(*stage.recv(inbox))
+        state.on_message(*stage.recv(inbox, bus.FUSION_IN))
     out.publish({"type": "status", "state": "finished"})
     stage.send(out.results, {"type": "eos"})

@@ -88,21 +88,39 @@ class Supervisor:
     def check(self, timeout_ms: int, restart: bool | None = None) -> dict | None:
         """Next stage report, if any; a failed, dead or hung stage is restarted or raises PipelineError."""
         restart = self.restart if restart is None else restart
-        report = None
-        if self.control.poll(timeout_ms):
-            report, _ = bus.recv(self.control)
-            self.last_seen[report["stage"]] = time.monotonic()
-            if report["type"] == "ready":
-                self.ready.add(report["stage"])
-            if report["type"] == "error":
-                self._failed(report["stage"], f"{report['message']}\n{report['traceback']}", restart)
+        report = self._next_report(timeout_ms)
+        if report is not None:
+            self._handle(report, restart)
         now = time.monotonic()
         for name, proc in list(self.procs.items()):
             if proc.exitcode not in (None, 0):
-                self._failed(name, f"exited with code {proc.exitcode}", restart)
+                # Its error report may still be queued behind heartbeats: read those first,
+                # so the failure says why the stage ended, not only that it did.
+                while (queued := self._next_report(0)) is not None:
+                    self._handle(queued, restart)
+                if self.procs.get(name) is proc:  # not already restarted on its error report
+                    self._failed(name, f"exited with code {proc.exitcode}", restart)
             elif name in self.ready and proc.is_alive() and now - self.last_seen[name] > HEARTBEAT_TIMEOUT_S:
                 self._failed(name, f"no heartbeat for {HEARTBEAT_TIMEOUT_S:.0f} s", restart)
         return report
+
+    def _next_report(self, timeout_ms: int) -> dict | None:
+        """The next well-formed report from a stage we started; anything else is dropped (bus logs it)."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while self.control.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            report = bus.recv_checked(self.control, bus.REPORTS, "supervisor")
+            if report is not None and report[0]["stage"] in self.procs:
+                return report[0]
+        return None
+
+    def _handle(self, report: dict, restart: bool) -> None:
+        self.last_seen[report["stage"]] = time.monotonic()
+        if report["type"] == "ready":
+            self.ready.add(report["stage"])
+        if report["type"] == "error":
+            # A clear error (bad media, missing device) comes without a traceback: its message says it all.
+            why = "\n".join(filter(None, (report["message"], report.get("traceback", ""))))
+            self._failed(report["stage"], why, restart)
 
     def _failed(self, name: str, why: str, restart: bool) -> None:
         if not restart or name not in PROCESSING or self.restarts.get(name, 0) >= MAX_RESTARTS:
@@ -120,7 +138,10 @@ class Supervisor:
         """Pass published messages to on_result until fusion's end of stream (True) or stop() (False)."""
         while not stop():
             if self.results.poll(100):
-                header, _ = bus.recv(self.results)
+                message = bus.recv_checked(self.results, bus.RESULTS_IN, "supervisor")
+                if message is None:
+                    continue
+                header = message[0]
                 if header["type"] == "eos":
                     return True
                 on_result(header["body"])
@@ -183,11 +204,10 @@ def replay(
     """Run the pipeline over one recorded session; returns the utterance messages.
 
     out_jsonl gets the utterance results, or every published message with all_messages."""
-    from engines.media import MediaError
+    from engines.media import probe_media
 
     media = Path(media)
-    if not media.is_file():
-        raise MediaError(f"{media}: no such file")
+    probe_media(media)  # a bad file is refused with FFmpeg's reason, before any model loads
     bundle = open_bundle(config.model.bundle)  # refuse a bad bundle before starting anything
     session = media.stem
     sink = ResultSink(out_jsonl, on_message, all_types=all_messages)

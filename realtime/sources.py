@@ -15,10 +15,10 @@ import numpy as np
 import zmq
 
 from realtime import bus
-from realtime.stage import Stage
+from realtime.stage import Stage, StageError
 
 
-class DeviceError(RuntimeError):
+class DeviceError(StageError):
     """A camera or microphone that cannot be opened; the message says which."""
 
 
