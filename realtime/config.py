@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import ip_address
-from urllib.parse import urlsplit
 
 from engines.backends import BACKENDS, DEVICES
 from engines.faces import FaceOptions
 from engines.settings import apply_overrides, build, read_toml
 from realtime.asr import AsrOptions
 from realtime.fusion import FusionOptions
+from realtime.security import is_local
 from realtime.sources import CaptureOptions
 from realtime.segmenter import VadOptions
 
@@ -19,26 +18,27 @@ class StreamOptions:
     endpoint: str = "tcp://127.0.0.1:5555"  # where the public emotion stream is published (PUB, bound)
     wait_subscribers: int = 0  # replay: hold the first message until this many subscribers joined
     wait_timeout_s: float = 10.0  # ... but no longer than this
+    # CURVE encryption (`realtime keys --out DIR`), required to bind anywhere but loopback:
+    curve_secret_key: str = ""  # the server's secret key file, e.g. DIR/server.key_secret
+    curve_clients: str = ""  # directory of the public keys (*.key) allowed to subscribe, e.g. DIR/clients
 
     def __post_init__(self):
         scheme, _, rest = self.endpoint.partition("://")
         if scheme not in ("tcp", "ipc", "inproc") or not rest:
             raise ValueError(f"endpoint {self.endpoint!r}: expected tcp://HOST:PORT or ipc://PATH")
-        if scheme == "tcp":
-            host = urlsplit(self.endpoint).hostname or ""
-            loopback = host == "localhost"
-            try:
-                loopback = loopback or ip_address(host).is_loopback
-            except ValueError:
-                pass
-            if not loopback:
-                # Emotions are personal data: never publish them off this machine unencrypted.
-                raise ValueError(
-                    f"endpoint {self.endpoint!r}: only loopback addresses are allowed "
-                    "(publishing to other hosts needs CURVE encryption, not yet supported)"
-                )
+        if bool(self.curve_secret_key) != bool(self.curve_clients):
+            raise ValueError("curve_secret_key and curve_clients go together: set both or neither")
+        if not is_local(self.endpoint) and not self.curve_secret_key:
+            # Emotions are personal data: never publish them off this machine unencrypted.
+            raise ValueError(
+                f"endpoint {self.endpoint!r}: only loopback addresses are allowed without encryption; "
+                "to publish to other hosts, create keys with `realtime keys --out DIR` and set "
+                "stream.curve_secret_key and stream.curve_clients (README: Security)"
+            )
         if self.wait_subscribers < 0:
             raise ValueError("wait_subscribers must be >= 0")
+        if not 0 <= self.wait_timeout_s < float("inf"):
+            raise ValueError("wait_timeout_s must be >= 0 and finite")
 
 
 @dataclass

@@ -21,6 +21,7 @@ import zmq
 
 from engines.dialogue import History, Turn
 from realtime import bus, protocol
+from realtime.security import PublicSocket
 from realtime.stage import Stage, StageError
 
 
@@ -45,12 +46,11 @@ class Publisher:
     def __init__(self, stage: Stage, stream_options, session: str):
         self.stage, self.session = stage, session
         self.seq = 0
-        self.pub = stage.ctx.socket(zmq.XPUB)
-        self.pub.setsockopt(zmq.LINGER, 1000)
         try:
-            self.pub.bind(stream_options.endpoint)
+            self.public = PublicSocket(stage.ctx, stream_options)
         except zmq.ZMQError as exc:
             raise StageError(f"cannot bind the emotion stream to {stream_options.endpoint}: {exc}") from exc
+        self.pub = self.public.sock
         self.results = stage.push(stage.endpoints.results)
 
     def wait_for_subscribers(self, count: int, timeout_s: float) -> int:
@@ -203,3 +203,4 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
         state.on_message(*stage.recv(inbox, bus.FUSION_IN))
     out.publish({"type": "status", "state": "finished"})
     stage.send(out.results, {"type": "eos"})
+    out.public.close()

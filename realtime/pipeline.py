@@ -19,6 +19,7 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +28,7 @@ import zmq
 from engines.bundle import open_bundle
 from realtime import bus, fusion, sources, stages
 from realtime.config import RealtimeConfig
+from realtime.security import check_server_keys
 from realtime.stage import Endpoints, run_stage
 
 PROCESSING = ["segmenter", "asr", "faces", "fusion"]
@@ -36,6 +38,20 @@ MAX_RESTARTS = 3  # per stage, in one serve session
 
 class PipelineError(RuntimeError):
     """A stage failed; the message names it."""
+
+
+@contextmanager
+def private_workdir():
+    """The directory of the internal ipc sockets, which only this user can enter.
+
+    Stages exchange raw audio, video and transcripts there: another local user who
+    could connect would read them or inject messages.  mkdtemp already creates it
+    mode 0700; the chmod keeps that true whatever tempfile does.  Nothing but the
+    sockets is written in it, and it is removed with them.
+    """
+    with tempfile.TemporaryDirectory(prefix="realtime-") as workdir:
+        os.chmod(workdir, 0o700)
+        yield workdir
 
 
 class Supervisor:
@@ -208,10 +224,11 @@ def replay(
 
     media = Path(media)
     probe_media(media)  # a bad file is refused with FFmpeg's reason, before any model loads
+    check_server_keys(config.stream)
     bundle = open_bundle(config.model.bundle)  # refuse a bad bundle before starting anything
     session = media.stem
     sink = ResultSink(out_jsonl, on_message, all_types=all_messages)
-    with tempfile.TemporaryDirectory(prefix="realtime-") as workdir:
+    with private_workdir() as workdir:
         sup = Supervisor(config, workdir)
         try:
             sup.start_processing(bundle, session)
@@ -234,6 +251,7 @@ def serve(
     duration_s: float = 0.0,
 ) -> list[dict]:
     """Live: camera + microphone until Ctrl-C, SIGTERM or duration_s; returns the utterances."""
+    check_server_keys(config.stream)
     bundle = open_bundle(config.model.bundle)
     session = time.strftime("live-%Y%m%d-%H%M%S")
     sink = ResultSink(out_jsonl, on_message, all_types=True)
@@ -244,7 +262,7 @@ def serve(
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     t_end = time.monotonic() + duration_s if duration_s else float("inf")
-    with tempfile.TemporaryDirectory(prefix="realtime-") as workdir:
+    with private_workdir() as workdir:
         sup = Supervisor(config, workdir, restart=True)
         try:
             sup.start_processing(bundle, session)
