@@ -37,8 +37,8 @@ class StreamOptions:
             )
         if self.wait_subscribers < 0:
             raise ValueError("wait_subscribers must be >= 0")
-        if not 0 <= self.wait_timeout_s < float("inf"):
-            raise ValueError("wait_timeout_s must be >= 0 and finite")
+        if self.wait_timeout_s < 0:
+            raise ValueError("wait_timeout_s must be >= 0")
 
 
 @dataclass
@@ -68,6 +68,8 @@ class PipelineOptions:
             raise ValueError("chunk_ms must be in [10, 1000]")
         if self.queue_limit < 1:
             raise ValueError("queue_limit must be >= 1")
+        if self.stage_start_timeout_s <= 0:
+            raise ValueError("stage_start_timeout_s must be > 0")
 
 
 @dataclass

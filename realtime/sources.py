@@ -34,6 +34,8 @@ class CaptureOptions:
     def __post_init__(self):
         if self.width < 1 or self.height < 1 or self.fps <= 0:
             raise ValueError("width, height and fps must be > 0")
+        if self.mic_rate != 0 and not 4000 <= self.mic_rate <= 384_000:
+            raise ValueError(f"mic_rate must be 0 (the device's rate) or in [4000, 384000] Hz, got {self.mic_rate}")
 
 
 def open_camera(spec: str, options: CaptureOptions):

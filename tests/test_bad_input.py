@@ -47,3 +47,29 @@ def test_replay_refuses_bad_media_at_once(tmp_path, case, make, reason):
     assert str(media) in result.stderr and reason in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "bundle" not in result.stderr
     assert elapsed < 30, f"took {elapsed:.0f} s"
+
+
+@pytest.mark.parametrize("config, overrides, named", [
+    ("[vad]\nthreshold = \n", [], "not valid TOML"),  # malformed file: its name and TOML's reason
+    ("[faces]\nmin_face = 0\n", [], "min_face"),  # out of range in the file
+    ("", ["pipeline.chunk_ms=1.5"], "pipeline.chunk_ms"),  # wrong type
+    ("", ["asr.beam_size=\"five\""], "asr.beam_size"),
+    ("", ["vad.threshold=2"], "threshold"),  # out of range
+    ("", ["fusion.window_rate=nan"], "fusion.window_rate"),  # NaN passes every comparison: refused by type
+    ("", ["capture.mic_rate=-8000"], "mic_rate"),
+    ("", ["pipeline.stage_start_timeout_s=0"], "stage_start_timeout_s"),
+    ("", ["stream.wait_subscribers=-1"], "wait_subscribers"),
+])
+def test_bad_settings_name_the_key(tmp_path, config, overrides, named):
+    path = tmp_path / "bad.toml"
+    path.write_text(config)
+    media = tmp_path / "session.mp4"
+    _write_clip(media, 1.0)
+    args = ["replay", str(media), "--model", str(tmp_path), "--config", str(path)]
+    for item in overrides:
+        args += ["--set", item]
+    result = _cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr and "Traceback" not in result.stderr, result.stderr
+    if named == "not valid TOML":
+        assert str(path) in result.stderr
