@@ -113,13 +113,15 @@ class Fusion:
         self.crops: list[tuple[float, np.ndarray | None]] = []
         self.pending: list[tuple[dict, np.ndarray]] = []  # transcripts waiting for their video
         self.video_until = -math.inf  # media time up to which every sampled frame has arrived
-        self.audio_done = False
+        self.last_frame_t = 0.0  # media time of the last sampled frame (video_until is inf after eos)
+        self.audio_done = False  # the ASR has sent every transcript
+        self.audio_complete = False  # the segmenter has sent every audio chunk
         period = 1.0 / options.window_rate if options.window_rate else math.inf
         self.period, self.next_window = period, period
 
     @property
     def finished(self) -> bool:
-        return self.audio_done and not self.pending and self.video_until == math.inf
+        return self.audio_done and self.audio_complete and not self.pending and self.video_until == math.inf
 
     def on_message(self, header: dict, array) -> None:
         kind = header["type"]
@@ -135,9 +137,13 @@ class Fusion:
         elif kind == "face":
             self.crops.append((header["t"], array if header["found"] else None))
             self.video_until = max(self.video_until, header["t"])
+            self.last_frame_t = max(self.last_frame_t, header["t"])
         elif kind == "eos":
-            if header.get("stream") == "audio":
+            stream = header.get("stream")
+            if stream == "audio":
                 self.audio_done = True
+            elif stream == "audio_copy":
+                self.audio_complete = True
             else:
                 self.video_until = math.inf
         self.score_ready()
@@ -145,11 +151,23 @@ class Fusion:
     def score_ready(self) -> None:
         while self.pending and self.pending[0][0]["end"] <= self.video_until:
             self.score_utterance(*self.pending.pop(0))
-        while self.next_window <= min(self.audio.until, self.video_until):
+        while self.next_window <= self.window_limit():
             self.score_window(self.next_window)
             self.next_window += self.period
         oldest = min([u["start"] for u, _ in self.pending] + [self.next_window - self.options.window_s])
         self.crops = [c for c in self.crops if c[0] >= oldest - self.options.keep_s]
+
+    def window_limit(self) -> float:
+        """Media time up to which windows can be scored: every stream has arrived that far.
+
+        A file with one modality still gets its windows: a stream that has ended
+        holds nothing back, and once both have ended windows run to the end of the
+        audio, or of the video when there is no audio."""
+        audio = math.inf if self.audio_complete else self.audio.until
+        limit = min(audio, self.video_until)
+        if limit == math.inf:
+            limit = self.audio.until if self.audio.buffer.end else self.last_frame_t
+        return limit
 
     def _crops(self, start: float, end: float):
         return [c for c in self.crops if start <= c[0] <= end]

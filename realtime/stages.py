@@ -78,6 +78,8 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0) -> None:
             emit("utterance", utt)
             partial_at = None
         if header["type"] == "eos":
+            # Fusion learns that every audio chunk is in (its windows need that), then the ASR passes eos on.
+            stage.send(audio_copy, {"type": "eos", "session": header.get("session", ""), "stream": "audio_copy"})
             stage.send(out, header)
             return
         current = vad.open_utterance() if partial_every_s > 0 else None
