@@ -63,6 +63,17 @@ _ALL_KINDS = tuple(bus.SPECS)
 @given(frames=st.lists(st.binary(max_size=64), min_size=0, max_size=3))
 def test_decoder_survives_random_frames(frames):
     _decode_or_message_error(frames)
+    try:  # the public stream's decoder, as `realtime listen` uses it
+        protocol.decode(frames)
+    except ValueError:
+        pass
+
+
+def test_deeply_nested_json_is_a_clear_error():
+    with pytest.raises(bus.MessageError):
+        bus.decode([b"[" * 100_000 + b"]" * 100_000])
+    with pytest.raises(ValueError):
+        protocol.decode([b"status", b"[" * 100_000 + b"]" * 100_000])
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
