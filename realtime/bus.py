@@ -78,7 +78,10 @@ def _array(header: dict, data: bytes) -> np.ndarray:
     if (not isinstance(shape, list) or len(shape) > 4
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
         raise MessageError(f"array shape must be a list of at most 4 sizes >= 0, got {shape!r}")
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as exc:  # e.g. 'f1': the pattern allows sizes no type has
+        raise MessageError(f"array dtype {dtype!r}: {exc}") from exc
     if math.prod(shape) * dtype.itemsize != len(data):
         raise MessageError(f"array frame has {len(data)} bytes, its header says {shape} of {dtype}")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
@@ -105,7 +108,7 @@ _REPORT = {"stage": str, "pid": int, "time": NUMBER}
 SPECS: dict[str, Spec] = {
     "audio": Spec(_AT, dtype="float32", shape=(None,)),
     "frame": Spec(_AT, dtype="uint8", shape=(None, None, 3)),  # BGR image
-    "eos": Spec(optional={"session": str, "stream": str}),
+    "eos": Spec(optional={"session": str, "stream": str, "lost": str}),  # lost: a live device went away
     "utterance": Spec(_SPAN, dtype="float32", shape=(None,)),
     "partial": Spec(_SPAN, dtype="float32", shape=(None,)),
     "transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}, dtype="float32", shape=(None,)),

@@ -55,7 +55,7 @@ _json = st.recursive(
 _field_names = st.sampled_from(["type", "session", "seq", "t", "start", "end", "text", "asr_s", "found",
                                 "stream", "body", "stage", "pid", "time", "message", "dtype", "shape"])
 _headers = st.dictionaries(_field_names, _json | st.sampled_from(sorted(bus.SPECS)) | st.sampled_from(
-    ["<f4", "|u1", "<f8", "O", "V8", "<U4", "S3", "i9", "f4,f4"]), max_size=10)
+    ["<f4", "|u1", "<f8", "O", "V8", "<U4", "S3", "i9", "f4,f4", "f1", ">b8", "=u2"]), max_size=10)
 _ALL_KINDS = tuple(bus.SPECS)
 
 
