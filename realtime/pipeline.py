@@ -133,6 +133,8 @@ class Supervisor:
         self.last_seen[report["stage"]] = time.monotonic()
         if report["type"] == "ready":
             self.ready.add(report["stage"])
+        if report["type"] == "done":  # its work is over: it may now take a while delivering what it queued
+            self.ready.discard(report["stage"])
         if report["type"] == "error":
             # A clear error (bad media, missing device) comes without a traceback: its message says it all.
             why = "\n".join(filter(None, (report["message"], report.get("traceback", ""))))

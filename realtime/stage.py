@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -97,8 +98,22 @@ class Stage:
         except zmq.Again:
             pass
 
-    def close(self) -> None:
-        self.ctx.destroy(linger=2000)
+    def close(self, drain: bool = False) -> None:
+        """Close every socket; with drain, first deliver everything still queued.
+
+        A stage that has finished may still hold up to queue_limit messages for a slow
+        receiver, its end of stream last: dropping them after a fixed linger would lose
+        the tail of the stream and leave the receiver waiting forever.  So a finished
+        stage waits as long as it takes, but no longer than its supervisor lives."""
+        if not drain:
+            self.ctx.destroy(linger=2000)
+            return
+        closing = threading.Thread(target=self.ctx.destroy, kwargs={"linger": -1}, daemon=True)
+        closing.start()  # the main thread no longer touches the sockets
+        while closing.is_alive():
+            closing.join(HEARTBEAT_S)
+            if os.getppid() != self._parent:
+                os._exit(3)
 
 
 class StageError(RuntimeError):
@@ -131,4 +146,4 @@ def run_stage(name: str, body: Callable[[Stage], None], endpoints: Endpoints, qu
         stage.report("error", message=f"{type(exc).__name__}: {exc}", traceback=trace)
         stage.close()
         raise SystemExit(1)
-    stage.close()
+    stage.close(drain=True)
