@@ -116,6 +116,7 @@ class Fusion:
         self.last_frame_t = 0.0  # media time of the last sampled frame (video_until is inf after eos)
         self.audio_done = False  # the ASR has sent every transcript
         self.audio_complete = False  # the segmenter has sent every audio chunk
+        self.lost: set[str] = set()  # live sources that went away, already announced
         period = 1.0 / options.window_rate if options.window_rate else math.inf
         self.period, self.next_window = period, period
 
@@ -139,6 +140,9 @@ class Fusion:
             self.video_until = max(self.video_until, header["t"])
             self.last_frame_t = max(self.last_frame_t, header["t"])
         elif kind == "eos":
+            if header.get("lost") and header["lost"] not in self.lost:
+                self.lost.add(header["lost"])  # said once, though it reaches us on two paths
+                self.out.publish({"type": "status", "state": "lost", "detail": header["lost"]})
             stream = header.get("stream")
             if stream == "audio":
                 self.audio_done = True

@@ -79,7 +79,9 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0) -> None:
             partial_at = None
         if header["type"] == "eos":
             # Fusion learns that every audio chunk is in (its windows need that), then the ASR passes eos on.
-            stage.send(audio_copy, {"type": "eos", "session": header.get("session", ""), "stream": "audio_copy"})
+            # A lost microphone is announced from here, not after the ASR has caught up.
+            copy_eos = {"type": "eos", "session": header.get("session", ""), "stream": "audio_copy"}
+            stage.send(audio_copy, dict(copy_eos, lost=header["lost"]) if "lost" in header else copy_eos)
             stage.send(out, header)
             return
         current = vad.open_utterance() if partial_every_s > 0 else None
