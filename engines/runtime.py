@@ -14,10 +14,9 @@ import numpy as np
 from engines.backends import Backend, open_backend
 from engines.bundle import Bundle, open_bundle
 from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
+from engines.heads import HEADS
 from engines.preprocess import audio_features, video_features
 from engines.text import TextTokenizer
-
-HEADS = ("fusion", "text", "audio", "video")
 
 
 @dataclass

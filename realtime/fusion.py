@@ -27,9 +27,9 @@ from realtime.stage import Stage, StageError
 
 @dataclass
 class FusionOptions:
-    window_rate: float = 4.0  # window updates per second of media time; 0 turns them off
-    window_s: float = 2.0  # audio and video span of one window update
-    keep_s: float = 30.0  # audio and crops kept for utterances still in the ASR
+    window_rate: float = 4.0  # audio+video updates per second of media time between utterances (0: off)
+    window_s: float = 2.0  # span of audio and video one window update looks at
+    keep_s: float = 30.0  # audio and face crops kept for utterances still being transcribed
 
     def __post_init__(self):
         if self.window_rate < 0:
