@@ -21,7 +21,8 @@ import zmq
 
 from engines.dialogue import History, Turn
 from realtime import bus, protocol
-from realtime.stage import Stage
+from realtime.security import PublicSocket
+from realtime.stage import Stage, StageError
 
 
 @dataclass
@@ -45,12 +46,11 @@ class Publisher:
     def __init__(self, stage: Stage, stream_options, session: str):
         self.stage, self.session = stage, session
         self.seq = 0
-        self.pub = stage.ctx.socket(zmq.XPUB)
-        self.pub.setsockopt(zmq.LINGER, 1000)
         try:
-            self.pub.bind(stream_options.endpoint)
+            self.public = PublicSocket(stage.ctx, stream_options)
         except zmq.ZMQError as exc:
-            raise RuntimeError(f"cannot bind the emotion stream to {stream_options.endpoint}: {exc}") from exc
+            raise StageError(f"cannot bind the emotion stream to {stream_options.endpoint}: {exc}") from exc
+        self.pub = self.public.sock
         self.results = stage.push(stage.endpoints.results)
 
     def wait_for_subscribers(self, count: int, timeout_s: float) -> int:
@@ -113,13 +113,16 @@ class Fusion:
         self.crops: list[tuple[float, np.ndarray | None]] = []
         self.pending: list[tuple[dict, np.ndarray]] = []  # transcripts waiting for their video
         self.video_until = -math.inf  # media time up to which every sampled frame has arrived
-        self.audio_done = False
+        self.last_frame_t = 0.0  # media time of the last sampled frame (video_until is inf after eos)
+        self.audio_done = False  # the ASR has sent every transcript
+        self.audio_complete = False  # the segmenter has sent every audio chunk
+        self.lost: set[str] = set()  # live sources that went away, already announced
         period = 1.0 / options.window_rate if options.window_rate else math.inf
         self.period, self.next_window = period, period
 
     @property
     def finished(self) -> bool:
-        return self.audio_done and not self.pending and self.video_until == math.inf
+        return self.audio_done and self.audio_complete and not self.pending and self.video_until == math.inf
 
     def on_message(self, header: dict, array) -> None:
         kind = header["type"]
@@ -135,9 +138,16 @@ class Fusion:
         elif kind == "face":
             self.crops.append((header["t"], array if header["found"] else None))
             self.video_until = max(self.video_until, header["t"])
+            self.last_frame_t = max(self.last_frame_t, header["t"])
         elif kind == "eos":
-            if header.get("stream") == "audio":
+            if header.get("lost") and header["lost"] not in self.lost:
+                self.lost.add(header["lost"])  # said once, though it reaches us on two paths
+                self.out.publish({"type": "status", "state": "lost", "detail": header["lost"]})
+            stream = header.get("stream")
+            if stream == "audio":
                 self.audio_done = True
+            elif stream == "audio_copy":
+                self.audio_complete = True
             else:
                 self.video_until = math.inf
         self.score_ready()
@@ -145,11 +155,23 @@ class Fusion:
     def score_ready(self) -> None:
         while self.pending and self.pending[0][0]["end"] <= self.video_until:
             self.score_utterance(*self.pending.pop(0))
-        while self.next_window <= min(self.audio.until, self.video_until):
+        while self.next_window <= self.window_limit():
             self.score_window(self.next_window)
             self.next_window += self.period
         oldest = min([u["start"] for u, _ in self.pending] + [self.next_window - self.options.window_s])
         self.crops = [c for c in self.crops if c[0] >= oldest - self.options.keep_s]
+
+    def window_limit(self) -> float:
+        """Media time up to which windows can be scored: every stream has arrived that far.
+
+        A file with one modality still gets its windows: a stream that has ended
+        holds nothing back, and once both have ended windows run to the end of the
+        audio, or of the video when there is no audio."""
+        audio = math.inf if self.audio_complete else self.audio.until
+        limit = min(audio, self.video_until)
+        if limit == math.inf:
+            limit = self.audio.until if self.audio.buffer.end else self.last_frame_t
+        return limit
 
     def _crops(self, start: float, end: float):
         return [c for c in self.crops if start <= c[0] <= end]
@@ -200,6 +222,7 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
     out.publish({"type": "status", "state": "started", "labels": engine.labels})
     state = Fusion(engine, fusion_options, out)
     while not state.finished:
-        state.on_message(*stage.recv(inbox))
+        state.on_message(*stage.recv(inbox, bus.FUSION_IN))
     out.publish({"type": "status", "state": "finished"})
     stage.send(out.results, {"type": "eos"})
+    out.public.close()
