@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import zmq
 
 from engines.dialogue import History, Turn
+from engines.features import Window, crops_between, sample_index, text_inputs
 from realtime import bus, protocol
 from realtime.stage import Stage
 
@@ -29,6 +31,11 @@ class FusionOptions:
     window_rate: float = 4.0  # window updates per second of media time; 0 turns them off
     window_s: float = 2.0  # audio and video span of one window update
     keep_s: float = 30.0  # audio and crops kept for utterances still in the ASR
+    # Debugging training/serving parity: a directory that gets one .npz per scored
+    # utterance with the model's input arrays (log-mel, face crops, text embedding), its
+    # span, transcript and text input.  That is the speaker's voice, face and words on
+    # disk: personal data.  "" (the default) writes nothing.
+    dump_features: str = ""
 
     def __post_init__(self):
         if self.window_rate < 0:
@@ -96,7 +103,7 @@ class AudioRing:
         self.buffer.discard_before(self.buffer.end - self.keep)
 
     def span(self, start: float, end: float) -> np.ndarray:
-        index = lambda t: min(max(int(round((t - self.t0) * self.rate)), self.buffer.start), self.buffer.end)
+        index = lambda t: min(max(sample_index(t, self.t0, self.rate), self.buffer.start), self.buffer.end)
         a, b = index(start), index(end)
         return self.buffer.get(a, max(a, b))
 
@@ -116,6 +123,7 @@ class Fusion:
         self.audio_done = False
         period = 1.0 / options.window_rate if options.window_rate else math.inf
         self.period, self.next_window = period, period
+        self.utterances = 0  # scored so far (names the feature dumps)
 
     @property
     def finished(self) -> bool:
@@ -152,12 +160,23 @@ class Fusion:
         self.crops = [c for c in self.crops if c[0] >= oldest - self.options.keep_s]
 
     def _crops(self, start: float, end: float):
-        return [c for c in self.crops if start <= c[0] <= end]
+        return crops_between(self.crops, start, end)
 
-    def _infer(self, window):
+    def _infer(self, window: Window, dump: bool = False):
         t0 = time.perf_counter()
-        (pred,) = self.engine.infer([window])
-        return pred, time.perf_counter() - t0
+        feeds = self.engine.features([window])
+        (pred,) = self.engine.predict(feeds)
+        infer_s = time.perf_counter() - t0
+        if dump and self.options.dump_features:
+            self._dump(window, feeds)
+        return pred, infer_s
+
+    def _dump(self, window: Window, feeds: dict) -> None:
+        folder = Path(self.options.dump_features)
+        folder.mkdir(parents=True, exist_ok=True)
+        (text_input,) = text_inputs([window], self.engine.pre)
+        np.savez(folder / f"utterance-{self.utterances:04d}.npz", start=window.start, end=window.end,
+                 text=window.text or "", text_input=text_input, **{k: v[0] for k, v in feeds.items()})
 
     def _result(self, pred) -> dict:
         thresholds = self.engine.bundle.thresholds
@@ -166,11 +185,10 @@ class Fusion:
                 "peers": pred.peers, "modalities": pred.modalities}
 
     def score_utterance(self, utt: dict, audio: np.ndarray) -> None:
-        from engines.runtime import Window
-
         window = Window(start=utt["start"], end=utt["end"], text=utt["text"], audio=audio,
                         crops=self._crops(utt["start"], utt["end"]), context=self.history.past)
-        pred, infer_s = self._infer(window)
+        pred, infer_s = self._infer(window, dump=True)
+        self.utterances += 1
         self.history.add(Turn(window.speaker, utt["text"]))
         self.out.publish({"type": "utterance", "start": round(utt["start"], 3), "end": round(utt["end"], 3),
                           "text": utt["text"], **self._result(pred),
@@ -178,8 +196,6 @@ class Fusion:
                                      "emitted_at": time.time()}})
 
     def score_window(self, end: float) -> None:
-        from engines.runtime import Window
-
         start = max(0.0, end - self.options.window_s)
         window = Window(start=start, end=end, audio=self.audio.span(start, end), crops=self._crops(start, end))
         pred, infer_s = self._infer(window)

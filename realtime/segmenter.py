@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.features import SPEECH_PAD_MS
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -58,7 +60,7 @@ class VadOptions:
     neg_threshold: float | None = None
     min_speech_ms: int = 250
     min_silence_ms: int = 500
-    speech_pad_ms: int = 200
+    speech_pad_ms: int = SPEECH_PAD_MS  # the trainer pads manifest spans by the same default
     max_utterance_s: float = 15.0
 
     def __post_init__(self) -> None:
