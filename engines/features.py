@@ -136,12 +136,13 @@ def text_embeddings(windows: Sequence[Window], pre: Preprocessing, embed: Callab
 
 def media_inputs(windows: Sequence[Window], pre: Preprocessing) -> dict[str, np.ndarray]:
     """mel (N, n_mels, audio_frames), audio_mask, video (N, video_frames, S, S), video_mask."""
-    mels, amasks = zip(*(audio_features(w.audio, pre) for w in windows)) if windows else ((), ())
-    videos, vmasks = zip(*(video_features(w.crops, w.start, w.end, pre) for w in windows)) if windows else ((), ())
-    shapes = {"mel": (pre.n_mels, pre.audio_frames), "audio_mask": (pre.audio_tokens,),
-              "video": (pre.video_frames, pre.face_size, pre.face_size), "video_mask": (pre.video_frames,)}
-    arrays = dict(zip(MEDIA_INPUTS, (mels, amasks, videos, vmasks)))
-    return {k: np.stack(v) if v else np.zeros((0, *shapes[k]), np.float32) for k, v in arrays.items()}
+    if not windows:
+        shapes = {"mel": (pre.n_mels, pre.audio_frames), "audio_mask": (pre.audio_tokens,),
+                  "video": (pre.video_frames, pre.face_size, pre.face_size), "video_mask": (pre.video_frames,)}
+        return {k: np.zeros((0, *shapes[k]), np.float32) for k in MEDIA_INPUTS}
+    mels, amasks = zip(*(audio_features(w.audio, pre) for w in windows))
+    videos, vmasks = zip(*(video_features(w.crops, w.start, w.end, pre) for w in windows))
+    return {k: np.stack(v) for k, v in zip(MEDIA_INPUTS, (mels, amasks, videos, vmasks))}
 
 
 def presence(windows: Sequence[Window], audio_mask: np.ndarray, video_mask: np.ndarray) -> np.ndarray:

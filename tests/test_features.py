@@ -24,6 +24,19 @@ def test_pad_spans_pads_like_the_vad_and_never_overlaps_the_previous_span():
     assert pad_spans(spans, 0.0) == spans
 
 
+def test_training_pads_by_the_vads_own_setting():
+    import pytest
+
+    from engines.settings import ConfigError
+    from realtime.config import load_config as runtime_config
+    from trainer.config import load_config as trainer_config
+
+    assert trainer_config(None).speech_pad_ms == runtime_config(None).vad.speech_pad_ms == 200
+    assert trainer_config(None, ["vad.speech_pad_ms=120"]).speech_pad_ms == 120
+    with pytest.raises(ConfigError, match="speech_pad_ms"):
+        trainer_config(None, ["vad.speech_pad_ms=-5"])
+
+
 def test_a_recording_window_is_the_span_cut_and_clipped_to_the_audio():
     rate = 16000
     audio = np.arange(rate, dtype=np.float32)  # 1 s, sample i = i

@@ -284,9 +284,9 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
 
     loss: weights of every term (config.toml [loss]); media: where the corpus's media lie
     when not under its path; resume: continue from out/last_state.pt; speech_pad_ms:
-    [vad] speech_pad_ms, by which media spans are padded as the live VAD pads speech.  Under torchrun
-    every rank trains on its share of each batch; rank 0 alone evaluates and writes, and
-    the other ranks return {"rank": N}.
+    [vad] speech_pad_ms, by which media spans are padded as the live VAD pads speech.
+    Under torchrun every rank trains on its share of each batch; rank 0 alone evaluates
+    and writes, and the other ranks return {"rank": N}.
     """
     from trainer.placement import place
 
