@@ -256,33 +256,35 @@ def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress
     pre, faces = engine.pre, FaceOptions(**engine.bundle.manifest["faces"])
     windows = text_windows(utts, pre.text_context_turns)
     probs = np.zeros((len(utts), len(engine.labels)), np.float32)
+    by_file = media_files(utts)
+    with_media = {i for indices in by_file.values() for i in indices}
+
+    def in_turn():
+        """Utterance indices in scoring order, each window complete when its index comes:
+        the text-only ones, then file by file (each recording decoded once)."""
+        yield from (i for i in range(len(utts)) if i not in with_media)
+        for file, indices in by_file.items():
+            recording = decode(file, pre, faces)
+            for i in indices:
+                windows[i] = recording.window(utts[i].start, utts[i].end, text=windows[i].text,
+                                              context=windows[i].context)
+                yield i
+
     pending: list[int] = []
 
-    def score(bar) -> None:
+    def flush(bar) -> None:
         for i, pred in zip(pending, engine.infer([windows[i] for i in pending])):
             probs[i] = [pred.probabilities[label] for label in engine.labels]
             windows[i].audio, windows[i].crops = None, []  # scored: let the media go
         bar.update(len(pending))
         pending.clear()
 
-    by_file = media_files(utts)
-    with_media = {i for indices in by_file.values() for i in indices}
     with tqdm(total=len(utts), desc=f"scoring {split}", unit="utt", disable=not progress) as bar:
-        for i in range(len(utts)):  # text-only utterances
-            if i not in with_media:
-                pending.append(i)
-                if len(pending) == BUNDLE_BATCH:
-                    score(bar)
-        for file, indices in by_file.items():  # each recording decoded once
-            recording = decode(file, pre, faces)
-            for i in indices:
-                w = windows[i]
-                windows[i] = recording.window(utts[i].start, utts[i].end, text=w.text, context=w.context)
-                pending.append(i)
-                if len(pending) == BUNDLE_BATCH:
-                    score(bar)
-        if pending:
-            score(bar)
+        for i in in_turn():
+            pending.append(i)
+            if len(pending) == BUNDLE_BATCH:
+                flush(bar)
+        flush(bar)
     return Scored(probs, targets(utts, corpus.labels), engine.labels, engine.bundle.thresholds,
                   _single_label(corpus), bundle, "bundle", "onnxruntime")
 
@@ -292,7 +294,7 @@ def _single_label(corpus) -> bool:
 
 
 def model_scores(model: Path, data_spec: str, split: str, media: str | Path | None = None,
-           cache_dir: str | None = None, progress: bool = True) -> Scored:
+                 cache_dir: str | None = None, progress: bool = True) -> Scored:
     """The fusion probabilities of `model` on `split` of `data_spec` ("all": every utterance).
 
     model: a run directory (`trainer fit`; its student in PyTorch) or a bundle (`trainer
