@@ -7,7 +7,8 @@
 "<s1> t1 <s2> t2 ... [SEP] Now <sK> feels [MASK]" from past turns only, mask-token state ->
 linear head, softmax/CE.  The epoch is chosen on dev; test is scored once.  Metrics:
 weighted_f1 (percent, argmax), macro_f1, accuracy, and the dev history.  The same runner
-serves iemocap_text.py and goemotions.py (multi-label: per-label thresholds tuned on dev).
+serves iemocap_text.py and goemotions.py (multi-label: the F1s at one threshold, 0.3, as the
+GoEmotions paper scores; *_tuned with per-label thresholds tuned on dev).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import result_json, write  # noqa: E402
+from benchmarks.report import check_tree, result_json, write  # noqa: E402
 
 
 def frozen_logreg(corpus, encoder: str, multi_label: bool, threads: int) -> dict:
@@ -85,6 +86,7 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
     p.add_argument("--save", type=Path, default=None, help="save the teacher here")
     p.add_argument("--out", type=Path, default=ROOT / f"benchmarks/results/{name}.json")
     args = p.parse_args(argv)
+    check_tree()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     import torch
@@ -130,10 +132,12 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
         from trainer.metrics import multilabel_scores, tune_thresholds
 
         th = tune_thresholds(teacher.predict_proba(dev), y_dev)
-        scores = multilabel_scores(p_test, y_test, th)
+        # The headline follows the GoEmotions paper's protocol, one threshold (0.3) for every
+        # label, so macro_f1 compares with its 46; thresholds tuned per label on dev are the
+        # second figure (*_tuned).
+        scores = multilabel_scores(p_test, y_test, np.full(len(th), 0.3))
+        scores.update({f"{k}_tuned": v for k, v in multilabel_scores(p_test, y_test, th).items()})
         metrics["thresholds_mean"] = float(th.mean())
-        # The GoEmotions paper's protocol: one threshold, 0.3, for every label.
-        metrics["macro_f1_threshold_0.3"] = multilabel_scores(p_test, y_test, np.full(len(th), 0.3))["macro_f1"]
     else:
         scores = teacher.score(p_test, y_test)
     metrics.update(scores)

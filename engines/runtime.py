@@ -14,9 +14,8 @@ import numpy as np
 from engines.backends import Backend, open_backend
 from engines.bundle import Bundle, open_bundle
 from engines.features import Window, student_inputs  # Window: the input type of Engine.infer
+from engines.heads import HEADS
 from engines.text import TextTokenizer
-
-HEADS = ("fusion", "text", "audio", "video")
 
 
 @dataclass

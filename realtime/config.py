@@ -16,7 +16,8 @@ from realtime.segmenter import VadOptions
 
 @dataclass
 class StreamOptions:
-    endpoint: str = "tcp://127.0.0.1:5555"  # where the public emotion stream is published (PUB, bound)
+    endpoint: str = "tcp://127.0.0.1:5555"  # where the stream is published (PUB, bound); loopback only:
+    # emotions are personal data
     wait_subscribers: int = 0  # replay: hold the first message until this many subscribers joined
     wait_timeout_s: float = 10.0  # ... but no longer than this
 
@@ -43,10 +44,11 @@ class StreamOptions:
 
 @dataclass
 class ModelOptions:
-    bundle: str = ""  # model bundle directory (trainer export); --model overrides
-    backend: str = "auto"  # auto | tensorrt | onnxruntime | torch
+    bundle: str = ""  # bundle directory written by `trainer export` (or --model)
+    backend: str = "auto"  # auto | tensorrt | onnxruntime | torch (auto: TensorRT, else PyTorch on CUDA,
+    # else ONNX Runtime)
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 1  # inference threads in the fusion stage
+    threads: int = 1  # inference threads of the fusion stage
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -60,8 +62,8 @@ class ModelOptions:
 @dataclass
 class PipelineOptions:
     chunk_ms: int = 32  # audio chunk the source sends (Silero VAD works on 32 ms frames)
-    queue_limit: int = 256  # messages a socket buffers before the sender waits (replay) or drops (live)
-    stage_start_timeout_s: float = 60.0  # a stage that is not ready by then is an error
+    queue_limit: int = 256  # messages a socket buffers before its sender waits (replay) or drops (live)
+    stage_start_timeout_s: float = 60.0  # a stage not ready by then stops the pipeline
 
     def __post_init__(self):
         if not 10 <= self.chunk_ms <= 1000:

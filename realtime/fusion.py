@@ -28,14 +28,12 @@ from realtime.stage import Stage
 
 @dataclass
 class FusionOptions:
-    window_rate: float = 4.0  # window updates per second of media time; 0 turns them off
-    window_s: float = 2.0  # audio and video span of one window update
-    keep_s: float = 30.0  # audio and crops kept for utterances still in the ASR
-    # Debugging training/serving parity: a directory that gets one .npz per scored
-    # utterance with the model's input arrays (log-mel, face crops, text embedding), its
-    # span, transcript and text input.  That is the speaker's voice, face and words on
-    # disk: personal data.  "" (the default) writes nothing.
-    dump_features: str = ""
+    window_rate: float = 4.0  # audio+video updates per second of media time between utterances (0: off)
+    window_s: float = 2.0  # span of audio and video one window update looks at
+    keep_s: float = 30.0  # audio and face crops kept for utterances still being transcribed
+    dump_features: str = ""  # debugging: a directory that gets each scored utterance's
+    # model inputs, span and transcript (one .npz each; training/serving parity checks);
+    # that is voice, face and words on disk, personal data; "" = off
 
     def __post_init__(self):
         if self.window_rate < 0:

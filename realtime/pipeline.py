@@ -25,6 +25,7 @@ from typing import Callable
 import zmq
 
 from engines.bundle import open_bundle
+from engines.card import model_line
 from realtime import bus, fusion, sources, stages
 from realtime.config import RealtimeConfig
 from realtime.stage import Endpoints, run_stage
@@ -179,16 +180,19 @@ def replay(
     out_jsonl: str | Path | None = None,
     on_message: Callable[[dict], None] | None = None,
     all_messages: bool = False,
+    realtime: bool = False,
 ) -> list[dict]:
     """Run the pipeline over one recorded session; returns the utterance messages.
 
-    out_jsonl gets the utterance results, or every published message with all_messages."""
+    out_jsonl gets the utterance results, or every published message with all_messages.
+    realtime paces the media at its own speed instead of as fast as the stages go."""
     from engines.media import MediaError
 
     media = Path(media)
     if not media.is_file():
         raise MediaError(f"{media}: no such file")
     bundle = open_bundle(config.model.bundle)  # refuse a bad bundle before starting anything
+    print(model_line(bundle), file=sys.stderr, flush=True)
     session = media.stem
     sink = ResultSink(out_jsonl, on_message, all_types=all_messages)
     with tempfile.TemporaryDirectory(prefix="realtime-") as workdir:
@@ -198,7 +202,7 @@ def replay(
             sup.start("source", functools.partial(
                 stages.media_source, path=str(media), session=session,
                 chunk_ms=config.pipeline.chunk_ms, video_fps=config.faces.sample_fps,
-                sample_rate=bundle.preprocessing.sample_rate))
+                sample_rate=bundle.preprocessing.sample_rate, realtime=realtime))
             sup.collect(sink)
         finally:
             sup.stop()
@@ -215,6 +219,7 @@ def serve(
 ) -> list[dict]:
     """Live: camera + microphone until Ctrl-C, SIGTERM or duration_s; returns the utterances."""
     bundle = open_bundle(config.model.bundle)
+    print(model_line(bundle), file=sys.stderr, flush=True)
     session = time.strftime("live-%Y%m%d-%H%M%S")
     sink = ResultSink(out_jsonl, on_message, all_types=True)
     stopping = {"now": False}

@@ -24,12 +24,12 @@ class DeviceError(RuntimeError):
 
 @dataclass
 class CaptureOptions:
-    camera: str = "0"  # camera index, video file path or stream URL; "" for no camera
-    width: int = 640  # requested capture size (the camera may pick the nearest it has)
-    height: int = 480
-    fps: float = 30.0  # requested capture rate
+    camera: str = "0"  # camera index, video file (played at its own rate) or stream URL; "" = none
+    width: int = 640  # requested camera width (the camera may pick the nearest size it has)
+    height: int = 480  # requested camera height
+    fps: float = 30.0  # requested camera frame rate
     microphone: str = ""  # PyAudio input device index or part of its name; "" = system default
-    mic_rate: int = 0  # capture rate in Hz; 0 = the device's default rate
+    mic_rate: int = 0  # capture rate in Hz; 0 = the device's default (resampled to 16 kHz)
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1 or self.fps <= 0:

