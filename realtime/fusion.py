@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import zmq
 
 from engines.dialogue import History, Turn
+from engines.features import Window, crops_between, sample_index, text_inputs
 from realtime import bus, protocol
 from realtime.security import PublicSocket
 from realtime.stage import Stage, StageError
@@ -30,6 +32,9 @@ class FusionOptions:
     window_rate: float = 4.0  # audio+video updates per second of media time between utterances (0: off)
     window_s: float = 2.0  # span of audio and video one window update looks at
     keep_s: float = 30.0  # audio and face crops kept for utterances still being transcribed
+    dump_features: str = ""  # debugging: a directory that gets each scored utterance's
+    # model inputs, span and transcript (one .npz each; training/serving parity checks);
+    # that is voice, face and words on disk, personal data; "" = off
 
     def __post_init__(self):
         if self.window_rate < 0:
@@ -96,7 +101,7 @@ class AudioRing:
         self.buffer.discard_before(self.buffer.end - self.keep)
 
     def span(self, start: float, end: float) -> np.ndarray:
-        index = lambda t: min(max(int(round((t - self.t0) * self.rate)), self.buffer.start), self.buffer.end)
+        index = lambda t: min(max(sample_index(t, self.t0, self.rate), self.buffer.start), self.buffer.end)
         a, b = index(start), index(end)
         return self.buffer.get(a, max(a, b))
 
@@ -119,6 +124,7 @@ class Fusion:
         self.lost: set[str] = set()  # live sources that went away, already announced
         period = 1.0 / options.window_rate if options.window_rate else math.inf
         self.period, self.next_window = period, period
+        self.utterances = 0  # scored so far (names the feature dumps)
 
     @property
     def finished(self) -> bool:
@@ -174,12 +180,23 @@ class Fusion:
         return limit
 
     def _crops(self, start: float, end: float):
-        return [c for c in self.crops if start <= c[0] <= end]
+        return crops_between(self.crops, start, end)
 
-    def _infer(self, window):
+    def _infer(self, window: Window, dump: bool = False):
         t0 = time.perf_counter()
-        (pred,) = self.engine.infer([window])
-        return pred, time.perf_counter() - t0
+        feeds = self.engine.features([window])
+        (pred,) = self.engine.predict(feeds)
+        infer_s = time.perf_counter() - t0
+        if dump and self.options.dump_features:
+            self._dump(window, feeds)
+        return pred, infer_s
+
+    def _dump(self, window: Window, feeds: dict) -> None:
+        folder = Path(self.options.dump_features)
+        folder.mkdir(parents=True, exist_ok=True)
+        (text_input,) = text_inputs([window], self.engine.pre)
+        np.savez(folder / f"utterance-{self.utterances:04d}.npz", start=window.start, end=window.end,
+                 text=window.text or "", text_input=text_input, **{k: v[0] for k, v in feeds.items()})
 
     def _result(self, pred) -> dict:
         thresholds = self.engine.bundle.thresholds
@@ -188,11 +205,10 @@ class Fusion:
                 "peers": pred.peers, "modalities": pred.modalities}
 
     def score_utterance(self, utt: dict, audio: np.ndarray) -> None:
-        from engines.runtime import Window
-
         window = Window(start=utt["start"], end=utt["end"], text=utt["text"], audio=audio,
                         crops=self._crops(utt["start"], utt["end"]), context=self.history.past)
-        pred, infer_s = self._infer(window)
+        pred, infer_s = self._infer(window, dump=True)
+        self.utterances += 1
         self.history.add(Turn(window.speaker, utt["text"]))
         self.out.publish({"type": "utterance", "start": round(utt["start"], 3), "end": round(utt["end"], 3),
                           "text": utt["text"], **self._result(pred),
@@ -200,8 +216,6 @@ class Fusion:
                                      "emitted_at": time.time()}})
 
     def score_window(self, end: float) -> None:
-        from engines.runtime import Window
-
         start = max(0.0, end - self.options.window_s)
         window = Window(start=start, end=end, audio=self.audio.span(start, end), crops=self._crops(start, end))
         pred, infer_s = self._infer(window)

@@ -129,7 +129,7 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
     run = out / "run"
     if not (run / "run.json").is_file():
         fit(mix, run, train, config.preprocessing, config.faces, progress, loss=config.loss,
-            resume=(run / "last_state.pt").is_file())
+            resume=(run / "last_state.pt").is_file(), speech_pad_ms=config.speech_pad_ms)
     seconds["fit"] = time.perf_counter() - t0
 
     t0 = step(3, total, "export", log)
@@ -146,7 +146,7 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
     for name, (spec, split) in tests.items():
         report = out / "reports" / name
         if not (report / "report.json").is_file():
-            evaluate(run, spec, split, report, progress=progress)
+            evaluate(bundle, spec, split, report, progress=progress)  # the ONNX path the pipeline runs
         reports[name] = report
     if set(reports) - set((read_card(bundle) or {}).get("evaluations", {})):
         add_reports(bundle, reports)  # the test scores go into the bundle's model card
