@@ -53,7 +53,7 @@ def main() -> None:
     name = "real_recipe_quick" if args.quick else "real_recipe"
     write(args.results or ROOT / "benchmarks" / "results" / f"{name}.json",
           result_json(name, started, args.threads, metrics, per_label_f1=per_label, card_summary=card["summary"],
-                      run=json.loads((args.out / "run" / "run.json").read_text())["dev_weighted_f1"]))
+                      dev_weighted_f1=json.loads((args.out / "run" / "run.json").read_text())["dev_weighted_f1"]))
 
 
 if __name__ == "__main__":
