@@ -315,6 +315,40 @@ def proc_metrics(prefix: str, runs: list[dict]) -> dict:
     return out
 
 
+def replay_metrics(prefix: str, rows: list[dict], duration: float, replays: list[dict], bares: list[dict]) -> dict:
+    replay_wall, bare_wall = median([r["wall_s"] for r in replays]), median([b["wall_s"] for b in bares])
+    texts = [[m["text"] for m in r["messages"] if m["type"] == "utterance"] for r in replays]
+    utt = [m for r in replays for m in r["messages"] if m["type"] == "utterance"]
+    win = [m for r in replays for m in r["messages"] if m["type"] == "window"]
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq")}
+    same = all([strip(m) for m in r["messages"]] == [strip(m) for m in replays[0]["messages"]] for r in replays)
+    return {f"{prefix}{k}": v for k, v in {
+        "replay_wall_s": round(replay_wall, 3), "bare_whisper_wall_s": round(bare_wall, 3),
+        "replay_speed": round(duration / replay_wall, 3), "overhead_ratio": round(replay_wall / bare_wall, 3),
+        "wer": round(wer(rows, texts[0]), 4), "bare_whisper_wer": round(wer(rows, [bares[0]["text"]]), 4),
+        "replay_deterministic": int(same),  # every message but timing and seq the same in every run
+        "replay_asr_ms_p50": round(1000 * median([u["timing"]["asr_s"] for u in utt]), 1),
+        "replay_utterance_infer_ms_p50": round(1000 * median([u["timing"]["infer_s"] for u in utt]), 2),
+        "replay_window_infer_ms_p50": round(1000 * median([w["timing"]["infer_s"] for w in win]), 2),
+        **proc_metrics("replay", replays)}.items()}
+
+
+def live_metrics(prefix: str, rows: list[dict], lives: list[dict]) -> dict:
+    lat = [l for r in lives for l in r["latencies"]]
+    delays = [d for r in lives for d in r["window_delays"]]
+    return {f"{prefix}{k}": v for k, v in {
+        "latency_p50_ms": round(1000 * pct(lat, 50), 1), "latency_p95_ms": round(1000 * pct(lat, 95), 1),
+        "latency_p99_ms": round(1000 * pct(lat, 99), 1),
+        "latency_p50_ms_run_median": round(1000 * median([median(r["latencies"]) for r in lives]), 1),
+        "window_latency_p50_ms": round(1000 * pct(delays, 50), 1),
+        "window_latency_p95_ms": round(1000 * pct(delays, 95), 1),
+        "live_utterances_missed": sum(r["missed"] for r in lives),
+        "live_wer": round(median([wer(rows, r["texts"]) for r in lives]), 4),
+        "live_asr_ms_p50": round(1000 * median([a for r in lives for a in r["asr_s"]]), 1),
+        "live_utterance_infer_ms_p50": round(1000 * median([a for r in lives for a in r["infer_s"]]), 2),
+        **proc_metrics("live", lives)}.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="model bundle (default: a random-init bundle made here)")
@@ -324,15 +358,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utterances", type=int, default=6, help="utterances in the session")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="setting passed to every realtime run, e.g. asr.speculative=false (repeatable)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the realtime code in DIR (e.g. `git archive main | tar -x -C DIR`), "
+                             "each of its runs next to one of this checkout's, so both see the same machine "
+                             "state; its metrics are prefixed baseline_")
+    parser.add_argument("--baseline-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="setting for the baseline runs only (repeatable)")
     parser.add_argument("--asr-model", default="tiny.en", help="the Whisper model (as [asr] model)")
     parser.add_argument("--asr-threads", type=int, default=2, help="as [asr] cpu_threads, for bare faster-whisper")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pipeline.json")
     args = parser.parse_args(argv)
     check_tree()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    pythonpath = os.environ.get("PYTHONPATH")
     sets = [f"asr.model={args.asr_model}", f"asr.cpu_threads={args.asr_threads}", *args.sets]
-    started = time.perf_counter()
+    # (prefix, code root, settings): the code a run imports comes first on its PYTHONPATH.
+    variants = [("", ROOT, sets)]
+    if args.baseline:
+        variants.insert(0, ("baseline_", args.baseline.resolve(), [*sets, *args.baseline_set]))
+    started, load_at_start = time.perf_counter(), list(os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         work = Path(tmp)
         media, wav, rows, duration = make_session(work / "session", args.seed, args.utterances)
@@ -345,56 +389,45 @@ def main(argv: list[str] | None = None) -> int:
             bundle = tiny_bundle(work / "bundle", "fp32")
         metrics: dict[str, float] = {"media_s": round(duration, 2), "utterances": len(rows)}
 
-        replays, bares = [], []
-        for i in range(args.runs):  # interleaved, so both see the same machine state
-            replays.append(replay_run(media, bundle, work, sets))
-            bares.append(bare_whisper_run(media, args.asr_model, args.asr_threads))
-            print(f"replay {i + 1}: {replays[-1]['wall_s']:.2f} s, bare faster-whisper {bares[-1]['wall_s']:.2f} s",
-                  flush=True)
-        if replays:
-            replay_wall, bare_wall = median([r["wall_s"] for r in replays]), median([b["wall_s"] for b in bares])
-            texts = [[m["text"] for m in r["messages"] if m["type"] == "utterance"] for r in replays]
-            utt = [m for r in replays for m in r["messages"] if m["type"] == "utterance"]
-            win = [m for r in replays for m in r["messages"] if m["type"] == "window"]
-            metrics.update({
-                "replay_wall_s": round(replay_wall, 3), "bare_whisper_wall_s": round(bare_wall, 3),
-                "replay_speed": round(duration / replay_wall, 3), "overhead_ratio": round(replay_wall / bare_wall, 3),
-                "wer": round(wer(rows, texts[0]), 4), "bare_whisper_wer": round(wer(rows, [bares[0]["text"]]), 4),
-                "replay_deterministic": int(all(t == texts[0] for t in texts)),
-                "replay_asr_ms_p50": round(1000 * median([u["timing"]["asr_s"] for u in utt]), 1),
-                "replay_utterance_infer_ms_p50": round(1000 * median([u["timing"]["infer_s"] for u in utt]), 2),
-                "replay_window_infer_ms_p50": round(1000 * median([w["timing"]["infer_s"] for w in win]), 2),
-                **proc_metrics("replay", replays)})
+        def use(code: Path) -> None:
+            os.environ["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [pythonpath])])
 
-        lives = []
+        replays = {prefix: [] for prefix, _, _ in variants}
+        bares = {prefix: [] for prefix, _, _ in variants}
+        for i in range(args.runs):  # interleaved, so every variant sees the same machine state
+            for prefix, code, settings in variants:
+                use(code)
+                replays[prefix].append(replay_run(media, bundle, work, settings))
+                bares[prefix].append(bare_whisper_run(media, args.asr_model, args.asr_threads))
+                print(f"{prefix or 'this '}replay {i + 1}: {replays[prefix][-1]['wall_s']:.2f} s, "
+                      f"bare faster-whisper {bares[prefix][-1]['wall_s']:.2f} s", flush=True)
+        if args.runs:
+            for prefix, _, _ in variants:
+                metrics.update(replay_metrics(prefix, rows, duration, replays[prefix], bares[prefix]))
+
+        lives = {prefix: [] for prefix, _, _ in variants}
         if args.live_runs:
             mic = VirtualMicrophone(work)
             try:
                 for i in range(args.live_runs):
-                    run = live_run(media, wav, duration, bundle, work, mic, sets)
-                    run.update(live_latencies(run, rows))
-                    lives.append(run)
-                    print(f"live {i + 1}: latency ms " + " ".join(f"{1000 * l:.0f}" for l in run["latencies"])
-                          + f" (missed {run['missed']})", flush=True)
+                    for prefix, code, settings in variants:
+                        use(code)
+                        run = live_run(media, wav, duration, bundle, work, mic, settings)
+                        run.update(live_latencies(run, rows))
+                        lives[prefix].append(run)
+                        print(f"{prefix or 'this '}live {i + 1}: latency ms "
+                              + " ".join(f"{1000 * l:.0f}" for l in run["latencies"])
+                              + f" (missed {run['missed']})", flush=True)
             finally:
                 mic.close()
-            lat = [l for r in lives for l in r["latencies"]]
-            delays = [d for r in lives for d in r["window_delays"]]
-            metrics.update({
-                "latency_p50_ms": round(1000 * pct(lat, 50), 1), "latency_p95_ms": round(1000 * pct(lat, 95), 1),
-                "latency_p99_ms": round(1000 * pct(lat, 99), 1),
-                "latency_p50_ms_run_median": round(1000 * median([median(r["latencies"]) for r in lives]), 1),
-                "window_latency_p50_ms": round(1000 * pct(delays, 50), 1),
-                "window_latency_p95_ms": round(1000 * pct(delays, 95), 1),
-                "live_utterances_missed": sum(r["missed"] for r in lives),
-                "live_wer": round(median([wer(rows, r["texts"]) for r in lives]), 4),
-                "live_asr_ms_p50": round(1000 * median([a for r in lives for a in r["asr_s"]]), 1),
-                "live_utterance_infer_ms_p50": round(1000 * median([a for r in lives for a in r["infer_s"]]), 2),
-                **proc_metrics("live", lives)})
+            for prefix, _, _ in variants:
+                metrics.update(live_metrics(prefix, rows, lives[prefix]))
     write(args.out, result_json(
         "pipeline", started, args.asr_threads, metrics,
         bundle=str(args.model) if args.model else "random-init bundle (speed does not depend on weights)",
         settings=sets, runs={"replay": args.runs, "live": args.live_runs},
+        baseline=({"code": str(args.baseline), "settings": [*sets, *args.baseline_set]} if args.baseline else None),
+        load_average={"start": load_at_start, "end": list(os.getloadavg())},  # 1, 5, 15 min: is the machine quiet?
         notes="latency: utterance message emitted_at minus (paplay start + end of speech in the file, by "
               "energy); medians over runs; percentiles over all utterances of all runs"))
     return 0

@@ -113,9 +113,16 @@ class Fusion:
         self.crops: list[tuple[float, np.ndarray | None]] = []
         self.pending: list[tuple[dict, np.ndarray]] = []  # transcripts waiting for their video
         self.video_until = -math.inf  # media time up to which every sampled frame has arrived
-        self.audio_done = False
+        # Ends of stream seen: "audio" (the ASR's, after the last transcript) and "chunks"
+        # (the segmenter's, after the last audio chunk).  They come by different pipes, so
+        # either may arrive first; windows need every chunk, utterances every transcript.
+        self.ended: set[str] = set()
         period = 1.0 / options.window_rate if options.window_rate else math.inf
         self.period, self.next_window = period, period
+
+    @property
+    def audio_done(self) -> bool:
+        return {"audio", "chunks"} <= self.ended
 
     @property
     def finished(self) -> bool:
@@ -136,10 +143,10 @@ class Fusion:
             self.crops.append((header["t"], array if header["found"] else None))
             self.video_until = max(self.video_until, header["t"])
         elif kind == "eos":
-            if header.get("stream") == "audio":
-                self.audio_done = True
-            else:
+            if header.get("stream") == "video":
                 self.video_until = math.inf
+            else:
+                self.ended.add(header.get("stream"))
         self.score_ready()
 
     def score_ready(self) -> None:

@@ -83,6 +83,7 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculati
             emit("utterance", utt)
             partial_at = None
         if header["type"] == "eos":
+            stage.send(audio_copy, dict(header, stream="chunks"))  # fusion: no more audio chunks
             stage.send(out, header)
             return
         settled = vad.settled() if speculative else None
