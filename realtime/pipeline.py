@@ -181,10 +181,12 @@ def replay(
     out_jsonl: str | Path | None = None,
     on_message: Callable[[dict], None] | None = None,
     all_messages: bool = False,
+    realtime: bool = False,
 ) -> list[dict]:
     """Run the pipeline over one recorded session; returns the utterance messages.
 
-    out_jsonl gets the utterance results, or every published message with all_messages."""
+    out_jsonl gets the utterance results, or every published message with all_messages.
+    realtime paces the media at its own speed instead of as fast as the stages go."""
     from engines.media import MediaError
 
     media = Path(media)
@@ -201,7 +203,7 @@ def replay(
             sup.start("source", functools.partial(
                 stages.media_source, path=str(media), session=session,
                 chunk_ms=config.pipeline.chunk_ms, video_fps=config.faces.sample_fps,
-                sample_rate=bundle.preprocessing.sample_rate))
+                sample_rate=bundle.preprocessing.sample_rate, realtime=realtime))
             sup.collect(sink)
         finally:
             sup.stop()

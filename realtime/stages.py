@@ -17,8 +17,13 @@ from realtime.stage import Stage
 
 
 def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps: float,
-                 sample_rate: int) -> None:
-    """Replay a recorded session: audio in fixed chunks, video frames, as fast as consumers take them."""
+                 sample_rate: int, realtime: bool = False) -> None:
+    """Replay a recorded session: audio in fixed chunks, video frames, as fast as consumers take them.
+
+    With realtime, each item waits until its media time has passed on the wall clock
+    since the first one, so the stream comes out at the pace it was recorded (a
+    dashboard, or a listener, sees the session as it would have seen it live).
+    """
     from engines.media import AudioChunk, iter_media
 
     audio_out, video_out = stage.push(stage.endpoints.audio), stage.push(stage.endpoints.video)
@@ -27,7 +32,14 @@ def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps
     pending = np.zeros(0, np.float32)
     pending_t = 0.0
     seq = 0
+    clock0 = time.monotonic()
     for item in iter_media(path, sample_rate, video_fps):
+        if realtime:
+            # An audio chunk is complete only at its end; a frame exists at its own time.
+            ready_at = item.t + (item.samples.size / sample_rate if isinstance(item, AudioChunk) else 0.0)
+            while (wait := clock0 + ready_at - time.monotonic()) > 0:
+                time.sleep(min(wait, 0.5))
+                stage.heartbeat()
         if isinstance(item, AudioChunk):
             if pending.size == 0:
                 pending_t = item.t
