@@ -178,14 +178,38 @@ def realtime_cmd(*args: str, sets: list[str]) -> list[str]:
     return [sys.executable, "-m", "realtime.cli", *args, *[a for s in sets for a in ("--set", s)]]
 
 
-def replay_run(media: Path, bundle: Path, work: Path, sets: list[str]) -> dict:
+def kill_tree(pid: int) -> None:
+    """Kill a process and everything it started (a run that hangs must not outlive the benchmark)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def replay_run(media: Path, bundle: Path, work: Path, sets: list[str], timeout_s: float = 300) -> dict | None:
+    """One replay as a whole process; None (reported) when it does not finish in timeout_s."""
     out = work / "replay.jsonl"
     cmd = realtime_cmd("replay", str(media), "--model", str(bundle), "--out", str(out), "--all-messages",
                        "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--quiet", sets=sets)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     monitor = TreeMonitor(proc.pid)
-    _, err = proc.communicate(timeout=900)
+    try:
+        _, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        _, err = proc.communicate()
+        monitor.stop()
+        print(f"replay did not finish in {timeout_s} s (not counted):\n{err[-2000:]}", file=sys.stderr, flush=True)
+        return None
     wall = time.perf_counter() - t0
     procs = monitor.stop()
     if proc.returncode != 0:
@@ -244,7 +268,7 @@ def live_run(media: Path, wav: Path, duration: float, bundle: Path, work: Path, 
                 raise RuntimeError(f"serve failed:\n{log.read_text()}")
         finally:
             if serve.poll() is None:
-                serve.kill()
+                kill_tree(serve.pid)
     procs = monitor.stop()
     messages = [json.loads(l) for l in messages_path.read_text().splitlines()]
     return {"played_at": played_at, "messages": messages, "procs": procs}
@@ -393,17 +417,24 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [pythonpath])])
 
         replays = {prefix: [] for prefix, _, _ in variants}
+        failures = {prefix: 0 for prefix, _, _ in variants}
         bares = {prefix: [] for prefix, _, _ in variants}
         for i in range(args.runs):  # interleaved, so every variant sees the same machine state
             for prefix, code, settings in variants:
                 use(code)
-                replays[prefix].append(replay_run(media, bundle, work, settings))
+                run = replay_run(media, bundle, work, settings)
+                if run is None:
+                    failures[prefix] += 1
+                    continue
+                replays[prefix].append(run)
                 bares[prefix].append(bare_whisper_run(media, args.asr_model, args.asr_threads))
                 print(f"{prefix or 'this '}replay {i + 1}: {replays[prefix][-1]['wall_s']:.2f} s, "
                       f"bare faster-whisper {bares[prefix][-1]['wall_s']:.2f} s", flush=True)
         if args.runs:
             for prefix, _, _ in variants:
-                metrics.update(replay_metrics(prefix, rows, duration, replays[prefix], bares[prefix]))
+                metrics[f"{prefix}replay_hung"] = failures[prefix]
+                if replays[prefix]:
+                    metrics.update(replay_metrics(prefix, rows, duration, replays[prefix], bares[prefix]))
 
         lives = {prefix: [] for prefix, _, _ in variants}
         if args.live_runs:
