@@ -178,6 +178,24 @@ def realtime_cmd(*args: str, sets: list[str]) -> list[str]:
     return [sys.executable, "-m", "realtime.cli", *args, *[a for s in sets for a in ("--set", s)]]
 
 
+def dump_tree(pid: int) -> None:
+    """Print where each process of a hung run is (py-spy dump), for the report."""
+    import psutil
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            name = proc.name()
+        except psutil.Error:
+            continue
+        out = subprocess.run([spy, "dump", "--pid", str(proc.pid)], capture_output=True, text=True, timeout=60)
+        print(f"--- {name} ({proc.pid})\n{out.stdout[-3000:]}{out.stderr[-500:]}", file=sys.stderr, flush=True)
+
+
 def kill_tree(pid: int) -> None:
     """Kill a process and everything it started (a run that hangs must not outlive the benchmark)."""
     import psutil
@@ -205,6 +223,7 @@ def replay_run(media: Path, bundle: Path, work: Path, sets: list[str], timeout_s
     try:
         _, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        dump_tree(proc.pid)
         kill_tree(proc.pid)
         _, err = proc.communicate()
         monitor.stop()
@@ -317,7 +336,8 @@ def live_latencies(run: dict, rows: list[dict]) -> dict:
     windows = [m for m in run["messages"] if m["type"] == "window"]
     return {"latencies": latencies, "missed": len(rows) - len(latencies),
             "window_delays": [m["timing"]["emitted_at"] - (clock + m["end"]) for m in windows],
-            "asr_s": [u["timing"]["asr_s"] for u in utterances], "infer_s": [u["timing"]["infer_s"] for u in utterances],
+            "asr_s": [u["timing"]["asr_s"] for u in utterances],
+            "asr_early": [u["timing"].get("asr_early", False) for u in utterances], "infer_s": [u["timing"]["infer_s"] for u in utterances],
             "texts": [u["text"] for u in utterances]}
 
 
@@ -344,14 +364,18 @@ def replay_metrics(prefix: str, rows: list[dict], duration: float, replays: list
     texts = [[m["text"] for m in r["messages"] if m["type"] == "utterance"] for r in replays]
     utt = [m for r in replays for m in r["messages"] if m["type"] == "utterance"]
     win = [m for r in replays for m in r["messages"] if m["type"] == "window"]
+    # Windows interleave with utterances by arrival, so compare each type's messages in order.
     strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq")}
-    same = all([strip(m) for m in r["messages"]] == [strip(m) for m in replays[0]["messages"]] for r in replays)
+    by_type = lambda run: {t: [strip(m) for m in run["messages"] if m["type"] == t]
+                           for t in ("utterance", "window", "transcript", "status")}
+    same = all(by_type(r) == by_type(replays[0]) for r in replays)
     return {f"{prefix}{k}": v for k, v in {
         "replay_wall_s": round(replay_wall, 3), "bare_whisper_wall_s": round(bare_wall, 3),
         "replay_speed": round(duration / replay_wall, 3), "overhead_ratio": round(replay_wall / bare_wall, 3),
         "wer": round(wer(rows, texts[0]), 4), "bare_whisper_wer": round(wer(rows, [bares[0]["text"]]), 4),
         "replay_deterministic": int(same),  # every message but timing and seq the same in every run
         "replay_asr_ms_p50": round(1000 * median([u["timing"]["asr_s"] for u in utt]), 1),
+        "replay_asr_early_fraction": round(float(np.mean([u["timing"].get("asr_early", False) for u in utt])), 3),
         "replay_utterance_infer_ms_p50": round(1000 * median([u["timing"]["infer_s"] for u in utt]), 2),
         "replay_window_infer_ms_p50": round(1000 * median([w["timing"]["infer_s"] for w in win]), 2),
         **proc_metrics("replay", replays)}.items()}
@@ -369,6 +393,7 @@ def live_metrics(prefix: str, rows: list[dict], lives: list[dict]) -> dict:
         "live_utterances_missed": sum(r["missed"] for r in lives),
         "live_wer": round(median([wer(rows, r["texts"]) for r in lives]), 4),
         "live_asr_ms_p50": round(1000 * median([a for r in lives for a in r["asr_s"]]), 1),
+        "live_asr_early_fraction": round(float(np.mean([e for r in lives for e in r["asr_early"]])), 3),
         "live_utterance_infer_ms_p50": round(1000 * median([a for r in lives for a in r["infer_s"]]), 2),
         **proc_metrics("live", lives)}.items()}
 

@@ -141,7 +141,8 @@ def asr(stage: Stage, asr_options) -> None:
         if header["type"] == "partial":
             stage.send(out, {"type": "partial_transcript", **fields, "text": text, "asr_s": asr_s})
         else:
-            stage.send(out, {"type": "transcript", **fields, "text": text, "asr_s": asr_s}, audio)
+            stage.send(out, {"type": "transcript", **fields, "text": text, "asr_s": asr_s,
+                             "early": early is not None}, audio)
 
 
 def faces(stage: Stage, face_options, preprocessing) -> None:
