@@ -196,6 +196,11 @@ def dump_tree(pid: int) -> None:
         print(f"--- {name} ({proc.pid})\n{out.stdout[-3000:]}{out.stderr[-500:]}", file=sys.stderr, flush=True)
 
 
+def code_root() -> str:
+    """The checkout whose realtime package a run uses: the first entry of PYTHONPATH (see main)."""
+    return os.environ["PYTHONPATH"].split(os.pathsep)[0]
+
+
 def kill_tree(pid: int) -> None:
     """Kill a process and everything it started (a run that hangs must not outlive the benchmark)."""
     import psutil
@@ -218,7 +223,8 @@ def replay_run(media: Path, bundle: Path, work: Path, sets: list[str], timeout_s
     cmd = realtime_cmd("replay", str(media), "--model", str(bundle), "--out", str(out), "--all-messages",
                        "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--quiet", sets=sets)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # cwd: `python -m` puts the working directory first on sys.path, before PYTHONPATH.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=code_root())
     monitor = TreeMonitor(proc.pid)
     try:
         _, err = proc.communicate(timeout=timeout_s)
@@ -272,7 +278,7 @@ def live_run(media: Path, wav: Path, duration: float, bundle: Path, work: Path, 
                        "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--jsonl", str(messages_path),
                        "--duration", str(duration + 8), "--quiet", sets=sets)
     with log.open("w") as err:
-        serve = subprocess.Popen(cmd, env=mic.env, stdout=subprocess.DEVNULL, stderr=err)
+        serve = subprocess.Popen(cmd, env=mic.env, stdout=subprocess.DEVNULL, stderr=err, cwd=code_root())
         monitor = TreeMonitor(serve.pid)
         try:
             deadline = time.monotonic() + 300
@@ -420,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     check_tree()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pythonpath = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [pythonpath])])
     sets = [f"asr.model={args.asr_model}", f"asr.cpu_threads={args.asr_threads}", *args.sets]
     # (prefix, code root, settings): the code a run imports comes first on its PYTHONPATH.
     variants = [("", ROOT, sets)]
