@@ -19,6 +19,7 @@ import zmq
 from realtime import bus
 
 HEARTBEAT_S = 1.0  # a stage reports at least this often while it is alive
+CLOSE_LINGER_MS = 60_000  # how long a finished stage waits for its last messages to be taken
 
 
 @dataclass
@@ -92,7 +93,12 @@ class Stage:
             pass
 
     def close(self) -> None:
-        self.ctx.destroy(linger=2000)
+        # Wait for what is still queued (end of stream last of all) to reach its reader: a
+        # busy fusion stage can be seconds of audio chunks behind the segmenter, and a
+        # shorter linger dropped them, its last windows and the end of stream with them
+        # (the replay then waited for ever).  A stage whose supervisor is gone never gets
+        # here: heartbeat() exits at once.
+        self.ctx.destroy(linger=CLOSE_LINGER_MS)
 
 
 def name_process(title: str) -> None:
