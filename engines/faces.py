@@ -27,6 +27,10 @@ class FaceOptions:
             raise ValueError("detect_width must be >= 64")
         if self.scale_factor <= 1.0:
             raise ValueError("scale_factor must be > 1")
+        if self.min_face < 1:
+            raise ValueError("min_face must be >= 1")
+        if self.min_neighbors < 0:
+            raise ValueError("min_neighbors must be >= 0")
 
 
 class FaceCropper:

@@ -38,6 +38,12 @@ class Preprocessing:
     text_mask: str = ""  # mask token of the mask prompt; "" = the encoder's own (trainer fit fills it in)
 
     def __post_init__(self):
+        for name in ("sample_rate", "n_fft", "hop", "n_mels", "max_audio_s", "audio_patch", "video_frames",
+                     "face_size", "text_max_tokens"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if len(self.tubelet) != 3 or min(self.tubelet) < 1:
+            raise ValueError(f"tubelet must be three sizes >= 1 (frames, height, width), got {self.tubelet}")
         if self.text_pooling not in ("mean", "mask"):
             raise ValueError(f"text_pooling must be mean or mask, got {self.text_pooling!r}")
         if self.text_context_turns < 0:

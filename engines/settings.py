@@ -18,6 +18,7 @@ import dataclasses
 import inspect
 import io
 import json
+import math
 import textwrap
 import tokenize
 import tomllib
@@ -145,6 +146,9 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        # TOML has nan and inf; no setting means either, and every range check passes NaN.
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}")
     return value

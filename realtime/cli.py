@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--json", action="store_true", help="print the whole card.json instead")
     _common(dp)
 
+    kp = sub.add_parser("keys", help="create CURVE keys to publish the stream beyond this machine",
+                        description="Write a server and a client key pair (ZeroMQ certificates; secret files "
+                                    "mode 0600) and DIR/clients/ with the client's public key. The server "
+                                    "uses [stream] curve_secret_key = DIR/server.key_secret and curve_clients "
+                                    "= DIR/clients; a listener uses --curve-key DIR/client.key_secret "
+                                    "--server-key DIR/server.key.")
+    kp.add_argument("--out", type=Path, required=True, help="directory for the key files")
+
     sub.add_parser("devices", help="list cameras and microphones",
                    description="Cameras OpenCV can open (indices 0-9) and PyAudio input devices.")
 
@@ -98,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--topic", default="", help="topic prefix to subscribe to (default: all)")
     lp.add_argument("--jsonl", type=Path, help="append raw messages to this file instead of pretty-printing")
     lp.add_argument("--count", type=int, default=0, help="exit after this many messages (0: never)")
+    lp.add_argument("--curve-key", type=Path, metavar="FILE",
+                    help="an encrypted stream: this client's secret key file (realtime keys: client.key_secret)")
+    lp.add_argument("--server-key", type=Path, metavar="FILE",
+                    help="an encrypted stream: the server's public key file (realtime keys: server.key)")
     _common(lp)
 
     dp = sub.add_parser("dashboard", help="show an emotion stream live in the browser",
@@ -311,6 +323,12 @@ def cmd_listen(args) -> int:
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt_string(zmq.SUBSCRIBE, args.topic)
+    if args.curve_key or args.server_key:
+        if not (args.curve_key and args.server_key):
+            raise ValueError("--curve-key and --server-key go together")
+        from realtime.security import client_keys
+
+        client_keys(sock, str(args.curve_key), str(args.server_key))
     sock.connect(endpoint)
     out = args.jsonl.open("a") if args.jsonl else None
     print(f"listening on {endpoint} (Ctrl-C to stop)", file=sys.stderr)
@@ -337,6 +355,18 @@ def cmd_listen(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    from realtime.security import generate_keys
+
+    files = generate_keys(args.out)
+    print(f"wrote keys to {args.out}\n"
+          f"server: --set stream.curve_secret_key={files['server_secret']} "
+          f"--set stream.curve_clients={files['clients']}\n"
+          f"client: realtime listen --curve-key {files['client_secret']} --server-key {files['server_public']}",
+          file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from engines.backends import BackendUnavailable
@@ -348,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"replay": cmd_replay, "serve": cmd_serve, "record": cmd_record, "devices": cmd_devices,
-                    "listen": cmd_listen, "describe": cmd_describe, "dashboard": cmd_dashboard, "report": cmd_report}
+                    "listen": cmd_listen, "describe": cmd_describe, "dashboard": cmd_dashboard, "report": cmd_report,
+                    "keys": cmd_keys}
         return commands[args.command](args)
     except (BundleError, BackendUnavailable, MediaError, ConfigError, PipelineError, DeviceError, ValueError,
             OSError) as exc:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.features import SPEECH_PAD_MS
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -42,9 +44,10 @@ class VadOptions:
     # unset: max(threshold - 0.15, 0.01)
     min_speech_ms: int = 250  # utterances with less speech than this are dropped (clicks, coughs)
     min_silence_ms: int = 500  # silence that closes an utterance; also the latency from the end of speech
-    speech_pad_ms: int = 200  # audio kept before and after the speech, so word edges the VAD
+    speech_pad_ms: int = SPEECH_PAD_MS  # audio kept before and after the speech, so word edges the VAD
     # scores low survive; the padding after is at most the audio heard when the utterance
-    # closes (at least min_silence_ms), and padding never overlaps the previous utterance
+    # closes (at least min_silence_ms), and padding never overlaps the previous utterance;
+    # `trainer fit` pads manifest spans by it too, so training cuts utterances alike
     max_utterance_s: float = 15.0  # longer speech is cut, at a pause when there is one, so that
     # no utterance, padding included, is much longer than this
 

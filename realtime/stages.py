@@ -83,19 +83,20 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculati
         seq += 1
 
     while True:
-        header, samples = stage.recv(inbox)
+        header, samples = stage.recv(inbox, bus.AUDIO_IN)
         if header["type"] == "audio":
             stage.send(audio_copy, {k: header[k] for k in ("type", "session", "seq", "t")}, samples)
             found = vad.feed(samples, header["t"])
-        elif header["type"] == "eos":
+        else:  # eos
             found = vad.flush()
-        else:
-            continue
         for utt in found:
             emit("utterance", utt)
             partial_at = None
         if header["type"] == "eos":
-            stage.send(audio_copy, dict(header, stream="chunks"))  # fusion: no more audio chunks
+            # Fusion learns that every audio chunk is in (its windows need that), then the ASR passes eos on.
+            # A lost microphone is announced from here, not after the ASR has caught up.
+            copy_eos = {"type": "eos", "session": header.get("session", ""), "stream": "audio_copy"}
+            stage.send(audio_copy, dict(copy_eos, lost=header["lost"]) if "lost" in header else copy_eos)
             stage.send(out, header)
             return
         settled = vad.settled() if speculative else None
@@ -119,7 +120,7 @@ def asr(stage: Stage, asr_options) -> None:
     speculation = Speculation()
     stage.report("ready")
     while True:
-        header, audio = stage.recv(inbox)
+        header, audio = stage.recv(inbox, bus.UTTERANCES_IN)
         if header["type"] == "eos":
             stage.send(out, dict(header, stream="audio"))
             return
@@ -153,7 +154,7 @@ def faces(stage: Stage, face_options, preprocessing) -> None:
     cropper = FaceCropper(face_options, preprocessing)
     stage.report("ready")
     while True:
-        header, image = stage.recv(inbox)
+        header, image = stage.recv(inbox, bus.VIDEO_IN)
         if header["type"] == "eos":
             stage.send(out, dict(header, stream="video"))
             return

@@ -174,7 +174,8 @@ def evaluation_entry(report: dict) -> dict:
         "scoring": metrics.get("scoring"), "utterances": report.get("utterances"),
         "scores": {k: metrics[k] for k in SCORE_KEYS if k in metrics},
         "per_label_f1": dict(metrics["per_class_f1"]), "ece": metrics["ece"],
-        "evaluated": report.get("run"),
+        # the run or bundle scored ("run" in reports from before bundles could be evaluated)
+        "evaluated": report.get("model", report.get("run")),
     }
 
 

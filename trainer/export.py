@@ -180,7 +180,10 @@ def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp3
             "torch": {"student": "student.safetensors", "text_encoder": "text_encoder.onnx (onnxruntime)"},
         },
         "training": {"data": info["data"], "selected_epoch": info["selected_epoch"],
-                     "dev_weighted_f1": info["dev_weighted_f1"]},
+                     "dev_weighted_f1": info["dev_weighted_f1"],
+                     # how training cut and split its corpus: `trainer evaluate BUNDLE` does the same
+                     "speech_pad_ms": info.get("speech_pad_ms", 0),
+                     "dev_fraction": info["options"]["dev_fraction"], "seed": info["options"]["seed"]},
         "parity_max_abs_diff": {"student": student_diff, "text_encoder": text_diff},
     }
     write_card_files(bundle, build_card(info))  # hashed with the rest by write_manifest

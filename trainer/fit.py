@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
 from engines.faces import FaceOptions
+from engines.features import SPEECH_PAD_MS, presence, text_embeddings, text_inputs
 from engines.preprocess import Preprocessing
 from engines.heads import HEADS, MODALITIES
 from engines.student import INPUTS, Student, StudentConfig
 from engines.text import TextTokenizer
-from trainer.data import media_features, targets
+from trainer.data import media_features, targets, text_windows, with_speech_padding
 from trainer.losses import LearnableTemperature, LossWeights, total_loss
 from trainer.metrics import multilabel_scores, tune_thresholds
 from trainer.text_encoder import SentenceEncoder
@@ -90,15 +90,9 @@ def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing) 
 
 
 def student_texts(utterances: list, pre: Preprocessing) -> list[str]:
-    """What the student's text encoder reads for each utterance, built as the fusion
-    stage builds it live: past turns of the same dialogue, every speaker the unknown
-    one (the live pipeline has no diarization, so a model trained with speaker names
-    would meet a kind of prompt at run time it never saw)."""
-    from trainer.datasets import dialogue_windows
-
-    turn = lambda u: Turn(UNKNOWN_SPEAKER, u.text)
-    return [text_input(pre, [turn(v) for v in window[:-1]], turn(window[-1]))
-            for window in dialogue_windows(utterances, pre.text_context_turns)]
+    """What the student's text encoder reads for each utterance ("" without text): the
+    fusion stage's text input of the same Window (trainer.data.text_windows)."""
+    return text_inputs(text_windows(utterances, pre.text_context_turns), pre)
 
 
 def with_text_tokens(pre: Preprocessing, encoder: SentenceEncoder) -> Preprocessing:
@@ -114,11 +108,11 @@ def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
     cache = Path(opts.cache_dir).expanduser()
     with tqdm(total=len(utts), desc=f"features {split}", unit="utt", disable=not progress) as bar:
         feats = media_features(utts, pre, faces, cache, progress=bar.update)
-    feats["text_emb"] = embed_texts(encoder, student_texts(utts, pre), pre)
-    feats["present"] = np.stack(
-        [np.array([bool(u.text.strip()), m.any(), v.any()], np.float32)
-         for u, m, v in zip(utts, feats["audio_mask"], feats["video_mask"])]
-    ) if utts else np.zeros((0, 3), np.float32)
+    # The text part as the fusion stage assembles it (engines.features), embedded by
+    # the PyTorch encoder that text_encoder.onnx is exported from.
+    windows = text_windows(utts, pre.text_context_turns)
+    feats["text_emb"] = text_embeddings(windows, pre, lambda texts: embed_texts(encoder, texts, pre), encoder.dim)
+    feats["present"] = presence(windows, feats["audio_mask"], feats["video_mask"])
     allowed = np.array([m in opts.modalities for m in MODALITIES], np.float32)
     feats["present"] = feats["present"] * allowed
     feats["targets"] = targets(utts, corpus.labels)
@@ -285,24 +279,26 @@ def lr_at(step: int, total: int, warmup: int) -> float:
 
 def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces: FaceOptions,
         progress: bool = True, loss: LossWeights | None = None, media: str | Path | None = None,
-        resume: bool = False) -> dict:
+        resume: bool = False, speech_pad_ms: int = SPEECH_PAD_MS) -> dict:
     """Train on `data_spec` (any kind trainer.datasets.load reads) and write run directory `out`.
 
     loss: weights of every term (config.toml [loss]); media: where the corpus's media lie
-    when not under its path; resume: continue from out/last_state.pt.  Under torchrun
-    every rank trains on its share of each batch; rank 0 alone evaluates and writes, and
-    the other ranks return {"rank": N}.
+    when not under its path; resume: continue from out/last_state.pt; speech_pad_ms:
+    [vad] speech_pad_ms, by which media spans are padded as the live VAD pads speech.
+    Under torchrun every rank trains on its share of each batch; rank 0 alone evaluates
+    and writes, and the other ranks return {"rank": N}.
     """
     from trainer.placement import place
 
     where = place(opts.device, opts.mixed_precision)
     try:
-        return _fit(data_spec, out, opts, pre, faces, progress and where.main, loss, media, resume, where)
+        return _fit(data_spec, out, opts, pre, faces, progress and where.main, loss, media, resume, where,
+                    speech_pad_ms)
     finally:
         where.close()
 
 
-def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where) -> dict:
+def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where, speech_pad_ms) -> dict:
     from safetensors.torch import load_file, save_file
 
     from trainer.datasets import load
@@ -314,7 +310,7 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where)
     torch.manual_seed(opts.seed)
     np.random.seed(opts.seed)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = load(data_spec, media, opts.dev_fraction, opts.seed)
+    corpus = with_speech_padding(load(data_spec, media, opts.dev_fraction, opts.seed), speech_pad_ms)
     single_label = is_single_label(corpus)
     encoder = SentenceEncoder.for_preprocessing(opts.text_encoder, pre)
     pre = with_text_tokens(pre, encoder)
@@ -449,6 +445,7 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where)
         "text_encoder": str(encoder.path),
         "data": data_spec,
         "media": str(media) if media is not None else None,
+        "speech_pad_ms": speech_pad_ms,  # media spans were padded by this (evaluate pads the same)
         "train_utterances": int(n),
         # per modality, for the model card: which branches saw (real) data
         "train_present": {m: int(train["present"][:, i].sum()) for i, m in enumerate(MODALITIES)},
