@@ -30,6 +30,9 @@ class AsrOptions:
     # from Python only, detects it per utterance: slower, and unstable on one-word utterances)
     beam_size: int = 1  # 1 = greedy, the fastest; larger trades speed for a little accuracy
     cpu_threads: int = 2  # CTranslate2 threads on the CPU (0: it decides); leave cores for VAD and faces
+    speculative: bool = True  # transcribe an utterance as soon as its audio is complete, while
+    # the VAD still waits for its closing silence (min_silence_ms - speech_pad_ms earlier); the
+    # text is used if the silence holds and dropped if speech resumes; same text either way
     partial_every_s: float = 0.0  # > 0: transcribe an open utterance each time this many more
     # seconds of speech arrived (final: false); 0 = off; a partial is skipped while newer work
     # waits, so partials never delay final transcripts
@@ -95,3 +98,26 @@ class Transcriber:
         )
         # segments is a lazy generator: decoding happens while it is consumed.
         return " ".join(segment.text.strip() for segment in segments).strip()
+
+
+class Speculation:
+    """The ASR's early result for an utterance whose closing silence is still running.
+
+    The segmenter offers the utterance as it will be if the silence holds
+    (StreamingSegmenter.settled); its text is kept here and handed out only for the
+    utterance with the very same samples, so the text never depends on timing: a hit gives
+    what transcribing the final audio would have given.
+    """
+
+    def __init__(self) -> None:
+        self._kept: tuple[float, float, np.ndarray, str, float] | None = None
+
+    def keep(self, start: float, end: float, audio: np.ndarray, text: str, asr_s: float) -> None:
+        self._kept = (start, end, np.array(audio, dtype=np.float32), text, asr_s)
+
+    def take(self, start: float, end: float, audio: np.ndarray) -> tuple[str, float] | None:
+        """(text, asr_s) kept for exactly this utterance, else None; either way it is forgotten."""
+        kept, self._kept = self._kept, None
+        if kept is None or (kept[0], kept[1]) != (start, end) or not np.array_equal(kept[2], audio):
+            return None
+        return kept[3], kept[4]

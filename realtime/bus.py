@@ -111,7 +111,9 @@ SPECS: dict[str, Spec] = {
     "eos": Spec(optional={"session": str, "stream": str, "lost": str}),  # lost: a live device went away
     "utterance": Spec(_SPAN, dtype="float32", shape=(None,)),
     "partial": Spec(_SPAN, dtype="float32", shape=(None,)),
-    "transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}, dtype="float32", shape=(None,)),
+    "speculative": Spec(_SPAN, dtype="float32", shape=(None,)),  # an utterance if its silence holds
+    "transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}, optional={"early": bool},  # early: speculative
+                       dtype="float32", shape=(None,)),
     "partial_transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}),
     "face": Spec({**_AT, "found": bool}, dtype="uint8", shape=(None, None), array_required=False),
     "result": Spec({"body": dict}),
@@ -123,7 +125,7 @@ SPECS: dict[str, Spec] = {
 # What each socket's reader accepts.
 AUDIO_IN = ("audio", "eos")  # segmenter
 VIDEO_IN = ("frame", "eos")  # faces
-UTTERANCES_IN = ("utterance", "partial", "eos")  # asr
+UTTERANCES_IN = ("utterance", "partial", "speculative", "eos")  # asr
 FUSION_IN = ("transcript", "partial_transcript", "audio", "face", "eos")
 RESULTS_IN = ("result", "eos")  # supervisor
 REPORTS = ("ready", "heartbeat", "done", "error")  # supervisor's control channel

@@ -45,6 +45,9 @@ class FusionOptions:
             raise ValueError("keep_s must be >= window_s")
 
 
+DRAIN_MAX = 64  # messages taken before scoring: about 2 s of 32 ms audio chunks, well inside keep_s
+
+
 class Publisher:
     """The public PUB socket (XPUB, so it can see subscribers join) and the lossless results copy."""
 
@@ -130,7 +133,8 @@ class Fusion:
     def finished(self) -> bool:
         return self.audio_done and self.audio_complete and not self.pending and self.video_until == math.inf
 
-    def on_message(self, header: dict, array) -> None:
+    def on_message(self, header: dict, array, score: bool = True) -> None:
+        """Take one message; then, unless score is False, publish what it made ready."""
         kind = header["type"]
         if kind == "transcript":
             self.pending.append((header, array))
@@ -156,7 +160,8 @@ class Fusion:
                 self.audio_complete = True
             else:
                 self.video_until = math.inf
-        self.score_ready()
+        if score:
+            self.score_ready()
 
     def score_ready(self) -> None:
         while self.pending and self.pending[0][0]["end"] <= self.video_until:
@@ -212,8 +217,8 @@ class Fusion:
         self.history.add(Turn(window.speaker, utt["text"]))
         self.out.publish({"type": "utterance", "start": round(utt["start"], 3), "end": round(utt["end"], 3),
                           "text": utt["text"], **self._result(pred),
-                          "timing": {"asr_s": round(utt["asr_s"], 4), "infer_s": round(infer_s, 4),
-                                     "emitted_at": time.time()}})
+                          "timing": {"asr_s": round(utt["asr_s"], 4), "asr_early": bool(utt.get("early", False)),
+                                     "infer_s": round(infer_s, 4), "emitted_at": time.time()}})
 
     def score_window(self, end: float) -> None:
         start = max(0.0, end - self.options.window_s)
@@ -236,7 +241,16 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
     out.publish({"type": "status", "state": "started", "labels": engine.labels})
     state = Fusion(engine, fusion_options, out)
     while not state.finished:
-        state.on_message(*stage.recv(inbox, bus.FUSION_IN))
+        state.on_message(*stage.recv(inbox, bus.FUSION_IN), score=False)
+        # Take what is already queued (bounded: the audio ring must still hold every window's
+        # audio) before scoring: when this stage falls behind, a transcript waiting behind
+        # audio chunks and frames is scored before the window updates they make due, instead
+        # of after them.  What each result holds does not change, only the order.
+        for _ in range(DRAIN_MAX):
+            if not inbox.poll(0):
+                break
+            state.on_message(*stage.recv(inbox, bus.FUSION_IN), score=False)
+        state.score_ready()
     out.publish({"type": "status", "state": "finished"})
     stage.send(out.results, {"type": "eos"})
     out.public.close()

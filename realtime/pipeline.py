@@ -83,7 +83,8 @@ class Supervisor:
     def start_processing(self, bundle, session: str) -> None:
         cfg = self.config
         self.start("segmenter", functools.partial(stages.segmenter, vad_options=cfg.vad,
-                                                 partial_every_s=cfg.asr.partial_every_s))
+                                                 partial_every_s=cfg.asr.partial_every_s,
+                                                 speculative=cfg.asr.speculative))
         self.start("asr", functools.partial(stages.asr, asr_options=cfg.asr))
         self.start("faces", functools.partial(stages.faces, face_options=cfg.faces,
                                               preprocessing=bundle.preprocessing))

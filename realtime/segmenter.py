@@ -252,6 +252,25 @@ class StreamingSegmenter:
         end = min(self._vad_end, self._buffer.end)
         return SpeechSegment(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end))
 
+    def settled(self) -> SpeechSegment | None:
+        """The utterance that closes if the silence now running holds, once all of its audio
+        (the padding after the speech included) is scored; else None.
+
+        It is sample for sample the segment feed() will return when the silence reaches
+        min_silence_ms, so work done on it early (the ASR's) is valid for that utterance; if
+        speech resumes first, the utterance that eventually closes is longer and differs.
+        """
+        if self._speech_start is None or self._silence_start is None:
+            return None
+        speech_end = self._silence_start
+        if speech_end <= self._speech_start or speech_end - self._speech_start < self._min_speech:
+            return None  # _close would drop it
+        end = speech_end + self._pad
+        if end > min(self._vad_end, self._buffer.end):
+            return None  # the padding after the speech is not all heard yet
+        start = max(self._speech_start - self._pad, self._emitted_end)
+        return SpeechSegment(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end))
+
     # -- per-frame state machine ------------------------------------------------
 
     def _score_frame(self, frame: np.ndarray) -> list[SpeechSegment]:

@@ -129,12 +129,25 @@ def _is_clear(exc: Exception) -> bool:
     return isinstance(exc, (StageError, MediaError, BundleError, BackendUnavailable))
 
 
+def name_process(title: str) -> None:
+    """Set this process's name as `ps`, `top` and psutil show it (Linux; elsewhere a no-op),
+    so a stage's CPU and memory can be told apart from its siblings' (they all run `python`)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, title.encode()[:15], 0, 0, 0)  # 15 = PR_SET_NAME; the kernel keeps 15 bytes
+    except (OSError, AttributeError):
+        pass
+
+
 def run_stage(name: str, body: Callable[[Stage], None], endpoints: Endpoints, queue_limit: int,
               supervisor_pid: int) -> None:
     """Process entry point: run `body`, report how it ended, exit 0 or 1."""
     # The supervisor owns Ctrl-C: a stage must not die half-way through a
     # message because the terminal sent SIGINT to the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    name_process(f"rt-{name}")
     stage = Stage(name, endpoints, queue_limit, supervisor_pid)
     stage.heartbeat()  # the supervisor may already be gone
     try:

@@ -57,11 +57,13 @@ def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps
         stage.send(sock, {"type": "eos", "session": session})
 
 
-def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0) -> None:
+def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculative: bool = False) -> None:
     """Streaming voice activity detection: audio chunks in, utterance windows out.
 
     With partial_every_s > 0 the utterance still being spoken also goes to the ASR,
-    as a `partial`, each time that much more speech has been heard.
+    as a `partial`, each time that much more speech has been heard.  With speculative,
+    an utterance whose closing silence has begun goes to the ASR as a `speculative` as
+    soon as its audio is complete, so the ASR runs while the silence is still being timed.
     """
     from realtime.segmenter import StreamingSegmenter
 
@@ -72,6 +74,7 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0) -> None:
     stage.report("ready")
     seq = 0
     partial_at: tuple[float, float] | None = None  # (start, end) of the last partial sent
+    speculated: tuple[float, float] | None = None  # (start, end) of the last speculative sent
 
     def emit(kind: str, utt) -> None:
         nonlocal seq
@@ -96,6 +99,10 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0) -> None:
             stage.send(audio_copy, dict(copy_eos, lost=header["lost"]) if "lost" in header else copy_eos)
             stage.send(out, header)
             return
+        settled = vad.settled() if speculative else None
+        if settled is not None and (settled.start, settled.end) != speculated:
+            emit("speculative", settled)
+            speculated = (settled.start, settled.end)
         current = vad.open_utterance() if partial_every_s > 0 else None
         if current is not None:
             last = partial_at if partial_at and partial_at[0] == current.start else (current.start, current.start)
@@ -106,26 +113,37 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0) -> None:
 
 def asr(stage: Stage, asr_options) -> None:
     """faster-whisper on each utterance window; the audio travels on to fusion."""
-    from realtime.asr import Transcriber
+    from realtime.asr import Speculation, Transcriber
 
     inbox, out = stage.pull(stage.endpoints.utterances), stage.push(stage.endpoints.fusion)
     transcriber = Transcriber(asr_options)
+    speculation = Speculation()
     stage.report("ready")
     while True:
         header, audio = stage.recv(inbox, bus.UTTERANCES_IN)
         if header["type"] == "eos":
             stage.send(out, dict(header, stream="audio"))
             return
-        if header["type"] == "partial" and inbox.poll(0):
-            continue  # newer audio is waiting: a stale partial would only delay it
-        t0 = time.perf_counter()
-        text = transcriber.transcribe(audio)
-        asr_s = time.perf_counter() - t0
+        if header["type"] in ("partial", "speculative") and inbox.poll(0):
+            continue  # newer audio is waiting (a speculative's own final, at worst): do that first
+        if header["type"] == "speculative":
+            t0 = time.perf_counter()
+            speculation.keep(header["start"], header["end"], audio, transcriber.transcribe(audio),
+                             time.perf_counter() - t0)
+            continue
+        early = speculation.take(header["start"], header["end"], audio) if header["type"] == "utterance" else None
+        if early is not None:
+            text, asr_s = early  # transcribed while the closing silence was still being timed
+        else:
+            t0 = time.perf_counter()
+            text = transcriber.transcribe(audio)
+            asr_s = time.perf_counter() - t0
         fields = {k: header[k] for k in ("session", "seq", "start", "end")}
         if header["type"] == "partial":
             stage.send(out, {"type": "partial_transcript", **fields, "text": text, "asr_s": asr_s})
         else:
-            stage.send(out, {"type": "transcript", **fields, "text": text, "asr_s": asr_s}, audio)
+            stage.send(out, {"type": "transcript", **fields, "text": text, "asr_s": asr_s,
+                             "early": early is not None}, audio)
 
 
 def faces(stage: Stage, face_options, preprocessing) -> None:

@@ -74,3 +74,42 @@ def test_auto_picks_cuda_only_when_there_is_a_gpu(monkeypatch, gpus, device, com
 def test_bad_options_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         AsrOptions(**{field: value})
+
+
+def test_speculation_is_used_when_the_silence_holds_and_dropped_when_speech_resumes(transcriber):
+    """Speculative ASR as the asr stage runs it: transcribe each settled segment early, and
+    take the early text only for the utterance with the same samples."""
+    from realtime.asr import Speculation
+
+    first, second = speech.say("please close the door"), speech.say("when you leave")
+    rate = speech.SAMPLE_RATE
+    pause = np.zeros(int(0.4 * rate), np.float32)  # the VAD pads 0.2 s, closes after 0.5 s
+    gap = np.zeros(int(1.2 * rate), np.float32)
+    audio = np.concatenate([gap, first, pause, second, gap, speech.say(TEXTS[2]), gap])
+    segmenter, speculation = StreamingSegmenter(VadOptions()), Speculation()
+    speculated, results = [], []
+    for i in range(0, len(audio), 512):
+        for utt in segmenter.feed(audio[i:i + 512], i / rate):
+            early = speculation.take(utt.start, utt.end, utt.audio)
+            results.append((utt, early))
+        settled = segmenter.settled()
+        if settled is not None and (not speculated or speculated[-1].end != settled.end):
+            speculated.append(settled)
+            speculation.keep(settled.start, settled.end, settled.audio, transcriber.transcribe(settled.audio), 0.1)
+    assert len(results) == 2 and len(speculated) == 3  # the pause, and each utterance's end
+    (joined, early_joined), (last, early_last) = results
+    # The speculation made at the pause was replaced: the joined utterance used its own.
+    assert early_joined is not None and early_last is not None
+    assert early_joined[0] == transcriber.transcribe(joined.audio)  # the same text as without speculation
+    assert early_last[0] == transcriber.transcribe(last.audio)
+    assert "leave" in early_joined[0].lower()
+    # Dropped: the text made at the pause is not handed out for the longer utterance.
+    stale = Speculation()
+    stale.keep(speculated[0].start, speculated[0].end, speculated[0].audio, "at the pause", 0.1)
+    assert stale.take(joined.start, joined.end, joined.audio) is None
+    # Taken once: a second take (same utterance) finds nothing.
+    assert speculation.take(last.start, last.end, last.audio) is None
+    # Same times but other samples (a different stream) are not a hit either.
+    same_times = Speculation()
+    same_times.keep(last.start, last.end, last.audio * 0.5, "other", 0.1)
+    assert same_times.take(last.start, last.end, last.audio) is None

@@ -80,15 +80,17 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
     assert all(w["modalities"] == ["audio", "video"] for w in windows)
 
     # Same file, same probabilities and transcripts; partial transcripts, switched on
-    # here, add messages but change no result.
+    # here, add messages but change no result, and neither does speculative ASR, off here.
     again = tmp_path / "again.jsonl"
     result = _replay(media, bundle, again, f"tcp://127.0.0.1:{free_port()}", "--all-messages",
-                     "--set", "asr.partial_every_s=0.5")
+                     "--set", "asr.partial_every_s=0.5", "--set", "asr.speculative=false")
     assert result.returncode == 0, result.stderr
     messages = [json.loads(l) for l in again.read_text().splitlines()]
     # Window updates interleave with utterances by arrival, so seq may differ; content may not.
     strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq")}
     assert [strip(m) for m in messages if m["type"] == "utterance"] == [strip(l) for l in lines]
+    # Every window too: none is lost when the ASR's end of stream overtakes the last audio chunks.
+    assert [strip(m) for m in messages if m["type"] == "window"] == [strip(w) for w in windows]
     for message in messages:
         jsonschema.validate(message, protocol.schema())
     finals = [m for m in messages if m["type"] == "transcript" and m["final"]]

@@ -187,3 +187,56 @@ def test_other_sample_rates_are_refused():
 def test_stereo_is_refused():
     with pytest.raises(ValueError, match="mono"):
         StreamingSegmenter(VadOptions()).feed(np.zeros((100, 2), np.float32), 0.0)
+
+
+def _speculate(audio: np.ndarray, chunk: int, options: VadOptions | None = None):
+    """Feed in chunks; returns (utterances, settled segments in the order first offered)."""
+    segmenter = StreamingSegmenter(options or VadOptions())
+    utterances, offered = [], []
+    for i in range(0, len(audio), chunk):
+        utterances += segmenter.feed(audio[i:i + chunk], T0 + i / SR)
+        settled = segmenter.settled()
+        if settled is not None and (not offered or (offered[-1].start, offered[-1].end) != (settled.start, settled.end)):
+            offered.append(settled)
+    return utterances + segmenter.flush(), offered
+
+
+def test_settled_is_the_utterance_that_closes_before_its_silence_ends(talk):
+    """What speculative ASR transcribes: the very samples of the utterance that closes,
+    offered min_silence_ms - speech_pad_ms (300 ms) before it closes."""
+    audio, spans = talk
+    opts = VadOptions()
+    segmenter = StreamingSegmenter(opts)
+    offered_at, closed_at, offered, closed = [], [], [], []
+    chunk = 160
+    for i in range(0, len(audio), chunk):
+        found = segmenter.feed(audio[i:i + chunk], T0 + i / SR)
+        closed += found
+        closed_at += [i + chunk] * len(found)
+        settled = segmenter.settled()
+        if settled is not None and (not offered or offered[-1].end != settled.end):
+            offered.append(settled)
+            offered_at.append(i + chunk)
+    assert len(closed) == len(spans) == len(offered)
+    for early, final in zip(offered, closed):
+        assert (early.start, early.end) == (final.start, final.end)
+        assert np.array_equal(early.audio, final.audio)
+    saved_ms = [(c - o) / SR * 1000 for o, c in zip(offered_at, closed_at)]
+    expected = opts.min_silence_ms - opts.speech_pad_ms
+    assert all(expected - 2 * FRAME / SR * 1000 <= s <= expected + FRAME / SR * 1000 for s in saved_ms), saved_ms
+
+
+def test_settled_is_not_the_utterance_when_speech_resumes():
+    """A pause longer than the padding but shorter than min_silence_ms: a settled segment is
+    offered at the pause, and the utterance that finally closes is a different, longer one."""
+    first, second = speech.say("please close the door"), speech.say("when you leave")
+    pause = np.zeros(int(0.4 * SR), np.float32)  # > speech_pad_ms 200, < min_silence_ms 500
+    gap = np.zeros(int(1.2 * SR), np.float32)
+    audio = np.concatenate([gap, first, pause, second, gap])
+    utterances, offered = _speculate(audio, chunk=512)
+    assert len(utterances) == 1  # the pause did not close it
+    assert len(offered) == 2  # one at the pause, one at the end
+    at_pause, at_end = offered
+    assert at_pause.end < utterances[0].end
+    assert (at_end.start, at_end.end) == (utterances[0].start, utterances[0].end)
+    assert np.array_equal(at_end.audio, utterances[0].audio)

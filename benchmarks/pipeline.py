@@ -1,0 +1,500 @@
+"""Speed of the whole pipeline: live latency, replay speed against bare faster-whisper, WER.
+
+  python benchmarks/pipeline.py [--model BUNDLE] [--runs 3] [--live-runs 3] [--set SECTION.KEY=VALUE ...]
+
+Everything runs as whole processes, as a user runs them:
+- live: `realtime serve` with the session's mp4 as the camera and a PulseAudio null-sink
+  microphone fed in real time by `paplay` (as tests/test_live.py does).  The end of each
+  utterance's speech is taken from the audio itself (energy of the played file inside the
+  utterance's known placement), as a wall-clock time: the moment paplay was started plus
+  that offset.  Latency = the `timing.emitted_at` of the utterance message holding that end
+  minus that time.  Time paplay and PulseAudio take to start playing counts as latency, so the
+  figures are, if anything, too high.  Window latency: a window update's `emitted_at` minus
+  the wall time its end (its newest audio) was played; serve's media clock is laid over the
+  wav by the shift that best overlaps the utterance messages with the known speech, so
+  this one is good to a VAD frame or two (tens of ms).
+- replay: `realtime replay` of the same mp4 against a bare faster-whisper script over the same
+  file (same model, threads and decoding, its own VAD), both from process start to exit.
+- per process (psutil on the process tree; stages name themselves rt-STAGE): CPU seconds and
+  peak resident memory (VmHWM).
+
+The session is synthetic (trainer.synth: espeak-ng speech, rendered face video), so this runs
+anywhere; without --model the student is a random-init bundle (speed does not depend on its
+weights; the transcripts, hence the WER, do not depend on it at all).
+
+Writes benchmarks/results/pipeline.json (benchmarks.report keys; `metrics` flat, medians over runs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
+
+from benchmarks.report import check_tree, result_json, write  # noqa: E402
+
+SAMPLE_RATE = 16000
+ENERGY_FRAME = 160  # 10 ms frames for the end-of-speech search
+
+# Bare faster-whisper on the whole file, as one process: the floor the pipeline's replay is held to.
+BARE_WHISPER = r"""
+import sys, time
+from faster_whisper import WhisperModel
+from engines.offline import resolve_whisper_model
+model = WhisperModel(resolve_whisper_model(sys.argv[2]), device="cpu", compute_type="int8",
+                     cpu_threads=int(sys.argv[3]), num_workers=1)
+segments, _ = model.transcribe(sys.argv[1], language="en", beam_size=1, temperature=0.0,
+                               condition_on_previous_text=False, vad_filter=True, without_timestamps=True)
+print(" ".join(s.text.strip() for s in segments))
+"""
+
+
+# --------------------------------------------------------------------------- the session
+
+
+def make_session(out: Path, seed: int, utterances: int) -> tuple[Path, Path, list[dict], float]:
+    """mp4, wav (its decoded audio), truth rows with `speech_end` (s, from the audio) and duration."""
+    from engines.media import read_media
+    from trainer.synth import generate
+
+    manifest = generate(out, sessions=1, seed=seed, utterances_per_session=utterances, progress=False, workers=1)
+    rows = [json.loads(l) for l in manifest.read_text().splitlines()]
+    media = out / rows[0]["file"]
+    audio, _, _ = read_media(media, SAMPLE_RATE)
+    for row, end in zip(rows, speech_ends(audio, rows)):
+        row["speech_end"] = end
+    wav = out / "speech.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
+    return media, wav, rows, len(audio) / SAMPLE_RATE
+
+
+def speech_ends(audio: np.ndarray, rows: list[dict]) -> list[float]:
+    """Per utterance, the end of its last 10 ms frame louder than 10x the room noise.
+
+    Searched inside the utterance's placement (extended up to the next one), so the figure
+    comes from the samples played, not from the VAD under test."""
+    n = len(audio) // ENERGY_FRAME
+    rms = np.sqrt(np.mean(audio[: n * ENERGY_FRAME].reshape(n, ENERGY_FRAME) ** 2, axis=1))
+    speech = np.zeros(n, bool)
+    for row in rows:
+        speech[int(row["start"] * 100): int(row["end"] * 100) + 1] = True
+    threshold = 10 * float(np.median(rms[~speech]))
+    ends = []
+    for i, row in enumerate(rows):
+        lo = int(row["start"] * 100)
+        hi = min(n, int(rows[i + 1]["start"] * 100) if i + 1 < len(rows) else n)
+        loud = np.flatnonzero(rms[lo:hi] > threshold)
+        ends.append((lo + loud[-1] + 1) / 100 if loud.size else row["end"])
+    return ends
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class TreeMonitor:
+    """CPU seconds and peak RSS of a process and its descendants, sampled until stopped.
+
+    Stages name themselves rt-STAGE (realtime.stage.name_process); the root is `main`."""
+
+    def __init__(self, pid: int, every_s: float = 0.1):
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.every = every_s
+        self.seen: dict[int, dict] = {}  # pid -> name, cpu_s, peak_mb
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self, proc, name: str) -> None:
+        try:
+            with proc.oneshot():
+                cpu = proc.cpu_times()
+                peak = 0.0
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = int(line.split()[1]) / 1024
+            entry = self.seen.setdefault(proc.pid, {"name": name, "cpu_s": 0.0, "peak_mb": 0.0})
+            entry["name"] = name  # a stage renames itself after it starts
+            entry["cpu_s"] = max(entry["cpu_s"], cpu.user + cpu.system)
+            entry["peak_mb"] = max(entry["peak_mb"], peak)
+        except (OSError, ValueError, Exception):  # the process ended between listing and reading
+            pass
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                children = self.root.children(recursive=True)
+            except psutil.Error:
+                children = []
+            self._sample(self.root, "main")
+            for child in children:
+                try:
+                    name = child.name()
+                except psutil.Error:
+                    continue
+                self._sample(child, name[3:] if name.startswith("rt-") else "other")
+            self._stop.wait(self.every)
+
+    def stop(self) -> dict[str, dict]:
+        """Per name (stage, main, other): summed CPU seconds and peak RSS in MB."""
+        self._stop.set()
+        self._thread.join()
+        out: dict[str, dict] = {}
+        for entry in self.seen.values():
+            agg = out.setdefault(entry["name"], {"cpu_s": 0.0, "peak_mb": 0.0})
+            agg["cpu_s"] += entry["cpu_s"]
+            agg["peak_mb"] = max(agg["peak_mb"], entry["peak_mb"])
+        return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def realtime_cmd(*args: str, sets: list[str]) -> list[str]:
+    return [sys.executable, "-m", "realtime.cli", *args, *[a for s in sets for a in ("--set", s)]]
+
+
+def dump_tree(pid: int) -> None:
+    """Print where each process of a hung run is (py-spy dump), for the report."""
+    import psutil
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            name = proc.name()
+        except psutil.Error:
+            continue
+        out = subprocess.run([spy, "dump", "--pid", str(proc.pid)], capture_output=True, text=True, timeout=60)
+        print(f"--- {name} ({proc.pid})\n{out.stdout[-3000:]}{out.stderr[-500:]}", file=sys.stderr, flush=True)
+
+
+def code_root() -> str:
+    """The checkout whose realtime package a run uses: the first entry of PYTHONPATH (see main)."""
+    return os.environ["PYTHONPATH"].split(os.pathsep)[0]
+
+
+def kill_tree(pid: int) -> None:
+    """Kill a process and everything it started (a run that hangs must not outlive the benchmark)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def replay_run(media: Path, bundle: Path, work: Path, sets: list[str], timeout_s: float = 300) -> dict | None:
+    """One replay as a whole process; None (reported) when it does not finish in timeout_s."""
+    out = work / "replay.jsonl"
+    cmd = realtime_cmd("replay", str(media), "--model", str(bundle), "--out", str(out), "--all-messages",
+                       "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--quiet", sets=sets)
+    t0 = time.perf_counter()
+    # cwd: `python -m` puts the working directory first on sys.path, before PYTHONPATH.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=code_root())
+    monitor = TreeMonitor(proc.pid)
+    try:
+        _, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        dump_tree(proc.pid)
+        kill_tree(proc.pid)
+        _, err = proc.communicate()
+        monitor.stop()
+        print(f"replay did not finish in {timeout_s} s (not counted):\n{err[-2000:]}", file=sys.stderr, flush=True)
+        return None
+    wall = time.perf_counter() - t0
+    procs = monitor.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"replay failed:\n{err}")
+    messages = [json.loads(l) for l in out.read_text().splitlines()]
+    return {"wall_s": wall, "messages": messages, "procs": procs}
+
+
+def bare_whisper_run(media: Path, model: str, threads: int) -> dict:
+    t0 = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", BARE_WHISPER, str(media), model, str(threads)],
+                            capture_output=True, text=True, timeout=900, cwd=ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(f"bare faster-whisper failed:\n{result.stderr}")
+    return {"wall_s": time.perf_counter() - t0, "text": result.stdout.strip()}
+
+
+class VirtualMicrophone:
+    """A PulseAudio daemon with a null sink whose monitor is the source `virtmic` (tests/test_live.py)."""
+
+    def __init__(self, work: Path):
+        for tool in ("pulseaudio", "paplay"):
+            if shutil.which(tool) is None:
+                raise RuntimeError(f"{tool} not installed (Debian package pulseaudio): no live runs")
+        self.env = dict(os.environ, XDG_RUNTIME_DIR=str(work / "pulse"), PULSE_SOURCE="virtmic")
+        os.makedirs(self.env["XDG_RUNTIME_DIR"], exist_ok=True)
+        subprocess.run(["pulseaudio", "-D", "-n", "--exit-idle-time=-1", "--disallow-exit",
+                        "--load=module-native-protocol-unix",
+                        "--load=module-null-sink sink_name=virtmic_sink rate=16000 channels=1",
+                        "--load=module-remap-source master=virtmic_sink.monitor source_name=virtmic"],
+                       env=self.env, check=True, capture_output=True, timeout=30)
+
+    def close(self) -> None:
+        subprocess.run(["pulseaudio", "--kill"], env=self.env, capture_output=True, timeout=30)
+
+
+def live_run(media: Path, wav: Path, duration: float, bundle: Path, work: Path, mic: VirtualMicrophone,
+             sets: list[str]) -> dict:
+    messages_path, log = work / "live.jsonl", work / "serve.log"
+    cmd = realtime_cmd("serve", "--model", str(bundle), "--camera", str(media), "--microphone", "pulse",
+                       "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--jsonl", str(messages_path),
+                       "--duration", str(duration + 8), "--quiet", sets=sets)
+    with log.open("w") as err:
+        serve = subprocess.Popen(cmd, env=mic.env, stdout=subprocess.DEVNULL, stderr=err, cwd=code_root())
+        monitor = TreeMonitor(serve.pid)
+        try:
+            deadline = time.monotonic() + 300
+            while "serving session" not in log.read_text():
+                if serve.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"serve did not start:\n{log.read_text()}")
+                time.sleep(0.05)
+            played_at = time.time()  # wall clock of the wav's sample 0 (paplay's start-up counts as latency)
+            subprocess.run(["paplay", "--device=virtmic_sink", str(wav)], env=mic.env, check=True,
+                           timeout=duration + 60)
+            if serve.wait(timeout=300) != 0:
+                raise RuntimeError(f"serve failed:\n{log.read_text()}")
+        finally:
+            if serve.poll() is None:
+                kill_tree(serve.pid)
+    procs = monitor.stop()
+    messages = [json.loads(l) for l in messages_path.read_text().splitlines()]
+    return {"played_at": played_at, "messages": messages, "procs": procs}
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def normalise(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+
+def wer(rows: list[dict], texts: list[str]) -> float:
+    import jiwer
+
+    return float(jiwer.wer(normalise(" ".join(r["text"] for r in rows)), normalise(" ".join(texts))))
+
+
+def media_offset(rows: list[dict], utterances: list[dict]) -> float:
+    """Media time (serve's session clock) of the wav's sample 0: the shift that best lays the
+    utterance messages' spans over the known spans of speech (searched in 10 ms steps).
+    Used only to pair messages with spoken utterances and to place window ends on the wall clock."""
+    best, best_overlap = 0.0, -1.0
+    for shift in np.arange(0.0, 120.0, 0.01):
+        overlap = sum(max(0.0, min(r["speech_end"] + shift, u["end"]) - max(r["start"] + shift, u["start"]))
+                      for r in rows for u in utterances)
+        if overlap > best_overlap:
+            best, best_overlap = float(shift), overlap
+    return best
+
+
+def live_latencies(run: dict, rows: list[dict]) -> dict:
+    """End of speech -> utterance message, per spoken utterance; window update delays."""
+    utterances = [m for m in run["messages"] if m["type"] == "utterance"]
+    shift = media_offset(rows, utterances) if utterances else 0.0
+    latencies = []
+    for row in rows:
+        # The message that holds the end of this speech (the last piece, if the VAD cut it).
+        end = row["speech_end"] + shift
+        holding = [u for u in utterances if u["start"] <= end <= u["end"] + 0.1]
+        if holding:
+            message = max(holding, key=lambda u: u["end"])
+            latencies.append(message["timing"]["emitted_at"] - (run["played_at"] + row["speech_end"]))
+    # Wall time of media time 0: the wav's sample 0 was played at played_at.
+    clock = run["played_at"] - shift
+    windows = [m for m in run["messages"] if m["type"] == "window"]
+    return {"latencies": latencies, "missed": len(rows) - len(latencies),
+            "window_delays": [m["timing"]["emitted_at"] - (clock + m["end"]) for m in windows],
+            "asr_s": [u["timing"]["asr_s"] for u in utterances],
+            "asr_early": [u["timing"].get("asr_early", False) for u in utterances], "infer_s": [u["timing"]["infer_s"] for u in utterances],
+            "texts": [u["text"] for u in utterances]}
+
+
+def pct(values, q) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def median(values) -> float:
+    return float(np.median(values)) if len(values) else float("nan")
+
+
+def proc_metrics(prefix: str, runs: list[dict]) -> dict:
+    names = sorted({n for r in runs for n in r["procs"]})
+    out = {}
+    for name in names:
+        present = [r["procs"][name] for r in runs if name in r["procs"]]
+        out[f"{prefix}_cpu_s_{name}"] = round(median([p["cpu_s"] for p in present]), 2)
+        out[f"{prefix}_peak_rss_mb_{name}"] = round(median([p["peak_mb"] for p in present]), 1)
+    return out
+
+
+def replay_metrics(prefix: str, rows: list[dict], duration: float, replays: list[dict], bares: list[dict]) -> dict:
+    replay_wall, bare_wall = median([r["wall_s"] for r in replays]), median([b["wall_s"] for b in bares])
+    texts = [[m["text"] for m in r["messages"] if m["type"] == "utterance"] for r in replays]
+    utt = [m for r in replays for m in r["messages"] if m["type"] == "utterance"]
+    win = [m for r in replays for m in r["messages"] if m["type"] == "window"]
+    # Windows interleave with utterances by arrival, so compare each type's messages in order.
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq")}
+    by_type = lambda run: {t: [strip(m) for m in run["messages"] if m["type"] == t]
+                           for t in ("utterance", "window", "transcript", "status")}
+    same = all(by_type(r) == by_type(replays[0]) for r in replays)
+    return {f"{prefix}{k}": v for k, v in {
+        "replay_wall_s": round(replay_wall, 3), "bare_whisper_wall_s": round(bare_wall, 3),
+        "replay_speed": round(duration / replay_wall, 3), "overhead_ratio": round(replay_wall / bare_wall, 3),
+        "wer": round(wer(rows, texts[0]), 4), "bare_whisper_wer": round(wer(rows, [bares[0]["text"]]), 4),
+        "replay_deterministic": int(same),  # every message but timing and seq the same in every run
+        "replay_asr_ms_p50": round(1000 * median([u["timing"]["asr_s"] for u in utt]), 1),
+        "replay_asr_early_fraction": round(float(np.mean([u["timing"].get("asr_early", False) for u in utt])), 3),
+        "replay_utterance_infer_ms_p50": round(1000 * median([u["timing"]["infer_s"] for u in utt]), 2),
+        "replay_window_infer_ms_p50": round(1000 * median([w["timing"]["infer_s"] for w in win]), 2),
+        **proc_metrics("replay", replays)}.items()}
+
+
+def live_metrics(prefix: str, rows: list[dict], lives: list[dict]) -> dict:
+    lat = [l for r in lives for l in r["latencies"]]
+    delays = [d for r in lives for d in r["window_delays"]]
+    return {f"{prefix}{k}": v for k, v in {
+        "latency_p50_ms": round(1000 * pct(lat, 50), 1), "latency_p95_ms": round(1000 * pct(lat, 95), 1),
+        "latency_p99_ms": round(1000 * pct(lat, 99), 1),
+        "latency_p50_ms_run_median": round(1000 * median([median(r["latencies"]) for r in lives]), 1),
+        "window_latency_p50_ms": round(1000 * pct(delays, 50), 1),
+        "window_latency_p95_ms": round(1000 * pct(delays, 95), 1),
+        "live_utterances_missed": sum(r["missed"] for r in lives),
+        "live_wer": round(median([wer(rows, r["texts"]) for r in lives]), 4),
+        "live_asr_ms_p50": round(1000 * median([a for r in lives for a in r["asr_s"]]), 1),
+        "live_asr_early_fraction": round(float(np.mean([e for r in lives for e in r["asr_early"]])), 3),
+        "live_utterance_infer_ms_p50": round(1000 * median([a for r in lives for a in r["infer_s"]]), 2),
+        **proc_metrics("live", lives)}.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="model bundle (default: a random-init bundle made here)")
+    parser.add_argument("--runs", type=int, default=3, help="replay runs, and bare faster-whisper runs")
+    parser.add_argument("--live-runs", type=int, default=3, help="live serve runs (0: none)")
+    parser.add_argument("--seed", type=int, default=4242, help="synthetic session seed")
+    parser.add_argument("--utterances", type=int, default=6, help="utterances in the session")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="setting passed to every realtime run, e.g. asr.speculative=false (repeatable)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the realtime code in DIR (e.g. `git archive main | tar -x -C DIR`), "
+                             "each of its runs next to one of this checkout's, so both see the same machine "
+                             "state; its metrics are prefixed baseline_")
+    parser.add_argument("--baseline-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="setting for the baseline runs only (repeatable)")
+    parser.add_argument("--asr-model", default="tiny.en", help="the Whisper model (as [asr] model)")
+    parser.add_argument("--asr-threads", type=int, default=2, help="as [asr] cpu_threads, for bare faster-whisper")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pipeline.json")
+    args = parser.parse_args(argv)
+    check_tree()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    pythonpath = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [pythonpath])])
+    sets = [f"asr.model={args.asr_model}", f"asr.cpu_threads={args.asr_threads}", *args.sets]
+    # (prefix, code root, settings): the code a run imports comes first on its PYTHONPATH.
+    variants = [("", ROOT, sets)]
+    if args.baseline:
+        variants.insert(0, ("baseline_", args.baseline.resolve(), [*sets, *args.baseline_set]))
+    started, load_at_start = time.perf_counter(), list(os.getloadavg())
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        work = Path(tmp)
+        media, wav, rows, duration = make_session(work / "session", args.seed, args.utterances)
+        print(f"session: {duration:.1f} s, {len(rows)} utterances", flush=True)
+        if args.model:
+            bundle = args.model
+        else:
+            from benchmarks.engine_latency import tiny_bundle
+
+            bundle = tiny_bundle(work / "bundle", "fp32")
+        metrics: dict[str, float] = {"media_s": round(duration, 2), "utterances": len(rows)}
+
+        def use(code: Path) -> None:
+            os.environ["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [pythonpath])])
+
+        replays = {prefix: [] for prefix, _, _ in variants}
+        failures = {prefix: 0 for prefix, _, _ in variants}
+        bares = {prefix: [] for prefix, _, _ in variants}
+        for i in range(args.runs):  # interleaved, so every variant sees the same machine state
+            for prefix, code, settings in variants:
+                use(code)
+                run = replay_run(media, bundle, work, settings)
+                if run is None:
+                    failures[prefix] += 1
+                    continue
+                replays[prefix].append(run)
+                bares[prefix].append(bare_whisper_run(media, args.asr_model, args.asr_threads))
+                print(f"{prefix or 'this '}replay {i + 1}: {replays[prefix][-1]['wall_s']:.2f} s, "
+                      f"bare faster-whisper {bares[prefix][-1]['wall_s']:.2f} s", flush=True)
+        if args.runs:
+            for prefix, _, _ in variants:
+                metrics[f"{prefix}replay_hung"] = failures[prefix]
+                if replays[prefix]:
+                    metrics.update(replay_metrics(prefix, rows, duration, replays[prefix], bares[prefix]))
+
+        lives = {prefix: [] for prefix, _, _ in variants}
+        if args.live_runs:
+            mic = VirtualMicrophone(work)
+            try:
+                for i in range(args.live_runs):
+                    for prefix, code, settings in variants:
+                        use(code)
+                        run = live_run(media, wav, duration, bundle, work, mic, settings)
+                        run.update(live_latencies(run, rows))
+                        lives[prefix].append(run)
+                        print(f"{prefix or 'this '}live {i + 1}: latency ms "
+                              + " ".join(f"{1000 * l:.0f}" for l in run["latencies"])
+                              + f" (missed {run['missed']})", flush=True)
+            finally:
+                mic.close()
+            for prefix, _, _ in variants:
+                metrics.update(live_metrics(prefix, rows, lives[prefix]))
+    write(args.out, result_json(
+        "pipeline", started, args.asr_threads, metrics,
+        bundle=str(args.model) if args.model else "random-init bundle (speed does not depend on weights)",
+        settings=sets, runs={"replay": args.runs, "live": args.live_runs},
+        baseline=({"code": str(args.baseline), "settings": [*sets, *args.baseline_set]} if args.baseline else None),
+        load_average={"start": load_at_start, "end": list(os.getloadavg())},  # 1, 5, 15 min: is the machine quiet?
+        notes="latency: utterance message emitted_at minus (paplay start + end of speech in the file, by "
+              "energy); medians over runs; percentiles over all utterances of all runs"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
