@@ -31,6 +31,9 @@ class Engine:
         self.backend = backend
         self.labels = bundle.labels
         self.pre = bundle.preprocessing
+        # Bundles before the manifest named them read every modality.
+        self.modalities = tuple(bundle.manifest.get("modalities", HEADS[1:]))
+        self._allowed = np.array([m in self.modalities for m in HEADS[1:]], dtype=np.float32)
         self._tokenize = TextTokenizer.for_preprocessing(bundle.file("tokenizer"), self.pre)
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
@@ -45,7 +48,9 @@ class Engine:
 
     def features(self, windows: list[Window]) -> dict[str, np.ndarray]:
         """The student's inputs for `windows`: engines.features, the trainer's assembler too."""
-        return student_inputs(windows, self.pre, self.embed_text, self.bundle.manifest["text_dim"])
+        feeds = student_inputs(windows, self.pre, self.embed_text, self.bundle.manifest["text_dim"])
+        feeds["present"] = feeds["present"] * self._allowed  # what the bundle does not read stays hidden
+        return feeds
 
     def predict(self, feeds: dict[str, np.ndarray]) -> list[Prediction]:
         """Predictions for inputs made by `features`."""

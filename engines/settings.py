@@ -45,6 +45,7 @@ KNOWN_SECTIONS = {
     "synth": "`trainer synth`: the synthetic corpus",
     "train": "`trainer fit`",
     "loss": "`trainer fit`: weight of each term of trainer.losses.total_loss (0 removes it)",
+    "recipe": "`trainer recipe real`: the default bundle from real data",
 }
 
 CONFIG_HEADER = """\

@@ -25,12 +25,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from engines.heads import HEADS
+from engines.face_net import FER_FEATURES, FER_LABELS, MiniXception
+from engines.heads import HEADS, MODALITIES
 from engines.preprocess import Preprocessing
 
 # Inputs of Student.forward and of the exported graph, in order.
 INPUTS = ("text_emb", "mel", "audio_mask", "video", "video_mask", "present")
 NEG = -1e4  # additive mask value; -inf would turn a fully masked row into NaN
+VIDEO_ENCODERS = ("tubelets", "fer")
 
 
 @dataclass
@@ -46,6 +48,26 @@ class StudentConfig:
     # projection per teacher and head; empty = no KD projections.
     kd_dims: dict[str, int] = field(default_factory=dict)
     shift_threshold: float = 0.1  # TelME's theta (eq. 19): the shift is at most this share of |text|
+    # What the video peer reads.  "tubelets": 2x16x16 tubelets of the face crops (SeMuL-PCD),
+    # learnt from scratch.  "fer": every crop goes through the frozen FER2013 mini-XCEPTION
+    # (engines.face_net, inside the graph); the peer reads each frame's pooled features and
+    # class probabilities, and for the labels FER knows the video head's logit IS FER's
+    # (the logit of its probability averaged over the frames with a face), so the branch
+    # keeps what FER2013's real faces taught it instead of re-learning it from few faces.
+    video_encoder: str = "tubelets"
+    # With video_encoder "fer": for each label, the index of its FER class (-1: none).
+    fer_classes: list[int] = field(default_factory=list)
+    # The branches that are built.  A modality the model never reads (audio in the real
+    # recipe) gets no peer: no weights, no compute; its token is zero and always masked.
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+
+    def __post_init__(self):
+        if not self.modalities or set(self.modalities) - set(MODALITIES):
+            raise ValueError(f"modalities must be a non-empty subset of {list(MODALITIES)}, got {self.modalities}")
+        if self.video_encoder not in VIDEO_ENCODERS:
+            raise ValueError(f"video_encoder must be one of {', '.join(VIDEO_ENCODERS)}, got {self.video_encoder!r}")
+        if self.video_encoder == "fer" and len(self.fer_classes) != self.n_labels:
+            raise ValueError(f"video_encoder 'fer' needs fer_classes for each of the {self.n_labels} labels")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,9 +154,16 @@ class Student(nn.Module):
         super().__init__()
         self.cfg, self.pre = cfg, pre
         t, h, w = pre.tubelet
-        self.text = Peer(cfg, cfg.text_dim, 1)
-        self.audio = Peer(cfg, pre.n_mels * pre.audio_patch, pre.audio_tokens)
-        self.video = Peer(cfg, t * h * w, pre.video_tokens)
+        self.text = Peer(cfg, cfg.text_dim, 1) if "text" in cfg.modalities else None
+        self.audio = Peer(cfg, pre.n_mels * pre.audio_patch, pre.audio_tokens) if "audio" in cfg.modalities else None
+        if "video" not in cfg.modalities:
+            self.video = None
+        elif cfg.video_encoder == "fer":
+            self.face_net = MiniXception().requires_grad_(False)  # weights: trainer.teachers
+            self.register_buffer("fer_classes", torch.tensor(cfg.fer_classes, dtype=torch.long), persistent=False)
+            self.video = Peer(cfg, FER_FEATURES + len(FER_LABELS), pre.video_frames)
+        else:
+            self.video = Peer(cfg, t * h * w, pre.video_tokens)
         self.fusion_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.fusion = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.fusion_norm = nn.LayerNorm(cfg.dim)
@@ -164,13 +193,53 @@ class Student(nn.Module):
         present = frame_mask.reshape(b, n // t, t).amax(-1)
         return tokens, present.repeat_interleave((s // h) * (s // w), dim=1)
 
-    def encode(self, text_emb, mel, audio_mask, video, video_mask, present):
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.cfg.video_encoder == "fer":
+            self.face_net.eval()  # frozen: its batch norms keep FER2013's statistics
+        return self
+
+    def fer_frames(self, video: torch.Tensor, video_mask: torch.Tensor):
+        """The FER network on every crop: tokens (B, frames, 128 + 7) of pooled features
+        and class probabilities, and FER's logits for the labels (B, L), from its
+        probabilities averaged over the frames with a face."""
+        b, n, s, _ = video.shape
+        # The student's crops are (x / 255 - 0.5) / 0.25; FER wants (x / 255 - 0.5) * 2.
+        trunk = self.face_net.trunk((video * 0.5).reshape(b * n, 1, s, s))
+        feats = trunk.mean(dim=(-2, -1)).reshape(b, n, FER_FEATURES)
+        probs = self.face_net.head(trunk).mean(dim=(-2, -1)).softmax(-1).reshape(b, n, len(FER_LABELS))
+        w = video_mask[..., None]
+        mean = ((probs * w).sum(1) / w.sum(1).clamp(min=1.0)).clamp(1e-4, 1 - 1e-4)
+        logits = (torch.log(mean) - torch.log1p(-mean))[:, self.fer_classes.clamp(min=0)]
+        return torch.cat([feats, probs], dim=-1), logits
+
+    def unbuilt(self, *inputs: torch.Tensor):
+        """What a branch that is not built gives: a zero token, masked, and zero logits.
+        Computed from its inputs times 0, so the exported graph keeps them as inputs."""
+        b = inputs[0].shape[0]
+        zero = sum(x.reshape(b, -1)[:, :1] for x in inputs) * 0.0  # (B, 1)
+        return zero[:, :, None].expand(b, 1, self.cfg.dim), zero, zero.expand(b, self.cfg.n_labels)
+
+    def encode(self, text_emb, mel, audio_mask, video, video_mask, present, fer=None):
         """(logits (B, 4, L), tokens {head: (B, dim)}): the fusion token and each peer's
-        aggregation token, after their final norms."""
-        tokens_v, mask_v = self.video_tokens(video, video_mask)
-        x_t, k_t, logit_t = self.text(text_emb[:, None, :], present[:, 0:1])
-        x_a, k_a, logit_a = self.audio(self.audio_tokens(mel), audio_mask)
-        x_v, k_v, logit_v = self.video(tokens_v, mask_v)
+        aggregation token, after their final norms.  fer: fer_frames' outputs when the
+        trainer computed them once (the network is frozen, so they never change)."""
+        if self.text is None:
+            x_t, k_t, logit_t = self.unbuilt(text_emb)
+        else:
+            x_t, k_t, logit_t = self.text(text_emb[:, None, :], present[:, 0:1])
+        if self.audio is None:
+            x_a, k_a, logit_a = self.unbuilt(mel, audio_mask)
+        else:
+            x_a, k_a, logit_a = self.audio(self.audio_tokens(mel), audio_mask)
+        if self.video is None:
+            x_v, k_v, logit_v = self.unbuilt(video, video_mask)
+        elif self.cfg.video_encoder == "fer":
+            tokens_v, fer_logits = fer if fer is not None else self.fer_frames(video, video_mask)
+            x_v, k_v, logit_v = self.video(tokens_v, video_mask)
+            logit_v = torch.where(self.fer_classes >= 0, fer_logits, logit_v)
+        else:
+            x_v, k_v, logit_v = self.video(*self.video_tokens(video, video_mask))
         # A peer that is absent contributes no keys to the fusion token.
         keys = torch.cat([x_t, x_a, x_v], dim=1)
         key_mask = torch.cat(
@@ -195,14 +264,14 @@ class Student(nn.Module):
         """
         return self.encode(text_emb, mel, audio_mask, video, video_mask, present)[0]
 
-    def forward_train(self, text_emb, mel, audio_mask, video, video_mask, present) -> dict:
+    def forward_train(self, text_emb, mel, audio_mask, video, video_mask, present, fer=None) -> dict:
         """What the losses need (trainer.losses.total_loss's `outputs`):
 
         logits (B, 4, L); embeddings {head: (B, embed_dim)} in the joint space (NCE);
         kd_features {teacher: {head: (B, kd_dims[teacher])}} when cfg.kd_dims names
         teachers (feature KD).
         """
-        logits, tokens = self.encode(text_emb, mel, audio_mask, video, video_mask, present)
+        logits, tokens = self.encode(text_emb, mel, audio_mask, video, video_mask, present, fer)
         out = {"logits": logits, "embeddings": {h: self.joint[h](tokens[h]) for h in HEADS}}
         if self.cfg.kd_dims:
             out["kd_features"] = {t: {h: self.kd[f"{t}_{h}"](tokens[h]) for h in HEADS}

@@ -115,7 +115,7 @@ def test_trainer_card_adds_an_evaluation(bundle, run_dir, corpus, tmp_path):
         assert f"| {label} | {f1:.2f} |" in md
 
 
-def test_replay_prints_the_model_line_before_stages_start(bundle, tmp_path, monkeypatch, capsys):
+def test_replay_prints_the_model_line_before_stages_start(bundle, held_out_session, monkeypatch, capsys):
     import realtime.pipeline
     from realtime.cli import main
 
@@ -123,8 +123,7 @@ def test_replay_prints_the_model_line_before_stages_start(bundle, tmp_path, monk
         raise realtime.pipeline.PipelineError("stages not started in this test")
 
     monkeypatch.setattr(realtime.pipeline, "Supervisor", no_stages)
-    media = tmp_path / "session.mp4"
-    media.write_bytes(b"not read: the stages never start")
+    media = held_out_session / "s000.mp4"  # a real file: replay checks its media before anything else
     assert main(["replay", str(media), "--model", str(bundle)]) == 2
     err = capsys.readouterr().err
     assert err.count(f"model: {read_card(bundle)['summary']}\n") == 1

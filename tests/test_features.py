@@ -69,7 +69,9 @@ def test_text_settings_do_not_decode_media_again(corpus, tmp_path):
 
 def test_fit_computes_the_features_the_pipeline_scored(run_dir, bundle, held_out_session, tmp_path):
     from trainer.data import Corpus, Utterance, with_speech_padding
-    from trainer.fit import TrainOptions, build_inputs, student_texts
+    import torch
+
+    from trainer.fit import TrainOptions, build_inputs, student_texts, take
     from trainer.text_encoder import SentenceEncoder
 
     truth = [json.loads(line) for line in (held_out_session / "manifest.jsonl").read_text().splitlines()]
@@ -95,6 +97,7 @@ def test_fit_computes_the_features_the_pipeline_scored(run_dir, bundle, held_out
     fitted = build_inputs(Corpus(info["labels"], utts), "train", pre, faces,
                           TrainOptions(cache_dir=str(tmp_path / "cache")),
                           SentenceEncoder.for_preprocessing(info["text_encoder"], pre), progress=False)
+    fitted = take(fitted, torch.arange(len(utts)))  # one row per utterance (media rows are shared)
     texts = student_texts(utts, pre)
     for k, d in enumerate(served):
         assert d["present"].tolist() == [1, 1, 1] and d["video_mask"].any(), k  # every modality compared

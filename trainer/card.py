@@ -123,6 +123,12 @@ def _branch(name: str, sources: list[dict], teachers: list[dict], info: dict) ->
     else:
         carrying = [s for s in sources if name in s["modalities"]]
         n = counts.get(name) if counts is not None else None
+    if name == "video" and (info.get("student") or {}).get("video_encoder") == "fer":
+        # The FER2013 network is the branch (StudentConfig.video_encoder): its predictions
+        # are the video head's; the corpora only fitted the peer's token for the fusion.
+        return {"trained": True, "data": ["FER2013 network"], "real": True, "teachers": [], "utterances": n,
+                "note": "the video head's predictions are the FER2013 network's (frozen, inside the graph); "
+                        f"the token it gives the fusion was fitted on {'+'.join(s['name'] for s in carrying) or 'no faces'}"}
     if n == 0 or not carrying:
         return {"trained": False, "data": [], "real": None, "teachers": mine, "utterances": 0,
                 "note": f"no {name} in the training data"}
@@ -198,6 +204,10 @@ def licences(card: dict) -> list[dict]:
     enc = card["text_encoder"]
     rows.append({"what": f"{enc.get('fine_tuned_from', enc['name'])} (text encoder weights, in the bundle)",
                  "licence": enc["licence"]})
+    if card["branches"].get("video", {}).get("data") == ["FER2013 network"]:
+        rows.append({"what": "FER2013 mini-XCEPTION weights (the video branch, in the bundle)",
+                     "licence": FACE_TEACHER["licence"]})
+        rows.append({"what": "FER2013 (the face network's training data)", "licence": FACE_TEACHER["data_licence"]})
     for t in card["teachers"]:
         rows.append({"what": f"{t['teaches']} teacher weights (distilled into {', '.join(t['heads'])})",
                      "licence": t["licence"]})

@@ -7,6 +7,7 @@
   trainer evaluate RUN|BUNDLE --data KIND:PATH [--split test] --report OUT
   trainer export RUN --out BUNDLE [--precision fp32|fp16] [--tensorrt] [--triton DIR]
   trainer card BUNDLE [--eval NAME=REPORT_DIR ...]        add test scores to the model card
+  trainer recipe real --out DIR [--quick] [--check]       the default bundle from real data, resumable
 """
 from __future__ import annotations
 
@@ -72,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--media", type=Path, default=None, metavar="DIR", help="media directory, as for fit")
     vp.add_argument("--split", default="test", help="train, dev, test, or all (default test)")
     vp.add_argument("--report", type=Path, required=True, help="directory for report.json, report.md and PNGs")
+
+    rp = sub.add_parser("recipe", help="build a whole bundle from data in one resumable command",
+                        description="real: text from MELD, GoEmotions (Ekman) and IEMOCAP, faces through the "
+                                    "FER2013 network, a fusion fitted with synthetic sessions; audio is not "
+                                    "used (no real labelled speech offline).  Writes DIR/synthetic, DIR/run, "
+                                    "DIR/bundle and DIR/reports; run it again to resume.  Settings: [recipe].")
+    rp.add_argument("name", choices=["real"], help="the recipe")
+    rp.add_argument("--out", type=Path, help="directory for every step's output (required unless --check)")
+    rp.add_argument("--quick", action="store_true",
+                    help="MELD alone, at most 4 epochs and 12 synthetic sessions (the demo's model)")
+    rp.add_argument("--check", action="store_true",
+                    help="only say where the corpora are (exit 2 when one is missing), train nothing")
 
     ep = sub.add_parser("export", help="export a run as a model bundle (ONNX graphs, weights, manifest)",
                         description="Write a bundle that ONNX Runtime, PyTorch and (with --tensorrt) "
@@ -150,6 +163,23 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: report["metrics"][k] for k in ("weighted_f1", "macro_f1", "accuracy")},
                              indent=2))
             print(f"wrote {args.report}/report.json, report.md")
+        elif args.command == "recipe":
+            from trainer.recipe import check, real
+
+            if args.check:
+                for spec in check(config, args.quick).values():
+                    print(spec)
+                return 0
+            if args.out is None:
+                raise ValueError("--out DIR is required (the directory for every step's output)")
+
+            done = real(args.out, config, quick=args.quick, progress=progress,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
+            scores = {name: json.loads((path / "report.json").read_text())["metrics"]["weighted_f1"]
+                      for name, path in done["reports"].items()}
+            print(json.dumps({"bundle": str(done["bundle"]), "test_weighted_f1": scores,
+                              "seconds": {k: round(v, 1) for k, v in done["seconds"].items()}}, indent=2))
+            print(f"serve it: realtime serve --model {done['bundle']}")
         elif args.command == "export":
             from trainer.export import export
 

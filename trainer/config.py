@@ -9,6 +9,7 @@ from engines.preprocess import Preprocessing
 from engines.settings import ConfigError, apply_overrides, build, read_toml
 from trainer.fit import TrainOptions
 from trainer.losses import LossWeights
+from trainer.recipe import RecipeOptions
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TrainerConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     faces: FaceOptions = field(default_factory=FaceOptions)
+    recipe: RecipeOptions = field(default_factory=RecipeOptions)
     # [vad] speech_pad_ms, the runtime's setting: `fit` pads manifest spans by it, so
     # training cuts utterances as the live VAD does (trainer.data.with_speech_padding).
     speech_pad_ms: int = SPEECH_PAD_MS
@@ -48,6 +50,7 @@ SECTIONS = {
     "loss": LossWeights,
     "features": Preprocessing,
     "faces": FaceOptions,
+    "recipe": RecipeOptions,
 }
 
 
@@ -56,4 +59,4 @@ def load_config(path=None, overrides: list[str] = ()) -> TrainerConfig:
     built = {name: build(cls, data.get(name), name) for name, cls in SECTIONS.items()}
     return TrainerConfig(synth=built["synth"], train=built["train"], loss=built["loss"],
                          preprocessing=built["features"], faces=built["faces"],
-                         speech_pad_ms=speech_pad_ms(data))
+                         recipe=built["recipe"], speech_pad_ms=speech_pad_ms(data))

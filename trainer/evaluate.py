@@ -202,15 +202,14 @@ def _corpus(data_spec: str, split: str, media, dev_fraction: float, seed: int, l
     """The utterances of `split`, cut as the model's training cut them."""
     from trainer.data import Corpus, with_speech_padding
     from trainer.datasets import load
+    from trainer.datasets.mix import on_labels
 
     corpus = with_speech_padding(load(data_spec, media, dev_fraction, seed), speech_pad_ms)
     if split == "all":
         corpus = Corpus(corpus.labels, [replace(u, split="all") for u in corpus.utterances])
     if not corpus.split(split):
         raise ValueError(f"{data_spec}: no utterances in split {split!r}")
-    if list(corpus.labels) != list(labels):
-        raise ValueError(f"{data_spec}: labels {corpus.labels} differ from the model's {labels}")
-    return corpus
+    return on_labels(corpus, labels, data_spec)  # the model's label order; Ekman relabelling
 
 
 def run_scores(run: Path, data_spec: str, split: str, media=None, cache_dir: str | None = None,

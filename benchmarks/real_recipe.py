@@ -1,0 +1,60 @@
+"""The real recipe end to end, timed, with the test scores of its bundle on every corpus.
+
+  python benchmarks/real_recipe.py --out DIR [--quick] [--threads N]
+
+Runs `trainer recipe real` (trainer.recipe.real) into DIR (resumable: a rerun finishes
+what is left, and the wall time then covers only that) and writes
+benchmarks/results/real_recipe.json (--quick: real_recipe_quick.json).  Each corpus's
+test split is scored once, through the exported bundle on ONNX Runtime (the path the
+pipeline runs): argmax for the single-label corpora (MELD, IEMOCAP mapped onto Ekman's
+labels), the dev-tuned thresholds for the multi-label ones (GoEmotions-Ekman, the
+held-out synthetic sessions).  Metrics: <corpus>_weighted_f1, _macro_f1, _ece, and the
+seconds of each step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import check_tree, result_json, write  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="the recipe's directory")
+    parser.add_argument("--quick", action="store_true", help="the demo's reduced recipe")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--results", type=Path, default=None, help="result file (default benchmarks/results/...)")
+    args = parser.parse_args()
+    check_tree()
+    import torch
+
+    from trainer.config import load_config
+    from trainer.recipe import real
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    done = real(args.out, load_config(), quick=args.quick, progress=False)
+    metrics, per_label = {}, {}
+    for name, report in done["reports"].items():
+        r = json.loads((report / "report.json").read_text())
+        for key in ("weighted_f1", "macro_f1", "ece"):
+            metrics[f"{name}_{key}"] = r["metrics"][key]
+        metrics[f"{name}_utterances"] = r["utterances"]
+        per_label[name] = r["metrics"]["per_class_f1"]
+    metrics.update({f"seconds_{k}": round(v, 1) for k, v in done["seconds"].items()})
+    card = json.loads((done["bundle"] / "card.json").read_text())
+    name = "real_recipe_quick" if args.quick else "real_recipe"
+    write(args.results or ROOT / "benchmarks" / "results" / f"{name}.json",
+          result_json(name, started, args.threads, metrics, per_label_f1=per_label, card_summary=card["summary"],
+                      dev_weighted_f1=json.loads((args.out / "run" / "run.json").read_text())["dev_weighted_f1"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""`trainer recipe real --out DIR`: the default bundle, learnt from real data, in one command.
+
+No corpus here has text, voice and face of real people aligned, so each branch learns
+from the best real signal there is, and the fusion learns to combine them where they
+do meet:
+
+- text: MELD (TV dialogue), GoEmotions' Ekman grouping (Reddit) and IEMOCAP (acted
+  dialogue, mapped: trainer.datasets.mix), read by the frozen sentence encoder;
+- video: the FER2013 face network inside the student (StudentConfig.video_encoder "fer"):
+  its predictions are the video head's, its features the video peer's tokens;
+- audio: no labelled real speech is available offline, so the bundle does not read
+  audio at all (modalities text + video): a branch that only heard espeak-ng cannot
+  outvote the others if it is never used;
+- fusion: the text corpora teach it the text-only case; synthetic sessions (espeak-ng
+  speech, drawn faces, transcripts; `trainer synth`) are the only data where a face and
+  words come together, repeated so they weigh in beside 60,000 texts.
+
+Steps, each skipped when its output is already there, so an interrupted recipe resumes
+where it stopped (fit itself resumes from its last epoch):
+
+  DIR/synthetic/   synthetic sessions for the fusion        (trainer synth)
+  DIR/run/         the trained student                       (trainer fit, --resume)
+  DIR/bundle/      the bundle realtime runs                  (trainer export)
+  DIR/reports/     test scores of every corpus               (trainer evaluate, trainer card)
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from trainer.data import DataError
+
+# corpus kind -> folder of the data root that holds it
+FOLDERS = {"meld": "meld", "iemocap": "iemocap", "goemotions-ekman": "goemotions"}
+CHECKOUT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@dataclass
+class RecipeOptions:
+    data_root: str = ""  # folder holding meld/, iemocap/, goemotions/ as the corpora ship them;
+    # "" = $EMOTION_DATA, else ../shared/data beside the checkout
+    corpora: list[str] = field(default_factory=lambda: ["meld", "goemotions-ekman", "iemocap"])  # text corpora
+    # (--quick: meld alone)
+    synthetic_sessions: int = 24  # synthetic sessions (face video + speech): the fusion's only aligned
+    # text and face
+    synthetic_repeat: int = 10  # each synthetic training utterance counts this often per epoch
+    epochs: int = 8  # fit's epochs (--quick: at most 4)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.corpora) - set(FOLDERS))
+        if unknown or not self.corpora:
+            raise ValueError(f"corpora must be some of {', '.join(FOLDERS)}; got {self.corpora}")
+        if self.synthetic_sessions < 2 or self.synthetic_repeat < 1 or self.epochs < 1:
+            raise ValueError("synthetic_sessions must be >= 2, synthetic_repeat and epochs >= 1")
+
+
+def data_root(setting: str) -> Path:
+    """Where the corpora are: the setting, $EMOTION_DATA, or ../shared/data beside the checkout."""
+    for candidate in (setting, os.environ.get("EMOTION_DATA", ""), str(CHECKOUT_DATA)):
+        if candidate:
+            path = Path(candidate).expanduser()
+            if path.is_dir() or candidate == setting:
+                return path.resolve()
+    return CHECKOUT_DATA.resolve()
+
+
+def corpus_specs(root: Path, corpora: list[str]) -> dict[str, str]:
+    """kind -> "kind:PATH" for every corpus, or a DataError naming the ones missing."""
+    specs, missing = {}, []
+    for kind in corpora:
+        path = root / FOLDERS[kind]
+        if path.is_dir():
+            specs[kind] = f"{kind}:{path}"
+        else:
+            missing.append(str(path))
+    if missing:
+        raise DataError(f"the real recipe needs {', '.join(missing)}; set [recipe] data_root "
+                        "(or $EMOTION_DATA) to the folder that holds meld/, iemocap/ and goemotions/")
+    return specs
+
+
+def step(n: int, total: int, what: str, log) -> float:
+    log(f"[{n}/{total}] {what}")
+    return time.perf_counter()
+
+
+def options(config, quick: bool) -> RecipeOptions:
+    opts: RecipeOptions = config.recipe
+    if quick:
+        opts = replace(opts, corpora=["meld"], epochs=min(opts.epochs, 4),
+                       synthetic_sessions=min(opts.synthetic_sessions, 12))
+    return opts
+
+
+def check(config, quick: bool = False) -> dict[str, str]:
+    """kind -> "kind:PATH" of the corpora the recipe would read, or a DataError."""
+    opts = options(config, quick)
+    return corpus_specs(data_root(opts.data_root), opts.corpora)
+
+
+def real(out: Path, config, quick: bool = False, progress: bool = True, log=print) -> dict:
+    """Run the real recipe into `out`; returns {"bundle", "reports", "seconds"}."""
+    from engines.card import read_card
+    from trainer.card import add_reports
+    from trainer.evaluate import evaluate
+    from trainer.export import export
+    from trainer.fit import fit
+    from trainer.synth import generate
+
+    opts = options(config, quick)
+    specs = check(config, quick)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started, total, seconds = time.perf_counter(), 4, {}
+
+    t0 = step(1, total, f"synthetic sessions for the fusion ({opts.synthetic_sessions})", log)
+    synthetic, held_out = out / "synthetic", out / "synthetic-test"
+    if not (synthetic / "manifest.jsonl").is_file():
+        generate(synthetic, opts.synthetic_sessions, config.synth.seed, progress=progress)
+    if not (held_out / "manifest.jsonl").is_file():  # other voices' draws: a test the fit never saw
+        generate(held_out, max(2, opts.synthetic_sessions // 6), config.synth.seed + 1, progress=progress)
+    seconds["synthetic"] = time.perf_counter() - t0
+
+    t0 = step(2, total, f"fit on {', '.join(specs)} + synthetic", log)
+    mix = "+".join([*specs.values(), f"synthetic:{synthetic}*{opts.synthetic_repeat}"])
+    train = replace(config.train, video_encoder="fer", modalities=("text", "video"), epochs=opts.epochs)
+    run = out / "run"
+    if not (run / "run.json").is_file():
+        fit(mix, run, train, config.preprocessing, config.faces, progress, loss=config.loss,
+            resume=(run / "last_state.pt").is_file(), speech_pad_ms=config.speech_pad_ms)
+    seconds["fit"] = time.perf_counter() - t0
+
+    t0 = step(3, total, "export", log)
+    bundle = out / "bundle"
+    manifest = bundle / "manifest.json"
+    if not manifest.is_file() or manifest.stat().st_mtime < (run / "run.json").stat().st_mtime:
+        export(run, bundle)
+    seconds["export"] = time.perf_counter() - t0
+
+    t0 = step(4, total, "test scores, into the model card", log)
+    reports = {}
+    tests = {kind: (spec, "test") for kind, spec in specs.items()}
+    tests["synthetic"] = (f"synthetic:{held_out}", "all")
+    for name, (spec, split) in tests.items():
+        report = out / "reports" / name
+        if not (report / "report.json").is_file():
+            evaluate(bundle, spec, split, report, progress=progress)  # the ONNX path the pipeline runs
+        reports[name] = report
+    if set(reports) - set((read_card(bundle) or {}).get("evaluations", {})):
+        add_reports(bundle, reports)  # the test scores go into the bundle's model card
+    seconds["evaluate"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - started
+    return {"bundle": bundle, "reports": reports, "seconds": seconds}
