@@ -91,3 +91,27 @@ def test_multi_label_mode_uses_bce():
     logits = torch.zeros(1, 3)
     assert torch.isclose(teacher.loss(logits, y), torch.tensor(np.log(2.0), dtype=torch.float32))
     assert torch.allclose(teacher.probabilities(logits), torch.full((1, 3), 0.5))
+
+
+def test_freeze_layers_fixes_the_embeddings_and_the_lower_layers_only():
+    from trainer.text_teacher import TeacherConfig, TextTeacher
+
+    torch.set_num_threads(2)
+    words = ["great news today", "so tired of this", "what a lovely day", "nothing to say"]
+    rows = [utt(f"d{i // 4}", i % 4, "Ann" if i % 2 else "Bob", words[i % 4], "joy" if i % 3 else "neutral")
+            for i in range(32)]
+    teacher = TextTeacher.create(TeacherConfig(labels=["joy", "neutral"], max_len=32, epochs=1, batch_size=16,
+                                               lr=1e-3, freeze_layers=2))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    history = teacher.fit(rows[:24] + rows[:8], rows[24:], log=lambda m: None)
+    assert history[0]["steps"] == 2
+    after = teacher.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    layers = len(teacher.encoder.encoder.layer)
+    assert not any(k.startswith("encoder.embeddings.") for k in changed)
+    assert not any(k.startswith(("encoder.encoder.layer.0.", "encoder.encoder.layer.1.")) for k in changed)
+    for i in range(2, layers):  # every layer above the frozen ones trained
+        assert any(k.startswith(f"encoder.encoder.layer.{i}.") for k in changed), i
+    assert "head.weight" in changed
+    with pytest.raises(ValueError, match="has 6 layers"):
+        teacher.freeze(layers + 1)

@@ -331,14 +331,16 @@ class TextTeacher(nn.Module):
                 step += 1
                 running += loss.item() * len(b)
                 seen += len(b)
-                if step == 10 and cfg.max_train_seconds:
-                    # Time-bounded: shrink the schedule (warmup + decay to 0) to the steps that
-                    # fit the budget, so the run ends with a decayed learning rate.
+                if cfg.max_train_seconds and (step == 10 or (step > 10 and step % 25 == 0)):
+                    # Time-bounded: fit the schedule (warmup + decay to 0) to the steps the budget
+                    # allows at the mean step time so far, so the run ends with a decayed learning
+                    # rate.  Re-estimated every 25 steps: a shared machine's speed changes.
                     fit = int(cfg.max_train_seconds / ((time.perf_counter() - started) / step))
-                    if fit < plan["total"]:
-                        plan["total"] = max(step + 1, fit)
-                        plan["warmup"] = min(plan["warmup"], int(cfg.warmup * plan["total"]))
-                        log(f"time budget: schedule shortened to {plan['total']} of {total} steps")
+                    new_total = min(total, max(step + 1, fit))
+                    if new_total != plan["total"]:
+                        plan["total"] = new_total
+                        plan["warmup"] = min(warmup, int(cfg.warmup * new_total))
+                        log(f"time budget: schedule set to {plan['total']} of {total} steps")
                 if step % 50 == 0 or step == 10:
                     log(f"epoch {epoch} step {step}/{plan['total']} loss {running / seen:.4f} "
                         f"{time.perf_counter() - started:.0f}s")
