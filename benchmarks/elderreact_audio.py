@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import result_json, write  # noqa: E402
+from benchmarks.report import check_tree, result_json, write  # noqa: E402
 
 LAMBDA_LCC = 1.0  # SeMuL-PCD's lambda_C
 
@@ -171,6 +171,7 @@ def main(argv=None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/elderreact_audio.json")
     args = p.parse_args(argv)
+    check_tree()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     import torch

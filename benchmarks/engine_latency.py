@@ -10,18 +10,15 @@ per batch size) and tensorrt when the bundle has engines.  Without BUNDLE a
 tiny bundle is exported from a randomly initialised student (timings do not
 depend on the weights), so this runs without training data.
 
-Writes benchmarks/results/engine_latency.json: benchmark, commit, command,
-wall_seconds, environment, metrics (flat: BACKEND_bN_median_ms, _p99_ms,
-_throughput_per_s).
+Writes benchmarks/results/engine_latency.json (benchmarks.report: benchmark, commit,
+clean, command, wall_seconds, environment, bundle, metrics (flat: BACKEND_bN_median_ms,
+_p99_ms, _throughput_per_s)).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
+
+from benchmarks.report import check_tree, result_json, write  # noqa: E402
 
 BATCHES = (1, 8, 32)
 WARMUP = 5
@@ -147,33 +146,6 @@ def tiny_bundle(out: Path, precision: str) -> Path:
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{platform.machine()} {line.split(':', 1)[1].strip()}"
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def environment(threads: int) -> dict:
-    import onnxruntime
-
-    env = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-           "cpu_count": os.cpu_count(), "machine": _cpu_model(), "platform": platform.platform(),
-           "threads": threads}
-    try:
-        import torch
-
-        env["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            env["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        env["torch"] = None
-    return env
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", nargs="?", type=Path, help="model bundle (default: a random-init tiny bundle)")
@@ -182,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="of the tiny bundle")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/engine_latency.json")
     args = parser.parse_args(argv)
+    check_tree()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,19 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                     metrics[f"{name}_b{batch}_{key}"] = round(value, 3)
                 print(f"{name:20s} b{batch:<3d} median {stats['median_ms']:8.2f} ms  p99 {stats['p99_ms']:8.2f} ms  "
                       f"{stats['throughput_per_s']:8.1f}/s", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    result = {
-        "benchmark": "engine_latency",
-        "commit": commit or None,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "environment": environment(args.threads),
-        "bundle": str(args.bundle) if args.bundle else f"random-init tiny bundle ({args.precision})",
-        "metrics": metrics,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write(args.out, result_json(
+        "engine_latency", started, args.threads, metrics,
+        bundle=str(args.bundle) if args.bundle else f"random-init tiny bundle ({args.precision})"))
     return 0
 
 

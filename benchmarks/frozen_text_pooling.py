@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import result_json, write  # noqa: E402
+from benchmarks.report import check_tree, result_json, write  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/frozen_text_pooling.json")
     args = p.parse_args(argv)
+    check_tree()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     import torch

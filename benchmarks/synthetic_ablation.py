@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import result_json, write  # noqa: E402
+from benchmarks.report import check_tree, result_json, write  # noqa: E402
 from engines.faces import FaceOptions  # noqa: E402
 from engines.preprocess import Preprocessing  # noqa: E402
 from trainer.fit import TrainOptions, fit  # noqa: E402
@@ -68,6 +68,7 @@ def main() -> None:
                          "config switches off stays off)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/synthetic_ablation.json")
     args = ap.parse_args()
+    check_tree()
     import torch
 
     from trainer.evaluate import evaluate

@@ -14,10 +14,10 @@ from engines.preprocess import Preprocessing, face_crop
 
 @dataclass
 class FaceOptions:
-    sample_fps: float = 5.0  # frames per second looked at; expressions change slower than this
-    detect_width: int = 320  # frames are downscaled to this width before detection
+    sample_fps: float = 5.0  # video frames looked at per second; expressions change slower than this
+    detect_width: int = 320  # frames are downscaled to this width for detection
     min_face: int = 40  # smallest face side in pixels at detect_width
-    scale_factor: float = 1.1  # Haar pyramid step
+    scale_factor: float = 1.1  # Haar image pyramid step
     min_neighbors: int = 4  # Haar detections that must agree
 
     def __post_init__(self):
@@ -27,6 +27,10 @@ class FaceOptions:
             raise ValueError("detect_width must be >= 64")
         if self.scale_factor <= 1.0:
             raise ValueError("scale_factor must be > 1")
+        if self.min_face < 1:
+            raise ValueError("min_face must be >= 1")
+        if self.min_neighbors < 0:
+            raise ValueError("min_neighbors must be >= 0")
 
 
 class FaceCropper:

@@ -28,6 +28,63 @@ class VideoFrame:
     image: np.ndarray  # BGR uint8
 
 
+def _last(logs) -> str:
+    """The last warning FFmpeg logged: often the real cause (e.g. 'moov atom not found')."""
+    lines = [text.strip().splitlines()[0] for _, _, text in logs if text.strip()]
+    return f"; FFmpeg: {lines[-1]}" if lines else ""
+
+
+def _reason(exc: Exception, logs) -> str:
+    """FFmpeg's own words: the error, plus the last warning it logged (often the real cause)."""
+    return (getattr(exc, "strerror", None) or str(exc)) + _last(logs)
+
+
+def _decodable(container) -> list:
+    """Audio and video streams FFmpeg has a decoder for (a truncated file may list streams without one)."""
+    return [s for s in container.streams if s.type in ("audio", "video") and s.codec_context is not None]
+
+
+def probe_media(path: str | Path, max_packets: int = 400) -> dict[str, bool]:
+    """Check that `path` is media we can replay, before any stage starts; MediaError says why not.
+
+    Opens the file, finds its audio and video streams and decodes packets until every
+    stream has given a frame (or max_packets).  A file that passes may still be cut
+    short later; that ends the replay early with the decoder's error.
+    Returns which modalities the file has: {"audio": bool, "video": bool}.
+    """
+    import av
+    import av.logging
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes)")
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.WARNING)  # so Capture sees FFmpeg's reasons; restored below
+    try:
+        with av.logging.Capture() as logs:
+            try:
+                with av.open(str(path)) as container:
+                    streams = _decodable(container)
+                    if not streams:
+                        raise MediaError(f"{path}: no audio or video stream FFmpeg can decode "
+                                         f"(truncated or not a media file?){_last(logs)}")
+                    waiting = {s.index for s in streams}
+                    for n, packet in enumerate(container.demux(streams)):
+                        if packet.stream.index in waiting and packet.decode():
+                            waiting.discard(packet.stream.index)
+                        if not waiting or n >= max_packets:
+                            break
+                    if len(waiting) == len(streams):
+                        raise MediaError(f"{path}: no frame could be decoded (truncated or corrupt?){_last(logs)}")
+                    return {kind: any(s.type == kind for s in streams) for kind in ("audio", "video")}
+            except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+                raise MediaError(f"{path}: not a readable media file: {_reason(exc, logs)}") from exc
+    finally:
+        av.logging.set_level(previous)
+
+
 def iter_media(
     path: str | Path, sample_rate: int = 16000, video_fps: float = 5.0
 ) -> Iterator[AudioChunk | VideoFrame]:
@@ -46,9 +103,9 @@ def iter_media(
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise MediaError(f"{path}: not a readable media file ({exc})") from exc
     with container:
-        streams = [s for s in container.streams if s.type in ("audio", "video")]
+        streams = _decodable(container)
         if not streams:
-            raise MediaError(f"{path}: has neither audio nor video")
+            raise MediaError(f"{path}: no audio or video stream FFmpeg can decode")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         audio_pos = 0  # samples emitted so far
         audio_start: float | None = None

@@ -17,27 +17,33 @@ import numpy as np
 class Preprocessing:
     """Feature parameters; written into every bundle's manifest."""
 
-    sample_rate: int = 16000  # audio rate every stage works at
-    n_fft: int = 400  # 25 ms analysis window
-    hop: int = 160  # 10 ms between log-mel frames
-    n_mels: int = 64
+    sample_rate: int = 16000  # Hz; every audio stage works at this rate
+    n_fft: int = 400  # STFT window in samples (25 ms)
+    hop: int = 160  # samples between log-mel frames (10 ms)
+    n_mels: int = 64  # mel bands
     max_audio_s: float = 8.0  # longer utterances keep their last max_audio_s seconds
     audio_patch: int = 8  # log-mel frames per audio token (80 ms)
-    video_frames: int = 8  # face crops per utterance window, sampled evenly in time
-    face_size: int = 64  # square grey crop, as FER2013 models take
-    tubelet: tuple[int, int, int] = (2, 16, 16)  # frames x height x width per video token
-    text_max_tokens: int = 64
-    # What the text encoder reads (engines.dialogue.text_input):
-    # "mean": the utterance alone, mean of its token states (a sentence encoder such as
-    #   all-MiniLM-L6-v2, frozen: a dialogue prompt only blurs its sentence embedding);
-    # "mask": TelME's prompt with up to text_context_turns past turns, the state of its
-    #   mask token (an encoder fine-tuned on such prompts: `trainer teach`).
-    text_pooling: str = "mean"
-    text_context_turns: int = 0
-    text_sep: str = ""  # the encoder's separator and mask tokens; trainer fit fills them in
-    text_mask: str = ""
+    video_frames: int = 8  # face crops per utterance window, evenly spaced in time
+    face_size: int = 64  # side of the square grey face crop in pixels, as FER2013 models take
+    tubelet: tuple[int, int, int] = (2, 16, 16)  # frames x height x width of one video token
+    text_max_tokens: int = 64  # text tokens kept (mean pooling cuts the end, mask pooling the oldest context)
+    text_pooling: str = "mean"  # what the text encoder reads (engines.dialogue.text_input):
+    # mean: the utterance alone, the mean of its token states (for a frozen sentence
+    #   encoder such as all-MiniLM-L6-v2: a dialogue prompt only blurs its embedding);
+    # mask: TelME's prompt "<s1> past... [SEP] Now <s1> feels [MASK]", its mask token's
+    #   state (for an encoder fine-tuned on such prompts: `trainer teach`, then
+    #   [train] text_encoder)
+    text_context_turns: int = 0  # past turns of the session in the prompt (needs text_pooling = "mask")
+    text_sep: str = ""  # separator token of the mask prompt; "" = the encoder's own (trainer fit fills it in)
+    text_mask: str = ""  # mask token of the mask prompt; "" = the encoder's own (trainer fit fills it in)
 
     def __post_init__(self):
+        for name in ("sample_rate", "n_fft", "hop", "n_mels", "max_audio_s", "audio_patch", "video_frames",
+                     "face_size", "text_max_tokens"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if len(self.tubelet) != 3 or min(self.tubelet) < 1:
+            raise ValueError(f"tubelet must be three sizes >= 1 (frames, height, width), got {self.tubelet}")
         if self.text_pooling not in ("mean", "mask"):
             raise ValueError(f"text_pooling must be mean or mask, got {self.text_pooling!r}")
         if self.text_context_turns < 0:

@@ -6,33 +6,16 @@ runs the two graphs, so every backend gives the same Window -> Prediction.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engines.backends import Backend, open_backend
 from engines.bundle import Bundle, open_bundle
-from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
-from engines.preprocess import audio_features, video_features
+from engines.features import Window, student_inputs  # Window: the input type of Engine.infer
+from engines.heads import HEADS
 from engines.text import TextTokenizer
-
-HEADS = ("fusion", "text", "audio", "video")
-
-
-@dataclass
-class Window:
-    """One span of one session to score: any of its modalities may be absent."""
-
-    start: float
-    end: float
-    text: str | None = None
-    # Earlier turns of the session, oldest first: the dialogue context of `text`, read
-    # when the bundle's text_pooling is "mask" (engines.dialogue.text_input).
-    context: list[Turn] = field(default_factory=list)
-    speaker: str = UNKNOWN_SPEAKER
-    audio: np.ndarray | None = None  # 16 kHz mono float32 covering [start, end]
-    crops: list = field(default_factory=list)  # (media time, grey crop or None)
 
 
 @dataclass
@@ -58,32 +41,16 @@ class Engine:
         """Score a batch of windows (they may come from different sessions)."""
         if not windows:
             return []
-        feeds = self.features(windows)
-        probs = self.backend.run_student(feeds)  # (B, 4, L)
-        return [self._prediction(p, feeds["present"][i]) for i, p in enumerate(probs)]
+        return self.predict(self.features(windows))
 
     def features(self, windows: list[Window]) -> dict[str, np.ndarray]:
-        p = self.pre
-        texts = [w.text.strip() if w.text else "" for w in windows]
-        text_emb = np.zeros((len(windows), self.bundle.manifest["text_dim"]), dtype=np.float32)
-        with_text = [i for i, t in enumerate(texts) if t]
-        if with_text:
-            inputs = [text_input(p, windows[i].context, Turn(windows[i].speaker, texts[i])) for i in with_text]
-            text_emb[with_text] = self.embed_text(inputs)
-        mels, amasks = zip(*(audio_features(w.audio, p) for w in windows))
-        videos, vmasks = zip(*(video_features(w.crops, w.start, w.end, p) for w in windows))
-        present = np.array(
-            [[bool(texts[i]), amasks[i].any(), vmasks[i].any()] for i in range(len(windows))],
-            dtype=np.float32,
-        )
-        return {
-            "text_emb": text_emb,
-            "mel": np.stack(mels),
-            "audio_mask": np.stack(amasks),
-            "video": np.stack(videos),
-            "video_mask": np.stack(vmasks),
-            "present": present,
-        }
+        """The student's inputs for `windows`: engines.features, the trainer's assembler too."""
+        return student_inputs(windows, self.pre, self.embed_text, self.bundle.manifest["text_dim"])
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> list[Prediction]:
+        """Predictions for inputs made by `features`."""
+        probs = self.backend.run_student(feeds)  # (B, 4, L)
+        return [self._prediction(p, feeds["present"][i]) for i, p in enumerate(probs)]
 
     def _prediction(self, probs: np.ndarray, present: np.ndarray) -> Prediction:
         used = [m for m, on in zip(HEADS[1:], present) if on]

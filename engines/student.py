@@ -25,10 +25,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from engines.heads import HEADS
 from engines.preprocess import Preprocessing
 
-MODALITIES = ("text", "audio", "video")
-HEADS = ("fusion",) + MODALITIES  # axis 1 of the logits
 # Inputs of Student.forward and of the exported graph, in order.
 INPUTS = ("text_emb", "mel", "audio_mask", "video", "video_mask", "present")
 NEG = -1e4  # additive mask value; -inf would turn a fully masked row into NaN

@@ -20,35 +20,19 @@ _DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass
 class AsrOptions:
-    """Which Whisper model runs where.
+    """Which Whisper model runs where."""
 
-    Attributes:
-      model: Size name ("tiny.en", "base", ...) or path of a CTranslate2 model
-        directory; resolved by engines.offline.resolve_whisper_model, which
-        falls back to the bundled tiny.en when the hub is unreachable.
-      device: "cpu", "cuda", or "auto" (cuda when CTranslate2 sees a GPU).
-      compute_type: CTranslate2 compute type; "auto" means int8 on cpu and
-        float16 on cuda (fast, and accurate enough for Whisper).
-      language: Spoken language code; None detects it per utterance (slower,
-        and unstable on one-word utterances). English-only models need "en".
-      beam_size: 1 is greedy decoding, the fastest; larger trades speed for
-        a little accuracy.
-      cpu_threads: CTranslate2 threads on cpu; leave cores for the VAD and the
-        face model.
-      partial_every_s: While an utterance is still open, transcribe what has
-        been said so far each time this much more speech has arrived and
-        publish it as a partial transcript (final: false); 0 turns them off.
-        A partial is skipped when the ASR already has newer work waiting, so
-        partials never delay final transcripts.
-    """
-
-    model: str = "tiny.en"
-    device: str = "auto"
-    compute_type: str = "auto"
-    language: str | None = "en"
-    beam_size: int = 1
-    cpu_threads: int = 2
-    partial_every_s: float = 0.0
+    model: str = "tiny.en"  # a Whisper size name ("tiny.en", "base", ...) or a local CTranslate2
+    # model directory; offline: the bundled tiny.en (engines.offline.resolve_whisper_model)
+    device: str = "auto"  # auto (CUDA when CTranslate2 sees a GPU), cpu or cuda
+    compute_type: str = "auto"  # CTranslate2 compute type; auto: int8 on the CPU, float16 on CUDA
+    language: str | None = "en"  # spoken language code; English-only models need "en" (None,
+    # from Python only, detects it per utterance: slower, and unstable on one-word utterances)
+    beam_size: int = 1  # 1 = greedy, the fastest; larger trades speed for a little accuracy
+    cpu_threads: int = 2  # CTranslate2 threads on the CPU (0: it decides); leave cores for VAD and faces
+    partial_every_s: float = 0.0  # > 0: transcribe an open utterance each time this many more
+    # seconds of speech arrived (final: false); 0 = off; a partial is skipped while newer work
+    # waits, so partials never delay final transcripts
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:

@@ -8,10 +8,21 @@ header (no pickle: a malformed message is a clear error, not code execution).
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 import numpy as np
 import zmq
+
+
+logger = logging.getLogger(__name__)
+
+# A 4K BGR frame is 25 MB; a larger frame is not one of ours, and ZeroMQ drops the
+# connection of a peer that sends one instead of allocating it.
+MAX_FRAME_BYTES = 128 * 1024 * 1024
 
 
 class MessageError(ValueError):
@@ -37,20 +48,139 @@ def recv(sock: zmq.Socket) -> tuple[dict[str, Any], np.ndarray | None]:
     return decode(frames)
 
 
-def decode(frames: list[bytes]) -> tuple[dict[str, Any], np.ndarray | None]:
+def decode(frames: list[bytes], kinds: Iterable[str] | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Header and array of a message; MessageError for anything that is not exactly our format.
+
+    With `kinds`, the message must also be one of those types, with every field a stage
+    reads present and of the right type, and an array of the dtype and rank that type
+    carries: a stage can then use it without checking again.
+    """
+    if not 1 <= len(frames) <= 2:
+        raise MessageError(f"expected 1 or 2 frames (header, array), got {len(frames)}")
     try:
         header = json.loads(frames[0])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise MessageError(f"header is not JSON: {exc}") from exc
-    if not isinstance(header, dict) or "type" not in header:
-        raise MessageError("header must be a JSON object with a 'type'")
-    if len(frames) == 1:
-        return header, None
-    try:
-        array = np.frombuffer(frames[1], dtype=np.dtype(header["dtype"])).reshape(header["shape"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MessageError(f"array frame does not match its header: {exc}") from exc
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise MessageError("header must be a JSON object with a string 'type'")
+    array = _array(header, frames[1]) if len(frames) == 2 else None
+    if kinds is not None:
+        _check(header, array, kinds)
     return header, array
+
+
+def _array(header: dict, data: bytes) -> np.ndarray:
+    dtype, shape = header.get("dtype"), header.get("shape")
+    # Plain numbers only, named by a short string: np.dtype() also accepts structured and
+    # object types, which have no business on the bus.
+    if not isinstance(dtype, str) or not _DTYPE.fullmatch(dtype):
+        raise MessageError(f"array dtype must be a numeric type such as '<f4', got {dtype!r}")
+    if (not isinstance(shape, list) or len(shape) > 4
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise MessageError(f"array shape must be a list of at most 4 sizes >= 0, got {shape!r}")
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as exc:  # e.g. 'f1': the pattern allows sizes no type has
+        raise MessageError(f"array dtype {dtype!r}: {exc}") from exc
+    if math.prod(shape) * dtype.itemsize != len(data):
+        raise MessageError(f"array frame has {len(data)} bytes, its header says {shape} of {dtype}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+_DTYPE = re.compile(r"[<>|=]?[biuf][1248]")
+NUMBER = (int, float)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one message type carries: required and optional fields, and its array if any."""
+
+    fields: dict[str, type | tuple[type, ...]] = field(default_factory=dict)
+    optional: dict[str, type | tuple[type, ...]] = field(default_factory=dict)
+    dtype: str | None = None  # the array's dtype; None: no array
+    shape: tuple[int | None, ...] = ()  # None = any size
+    array_required: bool = True
+
+
+_AT = {"session": str, "seq": int, "t": NUMBER}
+_SPAN = {"session": str, "seq": int, "start": NUMBER, "end": NUMBER}
+_REPORT = {"stage": str, "pid": int, "time": NUMBER}
+SPECS: dict[str, Spec] = {
+    "audio": Spec(_AT, dtype="float32", shape=(None,)),
+    "frame": Spec(_AT, dtype="uint8", shape=(None, None, 3)),  # BGR image
+    "eos": Spec(optional={"session": str, "stream": str, "lost": str}),  # lost: a live device went away
+    "utterance": Spec(_SPAN, dtype="float32", shape=(None,)),
+    "partial": Spec(_SPAN, dtype="float32", shape=(None,)),
+    "transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}, dtype="float32", shape=(None,)),
+    "partial_transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}),
+    "face": Spec({**_AT, "found": bool}, dtype="uint8", shape=(None, None), array_required=False),
+    "result": Spec({"body": dict}),
+    "ready": Spec(_REPORT),
+    "heartbeat": Spec(_REPORT),
+    "done": Spec(_REPORT, optional={"max_rss_kb": int}),
+    "error": Spec({**_REPORT, "message": str}, optional={"traceback": str}),
+}
+# What each socket's reader accepts.
+AUDIO_IN = ("audio", "eos")  # segmenter
+VIDEO_IN = ("frame", "eos")  # faces
+UTTERANCES_IN = ("utterance", "partial", "eos")  # asr
+FUSION_IN = ("transcript", "partial_transcript", "audio", "face", "eos")
+RESULTS_IN = ("result", "eos")  # supervisor
+REPORTS = ("ready", "heartbeat", "done", "error")  # supervisor's control channel
+
+
+def _check(header: dict, array: np.ndarray | None, kinds: Iterable[str]) -> None:
+    kind = header["type"]
+    if kind not in kinds:
+        raise MessageError(f"unexpected message type {kind!r} here (expected {', '.join(kinds)})")
+    spec = SPECS[kind]
+    for name, types in (*spec.fields.items(), *spec.optional.items()):
+        if name not in header:
+            if name in spec.fields:
+                raise MessageError(f"{kind} message without {name!r}")
+            continue
+        value = header[name]
+        # bool is an int to Python, and NaN a float: neither is a time or a count.
+        if (not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types))
+                or (isinstance(value, float) and not math.isfinite(value))):
+            raise MessageError(f"{kind} message: {name} = {value!r:.40} has the wrong type")
+    if array is None:
+        if spec.dtype and spec.array_required or header.get("found") is True:
+            raise MessageError(f"{kind} message without its array")
+        return
+    if spec.dtype is None:
+        raise MessageError(f"{kind} message carries an array it should not have")
+    if array.dtype != np.dtype(spec.dtype) or len(array.shape) != len(spec.shape) or any(
+            want is not None and got != want for got, want in zip(array.shape, spec.shape)):
+        raise MessageError(f"{kind} message: array {array.dtype}{list(array.shape)} where "
+                           f"{spec.dtype} of rank {len(spec.shape)} belongs")
+    if len(spec.shape) > 1 and array.size == 0:
+        raise MessageError(f"{kind} message: empty image {list(array.shape)}")
+
+
+def _tuple(types) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+_dropped = {"count": 0}
+
+
+def recv_checked(sock: zmq.Socket, kinds: Iterable[str], reader: str):
+    """The next message if it is well formed and one of `kinds`, else None (dropped and logged).
+
+    A bad message never takes a stage down: internal sockets only hear our own
+    processes, so one is a bug or another local program, and either way the
+    stream goes on.  Logs the first few drops, then every hundredth.
+    """
+    frames = sock.recv_multipart()
+    try:
+        return decode(frames, kinds)
+    except MessageError as exc:
+        _dropped["count"] += 1
+        n = _dropped["count"]
+        if n <= 5 or n % 100 == 0:
+            logger.warning("realtime %s: dropped a malformed message (%d so far): %s", reader, n, exc)
+        return None
 
 
 def socket(ctx: zmq.Context, kind: int, endpoint: str, bind: bool, hwm: int = 1000) -> zmq.Socket:
@@ -59,5 +189,7 @@ def socket(ctx: zmq.Context, kind: int, endpoint: str, bind: bool, hwm: int = 10
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.LINGER, 2000)
+    if kind == zmq.PULL:
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
     (sock.bind if bind else sock.connect)(endpoint)
     return sock

@@ -1,7 +1,10 @@
 """`realtime`: run the emotion pipeline and read its stream.
 
-  realtime replay SESSION.mp4 --model BUNDLE --out OUT.jsonl
+  realtime replay SESSION.mp4 --model BUNDLE --out OUT.jsonl [--realtime] [--report REPORT.html]
   realtime listen [--endpoint tcp://127.0.0.1:5555] [--jsonl FILE]
+  realtime describe --model BUNDLE [--json]
+  realtime dashboard [--endpoint tcp://127.0.0.1:5555] [--port 8765]
+  realtime report OUT.jsonl --html REPORT.html [--model BUNDLE]
 """
 from __future__ import annotations
 
@@ -45,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", choices=DEVICES, help="where the model runs (default [model] device)")
     rp.add_argument("--wait-subscribers", type=int, metavar="N",
                     help="hold the first message until N subscribers are connected")
+    rp.add_argument("--realtime", action="store_true",
+                    help="read the media at its own speed (as if live) instead of as fast as the stages go")
+    rp.add_argument("--report", type=Path, metavar="REPORT.html",
+                    help="at the end, write the session's self-contained HTML report (see `realtime report`)")
+    _dashboard_options(rp, "while replaying (waits for it to subscribe; pair with --realtime to watch)")
     rp.add_argument("--quiet", action="store_true", help="do not print messages as they are published")
     _common(rp)
 
@@ -60,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--backend", choices=BACKENDS, help="inference backend (default [model] backend)")
     sp.add_argument("--device", choices=DEVICES, help="where the model runs (default [model] device)")
     sp.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
+    _dashboard_options(sp, "while serving")
     sp.add_argument("--quiet", action="store_true", help="do not print messages as they are published")
     _common(sp)
 
@@ -73,6 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--fps", type=float, default=15.0, help="video frame rate written")
     _common(cp)
 
+    dp = sub.add_parser("describe", help="verify a bundle and print its model card's summary",
+                        description="Check every file of the bundle against its sha256 and print one line: "
+                                    "labels, what each branch learnt from, test scores (card.json).")
+    dp.add_argument("--model", type=Path, help="model bundle directory; default [model] bundle")
+    dp.add_argument("--json", action="store_true", help="print the whole card.json instead")
+    _common(dp)
+
+    kp = sub.add_parser("keys", help="create CURVE keys to publish the stream beyond this machine",
+                        description="Write a server and a client key pair (ZeroMQ certificates; secret files "
+                                    "mode 0600) and DIR/clients/ with the client's public key. The server "
+                                    "uses [stream] curve_secret_key = DIR/server.key_secret and curve_clients "
+                                    "= DIR/clients; a listener uses --curve-key DIR/client.key_secret "
+                                    "--server-key DIR/server.key.")
+    kp.add_argument("--out", type=Path, required=True, help="directory for the key files")
+
     sub.add_parser("devices", help="list cameras and microphones",
                    description="Cameras OpenCV can open (indices 0-9) and PyAudio input devices.")
 
@@ -82,8 +106,61 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--topic", default="", help="topic prefix to subscribe to (default: all)")
     lp.add_argument("--jsonl", type=Path, help="append raw messages to this file instead of pretty-printing")
     lp.add_argument("--count", type=int, default=0, help="exit after this many messages (0: never)")
+    lp.add_argument("--curve-key", type=Path, metavar="FILE",
+                    help="an encrypted stream: this client's secret key file (realtime keys: client.key_secret)")
+    lp.add_argument("--server-key", type=Path, metavar="FILE",
+                    help="an encrypted stream: the server's public key file (realtime keys: server.key)")
     _common(lp)
+
+    dp = sub.add_parser("dashboard", help="show an emotion stream live in the browser",
+                        description="Serve a web page on 127.0.0.1 that draws the emotion stream as it "
+                                    "arrives (current probabilities, timeline, transcript, modalities, "
+                                    "latency), until Ctrl-C. The page needs no network.")
+    dp.add_argument("--endpoint", default=None, help="stream to show (default [stream] endpoint)")
+    dp.add_argument("--port", type=int, default=DASHBOARD_PORT,
+                    help=f"port of the page on 127.0.0.1 (default {DASHBOARD_PORT}; 0: any free port)")
+    _common(dp)
+
+    hp = sub.add_parser("report", help="write a finished session as one self-contained HTML page",
+                        description="Turn the JSONL of a session (realtime replay --out [--all-messages], "
+                                    "realtime listen --jsonl) into a static HTML page: timeline, transcript "
+                                    "with emotions, per-label summary, model card. CSS and JS are inline: "
+                                    "it opens with no network.")
+    hp.add_argument("jsonl", type=Path, help="messages of the session, one JSON object per line")
+    hp.add_argument("--html", type=Path, required=True, metavar="REPORT.html", help="page to write")
+    hp.add_argument("--model", type=Path, default=None,
+                    help="bundle whose model card summary (else labels and thresholds) the page shows "
+                         "(default [model] bundle, if set)")
+    hp.add_argument("--session", default=None,
+                    help="which session of the file (default: the last; listen --jsonl appends sessions)")
+    _common(hp)
     return parser
+
+
+DASHBOARD_PORT = 8765
+
+
+def _dashboard_options(parser: argparse.ArgumentParser, when: str) -> None:
+    parser.add_argument("--dashboard", action="store_true",
+                        help=f"also serve the live dashboard on 127.0.0.1 {when}")
+    parser.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT, metavar="PORT",
+                        help=f"port of --dashboard (default {DASHBOARD_PORT}; 0: any free port)")
+
+
+def _check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port}: expected 0-65535")
+
+
+def start_dashboard(endpoint: str, port: int):
+    """The dashboard in a thread of this command; prints its address."""
+    from realtime.dashboard import DashboardThread, url
+
+    _check_port(port)
+    dashboard = DashboardThread(endpoint, port)
+    bound = dashboard.start()
+    print(f"realtime: dashboard on {url(bound)} (stream {endpoint})", file=sys.stderr, flush=True)
+    return dashboard
 
 
 def format_message(body: dict) -> str:
@@ -129,9 +206,34 @@ def cmd_replay(args) -> int:
     config = load_settings(args, needs_model=True, model__bundle=args.model, stream__endpoint=args.endpoint,
                            model__backend=args.backend, model__device=args.device,
                            stream__wait_subscribers=args.wait_subscribers)
-    utterances = replay(args.media, config, args.out, on_message=print_results(args),
-                        all_messages=args.all_messages)
+    if args.report and not args.report.parent.is_dir():  # say so now, not after the whole replay
+        raise ValueError(f"--report {args.report}: no such folder {args.report.parent}")
+    dashboard = None
+    if args.dashboard:
+        dashboard = start_dashboard(config.stream.endpoint, args.dashboard_port)
+        # Its subscription must be in before the first message, or the page misses the start.
+        config.stream.wait_subscribers = max(config.stream.wait_subscribers, 1)
+    messages: list[dict] = []
+    printer = print_results(args)
+
+    def on_message(body: dict) -> None:
+        if args.report:
+            messages.append(body)
+        if printer:
+            printer(body)
+
+    try:
+        utterances = replay(args.media, config, args.out, on_message=on_message,
+                            all_messages=args.all_messages, realtime=args.realtime)
+    finally:
+        if dashboard:
+            dashboard.stop()
     print(f"{len(utterances)} utterances" + (f" written to {args.out}" if args.out else ""), file=sys.stderr)
+    if args.report:
+        from realtime.report import write_report_from
+
+        write_report_from(messages, args.report, config.model.bundle, source=args.media.name)
+        print(f"report written to {args.report}", file=sys.stderr)
     return 0
 
 
@@ -141,8 +243,41 @@ def cmd_serve(args) -> int:
     config = load_settings(args, needs_model=True, model__bundle=args.model, capture__camera=args.camera,
                            capture__microphone=args.microphone, stream__endpoint=args.endpoint,
                            model__backend=args.backend, model__device=args.device)
-    utterances = serve(config, config.capture, args.jsonl, on_message=print_results(args), duration_s=args.duration)
+    dashboard = start_dashboard(config.stream.endpoint, args.dashboard_port) if args.dashboard else None
+    try:
+        utterances = serve(config, config.capture, args.jsonl, on_message=print_results(args),
+                           duration_s=args.duration)
+    finally:
+        if dashboard:
+            dashboard.stop()
     print(f"{len(utterances)} utterances", file=sys.stderr)
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from realtime.dashboard import run, url
+
+    _check_port(args.port)
+    endpoint = load_settings(args, stream__endpoint=args.endpoint).stream.endpoint
+    ready = lambda port: print(f"dashboard on {url(port)} (stream {endpoint}; Ctrl-C to stop)",
+                               file=sys.stderr, flush=True)
+    try:
+        run(endpoint, args.port, on_ready=ready)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_report(args) -> int:
+    from realtime.report import write_report
+
+    bundle = args.model if args.model is not None else (load_settings(args).model.bundle or None)
+    summary = write_report(args.jsonl, args.html, bundle, args.session)
+    if len(summary["sessions"]) > 1 and args.session is None:
+        print(f"{args.jsonl} holds {len(summary['sessions'])} sessions; reported the last, {summary['session']} "
+              "(--session picks another)", file=sys.stderr)
+    print(f"report of {summary['session']} ({summary['utterances']} utterances) written to {args.html}",
+          file=sys.stderr)
     return 0
 
 
@@ -159,6 +294,14 @@ def cmd_record(args) -> int:
     result = record(args.out, config.capture, args.duration, args.fps, stop,
                     on_ready=lambda: print(f"recording to {args.out} (Ctrl-C to stop)", file=sys.stderr, flush=True))
     print(f"wrote {result['path']}: {result['seconds']:.1f} s of audio, {result['frames']} frames", file=sys.stderr)
+    return 0
+
+
+def cmd_describe(args) -> int:
+    from engines.card import model_line, read_card
+
+    bundle = load_settings(args, needs_model=True, model__bundle=args.model).model.bundle
+    print(json.dumps(read_card(bundle), indent=2) if args.json else model_line(bundle))
     return 0
 
 
@@ -180,6 +323,12 @@ def cmd_listen(args) -> int:
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt_string(zmq.SUBSCRIBE, args.topic)
+    if args.curve_key or args.server_key:
+        if not (args.curve_key and args.server_key):
+            raise ValueError("--curve-key and --server-key go together")
+        from realtime.security import client_keys
+
+        client_keys(sock, str(args.curve_key), str(args.server_key))
     sock.connect(endpoint)
     out = args.jsonl.open("a") if args.jsonl else None
     print(f"listening on {endpoint} (Ctrl-C to stop)", file=sys.stderr)
@@ -206,6 +355,18 @@ def cmd_listen(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    from realtime.security import generate_keys
+
+    files = generate_keys(args.out)
+    print(f"wrote keys to {args.out}\n"
+          f"server: --set stream.curve_secret_key={files['server_secret']} "
+          f"--set stream.curve_clients={files['clients']}\n"
+          f"client: realtime listen --curve-key {files['client_secret']} --server-key {files['server_public']}",
+          file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from engines.backends import BackendUnavailable
@@ -216,9 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     from realtime.sources import DeviceError
 
     try:
-        commands = {"replay": cmd_replay, "serve": cmd_serve, "record": cmd_record, "devices": cmd_devices, "listen": cmd_listen}
+        commands = {"replay": cmd_replay, "serve": cmd_serve, "record": cmd_record, "devices": cmd_devices,
+                    "listen": cmd_listen, "describe": cmd_describe, "dashboard": cmd_dashboard, "report": cmd_report,
+                    "keys": cmd_keys}
         return commands[args.command](args)
-    except (BundleError, BackendUnavailable, MediaError, ConfigError, PipelineError, DeviceError, ValueError) as exc:
+    except (BundleError, BackendUnavailable, MediaError, ConfigError, PipelineError, DeviceError, ValueError,
+            OSError) as exc:
         print(f"realtime {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

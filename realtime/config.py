@@ -2,51 +2,54 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import ip_address
-from urllib.parse import urlsplit
 
 from engines.backends import BACKENDS, DEVICES
 from engines.faces import FaceOptions
 from engines.settings import apply_overrides, build, read_toml
 from realtime.asr import AsrOptions
 from realtime.fusion import FusionOptions
+from realtime.security import is_local
 from realtime.sources import CaptureOptions
 from realtime.segmenter import VadOptions
 
 
 @dataclass
 class StreamOptions:
-    endpoint: str = "tcp://127.0.0.1:5555"  # where the public emotion stream is published (PUB, bound)
+    endpoint: str = "tcp://127.0.0.1:5555"  # where the stream is published (PUB, bound); loopback:
+    # emotions are personal data; another address needs the CURVE keys below (README: Security)
     wait_subscribers: int = 0  # replay: hold the first message until this many subscribers joined
     wait_timeout_s: float = 10.0  # ... but no longer than this
+    curve_secret_key: str = ""  # CURVE encryption: the server's secret key file (`realtime keys --out DIR`:
+    # DIR/server.key_secret); "" = unencrypted, loopback only
+    curve_clients: str = ""  # CURVE: directory of the client public keys (*.key) allowed to subscribe
+    # (DIR/clients); set with curve_secret_key
 
     def __post_init__(self):
         scheme, _, rest = self.endpoint.partition("://")
         if scheme not in ("tcp", "ipc", "inproc") or not rest:
             raise ValueError(f"endpoint {self.endpoint!r}: expected tcp://HOST:PORT or ipc://PATH")
-        if scheme == "tcp":
-            host = urlsplit(self.endpoint).hostname or ""
-            loopback = host == "localhost"
-            try:
-                loopback = loopback or ip_address(host).is_loopback
-            except ValueError:
-                pass
-            if not loopback:
-                # Emotions are personal data: never publish them off this machine unencrypted.
-                raise ValueError(
-                    f"endpoint {self.endpoint!r}: only loopback addresses are allowed "
-                    "(publishing to other hosts needs CURVE encryption, not yet supported)"
-                )
+        if bool(self.curve_secret_key) != bool(self.curve_clients):
+            raise ValueError("curve_secret_key and curve_clients go together: set both or neither")
+        if not is_local(self.endpoint) and not self.curve_secret_key:
+            # Emotions are personal data: never publish them off this machine unencrypted.
+            raise ValueError(
+                f"endpoint {self.endpoint!r}: only loopback addresses are allowed without encryption; "
+                "to publish to other hosts, create keys with `realtime keys --out DIR` and set "
+                "stream.curve_secret_key and stream.curve_clients (README: Security)"
+            )
         if self.wait_subscribers < 0:
             raise ValueError("wait_subscribers must be >= 0")
+        if self.wait_timeout_s < 0:
+            raise ValueError("wait_timeout_s must be >= 0")
 
 
 @dataclass
 class ModelOptions:
-    bundle: str = ""  # model bundle directory (trainer export); --model overrides
-    backend: str = "auto"  # auto | tensorrt | onnxruntime | torch
+    bundle: str = ""  # bundle directory written by `trainer export` (or --model)
+    backend: str = "auto"  # auto | tensorrt | onnxruntime | torch (auto: TensorRT, else PyTorch on CUDA,
+    # else ONNX Runtime)
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 1  # inference threads in the fusion stage
+    threads: int = 1  # inference threads of the fusion stage
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -60,14 +63,16 @@ class ModelOptions:
 @dataclass
 class PipelineOptions:
     chunk_ms: int = 32  # audio chunk the source sends (Silero VAD works on 32 ms frames)
-    queue_limit: int = 256  # messages a socket buffers before the sender waits (replay) or drops (live)
-    stage_start_timeout_s: float = 60.0  # a stage that is not ready by then is an error
+    queue_limit: int = 256  # messages a socket buffers before its sender waits (replay) or drops (live)
+    stage_start_timeout_s: float = 60.0  # a stage not ready by then stops the pipeline
 
     def __post_init__(self):
         if not 10 <= self.chunk_ms <= 1000:
             raise ValueError("chunk_ms must be in [10, 1000]")
         if self.queue_limit < 1:
             raise ValueError("queue_limit must be >= 1")
+        if self.stage_start_timeout_s <= 0:
+            raise ValueError("stage_start_timeout_s must be > 0")
 
 
 @dataclass

@@ -15,20 +15,26 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import zmq
 
 from engines.dialogue import History, Turn
+from engines.features import Window, crops_between, sample_index, text_inputs
 from realtime import bus, protocol
-from realtime.stage import Stage
+from realtime.security import PublicSocket
+from realtime.stage import Stage, StageError
 
 
 @dataclass
 class FusionOptions:
-    window_rate: float = 4.0  # window updates per second of media time; 0 turns them off
-    window_s: float = 2.0  # audio and video span of one window update
-    keep_s: float = 30.0  # audio and crops kept for utterances still in the ASR
+    window_rate: float = 4.0  # audio+video updates per second of media time between utterances (0: off)
+    window_s: float = 2.0  # span of audio and video one window update looks at
+    keep_s: float = 30.0  # audio and face crops kept for utterances still being transcribed
+    dump_features: str = ""  # debugging: a directory that gets each scored utterance's
+    # model inputs, span and transcript (one .npz each; training/serving parity checks);
+    # that is voice, face and words on disk, personal data; "" = off
 
     def __post_init__(self):
         if self.window_rate < 0:
@@ -45,12 +51,11 @@ class Publisher:
     def __init__(self, stage: Stage, stream_options, session: str):
         self.stage, self.session = stage, session
         self.seq = 0
-        self.pub = stage.ctx.socket(zmq.XPUB)
-        self.pub.setsockopt(zmq.LINGER, 1000)
         try:
-            self.pub.bind(stream_options.endpoint)
+            self.public = PublicSocket(stage.ctx, stream_options)
         except zmq.ZMQError as exc:
-            raise RuntimeError(f"cannot bind the emotion stream to {stream_options.endpoint}: {exc}") from exc
+            raise StageError(f"cannot bind the emotion stream to {stream_options.endpoint}: {exc}") from exc
+        self.pub = self.public.sock
         self.results = stage.push(stage.endpoints.results)
 
     def wait_for_subscribers(self, count: int, timeout_s: float) -> int:
@@ -96,7 +101,7 @@ class AudioRing:
         self.buffer.discard_before(self.buffer.end - self.keep)
 
     def span(self, start: float, end: float) -> np.ndarray:
-        index = lambda t: min(max(int(round((t - self.t0) * self.rate)), self.buffer.start), self.buffer.end)
+        index = lambda t: min(max(sample_index(t, self.t0, self.rate), self.buffer.start), self.buffer.end)
         a, b = index(start), index(end)
         return self.buffer.get(a, max(a, b))
 
@@ -113,13 +118,17 @@ class Fusion:
         self.crops: list[tuple[float, np.ndarray | None]] = []
         self.pending: list[tuple[dict, np.ndarray]] = []  # transcripts waiting for their video
         self.video_until = -math.inf  # media time up to which every sampled frame has arrived
-        self.audio_done = False
+        self.last_frame_t = 0.0  # media time of the last sampled frame (video_until is inf after eos)
+        self.audio_done = False  # the ASR has sent every transcript
+        self.audio_complete = False  # the segmenter has sent every audio chunk
+        self.lost: set[str] = set()  # live sources that went away, already announced
         period = 1.0 / options.window_rate if options.window_rate else math.inf
         self.period, self.next_window = period, period
+        self.utterances = 0  # scored so far (names the feature dumps)
 
     @property
     def finished(self) -> bool:
-        return self.audio_done and not self.pending and self.video_until == math.inf
+        return self.audio_done and self.audio_complete and not self.pending and self.video_until == math.inf
 
     def on_message(self, header: dict, array) -> None:
         kind = header["type"]
@@ -135,9 +144,16 @@ class Fusion:
         elif kind == "face":
             self.crops.append((header["t"], array if header["found"] else None))
             self.video_until = max(self.video_until, header["t"])
+            self.last_frame_t = max(self.last_frame_t, header["t"])
         elif kind == "eos":
-            if header.get("stream") == "audio":
+            if header.get("lost") and header["lost"] not in self.lost:
+                self.lost.add(header["lost"])  # said once, though it reaches us on two paths
+                self.out.publish({"type": "status", "state": "lost", "detail": header["lost"]})
+            stream = header.get("stream")
+            if stream == "audio":
                 self.audio_done = True
+            elif stream == "audio_copy":
+                self.audio_complete = True
             else:
                 self.video_until = math.inf
         self.score_ready()
@@ -145,19 +161,42 @@ class Fusion:
     def score_ready(self) -> None:
         while self.pending and self.pending[0][0]["end"] <= self.video_until:
             self.score_utterance(*self.pending.pop(0))
-        while self.next_window <= min(self.audio.until, self.video_until):
+        while self.next_window <= self.window_limit():
             self.score_window(self.next_window)
             self.next_window += self.period
         oldest = min([u["start"] for u, _ in self.pending] + [self.next_window - self.options.window_s])
         self.crops = [c for c in self.crops if c[0] >= oldest - self.options.keep_s]
 
-    def _crops(self, start: float, end: float):
-        return [c for c in self.crops if start <= c[0] <= end]
+    def window_limit(self) -> float:
+        """Media time up to which windows can be scored: every stream has arrived that far.
 
-    def _infer(self, window):
+        A file with one modality still gets its windows: a stream that has ended
+        holds nothing back, and once both have ended windows run to the end of the
+        audio, or of the video when there is no audio."""
+        audio = math.inf if self.audio_complete else self.audio.until
+        limit = min(audio, self.video_until)
+        if limit == math.inf:
+            limit = self.audio.until if self.audio.buffer.end else self.last_frame_t
+        return limit
+
+    def _crops(self, start: float, end: float):
+        return crops_between(self.crops, start, end)
+
+    def _infer(self, window: Window, dump: bool = False):
         t0 = time.perf_counter()
-        (pred,) = self.engine.infer([window])
-        return pred, time.perf_counter() - t0
+        feeds = self.engine.features([window])
+        (pred,) = self.engine.predict(feeds)
+        infer_s = time.perf_counter() - t0
+        if dump and self.options.dump_features:
+            self._dump(window, feeds)
+        return pred, infer_s
+
+    def _dump(self, window: Window, feeds: dict) -> None:
+        folder = Path(self.options.dump_features)
+        folder.mkdir(parents=True, exist_ok=True)
+        (text_input,) = text_inputs([window], self.engine.pre)
+        np.savez(folder / f"utterance-{self.utterances:04d}.npz", start=window.start, end=window.end,
+                 text=window.text or "", text_input=text_input, **{k: v[0] for k, v in feeds.items()})
 
     def _result(self, pred) -> dict:
         thresholds = self.engine.bundle.thresholds
@@ -166,11 +205,10 @@ class Fusion:
                 "peers": pred.peers, "modalities": pred.modalities}
 
     def score_utterance(self, utt: dict, audio: np.ndarray) -> None:
-        from engines.runtime import Window
-
         window = Window(start=utt["start"], end=utt["end"], text=utt["text"], audio=audio,
                         crops=self._crops(utt["start"], utt["end"]), context=self.history.past)
-        pred, infer_s = self._infer(window)
+        pred, infer_s = self._infer(window, dump=True)
+        self.utterances += 1
         self.history.add(Turn(window.speaker, utt["text"]))
         self.out.publish({"type": "utterance", "start": round(utt["start"], 3), "end": round(utt["end"], 3),
                           "text": utt["text"], **self._result(pred),
@@ -178,8 +216,6 @@ class Fusion:
                                      "emitted_at": time.time()}})
 
     def score_window(self, end: float) -> None:
-        from engines.runtime import Window
-
         start = max(0.0, end - self.options.window_s)
         window = Window(start=start, end=end, audio=self.audio.span(start, end), crops=self._crops(start, end))
         pred, infer_s = self._infer(window)
@@ -200,6 +236,7 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
     out.publish({"type": "status", "state": "started", "labels": engine.labels})
     state = Fusion(engine, fusion_options, out)
     while not state.finished:
-        state.on_message(*stage.recv(inbox))
+        state.on_message(*stage.recv(inbox, bus.FUSION_IN))
     out.publish({"type": "status", "state": "finished"})
     stage.send(out.results, {"type": "eos"})
+    out.public.close()

@@ -19,14 +19,17 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 import zmq
 
 from engines.bundle import open_bundle
+from engines.card import model_line
 from realtime import bus, fusion, sources, stages
 from realtime.config import RealtimeConfig
+from realtime.security import check_server_keys
 from realtime.stage import Endpoints, run_stage
 
 PROCESSING = ["segmenter", "asr", "faces", "fusion"]
@@ -36,6 +39,20 @@ MAX_RESTARTS = 3  # per stage, in one serve session
 
 class PipelineError(RuntimeError):
     """A stage failed; the message names it."""
+
+
+@contextmanager
+def private_workdir():
+    """The directory of the internal ipc sockets, which only this user can enter.
+
+    Stages exchange raw audio, video and transcripts there: another local user who
+    could connect would read them or inject messages.  mkdtemp already creates it
+    mode 0700; the chmod keeps that true whatever tempfile does.  Nothing but the
+    sockets is written in it, and it is removed with them.
+    """
+    with tempfile.TemporaryDirectory(prefix="realtime-") as workdir:
+        os.chmod(workdir, 0o700)
+        yield workdir
 
 
 class Supervisor:
@@ -88,21 +105,41 @@ class Supervisor:
     def check(self, timeout_ms: int, restart: bool | None = None) -> dict | None:
         """Next stage report, if any; a failed, dead or hung stage is restarted or raises PipelineError."""
         restart = self.restart if restart is None else restart
-        report = None
-        if self.control.poll(timeout_ms):
-            report, _ = bus.recv(self.control)
-            self.last_seen[report["stage"]] = time.monotonic()
-            if report["type"] == "ready":
-                self.ready.add(report["stage"])
-            if report["type"] == "error":
-                self._failed(report["stage"], f"{report['message']}\n{report['traceback']}", restart)
+        report = self._next_report(timeout_ms)
+        if report is not None:
+            self._handle(report, restart)
         now = time.monotonic()
         for name, proc in list(self.procs.items()):
             if proc.exitcode not in (None, 0):
-                self._failed(name, f"exited with code {proc.exitcode}", restart)
+                # Its error report may still be queued behind heartbeats: read those first,
+                # so the failure says why the stage ended, not only that it did.
+                while (queued := self._next_report(0)) is not None:
+                    self._handle(queued, restart)
+                if self.procs.get(name) is proc:  # not already restarted on its error report
+                    self._failed(name, f"exited with code {proc.exitcode}", restart)
             elif name in self.ready and proc.is_alive() and now - self.last_seen[name] > HEARTBEAT_TIMEOUT_S:
                 self._failed(name, f"no heartbeat for {HEARTBEAT_TIMEOUT_S:.0f} s", restart)
         return report
+
+    def _next_report(self, timeout_ms: int) -> dict | None:
+        """The next well-formed report from a stage we started; anything else is dropped (bus logs it)."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while self.control.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            report = bus.recv_checked(self.control, bus.REPORTS, "supervisor")
+            if report is not None and report[0]["stage"] in self.procs:
+                return report[0]
+        return None
+
+    def _handle(self, report: dict, restart: bool) -> None:
+        self.last_seen[report["stage"]] = time.monotonic()
+        if report["type"] == "ready":
+            self.ready.add(report["stage"])
+        if report["type"] == "done":  # its work is over: it may now take a while delivering what it queued
+            self.ready.discard(report["stage"])
+        if report["type"] == "error":
+            # A clear error (bad media, missing device) comes without a traceback: its message says it all.
+            why = "\n".join(filter(None, (report["message"], report.get("traceback", ""))))
+            self._failed(report["stage"], why, restart)
 
     def _failed(self, name: str, why: str, restart: bool) -> None:
         if not restart or name not in PROCESSING or self.restarts.get(name, 0) >= MAX_RESTARTS:
@@ -120,7 +157,10 @@ class Supervisor:
         """Pass published messages to on_result until fusion's end of stream (True) or stop() (False)."""
         while not stop():
             if self.results.poll(100):
-                header, _ = bus.recv(self.results)
+                message = bus.recv_checked(self.results, bus.RESULTS_IN, "supervisor")
+                if message is None:
+                    continue
+                header = message[0]
                 if header["type"] == "eos":
                     return True
                 on_result(header["body"])
@@ -179,26 +219,29 @@ def replay(
     out_jsonl: str | Path | None = None,
     on_message: Callable[[dict], None] | None = None,
     all_messages: bool = False,
+    realtime: bool = False,
 ) -> list[dict]:
     """Run the pipeline over one recorded session; returns the utterance messages.
 
-    out_jsonl gets the utterance results, or every published message with all_messages."""
-    from engines.media import MediaError
+    out_jsonl gets the utterance results, or every published message with all_messages.
+    realtime paces the media at its own speed instead of as fast as the stages go."""
+    from engines.media import probe_media
 
     media = Path(media)
-    if not media.is_file():
-        raise MediaError(f"{media}: no such file")
+    probe_media(media)  # a bad file is refused with FFmpeg's reason, before any model loads
+    check_server_keys(config.stream)
     bundle = open_bundle(config.model.bundle)  # refuse a bad bundle before starting anything
+    print(model_line(bundle), file=sys.stderr, flush=True)
     session = media.stem
     sink = ResultSink(out_jsonl, on_message, all_types=all_messages)
-    with tempfile.TemporaryDirectory(prefix="realtime-") as workdir:
+    with private_workdir() as workdir:
         sup = Supervisor(config, workdir)
         try:
             sup.start_processing(bundle, session)
             sup.start("source", functools.partial(
                 stages.media_source, path=str(media), session=session,
                 chunk_ms=config.pipeline.chunk_ms, video_fps=config.faces.sample_fps,
-                sample_rate=bundle.preprocessing.sample_rate))
+                sample_rate=bundle.preprocessing.sample_rate, realtime=realtime))
             sup.collect(sink)
         finally:
             sup.stop()
@@ -214,7 +257,9 @@ def serve(
     duration_s: float = 0.0,
 ) -> list[dict]:
     """Live: camera + microphone until Ctrl-C, SIGTERM or duration_s; returns the utterances."""
+    check_server_keys(config.stream)
     bundle = open_bundle(config.model.bundle)
+    print(model_line(bundle), file=sys.stderr, flush=True)
     session = time.strftime("live-%Y%m%d-%H%M%S")
     sink = ResultSink(out_jsonl, on_message, all_types=True)
     stopping = {"now": False}
@@ -224,7 +269,7 @@ def serve(
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     t_end = time.monotonic() + duration_s if duration_s else float("inf")
-    with tempfile.TemporaryDirectory(prefix="realtime-") as workdir:
+    with private_workdir() as workdir:
         sup = Supervisor(config, workdir, restart=True)
         try:
             sup.start_processing(bundle, session)

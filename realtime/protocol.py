@@ -44,6 +44,9 @@ def decode(frames: list[bytes]) -> tuple[str, dict]:
     if len(frames) != 2:
         raise ValueError(f"expected 2 frames (topic, body), got {len(frames)}")
     try:
-        return frames[0].decode(), json.loads(frames[1])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        topic, body = frames[0].decode(), json.loads(frames[1])
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"malformed message: {exc}") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        raise ValueError("malformed message: the body is not a JSON object with a 'type'")
+    return topic, body

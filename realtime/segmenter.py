@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.features import SPEECH_PAD_MS
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -34,32 +36,20 @@ T0_TOLERANCE_S = 0.02
 
 @dataclass
 class VadOptions:
-    """How speech is found and cut into utterances.
+    """How speech is found and cut into utterances."""
 
-    Attributes:
-      threshold: Speech probability at or above which a frame is speech; it
-        opens an utterance.
-      neg_threshold: Probability below which a frame is silence; only silence
-        can close an utterance. Frames between the two thresholds keep the
-        current state (hysteresis). None means max(threshold - 0.15, 0.01).
-      min_speech_ms: Utterances with less speech than this are dropped (clicks,
-        coughs).
-      min_silence_ms: Silence needed after speech to close an utterance; it
-        is also the latency between the end of speech and the utterance.
-      speech_pad_ms: Audio kept before and after the detected speech, so word
-        edges the VAD scores low are not cut off. The padding after the speech
-        is limited to the audio heard when the utterance closes (at least
-        min_silence_ms), and padding never overlaps the previous utterance.
-      max_utterance_s: Longer speech is cut (at a pause when there is one) so
-        that no utterance, padding included, is much longer than this.
-    """
-
-    threshold: float = 0.5
-    neg_threshold: float | None = None
-    min_speech_ms: int = 250
-    min_silence_ms: int = 500
-    speech_pad_ms: int = 200
-    max_utterance_s: float = 15.0
+    threshold: float = 0.5  # speech probability at or above which a frame is speech; it opens an utterance
+    neg_threshold: float | None = None  # probability below which a frame is silence; only silence
+    # closes an utterance, and frames between the thresholds keep the state (hysteresis);
+    # unset: max(threshold - 0.15, 0.01)
+    min_speech_ms: int = 250  # utterances with less speech than this are dropped (clicks, coughs)
+    min_silence_ms: int = 500  # silence that closes an utterance; also the latency from the end of speech
+    speech_pad_ms: int = SPEECH_PAD_MS  # audio kept before and after the speech, so word edges the VAD
+    # scores low survive; the padding after is at most the audio heard when the utterance
+    # closes (at least min_silence_ms), and padding never overlaps the previous utterance;
+    # `trainer fit` pads manifest spans by it too, so training cuts utterances alike
+    max_utterance_s: float = 15.0  # longer speech is cut, at a pause when there is one, so that
+    # no utterance, padding included, is much longer than this
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,7 +78,7 @@ class VadOptions:
 
 
 @dataclass
-class Utterance:
+class SpeechSegment:
     """One stretch of speech, padded."""
 
     start: float  # seconds of media time (the t0 clock of the first fed chunk)
@@ -223,7 +213,7 @@ class StreamingSegmenter:
         """Samples held right now (for monitoring; bounded by the options, not the stream)."""
         return self._buffer.end - self._buffer.start
 
-    def feed(self, samples: np.ndarray, t0: float) -> list[Utterance]:
+    def feed(self, samples: np.ndarray, t0: float) -> list[SpeechSegment]:
         """Add the next chunk (any length); t0 is the media time of samples[0].
 
         Chunks are taken as contiguous; t0 only anchors the clock on the first
@@ -240,7 +230,7 @@ class StreamingSegmenter:
         self._trim()
         return utterances
 
-    def flush(self) -> list[Utterance]:
+    def flush(self) -> list[SpeechSegment]:
         """End of stream: score the last partial frame, close any open utterance, reset."""
         utterances = []
         real_end = self._buffer.end
@@ -253,24 +243,24 @@ class StreamingSegmenter:
         self.reset()
         return utterances
 
-    def open_utterance(self) -> Utterance | None:
+    def open_utterance(self) -> SpeechSegment | None:
         """The utterance still being spoken, up to the audio scored so far (what a
         partial transcript is made of); None while there is no speech."""
         if self._speech_start is None:
             return None
         start = max(self._speech_start - self._pad, self._emitted_end)
         end = min(self._vad_end, self._buffer.end)
-        return Utterance(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end))
+        return SpeechSegment(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end))
 
     # -- per-frame state machine ------------------------------------------------
 
-    def _score_frame(self, frame: np.ndarray) -> list[Utterance]:
+    def _score_frame(self, frame: np.ndarray) -> list[SpeechSegment]:
         pos = self._vad_end
         prob = self._vad(frame)
         self._vad_end += FRAME
         return self._decide(prob, pos)
 
-    def _decide(self, prob: float, pos: int) -> list[Utterance]:
+    def _decide(self, prob: float, pos: int) -> list[SpeechSegment]:
         """Update the state with the frame starting at `pos`; return closed utterances."""
         opts = self.options
         if self._speech_start is None:
@@ -291,7 +281,7 @@ class StreamingSegmenter:
             return self._force_cut(frame_end)
         return []
 
-    def _close(self, speech_end: int) -> list[Utterance]:
+    def _close(self, speech_end: int) -> list[SpeechSegment]:
         """End the open utterance at `speech_end`; drop it if it is too short."""
         start = self._speech_start
         self._speech_start = self._silence_start = self._pause = None
@@ -299,7 +289,7 @@ class StreamingSegmenter:
             return []  # too short, or nothing left after a cut at the very end
         return [self._emit(start, speech_end, pad_end=True)]
 
-    def _force_cut(self, now: int) -> list[Utterance]:
+    def _force_cut(self, now: int) -> list[SpeechSegment]:
         """The utterance is too long: cut it, preferring a pause to mid-speech."""
         if self._silence_start is not None:
             return self._close(self._silence_start)
@@ -310,7 +300,7 @@ class StreamingSegmenter:
         self._speech_start, self._pause = cut, None
         return [piece]
 
-    def _emit(self, speech_start: int, speech_end: int, pad_end: bool) -> Utterance:
+    def _emit(self, speech_start: int, speech_end: int, pad_end: bool) -> SpeechSegment:
         start = max(speech_start - self._pad, self._emitted_end)
         end = speech_end
         if pad_end:
@@ -318,7 +308,7 @@ class StreamingSegmenter:
             # make the result depend on chunking.
             end = min(speech_end + self._pad, self._vad_end, self._buffer.end)
         self._emitted_end = end
-        return Utterance(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end))
+        return SpeechSegment(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end))
 
     # -- bookkeeping ------------------------------------------------------------
 

@@ -15,25 +15,27 @@ import numpy as np
 import zmq
 
 from realtime import bus
-from realtime.stage import Stage
+from realtime.stage import Stage, StageError
 
 
-class DeviceError(RuntimeError):
+class DeviceError(StageError):
     """A camera or microphone that cannot be opened; the message says which."""
 
 
 @dataclass
 class CaptureOptions:
-    camera: str = "0"  # camera index, video file path or stream URL; "" for no camera
-    width: int = 640  # requested capture size (the camera may pick the nearest it has)
-    height: int = 480
-    fps: float = 30.0  # requested capture rate
+    camera: str = "0"  # camera index, video file (played at its own rate) or stream URL; "" = none
+    width: int = 640  # requested camera width (the camera may pick the nearest size it has)
+    height: int = 480  # requested camera height
+    fps: float = 30.0  # requested camera frame rate
     microphone: str = ""  # PyAudio input device index or part of its name; "" = system default
-    mic_rate: int = 0  # capture rate in Hz; 0 = the device's default rate
+    mic_rate: int = 0  # capture rate in Hz; 0 = the device's default (resampled to 16 kHz)
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1 or self.fps <= 0:
             raise ValueError("width, height and fps must be > 0")
+        if self.mic_rate != 0 and not 4000 <= self.mic_rate <= 384_000:
+            raise ValueError(f"mic_rate must be 0 (the device's rate) or in [4000, 384000] Hz, got {self.mic_rate}")
 
 
 def open_camera(spec: str, options: CaptureOptions):
@@ -100,7 +102,10 @@ def camera_source(stage: Stage, options: CaptureOptions, session: str, sample_fp
         seq += 1
         stage.heartbeat()
     camera.close()
-    stage.send(out, {"type": "eos", "session": session})
+    eos = {"type": "eos", "session": session}
+    if not camera.is_file:  # a file ends; a camera or stream that stops giving frames has gone away
+        eos["lost"] = f"camera {options.camera}: no more frames (unplugged, or the stream ended)"
+    stage.send(out, eos)
 
 
 def find_microphone(pa, spec: str) -> int | None:
@@ -160,17 +165,25 @@ def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk
     stage.report("ready")
     sent, seq = 0, 0
     t0 = time.time() - t_start  # media time of sample 0, on the session clock the camera uses too
+    eos = {"type": "eos", "session": session}
     try:
         while True:
-            samples = mic.read()
+            try:
+                samples = mic.read()
+            except OSError as exc:  # unplugged, or its sound server is gone: the camera carries on
+                eos["lost"] = f"microphone {options.microphone or '(default)'}: {exc}"
+                return
             if samples.size:
                 stage.send(out, {"type": "audio", "session": session, "seq": seq, "t": t0 + sent / sample_rate},
                          samples)
                 sent, seq = sent + samples.size, seq + 1
             stage.heartbeat()
     finally:
-        mic.close()
-        stage.send(out, {"type": "eos", "session": session})
+        try:
+            mic.close()
+        except OSError:
+            pass  # a device that is gone cannot be closed cleanly
+        stage.send(out, eos)
 
 
 def list_devices() -> dict[str, list[dict]]:

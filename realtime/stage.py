@@ -8,7 +8,9 @@ to these reports on one PULL socket (the control channel).
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -67,12 +69,17 @@ class Stage:
             except zmq.Again:
                 self.heartbeat()
 
-    def recv(self, sock: zmq.Socket):
-        """Next message on `sock`, sending heartbeats while waiting for it."""
-        while not sock.poll(int(HEARTBEAT_S * 1000)):
+    def recv(self, sock: zmq.Socket, kinds: tuple[str, ...]):
+        """Next well-formed message of one of `kinds` on `sock`, sending heartbeats while waiting.
+
+        Anything else is dropped and logged (bus.recv_checked): a bad message never stops a stage."""
+        while True:
+            while not sock.poll(int(HEARTBEAT_S * 1000)):
+                self.heartbeat()
             self.heartbeat()
-        self.heartbeat()
-        return bus.recv(sock)
+            message = bus.recv_checked(sock, kinds, self.name)
+            if message is not None:
+                return message
 
     def heartbeat(self) -> None:
         if os.getppid() != self._parent:
@@ -91,8 +98,35 @@ class Stage:
         except zmq.Again:
             pass
 
-    def close(self) -> None:
-        self.ctx.destroy(linger=2000)
+    def close(self, drain: bool = False) -> None:
+        """Close every socket; with drain, first deliver everything still queued.
+
+        A stage that has finished may still hold up to queue_limit messages for a slow
+        receiver, its end of stream last: dropping them after a fixed linger would lose
+        the tail of the stream and leave the receiver waiting forever.  So a finished
+        stage waits as long as it takes, but no longer than its supervisor lives."""
+        if not drain:
+            self.ctx.destroy(linger=2000)
+            return
+        closing = threading.Thread(target=self.ctx.destroy, kwargs={"linger": -1}, daemon=True)
+        closing.start()  # the main thread no longer touches the sockets
+        while closing.is_alive():
+            closing.join(HEARTBEAT_S)
+            if os.getppid() != self._parent:
+                os._exit(3)
+
+
+class StageError(RuntimeError):
+    """A failure whose message says what is wrong and where (no traceback needed)."""
+
+
+def _is_clear(exc: Exception) -> bool:
+    """Errors about the user's input or machine (a bad file, a missing device), not bugs in us."""
+    from engines.backends import BackendUnavailable
+    from engines.bundle import BundleError
+    from engines.media import MediaError
+
+    return isinstance(exc, (StageError, MediaError, BundleError, BackendUnavailable))
 
 
 def run_stage(name: str, body: Callable[[Stage], None], endpoints: Endpoints, queue_limit: int,
@@ -105,9 +139,11 @@ def run_stage(name: str, body: Callable[[Stage], None], endpoints: Endpoints, qu
     stage.heartbeat()  # the supervisor may already be gone
     try:
         body(stage)
-        stage.report("done")
+        # Peak memory: lets a test check that a long file streams in bounded memory.
+        stage.report("done", max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     except Exception as exc:  # report any failure to the supervisor, then exit non-zero
-        stage.report("error", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        trace = "" if _is_clear(exc) else traceback.format_exc()
+        stage.report("error", message=f"{type(exc).__name__}: {exc}", traceback=trace)
         stage.close()
         raise SystemExit(1)
-    stage.close()
+    stage.close(drain=True)

@@ -17,8 +17,13 @@ from realtime.stage import Stage
 
 
 def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps: float,
-                 sample_rate: int) -> None:
-    """Replay a recorded session: audio in fixed chunks, video frames, as fast as consumers take them."""
+                 sample_rate: int, realtime: bool = False) -> None:
+    """Replay a recorded session: audio in fixed chunks, video frames, as fast as consumers take them.
+
+    With realtime, each item waits until its media time has passed on the wall clock
+    since the first one, so the stream comes out at the pace it was recorded (a
+    dashboard, or a listener, sees the session as it would have seen it live).
+    """
     from engines.media import AudioChunk, iter_media
 
     audio_out, video_out = stage.push(stage.endpoints.audio), stage.push(stage.endpoints.video)
@@ -27,7 +32,14 @@ def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps
     pending = np.zeros(0, np.float32)
     pending_t = 0.0
     seq = 0
+    clock0 = time.monotonic()
     for item in iter_media(path, sample_rate, video_fps):
+        if realtime:
+            # An audio chunk is complete only at its end; a frame exists at its own time.
+            ready_at = item.t + (item.samples.size / sample_rate if isinstance(item, AudioChunk) else 0.0)
+            while (wait := clock0 + ready_at - time.monotonic()) > 0:
+                time.sleep(min(wait, 0.5))
+                stage.heartbeat()
         if isinstance(item, AudioChunk):
             if pending.size == 0:
                 pending_t = item.t
@@ -68,18 +80,20 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0) -> None:
         seq += 1
 
     while True:
-        header, samples = stage.recv(inbox)
+        header, samples = stage.recv(inbox, bus.AUDIO_IN)
         if header["type"] == "audio":
             stage.send(audio_copy, {k: header[k] for k in ("type", "session", "seq", "t")}, samples)
             found = vad.feed(samples, header["t"])
-        elif header["type"] == "eos":
+        else:  # eos
             found = vad.flush()
-        else:
-            continue
         for utt in found:
             emit("utterance", utt)
             partial_at = None
         if header["type"] == "eos":
+            # Fusion learns that every audio chunk is in (its windows need that), then the ASR passes eos on.
+            # A lost microphone is announced from here, not after the ASR has caught up.
+            copy_eos = {"type": "eos", "session": header.get("session", ""), "stream": "audio_copy"}
+            stage.send(audio_copy, dict(copy_eos, lost=header["lost"]) if "lost" in header else copy_eos)
             stage.send(out, header)
             return
         current = vad.open_utterance() if partial_every_s > 0 else None
@@ -98,7 +112,7 @@ def asr(stage: Stage, asr_options) -> None:
     transcriber = Transcriber(asr_options)
     stage.report("ready")
     while True:
-        header, audio = stage.recv(inbox)
+        header, audio = stage.recv(inbox, bus.UTTERANCES_IN)
         if header["type"] == "eos":
             stage.send(out, dict(header, stream="audio"))
             return
@@ -122,7 +136,7 @@ def faces(stage: Stage, face_options, preprocessing) -> None:
     cropper = FaceCropper(face_options, preprocessing)
     stage.report("ready")
     while True:
-        header, image = stage.recv(inbox)
+        header, image = stage.recv(inbox, bus.VIDEO_IN)
         if header["type"] == "eos":
             stage.send(out, dict(header, stream="video"))
             return

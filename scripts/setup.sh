@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install everything the project needs into .venv: system packages (espeak-ng and sox
-# for the synthetic corpus, PulseAudio and PortAudio for the microphone), the CPU build of
+# for the synthetic corpus, PulseAudio and PortAudio for the microphone, Chromium and its
+# WebDriver for the tests of the dashboard and the report), the CPU build of
 # PyTorch, the project with its training, live-capture, offline-model and test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in espeak-ng sox pulseaudio pulseaudio-utils portaudio19-dev libasound2-plugins; do
+for pkg in espeak-ng sox pulseaudio pulseaudio-utils portaudio19-dev libasound2-plugins chromium chromium-driver fonts-dejavu-core; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

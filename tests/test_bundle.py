@@ -26,7 +26,7 @@ def damaged(bundle, tmp_path):
 def test_bundle_opens_and_lists_every_file(bundle):
     b = open_bundle(bundle)
     assert set(b.manifest["files"]) == {"student.onnx", "text_encoder.onnx", "tokenizer.json",
-                                        "student.safetensors"}
+                                        "student.safetensors", "card.json", "card.md"}
     assert len(b.thresholds) == len(b.labels)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from trainer.data import DataError, Utterance
-from trainer.datasets import context_prompt, context_prompts, load
+from trainer.datasets import context_prompts, load
 
 from tests.conftest import need
 
@@ -233,37 +233,36 @@ def _dialogues(seed: int = 0) -> list[Utterance]:
     return utts
 
 
-def test_context_prompt_uses_only_the_past_of_the_same_dialogue():
+def test_context_prompts_use_only_the_past_of_the_same_dialogue():
     utts = _dialogues()
-    for i, u in enumerate(utts):
-        d, k = u.extra["dialogue"], u.extra["turn"]
-        for max_turns in (None, 2, 0):
-            prompt = context_prompt(utts, i, max_turns)
+    for max_turns in (None, 2, 0):
+        prompts = context_prompts(utts, max_turns)
+        assert len(prompts) == len(utts)
+        for u, prompt in zip(utts, prompts):  # one prompt per utterance, in input order
+            d, k = u.extra["dialogue"], u.extra["turn"]
             shown = [int(w.split("-T")[1]) for w in prompt.split() if w.startswith(d + "-T")]
             first = 0 if max_turns is None else max(0, k - max_turns)
             assert shown == list(range(first, k + 1))  # past turns in order, then the current one
             other = "d2" if d == "d1" else "d1"
             assert other not in prompt
-    assert context_prompts(utts, 2) == [context_prompt(utts, i, 2) for i in range(len(utts))]
 
 
-def test_context_prompt_format_and_speaker_tokens():
+def test_context_prompts_format_and_speaker_tokens():
     utts = sorted(_dialogues(), key=lambda u: (u.session, u.extra["turn"]))
     i = next(n for n, u in enumerate(utts) if u.session == "d1" and u.extra["turn"] == 2)
-    assert context_prompt(utts, i) == "<s1> d1-T0 <s2> d1-T1 <s1> d1-T2 </s> Now <s1> feels <mask>"
+    assert context_prompts(utts)[i] == "<s1> d1-T0 <s2> d1-T1 <s1> d1-T2 </s> Now <s1> feels <mask>"
     # the window starts at Bob here, so Bob is <s1>; names never appear
-    assert context_prompt(utts, i, 1, sep="[SEP]", mask="[MASK]") == \
+    assert context_prompts(utts, 1, sep="[SEP]", mask="[MASK]")[i] == \
         "<s1> d1-T1 <s2> d1-T2 [SEP] Now <s2> feels [MASK]"
 
 
-def test_context_prompt_on_meld_never_reaches_ahead():
+def test_context_prompts_on_meld_never_reach_ahead():
     corpus = load(f"meld:{need('meld')}", limit=60)
     utts = corpus.split("train")
     later = {}
     for u in utts:
         later.setdefault(u.extra["dialogue"], []).append(u)
-    for i, u in enumerate(utts):
-        prompt = context_prompt(utts, i, 5)
+    for u, prompt in zip(utts, context_prompts(utts, 5)):
         assert prompt.endswith(f"{u.text.strip()} </s> Now {prompt.split()[-3]} feels <mask>")
         future = [v.text.strip() for v in later[u.extra["dialogue"]]
                   if v.extra["turn"] > u.extra["turn"] and len(v.text.strip()) > 25]

@@ -163,6 +163,7 @@ def test_fusion_stage_gives_each_utterance_the_session_so_far(context_bundle):
                          audio)
     state.on_message({"type": "eos", "stream": "video"}, None)
     state.on_message({"type": "eos", "stream": "audio"}, None)
+    state.on_message({"type": "eos", "stream": "audio_copy"}, None)
     assert state.finished
     results = [b for b in out.bodies if b["type"] == "utterance"]
     assert [r["text"] for r in results] == texts

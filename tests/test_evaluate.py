@@ -65,3 +65,38 @@ def test_calibration_error_of_a_calibrated_bin_is_zero():
     correct = np.array([1] * 7 + [0] * 3)  # 70% right at 75% confidence
     assert abs(calibration(conf, correct)["ece"] - 0.05) < 1e-9
     assert calibration(np.full(4, 0.5), np.array([1, 0, 1, 0]))["ece"] == 0
+
+
+def test_a_bundle_scores_as_the_run_it_was_exported_from(run_dir, bundle, corpus, tmp_path):
+    """`trainer evaluate BUNDLE` runs ONNX Runtime on the fusion stage's Windows; the run
+    it came from, PyTorch on the trainer's inputs.  Same utterances, same probabilities."""
+    from trainer.evaluate import model_scores, write_report
+
+    spec = f"synthetic:{corpus}"
+    run = model_scores(run_dir, spec, "all", progress=False)
+    onnx = model_scores(bundle, spec, "all", progress=False)
+    assert (run.source, run.backend, onnx.source, onnx.backend) == ("run", "torch", "bundle", "onnxruntime")
+    assert onnx.labels == run.labels and np.array_equal(onnx.y, run.y)
+    assert np.allclose(onnx.thresholds, run.thresholds)
+    # fp32 export parity is 1e-4; Engine.infer rounds to 1e-6.
+    assert np.abs(onnx.probs - run.probs).max() < 2e-4
+    by_run = write_report(run, spec, "all", tmp_path / "run")
+    by_bundle = write_report(onnx, spec, "all", tmp_path / "bundle")
+    assert by_bundle["source"] == "bundle" and by_bundle["model"] == str(bundle)
+    assert (tmp_path / "bundle" / "report.md").read_text().startswith(f"# Evaluation of bundle {bundle}")
+    for key in ("weighted_f1", "macro_f1", "micro_f1", "accuracy", "mAP", "ece"):
+        assert abs(by_bundle["metrics"][key] - by_run["metrics"][key]) < 1e-2, key
+
+
+def test_evaluate_refuses_what_is_neither_a_run_nor_a_bundle(corpus, tmp_path, capsys):
+    import pytest
+
+    from trainer.cli import main
+
+    (tmp_path / "model").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither a run directory .* nor a model bundle"):
+        evaluate(tmp_path / "model", f"synthetic:{corpus}", "all", tmp_path / "report", progress=False)
+    assert main(["evaluate", str(tmp_path / "model"), "--data", f"synthetic:{corpus}",
+                 "--report", str(tmp_path / "report")]) == 2
+    assert "neither a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()

@@ -6,7 +6,6 @@ import torch
 from engines.preprocess import Preprocessing
 from engines.student import Student, StudentConfig
 from trainer.export import example_inputs
-from trainer.model import bce_loss
 
 
 def _model():
@@ -35,17 +34,6 @@ def test_samples_of_a_batch_do_not_attend_to_each_other():
         whole = model(*x)
         first = model(*(t[:1] for t in x))
     assert torch.allclose(whole[:1], first, atol=1e-5)
-
-
-def test_bce_loss_counts_only_present_peers():
-    logits = torch.zeros(1, 4, 2)
-    targets = torch.tensor([[1.0, 0.0]])
-    ln2 = torch.log(torch.tensor(2.0))
-    # all heads at p = 0.5: fusion ln2 + mean over present peers ln2
-    assert torch.isclose(bce_loss(logits, targets, torch.tensor([[1.0, 0.0, 0.0]])), 2 * ln2)
-    logits[0, 3] = 10.0  # a confident wrong video head is ignored while video is absent
-    assert torch.isclose(bce_loss(logits, targets, torch.tensor([[1.0, 0.0, 0.0]])), 2 * ln2)
-    assert bce_loss(logits, targets, torch.tensor([[1.0, 0.0, 1.0]])) > 2 * ln2
 
 
 def test_forward_train_adds_joint_embeddings_and_kd_features():

@@ -141,7 +141,7 @@ def test_same_seed_same_corpus_other_seed_differs(corpus, tmp_path):
 
 
 def test_missing_espeak_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # what trainer.synth.voice looks up
     with pytest.raises(RuntimeError, match="espeak-ng"):
         synth.generate(tmp_path, sessions=1, seed=0, progress=False)
 

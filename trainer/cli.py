@@ -4,8 +4,9 @@
   trainer teach  --data KIND:PATH --out TEACHER [--epochs N] [--max-turns N]
   trainer fit    --data KIND:PATH --out RUN [--epochs N] [--media DIR] [--resume]
   torchrun --nproc_per_node N -m trainer.cli fit ...     data parallel (gloo on CPU, NCCL on GPUs)
-  trainer evaluate RUN --data KIND:PATH [--split test] --report OUT
+  trainer evaluate RUN|BUNDLE --data KIND:PATH [--split test] --report OUT
   trainer export RUN --out BUNDLE [--precision fp32|fp16] [--tensorrt] [--triton DIR]
+  trainer card BUNDLE [--eval NAME=REPORT_DIR ...]        add test scores to the model card
 """
 from __future__ import annotations
 
@@ -66,11 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its last epoch (last_state.pt)")
 
-    vp = sub.add_parser("evaluate", help="score a run on a split of a corpus and write a report",
+    vp = sub.add_parser("evaluate", help="score a run or a bundle on a split of a corpus and write a report",
                         description="Weighted/macro F1, accuracy, per-class F1 (argmax for single-label "
                                     "corpora), multi-label F1s, mAP, Hamming loss, calibration error, "
-                                    "confusion matrix and reliability diagram.")
-    vp.add_argument("run", type=Path, help="run directory of `trainer fit`")
+                                    "confusion matrix and reliability diagram.  A bundle is scored as the "
+                                    "pipeline runs it (ONNX Runtime).")
+    vp.add_argument("run", type=Path, help="run directory of `trainer fit`, or model bundle of `trainer export`")
     vp.add_argument("--data", required=True, metavar="KIND:PATH", help="corpus, as for fit")
     vp.add_argument("--media", type=Path, default=None, metavar="DIR", help="media directory, as for fit")
     vp.add_argument("--split", default="test", help="train, dev, test, or all (default test)")
@@ -87,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also build FP16 TensorRT engines (needs tensorrt and a CUDA GPU: the GPU that will run them)")
     ep.add_argument("--triton", type=Path, metavar="DIR",
                     help="also write a Triton Inference Server model repository to DIR")
+
+    cp = sub.add_parser("card", help="add `trainer evaluate` reports to a bundle's model card",
+                        description="Add the scores of `trainer evaluate` reports (per-label F1, ECE, "
+                                    "protocol, split) to the bundle's card.json and card.md, re-write the "
+                                    "manifest's hashes and print the card's summary line.")
+    cp.add_argument("bundle", type=Path, help="bundle directory of `trainer export`")
+    cp.add_argument("--eval", dest="evals", action="append", default=[], metavar="NAME=REPORT_DIR",
+                    help="a report directory (or its report.json), named NAME in the card; "
+                         "without NAME= it is named KIND-SPLIT (repeatable)")
     return parser
 
 
@@ -131,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             from trainer.fit import fit
 
             run = fit(args.data, args.out, config.train, config.preprocessing, config.faces, progress,
-                      loss=config.loss, media=args.media, resume=args.resume)
+                      loss=config.loss, media=args.media, resume=args.resume,
+                      speech_pad_ms=config.speech_pad_ms)
             if "rank" in run:
                 return 0  # a torchrun rank other than 0: rank 0 reports
             print(json.dumps({"run": str(args.out), "selected_epoch": run["selected_epoch"],
@@ -152,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out} ({manifest['precision']}; max |diff| from PyTorch: {parity})")
             if args.triton:
                 print(f"wrote Triton model repository {args.triton}")
+        elif args.command == "card":
+            from engines.card import read_card, summary_line
+            from trainer.card import add_reports, parse_eval
+
+            card = add_reports(args.bundle, dict(map(parse_eval, args.evals))) if args.evals else read_card(args.bundle)
+            print(summary_line(card) if card else f"{args.bundle}: no model card (export it again)")
         return 0
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"trainer {args.command}: error: {exc}", file=sys.stderr)

@@ -4,17 +4,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engines.faces import FaceOptions
+from engines.features import SPEECH_PAD_MS
 from engines.preprocess import Preprocessing
-from engines.settings import apply_overrides, build, read_toml
+from engines.settings import ConfigError, apply_overrides, build, read_toml
 from trainer.fit import TrainOptions
 from trainer.losses import LossWeights
 
 
 @dataclass
 class SynthOptions:
-    sessions: int = 40  # recorded sessions to generate
-    utterances_per_session: int = 6
-    seed: int = 0
+    sessions: int = 40  # recorded sessions
+    utterances_per_session: int = 6  # utterances in each session, two speakers taking turns
+    seed: int = 0  # same seed, same corpus
 
     def __post_init__(self):
         if self.sessions < 1 or self.utterances_per_session < 1:
@@ -28,14 +29,31 @@ class TrainerConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     faces: FaceOptions = field(default_factory=FaceOptions)
+    # [vad] speech_pad_ms, the runtime's setting: `fit` pads manifest spans by it, so
+    # training cuts utterances as the live VAD does (trainer.data.with_speech_padding).
+    speech_pad_ms: int = SPEECH_PAD_MS
+
+
+def speech_pad_ms(data: dict) -> int:
+    """[vad] speech_pad_ms (the rest of [vad] is the runtime's to check)."""
+    value = (data.get("vad") or {}).get("speech_pad_ms", SPEECH_PAD_MS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"vad.speech_pad_ms: expected an int >= 0, got {value!r}")
+    return value
+
+
+SECTIONS = {
+    "synth": SynthOptions,
+    "train": TrainOptions,
+    "loss": LossWeights,
+    "features": Preprocessing,
+    "faces": FaceOptions,
+}
 
 
 def load_config(path=None, overrides: list[str] = ()) -> TrainerConfig:
     data = apply_overrides(read_toml(path), list(overrides))
-    return TrainerConfig(
-        synth=build(SynthOptions, data.get("synth"), "synth"),
-        train=build(TrainOptions, data.get("train"), "train"),
-        loss=build(LossWeights, data.get("loss"), "loss"),
-        preprocessing=build(Preprocessing, data.get("features"), "features"),
-        faces=build(FaceOptions, data.get("faces"), "faces"),
-    )
+    built = {name: build(cls, data.get(name), name) for name, cls in SECTIONS.items()}
+    return TrainerConfig(synth=built["synth"], train=built["train"], loss=built["loss"],
+                         preprocessing=built["features"], faces=built["faces"],
+                         speech_pad_ms=speech_pad_ms(data))

@@ -4,20 +4,26 @@ KIND `synthetic` is the corpus of `trainer synth`; `manifest` is the same JSONL
 layout for a user's own recordings (one object per utterance: file, start, end,
 text, speaker, labels, and optionally split).  Media are decoded once and the
 features cached, so later epochs and later runs decode nothing.
+
+Each utterance becomes the `engines.features.Window` the fusion stage would build for
+it (its span cut from the recording decoded as the pipeline decodes it, its transcript
+and past turns), and the same engines code turns Windows into model inputs on both
+sides: what the student trains on is what it is served.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from engines.faces import FaceCropper, FaceOptions
-from engines.media import read_media
-from engines.preprocess import Preprocessing, audio_features, video_features
+from engines.dialogue import UNKNOWN_SPEAKER, Turn
+from engines.faces import FaceOptions
+from engines.features import Window, decode, media_inputs, pad_spans
+from engines.preprocess import Preprocessing
 
 class DataError(ValueError):
     """A data spec or data file that cannot be used; the message says which."""
@@ -109,14 +115,46 @@ def targets(utterances: list[Utterance], labels: list[str]) -> np.ndarray:
     return y
 
 
+def with_speech_padding(corpus: Corpus, pad_ms: int) -> Corpus:
+    """The corpus with every media utterance's span padded as the live VAD pads the speech
+    it finds ([vad] speech_pad_ms on both sides, never over the previous utterance of the
+    same file; engines.features.pad_spans), so training sees utterances with the same
+    lead-in and tail of silence as serving.  Manifest spans bound the speech tightly;
+    clipping to the recording happens where the span is cut (Recording.window)."""
+    utterances = list(corpus.utterances)
+    for indices in media_files(utterances).values():
+        spans = pad_spans([(utterances[i].start, utterances[i].end) for i in indices], pad_ms / 1000)
+        for i, (start, end) in zip(indices, spans):
+            utterances[i] = replace(utterances[i], start=start, end=end)
+    return Corpus(corpus.labels, utterances)
+
+
+def text_windows(utterances: list[Utterance], context_turns: int) -> list[Window]:
+    """Each utterance as the fusion stage sees its words (no media): its transcript and
+    its last `context_turns` past turns of the same dialogue, every speaker the unknown
+    one (live audio has no diarization, so a model trained with speaker names would meet
+    a kind of prompt at run time it never saw)."""
+    from trainer.datasets import dialogue_windows  # here: that package imports this module
+
+    return [Window(start=w[-1].start, end=w[-1].end, text=w[-1].text,
+                   context=[Turn(UNKNOWN_SPEAKER, v.text) for v in w[:-1]])
+            for w in dialogue_windows(utterances, context_turns)]
+
+
+def media_files(utterances: list[Utterance]) -> dict[Path, list[int]]:
+    """Indices of the utterances with media, by file (text-only utterances are left out)."""
+    by_file: dict[Path, list[int]] = {}
+    for i, u in enumerate(utterances):
+        if u.extra.get("has_media", True):
+            by_file.setdefault(u.file, []).append(i)
+    return by_file
+
+
 def media_features(
     utterances: list[Utterance], pre: Preprocessing, faces: FaceOptions, cache_dir: Path, progress=None
 ) -> dict[str, np.ndarray]:
     """mel, audio_mask, video, video_mask for each utterance, decoded once per file."""
-    by_file: dict[Path, list[int]] = {}
-    for i, u in enumerate(utterances):
-        if u.extra.get("has_media", True):  # text-only utterances keep all-zero masks
-            by_file.setdefault(u.file, []).append(i)
+    by_file = media_files(utterances)
     n = len(utterances)
     shapes = {"mel": (pre.n_mels, pre.audio_frames), "audio_mask": (pre.audio_tokens,),
               "video": (pre.video_frames, pre.face_size, pre.face_size), "video_mask": (pre.video_frames,)}
@@ -137,9 +175,12 @@ def media_features(
 
 def _file_features(file: Path, spans, pre: Preprocessing, faces: FaceOptions, cache_dir: Path):
     stat = file.stat()
+    # Only what shapes the media arrays keys the cache: the text_* fields of Preprocessing
+    # change what the text encoder reads, and must not make every file decode again.
+    media_pre = {k: v for k, v in pre.to_dict().items() if not k.startswith("text_")}
     key = hashlib.sha256(
         json.dumps(
-            [str(file.resolve()), stat.st_size, stat.st_mtime_ns, spans, pre.to_dict(), faces.__dict__],
+            [str(file.resolve()), stat.st_size, stat.st_mtime_ns, spans, media_pre, faces.__dict__],
             sort_keys=True,
         ).encode()
     ).hexdigest()[:24]
@@ -147,18 +188,8 @@ def _file_features(file: Path, spans, pre: Preprocessing, faces: FaceOptions, ca
     if path.exists():
         with np.load(path) as data:
             return {k: data[k] for k in data.files}
-    audio, audio_t0, frames = read_media(file, pre.sample_rate, faces.sample_fps)
-    cropper = FaceCropper(faces, pre)
-    crops = [(f.t, cropper.crop(f.image)) for f in frames]
-    result = {k: [] for k in ("mel", "audio_mask", "video", "video_mask")}
-    for start, end in spans:
-        a, b = (int(round((t - audio_t0) * pre.sample_rate)) for t in (start, end))
-        mel, amask = audio_features(audio[max(a, 0) : max(b, 0)], pre)
-        inside = [c for c in crops if start <= c[0] <= end]
-        video, vmask = video_features(inside, start, end, pre)
-        for k, v in zip(result, (mel, amask, video, vmask)):
-            result[k].append(v)
-    result = {k: np.stack(v) for k, v in result.items()}
+    recording = decode(file, pre, faces)
+    result = media_inputs([recording.window(start, end) for start, end in spans], pre)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **result)

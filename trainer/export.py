@@ -4,6 +4,7 @@
   text_encoder.onnx    input_ids, attention_mask -> sentence embedding
   student.safetensors  the student's weights for the PyTorch backend (config in the manifest)
   tokenizer.json
+  card.json, card.md   the model card (trainer.card): data, teachers, licences, scores
   student.plan, text_encoder.plan   with --tensorrt (engines.tensorrt_build)
 
 Two graphs, so the runtime can score audio and video between utterances
@@ -22,9 +23,11 @@ import numpy as np
 import torch
 
 from engines.bundle import write_manifest
+from engines.heads import HEADS
 from engines.preprocess import Preprocessing
 from engines.student import INPUTS, ExportedStudent, Student, StudentConfig
 from engines.text import TextTokenizer
+from trainer.card import build_card, write_card_files
 from trainer.text_encoder import SentenceEncoder
 
 OPSET = 18
@@ -33,7 +36,6 @@ PRECISIONS = ("fp32", "fp16")
 PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
 # The range of each named axis the graphs are exported for.
 DYNAMIC_AXES = {"batch": {"min": 1, "max": 1024}, "tokens": {"min": 2, "max": 512}}
-HEADS = ["fusion", "text", "audio", "video"]  # axis 1 of the student's output
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 PARITY_TEXTS = ["I am so happy today!", "Please put the files on my desk.", "no"]
 
@@ -170,7 +172,7 @@ def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp3
         "inputs": {"student": student_io["inputs"], "text_encoder": text_io["inputs"]},
         "outputs": {"student": student_io["outputs"], "text_encoder": text_io["outputs"]},
         "dynamic_axes": DYNAMIC_AXES,
-        "heads": HEADS,
+        "heads": list(HEADS),
         # What each backend runs.  The bundle has no PyTorch copy of the text
         # encoder, so the torch backend runs text_encoder.onnx in ONNX Runtime.
         "backends": {
@@ -178,9 +180,13 @@ def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp3
             "torch": {"student": "student.safetensors", "text_encoder": "text_encoder.onnx (onnxruntime)"},
         },
         "training": {"data": info["data"], "selected_epoch": info["selected_epoch"],
-                     "dev_weighted_f1": info["dev_weighted_f1"]},
+                     "dev_weighted_f1": info["dev_weighted_f1"],
+                     # how training cut and split its corpus: `trainer evaluate BUNDLE` does the same
+                     "speech_pad_ms": info.get("speech_pad_ms", 0),
+                     "dev_fraction": info["options"]["dev_fraction"], "seed": info["options"]["seed"]},
         "parity_max_abs_diff": {"student": student_diff, "text_encoder": text_diff},
     }
+    write_card_files(bundle, build_card(info))  # hashed with the rest by write_manifest
     write_manifest(bundle, manifest)
     return manifest
 

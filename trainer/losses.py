@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-HEADS = ("fusion", "text", "audio", "video")
+from engines.heads import HEADS
+
 PEERS = HEADS[1:]
 
 
@@ -274,21 +275,22 @@ class LossWeights:
     lambda_S = 1) and TelME's MELD setting (alpha = beta = 1, appendix A.3).
     """
 
-    bce: float = 1.0  # fusion BCE; SeMuL-PCD eq. 1 weighs it 1
-    peer_bce: float = 1.0  # BCE on each present peer (SDT's hard-label term)
-    lcc: float = 1.0  # lambda_C, label-consistency calibration on the fusion
-    mdl: float = 0.5  # lambda_K, peers' product -> fusion KL
-    nce: float = 1.0  # lambda_S, contrastive alignment of every head pair
-    response_kd: float = 1.0  # TelME alpha (MELD 1, IEMOCAP 0.1); only with a teacher
-    feature_kd: float = 1.0  # TelME beta; only with a teacher
-    sdt: float = 1.0  # fusion soft labels -> each peer; not tuned
-    mdl_temperature: float = 1.0  # fixed tau_k when no learnable one is passed
-    nce_temperature: float = 0.5  # InfoNCE temperature; chosen on synthetic dev (0.1: 72.2, 0.5: 75.9, 1.0: 75.6)
-    response_tau: float = 2.0  # DIST tau; TelME uses 2 and 4 (appendix A.3 swaps which is which)
-    feature_tau: float = 1.0  # TelME appendix A.3
-    sdt_tau: float = 1.0  # softness of the fusion's soft labels
-    kd_heads: tuple[str, ...] = ("audio", "video")  # heads the TEXT teacher teaches (TelME: non-verbal);
-    # the face teacher always teaches the video head
+    bce: float = 1.0  # BCE on the fusion head (SeMuL-PCD eq. 1)
+    peer_bce: float = 1.0  # BCE on each peer head whose modality is present (SDT's hard-label term)
+    lcc: float = 1.0  # lambda_C: label-consistency calibration of the fusion (SeMuL-PCD 3.2)
+    mdl: float = 0.5  # lambda_K: KL from the peers' product to the fusion, learnable temperature
+    nce: float = 1.0  # lambda_S: contrastive alignment of every head pair in the joint space
+    response_kd: float = 1.0  # TelME alpha: DIST response KD from a teacher (TelME: MELD 1, IEMOCAP 0.1)
+    feature_kd: float = 1.0  # TelME beta: feature KD from a teacher (only with a teacher)
+    sdt: float = 1.0  # SDT: the fusion's soft labels teach each peer (not tuned)
+    mdl_temperature: float = 1.0  # MDL's temperature: the learnable one's start (fixed when none is passed)
+    nce_temperature: float = 0.5  # InfoNCE temperature, chosen on synthetic dev (0.1: 72.2, 0.5: 75.9,
+    # 1.0: 75.6; benchmarks/results/nce_temperature_sweep)
+    response_tau: float = 2.0  # DIST temperature; TelME uses 2 and 4 (appendix A.3 swaps which is which)
+    feature_tau: float = 1.0  # feature KD temperature (TelME appendix A.3)
+    sdt_tau: float = 1.0  # softness of the fusion's soft labels in SDT
+    kd_heads: tuple[str, ...] = ("audio", "video")  # heads the text teacher teaches (TelME: the non-verbal
+    # ones); the face teacher teaches video only
 
 
 def total_loss(

@@ -95,9 +95,3 @@ def context_prompts(utterances: list[Utterance], max_turns: int | None = None,
     encoder's separator and mask tokens (RoBERTa's by default)."""
     return [prompt([Turn(v.speaker, v.text) for v in window], sep, mask)
             for window in dialogue_windows(utterances, max_turns)]
-
-
-def context_prompt(utterances: list[Utterance], i: int, max_turns: int | None = None,
-                   sep: str = "</s>", mask: str = "<mask>") -> str:
-    """`context_prompts` of utterance i alone."""
-    return context_prompts(utterances, max_turns, sep, mask)[i]

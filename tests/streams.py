@@ -1,0 +1,69 @@
+"""Emotion-stream messages made in a test: what the fusion stage publishes, body for body
+(the tests validate them against the protocol's JSON Schema), for tests that need a
+stream without running the model."""
+from __future__ import annotations
+
+import random
+import time
+
+from realtime import protocol
+
+LABELS = ["neutral", "happiness", "sadness", "anger", "surprise"]
+WORDS = ["I cannot believe the party is already done!", "Well, that is how it goes.",
+         "Why would anyone do that to us?", "Oh wow, look at this!", "I miss them so much."]
+
+
+class SessionStream:
+    """One session's messages in publication order: started, window updates at 4 Hz,
+    a transcript then an utterance result at each utterance's end, finished."""
+
+    def __init__(self, session: str = "s-test", labels=LABELS, seed: int = 0):
+        self.session, self.labels = session, list(labels)
+        self.rng = random.Random(seed)
+        self.seq = 0
+
+    def _body(self, **fields) -> dict:
+        body = {"protocol": protocol.PROTOCOL, "session": self.session, "seq": self.seq, **fields}
+        self.seq += 1
+        protocol.validate(body)
+        return body
+
+    def _probs(self) -> dict[str, float]:
+        return {label: round(self.rng.random(), 3) for label in self.labels}
+
+    def started(self) -> dict:
+        return self._body(type="status", state="started", labels=self.labels)
+
+    def finished(self) -> dict:
+        return self._body(type="status", state="finished")
+
+    def window(self, end: float) -> dict:
+        probs = self._probs()
+        return self._body(type="window", start=max(0.0, round(end - 2.0, 3)), end=end, labels=probs,
+                          active=[l for l in self.labels if probs[l] >= 0.5],
+                          peers={"audio": self._probs(), "video": self._probs()}, modalities=["audio", "video"],
+                          timing={"infer_s": 0.01, "emitted_at": time.time()})
+
+    def transcript(self, start: float, end: float, text: str, final: bool = True) -> dict:
+        return self._body(type="transcript", start=start, end=end, text=text, final=final)
+
+    def utterance(self, start: float, end: float, text: str, modalities=("text", "audio", "video")) -> dict:
+        probs = self._probs()
+        return self._body(type="utterance", start=start, end=end, text=text, labels=probs,
+                          active=[l for l in self.labels if probs[l] >= 0.5],
+                          peers={m: self._probs() for m in modalities}, modalities=list(modalities),
+                          timing={"asr_s": round(0.3 + self.rng.random() / 5, 3), "infer_s": 0.02,
+                                  "emitted_at": time.time()})
+
+    def session_messages(self, utterances: int = 4) -> list[dict]:
+        """A whole session: each utterance of 2 s after 1.5 s of silence, windows between."""
+        out, t = [self.started()], 0.0
+        for i in range(utterances):
+            start, end = round(t + 1.5, 3), round(t + 3.5, 3)
+            while t + 0.25 <= end:
+                t = round(t + 0.25, 3)
+                out.append(self.window(t))
+            text = WORDS[i % len(WORDS)]
+            out += [self.transcript(start, end, text), self.utterance(start, end, text)]
+        out.append(self.finished())
+        return out
