@@ -64,20 +64,23 @@ def frozen_logreg(corpus, encoder: str, multi_label: bool, threads: int) -> dict
 
 
 def run(name: str, default_data: str, argv=None, multi_label: bool = False, context: bool = True,
-        defaults: dict | None = None) -> int:
-    d = {"epochs": 3, "max_len": 128, "lr": 8e-5, "batch_size": 32, "subsample": 0}
+        defaults: dict | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    d = {"epochs": 3, "max_len": 128, "lr": 8e-5, "batch_size": 32, "subsample": 0, "max_turns": None,
+         "encoder": "sentence-transformers/all-MiniLM-L6-v2", "freeze_layers": 0, "budget_minutes": None}
     d.update(defaults or {})
-    p = argparse.ArgumentParser(description=f"{name}: text teacher benchmark")
+    p = parser or argparse.ArgumentParser(description=f"{name}: text teacher benchmark")
     p.add_argument("--data", default=default_data)
-    p.add_argument("--encoder", default="sentence-transformers/all-MiniLM-L6-v2")
+    p.add_argument("--encoder", default=d["encoder"])
     p.add_argument("--epochs", type=int, default=d["epochs"])
     p.add_argument("--max-len", type=int, default=d["max_len"])
-    p.add_argument("--max-turns", type=int, default=None)
+    p.add_argument("--max-turns", type=int, default=d["max_turns"])
+    p.add_argument("--freeze-layers", type=int, default=d["freeze_layers"],
+                   help="keep the embeddings and the lower N encoder layers fixed (0: train all)")
     p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument("--subsample", type=int, default=d["subsample"], help="train rows used (0: all)")
-    p.add_argument("--budget-minutes", type=float, default=None, help="stop training after this long")
+    p.add_argument("--budget-minutes", type=float, default=d["budget_minutes"], help="stop training after this long")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frozen-baseline", action="store_true")
@@ -113,7 +116,7 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
     cfg = TeacherConfig(labels=list(corpus.labels), encoder=args.encoder, multi_label=multi_label,
                         context=context, max_turns=args.max_turns, max_len=args.max_len, lr=args.lr,
                         head_lr=args.head_lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                        max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None)
+                        freeze_layers=args.freeze_layers, max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None)
     teacher = TextTeacher.create(cfg)
     fit_train = train
     if args.subsample and args.subsample < len(train):
@@ -146,15 +149,21 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
                     "steps_run": history[-1]["steps"], "stopped_by_budget": int(history[-1]["stopped_early"]),
                     "train_seconds": history[-1]["seconds"], "max_len": args.max_len,
                     "max_turns": -1 if args.max_turns is None else args.max_turns,
-                    "context": int(context), "lr": args.lr, "batch_size": args.batch_size})
+                    "context": int(context), "lr": args.lr, "batch_size": args.batch_size,
+                    "freeze_layers": args.freeze_layers, "seed": args.seed,
+                    # One seed per run: the std over seeds is not measured here.
+                    "seeds": 1, f"{'macro' if multi_label else 'weighted'}_f1_std": None})
     for h in history:
         metrics[f"dev_{'macro' if multi_label else 'weighted'}_f1_epoch{h['epoch']}"] = \
             h["dev_macro_f1" if multi_label else "dev_weighted_f1"]
     if args.save:
         teacher.save(args.save)
+        print(f"saved the teacher to {args.save}", flush=True)
+    extra = {"teacher_saved_to": str(args.save) if args.save else None}
     write(args.out, result_json(name, started, args.threads, metrics,
                                 model=f"TextTeacher({args.encoder}), mask-token head, "
-                                      f"{'sigmoid/BCE' if multi_label else 'softmax/CE'}"))
+                                      f"{'sigmoid/BCE' if multi_label else 'softmax/CE'}",
+                                **extra))
     return 0
 
 

