@@ -7,6 +7,9 @@
                the encoder only as text_encoder.onnx (manifest: backends.torch).
   tensorrt     student.plan and text_encoder.plan, FP16 engines built on the kind of
                GPU that runs them (engines.tensorrt_build); CUDA only.
+  triton       both graphs on a Triton Inference Server (engines.triton_backend), which
+               serves the repository `trainer export --triton` writes; the device is
+               the server's.  Never chosen by auto: it needs the server's address.
 
 `choose_backend` is the decision behind backend="auto", a pure function of what
 this machine and this bundle have, so it is tested without the hardware.
@@ -21,7 +24,7 @@ import numpy as np
 
 from engines.bundle import Bundle, BundleError
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch", "triton")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -78,6 +81,8 @@ def choose_backend(requested: str, device: str, *, has_cuda: bool, has_tensorrt:
                 "backend 'tensorrt': the bundle has no TensorRT engines; build them on this GPU with "
                 "`python -m engines.tensorrt_build BUNDLE` (or `trainer export --tensorrt`)")
         return "tensorrt", "cuda"
+    if requested == "triton":
+        return "triton", "server"  # the server's config decides where its models run
     if requested == "torch":
         if not has_torch:
             raise BackendUnavailable("backend 'torch': PyTorch is not installed (pip install torch)")
@@ -111,7 +116,17 @@ def has_tensorrt() -> bool:
     return True
 
 
-def open_backend(bundle: Bundle, backend: str = "auto", device: str = "auto", threads: int = 1) -> Backend:
+def in_batches(run, feeds: dict[str, np.ndarray], max_batch: int | None) -> np.ndarray:
+    """`run` over `feeds` in slices of at most `max_batch` rows (None: all at once), concatenated:
+    for backends whose engines or servers take batches up to a limit."""
+    n = len(next(iter(feeds.values())))
+    if max_batch is None or n <= max_batch:
+        return run(feeds)
+    return np.concatenate([run({k: v[i : i + max_batch] for k, v in feeds.items()}) for i in range(0, n, max_batch)])
+
+
+def open_backend(bundle: Bundle, backend: str = "auto", device: str = "auto", threads: int = 1,
+                 triton_url: str = "", triton_timeout_s: float = 10.0) -> Backend:
     """The backend that runs `bundle` here; probes only what the request needs."""
     wants_gpu = device != "cpu" and backend in ("auto", "torch", "tensorrt")
     cuda = has_cuda() if wants_gpu else False
@@ -123,6 +138,12 @@ def open_backend(bundle: Bundle, backend: str = "auto", device: str = "auto", th
         from engines.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(bundle)
+    if name == "triton":
+        from engines.triton_backend import TritonBackend
+
+        if not triton_url:
+            raise ValueError("backend 'triton' needs the server's address: set [model] triton_url (host:port)")
+        return TritonBackend(bundle, triton_url, triton_timeout_s)
     if name == "torch":
         return TorchBackend(bundle, device, threads)
     return OnnxRuntimeBackend(bundle, device, threads)

@@ -1,7 +1,7 @@
 """Run a bundle: preprocessing, text encoder and student graph, batched.
 
 `load()` is the entry point.  The Engine does the preprocessing and the
-bookkeeping; a backend (engines.backends: ONNX Runtime, PyTorch, TensorRT)
+bookkeeping; a backend (engines.backends: ONNX Runtime, PyTorch, TensorRT, Triton)
 runs the two graphs, so every backend gives the same Window -> Prediction.
 """
 from __future__ import annotations
@@ -67,12 +67,14 @@ class Engine:
         )
 
 
-def load(bundle: str | Path, backend: str = "auto", device: str = "auto", threads: int = 1) -> Engine:
+def load(bundle: str | Path, backend: str = "auto", device: str = "auto", threads: int = 1,
+         triton_url: str = "", triton_timeout_s: float = 10.0) -> Engine:
     """Open and verify a bundle and return an engine for it.
 
-    backend: auto | tensorrt | onnxruntime | torch; device: auto | cpu | cuda.
+    backend: auto | tensorrt | onnxruntime | torch | triton; device: auto | cpu | cuda.
     auto picks TensorRT on a GPU when the bundle has engines and tensorrt
-    imports, then PyTorch on CUDA, then ONNX Runtime on the CPU.
+    imports, then PyTorch on CUDA, then ONNX Runtime on the CPU.  triton runs the
+    graphs on the Triton server at triton_url (host:port); device does not apply.
     """
     opened = open_bundle(bundle)
-    return Engine(opened, open_backend(opened, backend, device, threads))
+    return Engine(opened, open_backend(opened, backend, device, threads, triton_url, triton_timeout_s))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.backends import Backend, BackendUnavailable
+from engines.backends import Backend, BackendUnavailable, in_batches
 from engines.bundle import Bundle
 
 INSTALL_HINT = "pip install 'tensorrt>=10' (or the [gpu] extra) on a machine with an NVIDIA GPU and driver"
@@ -69,10 +69,7 @@ class _Plan:
         return tensors[self.outputs[0]].float().cpu().numpy()  # .cpu() waits for the stream
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        n = len(next(iter(feeds.values())))
-        parts = [self({k: v[i : i + self.max_batch] for k, v in feeds.items()})
-                 for i in range(0, n, self.max_batch)]
-        return np.concatenate(parts)
+        return in_batches(self, feeds, self.max_batch)
 
 
 class TensorRTBackend(Backend):

@@ -23,12 +23,16 @@ MAX_QUEUE_DELAY_US = 2000
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 
 
+def dims(spec: dict) -> list[int]:
+    """A manifest tensor's dims as Triton has them: without the batch axis ([0]), named axes -1."""
+    return [d if isinstance(d, int) else -1 for d in spec["shape"][1:]]
+
+
 def _tensors(kind: str, specs: dict) -> str:
     rows = []
     for name, spec in specs.items():
-        dims = [d if isinstance(d, int) else -1 for d in spec["shape"][1:]]  # [0] is the batch axis
         rows.append(f'  {{\n    name: "{name}"\n    data_type: {DTYPES[spec["dtype"]]}\n'
-                    f'    dims: [ {", ".join(map(str, dims))} ]\n  }}')
+                    f'    dims: [ {", ".join(map(str, dims(spec)))} ]\n  }}')
     return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
 
 
