@@ -44,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--endpoint", help="publish on this ZeroMQ endpoint (default [stream] endpoint)")
     rp.add_argument("--backend", choices=BACKENDS,
                     help="inference backend (default [model] backend; auto: TensorRT, else PyTorch on CUDA, "
-                         "else ONNX Runtime on the CPU)")
+                         "else ONNX Runtime on the CPU; triton: a Triton server at --triton-url)")
     rp.add_argument("--device", choices=DEVICES, help="where the model runs (default [model] device)")
+    rp.add_argument("--triton-url", metavar="HOST:PORT",
+                    help="with --backend triton: the Triton server's HTTP endpoint (default [model] triton_url)")
     rp.add_argument("--wait-subscribers", type=int, metavar="N",
                     help="hold the first message until N subscribers are connected")
     rp.add_argument("--realtime", action="store_true",
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jsonl", type=Path, help="also write every published message to this JSONL file")
     sp.add_argument("--backend", choices=BACKENDS, help="inference backend (default [model] backend)")
     sp.add_argument("--device", choices=DEVICES, help="where the model runs (default [model] device)")
+    sp.add_argument("--triton-url", metavar="HOST:PORT",
+                    help="with --backend triton: the Triton server's HTTP endpoint (default [model] triton_url)")
     sp.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
     _dashboard_options(sp, "while serving")
     sp.add_argument("--quiet", action="store_true", help="do not print messages as they are published")
@@ -205,7 +209,7 @@ def cmd_replay(args) -> int:
 
     config = load_settings(args, needs_model=True, model__bundle=args.model, stream__endpoint=args.endpoint,
                            model__backend=args.backend, model__device=args.device,
-                           stream__wait_subscribers=args.wait_subscribers)
+                           model__triton_url=args.triton_url, stream__wait_subscribers=args.wait_subscribers)
     if args.report and not args.report.parent.is_dir():  # say so now, not after the whole replay
         raise ValueError(f"--report {args.report}: no such folder {args.report.parent}")
     dashboard = None
@@ -242,7 +246,8 @@ def cmd_serve(args) -> int:
 
     config = load_settings(args, needs_model=True, model__bundle=args.model, capture__camera=args.camera,
                            capture__microphone=args.microphone, stream__endpoint=args.endpoint,
-                           model__backend=args.backend, model__device=args.device)
+                           model__backend=args.backend, model__device=args.device,
+                           model__triton_url=args.triton_url)
     dashboard = start_dashboard(config.stream.endpoint, args.dashboard_port) if args.dashboard else None
     try:
         utterances = serve(config, config.capture, args.jsonl, on_message=print_results(args),

@@ -46,10 +46,14 @@ class StreamOptions:
 @dataclass
 class ModelOptions:
     bundle: str = ""  # bundle directory written by `trainer export` (or --model)
-    backend: str = "auto"  # auto | tensorrt | onnxruntime | torch (auto: TensorRT, else PyTorch on CUDA,
-    # else ONNX Runtime)
-    device: str = "auto"  # auto | cpu | cuda
+    backend: str = "auto"  # auto | tensorrt | onnxruntime | torch | triton (auto: TensorRT,
+    # else PyTorch on CUDA, else ONNX Runtime; triton: the Triton Inference Server at
+    # triton_url, never chosen by auto)
+    device: str = "auto"  # auto | cpu | cuda (not for triton: the server's model config decides)
     threads: int = 1  # inference threads of the fusion stage
+    triton_url: str = "localhost:8000"  # backend triton: the server's HTTP endpoint, host:port
+    # (or http://host:port, https://host:port); it serves `trainer export --triton` of this bundle
+    triton_timeout_s: float = 10.0  # backend triton: longest wait to connect or for one inference
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -58,6 +62,10 @@ class ModelOptions:
             raise ValueError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
         if self.threads < 1:
             raise ValueError("threads must be >= 1")
+        if not self.triton_url:
+            raise ValueError("triton_url must not be empty")
+        if self.triton_timeout_s <= 0:
+            raise ValueError("triton_timeout_s must be > 0")
 
 
 @dataclass

@@ -234,7 +234,8 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
 
     inbox = stage.pull(stage.endpoints.fusion)
     engine = engines.load(model_options.bundle, backend=model_options.backend, device=model_options.device,
-                          threads=model_options.threads)
+                          threads=model_options.threads, triton_url=model_options.triton_url,
+                          triton_timeout_s=model_options.triton_timeout_s)
     out = Publisher(stage, stream_options, session)
     out.wait_for_subscribers(stream_options.wait_subscribers, stream_options.wait_timeout_s)
     stage.report("ready")

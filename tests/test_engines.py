@@ -145,6 +145,8 @@ def test_windows_of_several_sessions_batch_like_one_at_a_time(bundle, backend):
     ("onnxruntime", "auto", True, True, True, ("onnxruntime", "cpu")),
     ("onnxruntime", "cuda", True, False, False, ("onnxruntime", "cuda")),
     ("tensorrt", "auto", True, True, True, ("tensorrt", "cuda")),
+    ("triton", "auto", False, False, False, ("triton", "server")),  # the server decides where it runs
+    ("triton", "cuda", False, False, False, ("triton", "server")),
 ])
 def test_choose_backend(requested, device, cuda, trt, engines_built, expected):
     assert choose_backend(requested, device, has_cuda=cuda, has_tensorrt=trt, has_torch=True,
@@ -185,13 +187,17 @@ def test_realtime_accepts_every_backend():
     from realtime.cli import build_parser
     from realtime.config import load_config
 
-    for name in ("auto", "tensorrt", "onnxruntime", "torch"):
+    for name in ("auto", "tensorrt", "onnxruntime", "torch", "triton"):
         assert build_parser().parse_args(["replay", "x.mp4", "--backend", name]).backend == name
         assert load_config(None, [f"model.backend={name}"]).model.backend == name
     with pytest.raises(ConfigError, match="backend 'tensorflow'"):
         load_config(None, ["model.backend=tensorflow"])
     with pytest.raises(ConfigError, match="device 'gpu'"):
         load_config(None, ["model.device=gpu"])
+    args = build_parser().parse_args(["serve", "--backend", "triton", "--triton-url", "gpu-node:8000"])
+    assert (args.backend, args.triton_url) == ("triton", "gpu-node:8000")
+    with pytest.raises(ConfigError, match="triton_timeout_s"):
+        load_config(None, ["model.triton_timeout_s=0"])
 
 
 @pytest.mark.skipif(has_cuda(), reason="checks the errors of a machine without a CUDA GPU")
