@@ -74,7 +74,7 @@ class _Model:
             requests.append(tensor)
         try:
             result = self.connection().infer(self.name, requests,
-                                       outputs=[http.InferRequestedOutput(self.output, binary_data=True)])
+                                             outputs=[http.InferRequestedOutput(self.output, binary_data=True)])
         except Exception as exc:  # tritonclient's own errors, and the socket's when the server is gone
             raise BackendUnavailable(f"{self.where}: inference failed: {exc}") from exc
         return result.as_numpy(self.output)

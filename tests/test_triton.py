@@ -27,7 +27,15 @@ TOLERANCE = 1e-4  # issue 11: Triton gives ONNX Runtime's probabilities within t
 
 
 @pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory):
+def server_installed():
+    """What the server needs, checked (or skipped, saying why) before `bundle` trains a model for it."""
+    from tests.triton_server import server_files
+
+    server_files()
+
+
+@pytest.fixture(scope="module")
+def server(server_installed, bundle, tmp_path_factory):
     from tests.triton_server import triton_server
 
     work = tmp_path_factory.mktemp("triton")
@@ -63,7 +71,7 @@ def _max_difference(a: list, b: list) -> float:
     return worst
 
 
-def test_engine_through_triton_matches_onnxruntime(bundle, server):
+def test_engine_through_triton_matches_onnxruntime(server, bundle):
     remote = engines.load(bundle, "triton", triton_url=server)
     local = engines.load(bundle, "onnxruntime", "cpu")
     assert remote.backend.name == "triton"
@@ -75,7 +83,7 @@ def test_engine_through_triton_matches_onnxruntime(bundle, server):
     assert np.abs(remote.embed_text(texts) - local.embed_text(texts)).max() < TOLERANCE
 
 
-def test_dynamic_batching_gathers_requests_of_several_clients(bundle, server):
+def test_dynamic_batching_gathers_requests_of_several_clients(server, bundle):
     """Sessions on other machines each send one window; the server runs them together."""
     import tritonclient.http as http
 
@@ -105,7 +113,7 @@ def _replay(media, bundle, out, *extra):
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def test_replay_through_triton_gives_onnxruntime_probabilities(bundle, held_out_session, server, tmp_path):
+def test_replay_through_triton_gives_onnxruntime_probabilities(server, bundle, held_out_session, tmp_path):
     media = next(held_out_session.glob("*.mp4"))
     remote = _replay(media, bundle, tmp_path / "triton.jsonl", "--backend", "triton", "--triton-url", server)
     local = _replay(media, bundle, tmp_path / "ort.jsonl", "--backend", "onnxruntime", "--device", "cpu")
@@ -124,7 +132,7 @@ def test_replay_through_triton_gives_onnxruntime_probabilities(bundle, held_out_
     assert worst < TOLERANCE
 
 
-def test_triton_backend_imports_neither_torch_nor_trainer(bundle, server):
+def test_triton_backend_imports_neither_torch_nor_trainer(server, bundle):
     code = ("import sys, engines; e = engines.load(sys.argv[1], 'triton', triton_url=sys.argv[2]); "
             "e.embed_text(['hi']); print(sorted(m for m in ('torch', 'trainer') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code, str(bundle), server], capture_output=True, text=True,
@@ -133,7 +141,7 @@ def test_triton_backend_imports_neither_torch_nor_trainer(bundle, server):
     assert result.stdout.strip() == "[]"
 
 
-def test_a_model_that_is_not_loaded_is_named(bundle, server):
+def test_a_model_that_is_not_loaded_is_named(server, bundle):
     import tritonclient.http as http
 
     client = http.InferenceServerClient(server)
@@ -146,7 +154,7 @@ def test_a_model_that_is_not_loaded_is_named(bundle, server):
         client.close()
 
 
-def test_a_server_of_another_model_is_refused(bundle, server):
+def test_a_server_of_another_model_is_refused(server, bundle):
     """A bundle whose graphs take other tensors than the served ones: an error, not wrong emotions."""
     other = open_bundle(bundle)
     other.manifest["outputs"]["student"]["probs"]["shape"][-1] += 1  # one more label

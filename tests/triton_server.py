@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from tests.conftest import free_port
 
 MODEL = Path(__file__).with_name("triton_onnx_model.py")
 START_TIMEOUT_S = 60
@@ -37,13 +37,21 @@ START_TIMEOUT_S = 60
 STUB_SITE = Path(sys.prefix) / "triton-stub-site"
 
 
-def pytriton_dir() -> Path:
-    """The installed pytriton package folder, or a skip that says how to install it."""
+def server_files() -> tuple[Path, Path]:
+    """The wheel's tritonserver folder and the python backend stub for this Python, or a skip
+    that says what is missing and how to install it."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("nvidia-pytriton is not installed (its tritonserver binary is the test server): "
                     "pip install --no-deps nvidia-pytriton==0.7.0, as scripts/setup.sh does")
-    return Path(next(iter(spec.submodule_search_locations)))
+    dist = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    stub = dist / "python_backend_stubs" / f"{sys.version_info[0]}.{sys.version_info[1]}" / "triton_python_backend_stub"
+    if not stub.exists():
+        pytest.skip(f"nvidia-pytriton has no python backend stub for Python {sys.version.split()[0]} ({stub})")
+    if not (STUB_SITE / "numpy").is_dir():
+        pytest.skip(f"{STUB_SITE} has no numpy 1.x for the Triton python backend stub: "
+                    f"pip install --no-deps --target {STUB_SITE} numpy==1.26.4, as scripts/setup.sh does")
+    return dist, stub
 
 
 def python_backend_repository(exported: Path, out: Path) -> Path:
@@ -73,13 +81,7 @@ def triton_server(exported: Path, work: Path):
     The server and its backend stubs are one process group, ended whatever happens."""
     import tritonclient.http as http
 
-    dist = pytriton_dir() / "tritonserver"
-    stub = dist / "python_backend_stubs" / f"{sys.version_info[0]}.{sys.version_info[1]}" / "triton_python_backend_stub"
-    if not stub.exists():
-        pytest.skip(f"nvidia-pytriton has no python backend stub for Python {sys.version.split()[0]} ({stub})")
-    if not (STUB_SITE / "numpy").is_dir():
-        pytest.skip(f"{STUB_SITE} has no numpy 1.x for the Triton python backend stub: "
-                    f"pip install --no-deps --target {STUB_SITE} numpy==1.26.4, as scripts/setup.sh does")
+    dist, stub = server_files()
     repository = python_backend_repository(exported, work / "repository")
     backends = work / "backends"
     shutil.copytree(dist / "backends", backends)
