@@ -19,9 +19,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
-# Live audio has no speaker diarization: every turn is attributed to this speaker, and
-# the trainer does the same when a bundle is trained for live use ("anonymous" speakers).
+# The speaker of a turn nobody can be named for: a live utterance whose speaking face
+# cannot be told (engines.faces.speaking_face), a corpus row without a speaker.
 UNKNOWN_SPEAKER = "speaker"
+
+
+def face_speaker(face_id: int | None) -> str:
+    """The speaker of a live turn: the tracked face that spoke it, or the unknown one.
+    Only the identity matters: prompt() turns speakers into <s1>, <s2>, ... in order of
+    appearance, as it does with a corpus's speaker names in training."""
+    return UNKNOWN_SPEAKER if face_id is None else f"face {face_id}"
 
 
 @dataclass(frozen=True)

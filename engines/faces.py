@@ -1,11 +1,23 @@
-"""Face detection shared by the trainer (cropping training clips) and the runtime.
+"""Face detection, tracking and speaker evidence, shared by the trainer and the runtime.
 
-OpenCV's Haar cascade: it ships inside opencv-python(-headless) 4.x, needs no
-download and runs in a few milliseconds on a downscaled frame.
+OpenCV's Haar cascade finds every face of a sampled frame (it ships inside
+opencv-python(-headless) 4.x, needs no download and runs in a few milliseconds
+on a downscaled frame).  `FaceTracker` gives each face a stable id for the
+session: a detection continues the track whose last box is nearest (within
+`track_distance` face widths), and a track unseen for `track_ttl_s` seconds of
+media time is forgotten, so a face that is occluded or leaves the frame for a
+moment comes back with its id.  For each face it also measures how much its
+mouth moved since the previous sampled frame; `speaking_face` compares that
+evidence across the faces of an utterance's span to name who spoke it.
+
+The trainer (engines.features.decode) and the face stage run the same tracker
+on the same frames, so training sees the crops the pipeline picks.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -19,6 +31,14 @@ class FaceOptions:
     min_face: int = 40  # smallest face side in pixels at detect_width
     scale_factor: float = 1.1  # Haar image pyramid step
     min_neighbors: int = 4  # Haar detections that must agree
+    track_ttl_s: float = 3.0  # seconds of media time a face may go unseen (occluded, out of frame) and keep its id
+    track_distance: float = 0.75  # a detection continues a track when its centre lies within this many
+    # face widths of the track's last box centre
+    confirm_frames: int = 2  # sightings before a face gets an id, so a one-frame false detection never does
+    speaker_margin: float = 1.5  # the speaker's mean mouth motion over an utterance must be at least this many
+    # times any other face's; otherwise the utterance has no speaker (null)
+    speaker_min_motion: float = 0.5  # mean mouth motion over an utterance (grey levels per pixel between
+    # sampled frames, above the face's quiet level) below which no face counts as speaking
 
     def __post_init__(self):
         if self.sample_fps <= 0:
@@ -31,10 +51,98 @@ class FaceOptions:
             raise ValueError("min_face must be >= 1")
         if self.min_neighbors < 0:
             raise ValueError("min_neighbors must be >= 0")
+        if self.track_ttl_s < 0:
+            raise ValueError("track_ttl_s must be >= 0")
+        if self.track_distance <= 0:
+            raise ValueError("track_distance must be > 0")
+        if self.confirm_frames < 1:
+            raise ValueError("confirm_frames must be >= 1")
+        if self.speaker_margin < 1.0:
+            raise ValueError("speaker_margin must be >= 1")
+        if self.speaker_min_motion < 0:
+            raise ValueError("speaker_min_motion must be >= 0")
 
 
-class FaceCropper:
-    """Finds the main face of a frame and returns its normalised grey crop."""
+Box = tuple[int, int, int, int]  # x, y, w, h in frame pixels
+
+
+@dataclass
+class SeenFace:
+    """One face in one sampled frame."""
+
+    id: int | None  # the track's stable id; None until it has been seen confirm_frames times
+    box: Box
+    crop: np.ndarray  # normalised grey crop (engines.preprocess.face_crop)
+    motion: float | None  # mouth motion since the previous sampled frame, above the face's quiet level
+    # (_Track.motion); None if the face was not seen in that frame
+
+
+@dataclass
+class FaceFrame:
+    """Every face of one sampled frame, and which of them is the main face."""
+
+    t: float  # media time
+    faces: list[SeenFace]
+    main: int | None = None  # index in faces of the main face (None: no face)
+
+    @property
+    def main_crop(self) -> np.ndarray | None:
+        return None if self.main is None else self.faces[self.main].crop
+
+    def crop_of(self, face_id: int | None) -> np.ndarray | None:
+        """The crop of face `face_id`, or the main face's when face_id is None."""
+        if face_id is None:
+            return self.main_crop
+        return next((f.crop for f in self.faces if f.id == face_id), None)
+
+
+MOUTH_ROWS, MOUTH_COLS = (0.62, 0.92), (0.25, 0.75)  # the mouth in face_crop's square (box + 10%)
+MOUTH_SHIFT = 3  # pixels of re-detection jitter the motion measure looks past
+QUIET_FRAMES = 50  # a face's recent motions its quiet level is taken from (10 s at 5 fps)
+QUIET_PERCENTILE = 25  # the quiet level: this percentile of them
+
+
+def mouth_motion(crop: np.ndarray, previous: np.ndarray) -> float:
+    """Mean absolute grey change of the mouth region between two crops of one face.
+
+    The box is found anew in every frame, so the crops are off by a pixel or two: the
+    change is the smallest over shifts of up to MOUTH_SHIFT pixels, after a light blur
+    and less each patch's mean (a change of light is no motion)."""
+    import cv2
+
+    s = crop.shape[0]
+    (y0, y1), (x0, x1) = ((int(a * s), int(b * s)) for a, b in (MOUTH_ROWS, MOUTH_COLS))
+    a, b = (cv2.GaussianBlur(c, (0, 0), 1.0).astype(np.float32) for c in (crop, previous))
+    patch = a[y0:y1, x0:x1] - a[y0:y1, x0:x1].mean()
+    r = MOUTH_SHIFT
+    best = np.inf
+    for dy in range(-min(r, y0), min(r, s - y1) + 1):
+        for dx in range(-min(r, x0), min(r, s - x1) + 1):
+            other = b[y0 + dy:y1 + dy, x0 + dx:x1 + dx]
+            best = min(best, float(np.abs(patch - (other - other.mean())).mean()))
+    return best
+
+
+class _Track:
+    def __init__(self, box: np.ndarray, t: float):
+        self.box, self.last_t, self.hits = box, t, 0
+        self.id: int | None = None
+        self.crop: np.ndarray | None = None
+        self.motions: deque[float] = deque(maxlen=QUIET_FRAMES)
+
+    def motion(self, crop: np.ndarray) -> float:
+        """Mouth motion since the track's last crop, above the face's own quiet level.
+
+        Even a still mouth shows some change (re-detection jitter, head turns, video
+        noise), more for one face than another; taking off each face's quiet level (a low
+        percentile of its recent motions) leaves what its mouth did, comparable across faces."""
+        raw = mouth_motion(crop, self.crop)
+        self.motions.append(raw)
+        return max(0.0, raw - float(np.percentile(self.motions, QUIET_PERCENTILE)))
+
+
+class FaceTracker:
+    """Finds every face of each sampled frame (given in time order) and tracks it."""
 
     def __init__(self, options: FaceOptions, preprocessing: Preprocessing):
         import cv2
@@ -48,10 +156,13 @@ class FaceCropper:
             )
         self.options = options
         self.preprocessing = preprocessing
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+        self._previous_t: float | None = None  # time of the previous frame: motion is between neighbours
         self._last_centre: tuple[float, float] | None = None
 
-    def detect(self, frame_bgr: np.ndarray) -> tuple[int, int, int, int] | None:
-        """Box (x, y, w, h) in frame pixels of the main face, or None."""
+    def detect(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """(n, 4) boxes (x, y, w, h) in frame pixels of every face found."""
         import cv2
 
         scale = min(1.0, self.options.detect_width / frame_bgr.shape[1])
@@ -63,22 +174,91 @@ class FaceCropper:
             minNeighbors=self.options.min_neighbors,
             minSize=(self.options.min_face, self.options.min_face),
         )
-        if len(boxes) == 0:
-            return None
-        box = self._main_face(np.asarray(boxes, dtype=np.float64))
-        return tuple(int(round(v / scale)) for v in box)
+        return np.round(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale)
 
-    def _main_face(self, boxes: np.ndarray) -> np.ndarray:
-        # Track: the face nearest the last one, else the largest, so the crop
-        # does not jump between people from frame to frame.
+    def update(self, frame_bgr: np.ndarray, t: float) -> FaceFrame:
+        """The faces of the frame at media time t, each with its track's id."""
+        boxes = self.detect(frame_bgr)
+        self._tracks = [tr for tr in self._tracks if t - tr.last_t <= self.options.track_ttl_s]
+        faces = []
+        for box, track in zip(boxes, self._associate(boxes)):
+            if track is None:
+                track = _Track(box, t)
+                self._tracks.append(track)
+            int_box = tuple(int(v) for v in box)
+            crop = face_crop(frame_bgr, int_box, self.preprocessing)
+            seen_just_before = track.crop is not None and track.last_t == self._previous_t
+            motion = track.motion(crop) if seen_just_before else None
+            track.box, track.last_t, track.crop, track.hits = box, t, crop, track.hits + 1
+            if track.id is None and track.hits >= self.options.confirm_frames:
+                track.id, self._next_id = self._next_id, self._next_id + 1
+            faces.append(SeenFace(track.id, int_box, crop, motion))
+        self._previous_t = t
+        return FaceFrame(t, faces, self._main_face(boxes))
+
+    def _associate(self, boxes: np.ndarray) -> list[_Track | None]:
+        """The track each box continues (None: a new face).  Greedy, nearest pair first:
+        faces in a call rarely cross, so this needs no global assignment."""
+        out: list[_Track | None] = [None] * len(boxes)
+        if not len(boxes) or not self._tracks:
+            return out
+        centres = boxes[:, :2] + boxes[:, 2:] / 2
+        pairs = []
+        for j, track in enumerate(self._tracks):
+            centre = track.box[:2] + track.box[2:] / 2
+            distance = np.linalg.norm(centres - centre, axis=1) / track.box[2]
+            pairs += [(d, i, j) for i, d in enumerate(distance) if d <= self.options.track_distance]
+        taken: set[int] = set()
+        for _, i, j in sorted(pairs):
+            if out[i] is None and j not in taken:
+                out[i] = self._tracks[j]
+                taken.add(j)
+        return out
+
+    def _main_face(self, boxes: np.ndarray) -> int | None:
+        # The face nearest the last main one, else the largest, so the main crop does
+        # not jump between people from frame to frame.
+        if not len(boxes):
+            return None
         if self._last_centre is not None and len(boxes) > 1:
             centres = boxes[:, :2] + boxes[:, 2:] / 2
-            best = boxes[int(np.argmin(np.linalg.norm(centres - self._last_centre, axis=1)))]
+            best = int(np.argmin(np.linalg.norm(centres - self._last_centre, axis=1)))
         else:
-            best = boxes[int(np.argmax(boxes[:, 2] * boxes[:, 3]))]
-        self._last_centre = (best[0] + best[2] / 2, best[1] + best[3] / 2)
+            best = int(np.argmax(boxes[:, 2] * boxes[:, 3]))
+        x, y, w, h = boxes[best]
+        self._last_centre = (x + w / 2, y + h / 2)
         return best
 
-    def crop(self, frame_bgr: np.ndarray) -> np.ndarray | None:
-        box = self.detect(frame_bgr)
-        return None if box is None else face_crop(frame_bgr, box, self.preprocessing)
+
+def frames_between(frames: Sequence[FaceFrame], start: float, end: float) -> list[FaceFrame]:
+    """The sampled frames within [start, end], both ends in (the fusion stage cuts spans so too)."""
+    return [f for f in frames if start <= f.t <= end]
+
+
+def speaking_face(frames: Sequence[FaceFrame], start: float, end: float, options: FaceOptions) -> int | None:
+    """Id of the face that spoke during [start, end] (a VAD span), or None when it cannot be told.
+
+    The evidence is mouth motion during the voice activity: the speaker's mouth moves,
+    a listener's stays still.  Each face's mean motion over the span is compared; the
+    highest wins only when it reaches speaker_min_motion and is speaker_margin times
+    the runner-up's.  A face seen in under half the span's frames is left out (its
+    mean would rest on too little), so is a face without an id yet."""
+    span = frames_between(frames, start, end)
+    motions: dict[int, list[float]] = {}
+    for frame in span:
+        for face in frame.faces:
+            if face.id is not None and face.motion is not None:
+                motions.setdefault(face.id, []).append(face.motion)
+    scores = sorted(((float(np.mean(m)), face_id) for face_id, m in motions.items() if len(m) >= len(span) / 2),
+                    reverse=True)
+    if not scores or scores[0][0] < options.speaker_min_motion:
+        return None
+    if len(scores) > 1 and scores[0][0] < options.speaker_margin * scores[1][0]:
+        return None
+    return scores[0][1]
+
+
+def face_crops(frames: Sequence[FaceFrame], start: float, end: float,
+               face_id: int | None = None) -> list[tuple[float, np.ndarray | None]]:
+    """(media time, crop or None) of face `face_id` (the main face when None) in [start, end]."""
+    return [(f.t, f.crop_of(face_id)) for f in frames_between(frames, start, end)]

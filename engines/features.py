@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
+from engines.faces import FaceFrame, FaceOptions, face_crops, speaking_face
 from engines.preprocess import Preprocessing, audio_features, video_features
 
 # The live VAD keeps this much audio before and after the speech it finds ([vad]
@@ -53,20 +54,16 @@ def sample_index(t: float, t0: float, sample_rate: int) -> int:
     return int(round((t - t0) * sample_rate))
 
 
-def crops_between(crops: Sequence[tuple[float, np.ndarray | None]], start: float, end: float) -> list:
-    """The face crops (media time, crop) taken within [start, end]."""
-    return [c for c in crops if start <= c[0] <= end]
-
-
 @dataclass
 class Recording:
-    """A whole session decoded once: the audio the replay source streams and the crops
-    the face stage makes of it, each with its media time."""
+    """A whole session decoded once: the audio the replay source streams and the faces
+    the face stage finds in it (every sampled frame, with its media time)."""
 
     audio: np.ndarray  # 16 kHz mono float32
     t0: float  # media time of audio[0]
     sample_rate: int
-    crops: list  # (media time, grey crop or None), in time order
+    frames: list[FaceFrame]  # in time order
+    faces: FaceOptions = field(default_factory=FaceOptions)  # the speaker evidence's settings
 
     @property
     def audio_end(self) -> float:
@@ -74,24 +71,34 @@ class Recording:
 
     def window(self, start: float, end: float, **text) -> Window:
         """The Window of span [start, end], clipped to the recorded audio as the live VAD's
-        spans are; `text` may give text, context and speaker."""
+        spans are, with the crops of the face that spoke (utterance_crops); `text` may
+        give text, context and speaker."""
         if self.audio.size:
             start, end = max(start, self.t0), min(end, self.audio_end)
         a, b = (min(max(sample_index(t, self.t0, self.sample_rate), 0), self.audio.size) for t in (start, end))
-        return Window(start=start, end=end, audio=self.audio[a:max(a, b)], crops=crops_between(self.crops, start, end),
-                      **text)
+        _, crops = utterance_crops(self.frames, start, end, self.faces)
+        return Window(start=start, end=end, audio=self.audio[a:max(a, b)], crops=crops, **text)
 
 
-def decode(path: str | Path, pre: Preprocessing, faces) -> Recording:
+def utterance_crops(frames: Sequence[FaceFrame], start: float, end: float,
+                    options: FaceOptions) -> tuple[int | None, list]:
+    """The speaking face of an utterance span (engines.faces.speaking_face) and the crops
+    the model reads for it: that face's, or the main face's when no speaker can be told.
+    The fusion stage and the trainer both cut utterances with this."""
+    speaker = speaking_face(frames, start, end, options)
+    return speaker, face_crops(frames, start, end, speaker)
+
+
+def decode(path: str | Path, pre: Preprocessing, faces: FaceOptions) -> Recording:
     """Decode a recorded session as the pipeline sees it: audio at pre.sample_rate, frames
-    at faces.sample_fps, the main face cropped by one FaceCropper in frame order (it tracks
-    the face from frame to frame, as the face stage's cropper does)."""
-    from engines.faces import FaceCropper
+    at faces.sample_fps, every face tracked by one FaceTracker in frame order, as the
+    face stage's tracker does."""
+    from engines.faces import FaceTracker
     from engines.media import read_media
 
     audio, t0, frames = read_media(path, pre.sample_rate, faces.sample_fps)
-    cropper = FaceCropper(faces, pre)
-    return Recording(audio, t0, pre.sample_rate, [(f.t, cropper.crop(f.image)) for f in frames])
+    tracker = FaceTracker(faces, pre)
+    return Recording(audio, t0, pre.sample_rate, [tracker.update(f.image, f.t) for f in frames], faces)
 
 
 def pad_spans(spans: Sequence[tuple[float, float]], pad_s: float) -> list[tuple[float, float]]:

@@ -115,7 +115,9 @@ SPECS: dict[str, Spec] = {
     "transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}, optional={"early": bool},  # early: speculative
                        dtype="float32", shape=(None,)),
     "partial_transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}),
-    "face": Spec({**_AT, "found": bool}, dtype="uint8", shape=(None, None), array_required=False),
+    # Every face of a frame: `faces` (id, box, motion of each) and its crops stacked in that order.
+    "face": Spec({**_AT, "found": bool, "faces": list}, optional={"main": (int, type(None))},
+                 dtype="uint8", shape=(None, None, None), array_required=False),
     "result": Spec({"body": dict}),
     "ready": Spec(_REPORT),
     "heartbeat": Spec(_REPORT),
@@ -146,6 +148,8 @@ def _check(header: dict, array: np.ndarray | None, kinds: Iterable[str]) -> None
         if (not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types))
                 or (isinstance(value, float) and not math.isfinite(value))):
             raise MessageError(f"{kind} message: {name} = {value!r:.40} has the wrong type")
+    if kind == "face":
+        _check_faces(header, array)
     if array is None:
         if spec.dtype and spec.array_required or header.get("found") is True:
             raise MessageError(f"{kind} message without its array")
@@ -158,6 +162,26 @@ def _check(header: dict, array: np.ndarray | None, kinds: Iterable[str]) -> None
                            f"{spec.dtype} of rank {len(spec.shape)} belongs")
     if len(spec.shape) > 1 and array.size == 0:
         raise MessageError(f"{kind} message: empty image {list(array.shape)}")
+
+
+def _check_faces(header: dict, array: np.ndarray | None) -> None:
+    """A face message's list matches its crops, and each entry is what fusion reads."""
+    faces, main = header["faces"], header.get("main")
+    if len(faces) != (0 if array is None else array.shape[0]):
+        raise MessageError(f"face message: {len(faces)} faces but {0 if array is None else array.shape[0]} crops")
+    for face in faces:
+        if (not isinstance(face, dict) or not _is_int_or_none(face.get("id"))
+                or not isinstance(face.get("box"), list) or len(face["box"]) != 4
+                or not all(_is_int_or_none(v) and v is not None for v in face["box"])
+                or not (face.get("motion") is None or isinstance(face["motion"], NUMBER)
+                        and not isinstance(face["motion"], bool) and math.isfinite(face["motion"]))):
+            raise MessageError(f"face message: malformed face entry {face!r:.60}")
+    if main is not None and not 0 <= main < len(faces) or (main is not None) != header["found"]:
+        raise MessageError(f"face message: main = {main!r} does not index one of its {len(faces)} faces")
+
+
+def _is_int_or_none(value) -> bool:
+    return value is None or isinstance(value, int) and not isinstance(value, bool)
 
 
 def _tuple(types) -> tuple:

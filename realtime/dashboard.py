@@ -49,7 +49,7 @@ class Bridge:
                     _, body = protocol.decode(await sock.recv_multipart())
                 except ValueError:
                     continue  # not a protocol message: nothing a page could draw
-                if not isinstance(body, dict) or body.get("protocol") != protocol.PROTOCOL:
+                if not isinstance(body, dict) or not protocol.compatible(body.get("protocol")):
                     continue
                 if body.get("type") == "status" and body.get("state") == "started":
                     self.history.clear()  # a new session: late pages need only this one

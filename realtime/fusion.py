@@ -2,10 +2,12 @@
 the model, publish on the public stream.
 
 Two kinds of result:
-- an utterance result when the ASR delivers an utterance (text + audio + video);
+- an utterance result when the ASR delivers an utterance (text + audio + video),
+  naming the face that spoke it (engines.faces.speaking_face) and reading that
+  face's crops; its speaker becomes the turn's speaker in the dialogue context;
 - window updates at a fixed media-time rate (audio + video of the last
   `window_s` seconds; the text encoder is not run), so a listener sees the mood
-  between utterances too.
+  between utterances too, with every tracked face's own video prediction.
 A result is computed only once the video stream has passed its end (or ended),
 so it never misses face crops that were still on their way; timing by media
 time, not arrival, makes replay give the same results every run.
@@ -20,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from engines.dialogue import History, Turn
-from engines.features import Window, crops_between, sample_index, text_inputs
+from engines.dialogue import History, Turn, face_speaker
+from engines.faces import FaceFrame, FaceOptions, SeenFace, face_crops, frames_between
+from engines.features import Window, sample_index, text_inputs, utterance_crops
 from realtime import bus, protocol
 from realtime.security import PublicSocket
 from realtime.stage import Stage, StageError
@@ -112,13 +115,14 @@ class AudioRing:
 class Fusion:
     """The stage's state: what has arrived, and what can be scored."""
 
-    def __init__(self, engine, options: FusionOptions, out: Publisher):
+    def __init__(self, engine, options: FusionOptions, out: Publisher, faces: FaceOptions | None = None):
         self.engine, self.options, self.out = engine, options, out
-        # Past utterances of this session: the text branch's dialogue context.  There is
-        # no diarization, so every turn has the unknown speaker (as in training).
+        self.faces = faces or FaceOptions()  # the speaker evidence's settings
+        # Past utterances of this session, each with the face that spoke it: the text
+        # branch's dialogue context (speaker tokens, as training builds them).
         self.history = History(engine.pre.text_context_turns)
         self.audio = AudioRing(options.keep_s, engine.pre.sample_rate)
-        self.crops: list[tuple[float, np.ndarray | None]] = []
+        self.frames: list[FaceFrame] = []  # every face of each sampled frame, in time order
         self.pending: list[tuple[dict, np.ndarray]] = []  # transcripts waiting for their video
         self.video_until = -math.inf  # media time up to which every sampled frame has arrived
         self.last_frame_t = 0.0  # media time of the last sampled frame (video_until is inf after eos)
@@ -146,7 +150,9 @@ class Fusion:
         elif kind == "audio":
             self.audio.add(header["t"], array)
         elif kind == "face":
-            self.crops.append((header["t"], array if header["found"] else None))
+            self.frames.append(FaceFrame(header["t"], [
+                SeenFace(f["id"], tuple(f["box"]), array[i], f["motion"]) for i, f in enumerate(header["faces"])],
+                header.get("main")))
             self.video_until = max(self.video_until, header["t"])
             self.last_frame_t = max(self.last_frame_t, header["t"])
         elif kind == "eos":
@@ -170,7 +176,7 @@ class Fusion:
             self.score_window(self.next_window)
             self.next_window += self.period
         oldest = min([u["start"] for u, _ in self.pending] + [self.next_window - self.options.window_s])
-        self.crops = [c for c in self.crops if c[0] >= oldest - self.options.keep_s]
+        self.frames = [f for f in self.frames if f.t >= oldest - self.options.keep_s]
 
     def window_limit(self) -> float:
         """Media time up to which windows can be scored: every stream has arrived that far.
@@ -184,17 +190,15 @@ class Fusion:
             limit = self.audio.until if self.audio.buffer.end else self.last_frame_t
         return limit
 
-    def _crops(self, start: float, end: float):
-        return crops_between(self.crops, start, end)
-
-    def _infer(self, window: Window, dump: bool = False):
+    def _infer(self, windows: list[Window], dump: bool = False):
+        """Predictions for windows scored in one engine call (a window and its faces' own)."""
         t0 = time.perf_counter()
-        feeds = self.engine.features([window])
-        (pred,) = self.engine.predict(feeds)
+        feeds = self.engine.features(windows)
+        preds = self.engine.predict(feeds)
         infer_s = time.perf_counter() - t0
         if dump and self.options.dump_features:
-            self._dump(window, feeds)
-        return pred, infer_s
+            self._dump(windows[0], feeds)
+        return preds, infer_s
 
     def _dump(self, window: Window, feeds: dict) -> None:
         folder = Path(self.options.dump_features)
@@ -210,26 +214,38 @@ class Fusion:
                 "peers": pred.peers, "modalities": pred.modalities}
 
     def score_utterance(self, utt: dict, audio: np.ndarray) -> None:
-        window = Window(start=utt["start"], end=utt["end"], text=utt["text"], audio=audio,
-                        crops=self._crops(utt["start"], utt["end"]), context=self.history.past)
-        pred, infer_s = self._infer(window, dump=True)
+        speaker, crops = utterance_crops(self.frames, utt["start"], utt["end"], self.faces)
+        window = Window(start=utt["start"], end=utt["end"], text=utt["text"], audio=audio, crops=crops,
+                        context=self.history.past, speaker=face_speaker(speaker))
+        (pred,), infer_s = self._infer([window], dump=True)
         self.utterances += 1
         self.history.add(Turn(window.speaker, utt["text"]))
         self.out.publish({"type": "utterance", "start": round(utt["start"], 3), "end": round(utt["end"], 3),
-                          "text": utt["text"], **self._result(pred),
+                          "text": utt["text"], "speaker": speaker, **self._result(pred),
                           "timing": {"asr_s": round(utt["asr_s"], 4), "asr_early": bool(utt.get("early", False)),
                                      "infer_s": round(infer_s, 4), "emitted_at": time.time()}})
 
     def score_window(self, end: float) -> None:
         start = max(0.0, end - self.options.window_s)
-        window = Window(start=start, end=end, audio=self.audio.span(start, end), crops=self._crops(start, end))
-        pred, infer_s = self._infer(window)
+        window = Window(start=start, end=end, audio=self.audio.span(start, end),
+                        crops=face_crops(self.frames, start, end))
+        # Each face seen in the window, with its latest box, gets a video-only window of
+        # its own crops, scored in the same engine call as the window itself.
+        boxes: dict[int, tuple] = {}
+        for frame in frames_between(self.frames, start, end):
+            boxes.update((f.id, f.box) for f in frame.faces if f.id is not None)
+        ids = sorted(boxes)
+        own = [Window(start=start, end=end, crops=face_crops(self.frames, start, end, i)) for i in ids]
+        (pred, *face_preds), infer_s = self._infer([window, *own])
+        faces = [{"id": i, "box": list(boxes[i]), **({"video": p.peers["video"]} if "video" in p.peers else {})}
+                 for i, p in zip(ids, face_preds)]
         self.out.publish({"type": "window", "start": round(start, 3), "end": round(end, 3),
-                          **self._result(pred),
+                          **self._result(pred), "faces": faces,
                           "timing": {"infer_s": round(infer_s, 4), "emitted_at": time.time()}})
 
 
-def fusion(stage: Stage, model_options, stream_options, fusion_options, session: str) -> None:
+def fusion(stage: Stage, model_options, stream_options, fusion_options, session: str,
+           face_options: FaceOptions | None = None) -> None:
     import engines
 
     inbox = stage.pull(stage.endpoints.fusion)
@@ -240,7 +256,7 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
     out.wait_for_subscribers(stream_options.wait_subscribers, stream_options.wait_timeout_s)
     stage.report("ready")
     out.publish({"type": "status", "state": "started", "labels": engine.labels})
-    state = Fusion(engine, fusion_options, out)
+    state = Fusion(engine, fusion_options, out, face_options)
     while not state.finished:
         state.on_message(*stage.recv(inbox, bus.FUSION_IN), score=False)
         # Take what is already queued (bounded: the audio ring must still hold every window's

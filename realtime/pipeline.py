@@ -89,7 +89,8 @@ class Supervisor:
         self.start("faces", functools.partial(stages.faces, face_options=cfg.faces,
                                               preprocessing=bundle.preprocessing))
         self.start("fusion", functools.partial(fusion.fusion, model_options=cfg.model, stream_options=cfg.stream,
-                                               fusion_options=cfg.fusion, session=session))
+                                               fusion_options=cfg.fusion, face_options=cfg.faces,
+                                               session=session))
         self.wait_ready(PROCESSING)
 
     def wait_ready(self, names: list[str]) -> None:

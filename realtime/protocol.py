@@ -9,7 +9,11 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-PROTOCOL = "emotion-stream/1"
+# Major version 1, minor 1: minor versions only add optional fields (1.1: the utterance's
+# `speaker`, the window's `faces`), so a reader of major 1 reads them all; check the
+# major version with `compatible`, not the whole string.
+PROTOCOL = "emotion-stream/1.1"
+MAJOR = "emotion-stream/1"
 TOPICS = {
     "utterance": "emotion.utterance",  # fused result at the end of an utterance
     "window": "emotion.window",  # audio + video update between utterances
@@ -22,6 +26,11 @@ SCHEMA_PATH = Path(__file__).parent / "schema" / "emotion-stream-v1.json"
 @lru_cache(maxsize=1)
 def schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
+
+
+def compatible(version) -> bool:
+    """Whether a body's `protocol` is of the major version this code reads (1, 1.1, ...)."""
+    return isinstance(version, str) and (version == MAJOR or version.startswith(MAJOR + "."))
 
 
 def validate(body: dict) -> None:

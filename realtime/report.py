@@ -40,8 +40,8 @@ def read_messages(path: str | Path, session: str | None = None) -> tuple[list[di
             body = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ReportError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(body, dict) or body.get("protocol") != protocol.PROTOCOL or body.get("type") not in KINDS:
-            raise ReportError(f"{path}:{number}: not an {protocol.PROTOCOL} message")
+        if not isinstance(body, dict) or not protocol.compatible(body.get("protocol")) or body.get("type") not in KINDS:
+            raise ReportError(f"{path}:{number}: not an {protocol.MAJOR} message")
         messages.append(body)
     sessions = list(dict.fromkeys(m["session"] for m in messages))
     if not sessions:

@@ -147,17 +147,24 @@ def asr(stage: Stage, asr_options) -> None:
 
 
 def faces(stage: Stage, face_options, preprocessing) -> None:
-    """Main-face crop of every sampled frame; a frame without a face is sent as such."""
-    from engines.faces import FaceCropper
+    """Every face of every sampled frame, tracked (stable ids) with its crop and mouth motion.
+
+    One message per frame: `faces` lists each face's id (null until confirmed), box and
+    mouth motion, `main` indexes the main face, and the crops travel stacked in that
+    order as one (n, size, size) array; a frame without a face is sent as such."""
+    from engines.faces import FaceTracker
 
     inbox, out = stage.pull(stage.endpoints.video), stage.push(stage.endpoints.fusion)
-    cropper = FaceCropper(face_options, preprocessing)
+    tracker = FaceTracker(face_options, preprocessing)
     stage.report("ready")
     while True:
         header, image = stage.recv(inbox, bus.VIDEO_IN)
         if header["type"] == "eos":
             stage.send(out, dict(header, stream="video"))
             return
-        crop = cropper.crop(image)
-        stage.send(out, {"type": "face", "session": header["session"], "seq": header["seq"],
-                       "t": header["t"], "found": crop is not None}, crop)
+        frame = tracker.update(image, header["t"])
+        crops = np.stack([f.crop for f in frame.faces]) if frame.faces else None
+        stage.send(out, {"type": "face", "session": header["session"], "seq": header["seq"], "t": header["t"],
+                         "found": frame.main is not None, "main": frame.main,
+                         "faces": [{"id": f.id, "box": list(f.box), "motion": f.motion} for f in frame.faces]},
+                   crops)

@@ -186,3 +186,29 @@ def _wait_report(control, state: str, timeout_s: float) -> dict:
             if report["type"] == state:
                 return report
     raise AssertionError(f"no {state!r} report from the stage in {timeout_s} s")
+
+
+def test_face_messages_must_list_one_entry_per_crop():
+    import json
+
+    crops = np.zeros((2, 8, 8), np.uint8)
+    face = lambda i: {"id": i, "box": [0, 0, 8, 8], "motion": None}
+    header = {"type": "face", "session": "s", "seq": 0, "t": 0.2, "found": True, "main": 0}
+
+    def message(h, a=crops):
+        if a is None:
+            return [json.dumps(h).encode()]
+        return [json.dumps(dict(h, dtype="|u1", shape=list(a.shape))).encode(), a.tobytes()]
+
+    checked, array = bus.decode(message(dict(header, faces=[face(1), face(None)])), bus.FUSION_IN)
+    assert array.shape == (2, 8, 8) and checked["faces"][1]["id"] is None
+    none_found = dict(header, found=False, main=None, faces=[])
+    assert bus.decode(message(none_found, None), bus.FUSION_IN)[1] is None
+    for bad in (dict(header, faces=[face(1)]),  # two crops, one entry
+                dict(header, faces=[face(1), dict(face(2), box=[0, 0, 8])]),
+                dict(header, faces=[face(1), dict(face(2), id="2")]),
+                dict(header, faces=[face(1), dict(face(2), motion=float("nan"))]),
+                dict(header, faces=[face(1), face(2)], main=2),  # no third face
+                dict(header, faces=[face(1), face(2)], found=False)):  # found says there is no main face
+        with pytest.raises(bus.MessageError, match="face message"):
+            bus.decode(message(bad), bus.FUSION_IN)

@@ -59,10 +59,15 @@ def test_student_texts_use_only_the_past_of_the_same_session():
             for s in ("x", "y") for k in range(4)]
     utts.reverse()  # order of the list must not matter, only the turn numbers
     texts = dict(zip((u.text for u in utts), student_texts(utts, MASKED)))
-    # Speakers are anonymous (live audio has no diarization): one speaker token only.
-    assert texts["x3"] == "<s1> x1 <s1> x2 <s1> x3 [SEP] Now <s1> feels [MASK]"
+    # The corpus's speakers become speaker tokens in order of appearance, as the fusion
+    # stage's face ids do: Bob (x1, x3) is <s1>, Ann (x2) <s2>.
+    assert texts["x3"] == "<s1> x1 <s2> x2 <s1> x3 [SEP] Now <s1> feels [MASK]"
     assert texts["y0"] == "<s1> y0 [SEP] Now <s1> feels [MASK]"
     assert student_texts(utts, Preprocessing()) == [u.text for u in utts]
+    # A corpus that names no speakers: every turn is the one unknown speaker.
+    nameless = [Utterance(session="z", file=Path(), start=k, end=k + 1, text=f"z{k}", speaker="", labels=[],
+                          extra={"dialogue": "z", "turn": k}) for k in range(3)]
+    assert student_texts(nameless, MASKED)[2] == "<s1> z0 <s1> z1 <s1> z2 [SEP] Now <s1> feels [MASK]"
 
 
 def test_manifest_sessions_are_dialogues_in_time_order(corpus):

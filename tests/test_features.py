@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from engines.faces import FaceOptions
+from engines.faces import FaceFrame, FaceOptions, SeenFace
 from engines.features import Recording, pad_spans
 from engines.preprocess import Preprocessing
 from tests.conftest import free_port
@@ -41,7 +41,8 @@ def test_a_recording_window_is_the_span_cut_and_clipped_to_the_audio():
     rate = 16000
     audio = np.arange(rate, dtype=np.float32)  # 1 s, sample i = i
     crops = [(t, np.full((4, 4), i, np.uint8)) for i, t in enumerate(np.arange(0.0, 1.01, 0.2))]
-    rec = Recording(audio, t0=0.5, sample_rate=rate, crops=[(t + 0.5, c) for t, c in crops])
+    rec = Recording(audio, t0=0.5, sample_rate=rate,
+                    frames=[FaceFrame(t + 0.5, [SeenFace(1, (0, 0, 4, 4), c, None)], 0) for t, c in crops])
     w = rec.window(0.75, 1.0, text="hi")
     assert (w.start, w.end, w.text) == (0.75, 1.0, "hi")
     assert np.array_equal(w.audio, audio[4000:8000])

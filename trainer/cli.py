@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sessions", type=int, default=None, help="number of sessions (default [synth] sessions)")
     sp.add_argument("--seed", type=int, default=None, help="random seed (default [synth] seed)")
     sp.add_argument("--utterances", type=int, default=None, help="utterances per session")
+    sp.add_argument("--people", type=int, default=None, choices=(1, 2),
+                    help="faces in view: 1, the speaker alone, or 2, both side by side with only the "
+                         "speaker's mouth moving (default [synth] people)")
 
     tp = sub.add_parser("teach", help="fine-tune the text teacher on a corpus's transcripts",
                         description="TelME's text teacher: the text encoder fine-tuned on the prompt "
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in (("synth.sessions", getattr(args, "sessions", None)),
                            ("synth.seed", getattr(args, "seed", None)),
                            ("synth.utterances_per_session", getattr(args, "utterances", None)),
+                           ("synth.people", getattr(args, "people", None)),
                            ("train.epochs", getattr(args, "epochs", None))):
             if value is not None:
                 overrides.append(f"{key}={value}")
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             from trainer.synth import generate
 
             manifest = generate(args.out, config.synth.sessions, config.synth.seed,
-                                utterances_per_session=config.synth.utterances_per_session, progress=progress)
+                                utterances_per_session=config.synth.utterances_per_session,
+                                people=config.synth.people, progress=progress)
             print(f"wrote {manifest}")
         elif args.command == "teach":
             from trainer.datasets import load

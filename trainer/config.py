@@ -17,10 +17,14 @@ class SynthOptions:
     sessions: int = 40  # recorded sessions
     utterances_per_session: int = 6  # utterances in each session, two speakers taking turns
     seed: int = 0  # same seed, same corpus
+    people: int = 1  # faces in view: 1, the speaker alone; 2, both side by side (A left, B right),
+    # only the speaker's mouth moving (speaker attribution tests)
 
     def __post_init__(self):
         if self.sessions < 1 or self.utterances_per_session < 1:
             raise ValueError("sessions and utterances_per_session must be >= 1")
+        if self.people not in (1, 2):
+            raise ValueError("people must be 1 or 2")
 
 
 @dataclass

@@ -131,13 +131,15 @@ def with_speech_padding(corpus: Corpus, pad_ms: int) -> Corpus:
 
 def text_windows(utterances: list[Utterance], context_turns: int) -> list[Window]:
     """Each utterance as the fusion stage sees its words (no media): its transcript and
-    its last `context_turns` past turns of the same dialogue, every speaker the unknown
-    one (live audio has no diarization, so a model trained with speaker names would meet
-    a kind of prompt at run time it never saw)."""
+    its last `context_turns` past turns of the same dialogue, each with the speaker the
+    corpus names (the unknown one where it names none).  The fusion stage names turns by
+    the face that spoke them; engines.dialogue.prompt turns either kind into the same
+    speaker tokens <s1>, <s2>, ... in order of appearance."""
     from trainer.datasets import dialogue_windows  # here: that package imports this module
 
-    return [Window(start=w[-1].start, end=w[-1].end, text=w[-1].text,
-                   context=[Turn(UNKNOWN_SPEAKER, v.text) for v in w[:-1]])
+    speaker = lambda u: u.speaker or UNKNOWN_SPEAKER
+    return [Window(start=w[-1].start, end=w[-1].end, text=w[-1].text, speaker=speaker(w[-1]),
+                   context=[Turn(speaker(v), v.text) for v in w[:-1]])
             for w in dialogue_windows(utterances, context_turns)]
 
 

@@ -266,7 +266,7 @@ def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress
             recording = decode(file, pre, faces)
             for i in indices:
                 windows[i] = recording.window(utts[i].start, utts[i].end, text=windows[i].text,
-                                              context=windows[i].context)
+                                              context=windows[i].context, speaker=windows[i].speaker)
                 yield i
 
     pending: list[int] = []

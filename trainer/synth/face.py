@@ -151,13 +151,17 @@ def _cascade():
     return cascade
 
 
-def detect_face_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Largest Haar face (x, y, w, h), with the settings the runtime uses."""
+def detect_face_boxes(image: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Every Haar face (x, y, w, h), with the settings the runtime uses."""
     grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
     boxes = _cascade().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=4, minSize=(40, 40))
-    if len(boxes) == 0:
-        return None
-    return tuple(int(v) for v in max(boxes, key=lambda b: b[2] * b[3]))
+    return [tuple(int(v) for v in b) for b in boxes]
+
+
+def detect_face_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Largest Haar face (x, y, w, h), with the settings the runtime uses."""
+    boxes = detect_face_boxes(image)
+    return max(boxes, key=lambda b: b[2] * b[3]) if boxes else None
 
 
 @lru_cache(maxsize=None)
@@ -171,8 +175,9 @@ class FrameRenderer:
     PROBE_TIMES = (0.0, 2.5, 5.0, 7.5)  # seconds at which a new look is checked
     MAX_TRIES = 10
 
-    def __init__(self, rng: np.random.Generator, speakers: dict[str, Speaker]):
+    def __init__(self, rng: np.random.Generator, speakers: dict[str, Speaker], people: int = 1):
         self.speakers = speakers
+        self.people = people  # 1: only the last speaker is in view; 2: both, side by side
         # The Haar detector is fickle: a rare mix of background colour,
         # brightness and head pose hides a face on most frames of a session.
         # Such a session is useless for the video branch, so redraw the look
@@ -196,6 +201,9 @@ class FrameRenderer:
 
     def _faces_detectable(self) -> bool:
         neutral = LABEL_EXPRESSIONS["neutral"]
+        if self.people == 2:
+            return all(len(detect_face_boxes(self.render("A", neutral, 0.0, t, False))) >= 2
+                       for t in self.PROBE_TIMES)
         return all(
             detect_face_box(self.render(speaker, neutral, 0.0, t, False)) is not None
             for speaker in self.speakers
@@ -209,18 +217,34 @@ class FrameRenderer:
         return float(dx), float(dy), float(angle)
 
     def render(self, speaker: str, expr: Expression, speaking_open: float, t: float, speaking: bool) -> np.ndarray:
+        """The frame at time t: `speaker` with expr and speaking_open; with two people in view
+        the other one listens beside them, neutral, mouth still.  Both heads then move the
+        same amount, so only the mouth tells who speaks."""
+        if self.people == 1:
+            return self._place(speaker, expr, speaking_open, t, speaking, self.background)
+        frame = self.background
+        for name in self.speakers:
+            if name == speaker:
+                frame = self._place(name, expr, speaking_open, t, False, frame)
+            else:
+                frame = self._place(name, LABEL_EXPRESSIONS["neutral"], 0.0, t, False, frame)
+        return frame
+
+    def _place(self, speaker: str, expr: Expression, speaking_open: float, t: float, speaking: bool,
+               onto: np.ndarray) -> np.ndarray:
         face = load_face(speaker)
         spk = self.speakers[speaker]
         gain = tuple(float(c) * self.brightness for c in expr.tint) + (0.0,)
         image = cv2.multiply(face.draw(expr, speaking_open), gain, dtype=cv2.CV_8U)  # per-channel, saturating
-        dx, dy, angle = self._motion(t, speaking)
+        # Each person's head has its own phase (both would nod in step otherwise).
+        dx, dy, angle = self._motion(t + (7.0 if self.people == 2 and speaker == "B" else 0.0), speaking)
         size = image.shape[0]
         scale = spk.face_scale * FACE_WIDTH / face.box[2]
         matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
         matrix[:, 2] += (WIDTH / 2 + spk.face_offset[0] + dx - size / 2, HEIGHT / 2 + spk.face_offset[1] + dy - size / 2)
         warped = cv2.warpAffine(image, matrix, (WIDTH, HEIGHT), flags=cv2.INTER_LINEAR)
         alpha = cv2.warpAffine(face.alpha, matrix, (WIDTH, HEIGHT), flags=cv2.INTER_LINEAR)
-        return cv2.blendLinear(warped, self.background, alpha, 1.0 - alpha)
+        return cv2.blendLinear(warped, onto, alpha, 1.0 - alpha)
 
 
 def speech_envelope(audio: np.ndarray, t: float, window_s: float = 0.05) -> float:
@@ -232,9 +256,9 @@ def speech_envelope(audio: np.ndarray, t: float, window_s: float = 0.05) -> floa
 
 
 def session_frames(rng: np.random.Generator, speakers: dict[str, Speaker],
-                   utterances: list[PlannedLine], audio: np.ndarray):
+                   utterances: list[PlannedLine], audio: np.ndarray, people: int = 1):
     """Yields the BGR frames of a session, FPS per second, covering the audio."""
-    renderer = FrameRenderer(rng, speakers)
+    renderer = FrameRenderer(rng, speakers, people)
     n_frames = int(np.ceil(len(audio) / SAMPLE_RATE * FPS))
     expressions = [expression_for(u.labels, u.cues["video"]) for u in utterances]
     peaks = [max(float(np.sqrt(np.mean(u.audio**2))) * 2.0, 1e-4) for u in utterances]

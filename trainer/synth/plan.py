@@ -88,7 +88,15 @@ def draw_cues(rng: np.random.Generator, labels: list[str]) -> dict[str, bool]:
     return cues
 
 
-def draw_speakers(rng: np.random.Generator) -> dict[str, Speaker]:
+# With both people in view (people=2), A sits left and B right of the frame centre by
+# this many pixels, so two faces about 90 px wide fit side by side in 320 px.
+SEAT_X = {"A": -80.0, "B": 80.0}
+
+
+def draw_speakers(rng: np.random.Generator, people: int = 1) -> dict[str, Speaker]:
+    """The two speakers; with people=2 both faces are in view, each in its own seat."""
+    if people not in (1, 2):
+        raise ValueError(f"people must be 1 or 2, got {people}")
     speakers = {}
     for name, variants in VOICE_VARIANTS.items():
         speakers[name] = Speaker(
@@ -97,15 +105,17 @@ def draw_speakers(rng: np.random.Generator) -> dict[str, Speaker]:
             pitch=BASE_PITCH[name] + rng.uniform(-6, 6),
             speed=rng.uniform(*SPEED_WPM[name]),
             loudness_db=rng.uniform(-2, 2),
-            face_scale=rng.uniform(0.85, 1.15),
-            face_offset=(rng.uniform(-40, 40), rng.uniform(-10, 10)),
+            face_scale=rng.uniform(0.85, 1.15) if people == 1 else rng.uniform(0.8, 0.95),
+            face_offset=((rng.uniform(-40, 40), rng.uniform(-10, 10)) if people == 1
+                         else (SEAT_X[name] + rng.uniform(-5, 5), rng.uniform(-10, 10))),
         )
     return speakers
 
 
-def plan_session(rng: np.random.Generator, n_utterances: int) -> tuple[dict[str, Speaker], list[PlannedLine]]:
+def plan_session(rng: np.random.Generator, n_utterances: int,
+                 people: int = 1) -> tuple[dict[str, Speaker], list[PlannedLine]]:
     """All random choices of a session except prosody jitter and motion."""
-    speakers = draw_speakers(rng)
+    speakers = draw_speakers(rng, people)
     # Who opens the conversation varies, so "A speaks first" is no shortcut.
     order = ("A", "B") if rng.random() < 0.5 else ("B", "A")
     utterances = []

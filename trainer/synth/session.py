@@ -39,16 +39,16 @@ def session_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
-def render_session(out_dir: Path, index: int, seed: int, n_utterances: int) -> list[dict]:
+def render_session(out_dir: Path, index: int, seed: int, n_utterances: int, people: int = 1) -> list[dict]:
     """Writes one session's mp4; returns its manifest rows."""
     rng = session_rng(seed, index)
-    speakers, utterances = plan_session(rng, n_utterances)
+    speakers, utterances = plan_session(rng, n_utterances, people)
     for utt in utterances:
         prosody = jitter_prosody(rng, prosody_for(utt.labels, utt.cues["audio"]))
         utt.audio = espeak(utt.text, speakers[utt.speaker], prosody)
     audio = mix_session(rng, utterances)
     name = f"s{index:03d}"
-    write_mp4(out_dir / f"{name}.mp4", audio, session_frames(rng, speakers, utterances, audio))
+    write_mp4(out_dir / f"{name}.mp4", audio, session_frames(rng, speakers, utterances, audio, people))
     return [
         {
             "session": name,
@@ -72,20 +72,25 @@ def generate(
     utterances_per_session: int = 6,
     progress: bool = True,
     workers: int | None = None,
+    people: int = 1,
 ) -> Path:
     """Writes out_dir/s000.mp4 ..., out_dir/manifest.jsonl, out_dir/labels.json; returns manifest path.
 
     workers: processes rendering sessions in parallel (default: one per CPU).
+    people: faces in view; 1, the speaker's alone, or 2, both side by side (A left, B
+    right), only the speaker's mouth moving.
     """
     if sessions < 1 or utterances_per_session < 1:
         raise ValueError("sessions and utterances_per_session must be >= 1")
+    if people not in (1, 2):
+        raise ValueError(f"people must be 1 or 2, got {people}")
     require_espeak()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for speaker in FACE_FILES:
         load_face(speaker)  # fail early, before any worker starts, if an asset is broken
     workers = max(1, min(workers or _cpu_count(), sessions))
-    jobs = [(out_dir, i, seed, utterances_per_session) for i in range(sessions)]
+    jobs = [(out_dir, i, seed, utterances_per_session, people) for i in range(sessions)]
     with ExitStack() as stack:
         if workers == 1:
             results = map(_render_job, jobs)
