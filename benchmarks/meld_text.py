@@ -87,6 +87,10 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
     p.add_argument("--baseline-only", action="store_true",
                    help="only the frozen baseline; its metrics are merged into an existing --out")
     p.add_argument("--save", type=Path, default=None, help="save the teacher here")
+    p.add_argument("--speakers", choices=("corpus", "anonymous"), default="corpus",
+                   help="prompt speakers: the corpus's, or one unknown speaker as live audio has")
+    p.add_argument("--kd-teacher", type=Path, default=None,
+                   help="distil this stronger teacher (TelME response + feature KD, weights 1)")
     p.add_argument("--out", type=Path, default=ROOT / f"benchmarks/results/{name}.json")
     args = p.parse_args(argv)
     check_tree()
@@ -116,7 +120,9 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
     cfg = TeacherConfig(labels=list(corpus.labels), encoder=args.encoder, multi_label=multi_label,
                         context=context, max_turns=args.max_turns, max_len=args.max_len, lr=args.lr,
                         head_lr=args.head_lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                        freeze_layers=args.freeze_layers, max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None)
+                        freeze_layers=args.freeze_layers, max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
+                        speakers=args.speakers, kd_teacher=str(args.kd_teacher or ""),
+                        response_kd=1.0 if args.kd_teacher else 0.0, feature_kd=1.0 if args.kd_teacher else 0.0)
     teacher = TextTeacher.create(cfg)
     fit_train = train
     if args.subsample and args.subsample < len(train):
@@ -126,7 +132,14 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
     lens = [len(teacher.tokenizer.tokenize(s)) for s in teacher.prompts(fit_train)]
     metrics["train_prompt_tokens_median"] = float(np.median(lens))
     metrics["train_prompts_truncated_percent"] = 100 * float(np.mean(np.array(lens) + 2 > args.max_len))
-    history = teacher.fit(fit_train, dev, log=lambda m: print(m, flush=True))
+    kd = None
+    if args.kd_teacher:
+        from trainer.text_teacher import distil
+
+        kd_started = time.perf_counter()
+        kd = distil(args.kd_teacher, teacher, fit_train, log=lambda m: print(m, flush=True))
+        metrics["kd_teacher_seconds"] = time.perf_counter() - kd_started
+    history = teacher.fit(fit_train, dev, log=lambda m: print(m, flush=True), kd=kd)
     chosen = max(history, key=lambda h: h["dev_macro_f1" if multi_label else "dev_weighted_f1"])
     # Test: scored once, with the chosen epoch (and, multi-label, thresholds tuned on dev).
     y_dev, y_test = teacher.targets(dev), teacher.targets(test)
@@ -150,7 +163,9 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
                     "train_seconds": history[-1]["seconds"], "max_len": args.max_len,
                     "max_turns": -1 if args.max_turns is None else args.max_turns,
                     "context": int(context), "lr": args.lr, "batch_size": args.batch_size,
-                    "freeze_layers": args.freeze_layers, "seed": args.seed,
+                    "freeze_layers": args.freeze_layers, "seed": args.seed, "speakers": args.speakers,
+                    "kd_teacher": str(args.kd_teacher) if args.kd_teacher else None,
+                    "response_kd": cfg.response_kd, "feature_kd": cfg.feature_kd,
                     # One seed per run: the std over seeds is not measured here.
                     "seeds": 1, f"{'macro' if multi_label else 'weighted'}_f1_std": None})
     for h in history:

@@ -1,6 +1,7 @@
 """The text teacher (trainer/text_teacher.py): TelME prompts, left-truncation, a tiny fit, save/load."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,58 @@ def test_time_budget_stops_a_slow_run_with_the_schedule_ended(monkeypatch, tiny_
     assert budget_log == ["time budget: schedule set to 11 of 60 steps",
                           "time budget 100.0s: stopped after step 11/60"]
     assert len(history) == 1 and history[0]["steps"] == 11 and history[0]["stopped_early"]
+
+
+def test_anonymous_speakers_make_every_turn_one_speaker(tiny_rows):
+    from trainer.text_teacher import TeacherConfig, TextTeacher
+
+    corpus = TextTeacher.create(TeacherConfig(labels=["joy", "neutral"], max_len=32))
+    anonymous = TextTeacher(dataclasses.replace(corpus.config, speakers="anonymous"), corpus.encoder,
+                            corpus.tokenizer)
+    named, anon = corpus.prompts(tiny_rows[:5]), anonymous.prompts(tiny_rows[:5])
+    assert any("<s2>" in p for p in named)  # Ann and Bob take turns
+    assert not any("<s2>" in p for p in anon) and all(p.count("<s1>") >= 2 for p in anon[1:])
+    with pytest.raises(ValueError, match="speakers"):
+        TeacherConfig(labels=["joy"], speakers="everyone")
+
+
+def _dist(student_logits: np.ndarray, teacher_logits: np.ndarray) -> float:
+    from trainer.losses import dist_response_kd
+
+    return float(dist_response_kd(torch.from_numpy(student_logits), torch.from_numpy(teacher_logits)))
+
+
+def test_kd_pulls_the_student_towards_the_teachers_outputs(tmp_path, tiny_rows):
+    """distil() reads a saved teacher (labels in its own order) and fit(kd=...) moves the student's
+    logits towards the teacher's further than the same fit without KD."""
+    from trainer.text_teacher import TeacherConfig, TextTeacher, distil
+
+    torch.set_num_threads(2)
+    train, dev = tiny_rows[:30], tiny_rows[30:]
+    # A "teacher" whose ranking disagrees with the labels: it must come from KD, not from CE.
+    big = TextTeacher.create(TeacherConfig(labels=["neutral", "joy"], max_len=16))
+    with torch.no_grad():
+        big.head.weight.normal_(0, 3.0)
+    big.save(tmp_path / "big")
+
+    student = TextTeacher.create(TeacherConfig(labels=["joy", "neutral"], max_len=16))
+    kd = distil(tmp_path / "big", student, train, log=lambda m: None)
+    np.testing.assert_allclose(kd["logits"], big.logits(train)[:, ::-1], atol=1e-5)  # student's order
+    assert kd["features"].shape == (30, big.encoder.config.hidden_size)
+    # Three labels (DIST's ranking of two classes has no gradient).  The targets follow the
+    # words and the labels do not, so only KD can teach them: with KD the student's top class
+    # agrees with the target's on most training rows, without it on about a third.
+    labels = ["joy", "neutral", "anger"]
+    words = ["great news today", "so tired of this", "what a lovely day", "nothing to say", "fine"]
+    rows = [utt(f"d{i // 5}", i % 5, "Ann", words[i % 5], labels[i % 3]) for i in range(36)]
+    target = {"logits": np.stack([np.roll([3.0, 0.0, -3.0], i % 5 % 3) for i in range(30)]).astype(np.float32),
+              "features": np.random.default_rng(0).normal(size=(30, 16)).astype(np.float32)}
+    agree = {}
+    for weight in (0.0, 5.0):
+        s = TextTeacher.create(TeacherConfig(labels=labels, max_len=16, epochs=6, batch_size=6, lr=3e-4,
+                                             response_kd=weight, feature_kd=weight / 5))
+        s.fit(rows[:30], rows[30:], log=lambda m: None, kd=target)
+        agree[weight] = float(np.mean(s.logits(rows[:30]).argmax(1) == target["logits"].argmax(1)))
+    assert agree[5.0] >= agree[0.0] + 0.3, agree  # measured: 0.8 against 0.4
+    with pytest.raises(ValueError, match="labels"):
+        distil(tmp_path / "big", TextTeacher.create(TeacherConfig(labels=["joy", "anger"], max_len=16)), train)

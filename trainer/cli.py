@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "6 halves the cost of all-mpnet-base-v2 on a CPU")
     tp.add_argument("--budget-minutes", type=float, default=None,
                     help="bound the training time; the LR schedule is shortened to the steps that fit")
+    tp.add_argument("--speakers", choices=("corpus", "anonymous"), default="corpus",
+                    help="speaker tokens of the prompt: the corpus's speakers (default), or every turn one "
+                         "unknown speaker as the live pipeline hears them (for an encoder a bundle serves with)")
+    tp.add_argument("--kd-teacher", type=Path, default=None, metavar="TEACHER",
+                    help="distil a stronger teacher of `trainer teach` (same corpus) into this one with "
+                         "TelME's response and feature KD")
+    tp.add_argument("--response-kd", type=float, default=1.0, help="weight of the response KD (DIST; default 1)")
+    tp.add_argument("--feature-kd", type=float, default=1.0, help="weight of the feature KD (default 1)")
 
     fp = sub.add_parser("fit", help="train the student on a corpus",
                         description="Train text, audio and video peers and the fusion branch; select the "
@@ -142,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {manifest}")
         elif args.command == "teach":
             from trainer.datasets import load
-            from trainer.text_teacher import TeacherConfig, TextTeacher
+            from trainer.text_teacher import TeacherConfig, TextTeacher, distil
 
             corpus = load(args.data, args.media, config.train.dev_fraction, config.train.seed)
             multi = not all(len(u.labels) == 1 for u in corpus.utterances)
@@ -150,9 +158,14 @@ def main(argv: list[str] | None = None) -> int:
                 labels=list(corpus.labels), encoder=args.encoder or config.train.text_encoder, multi_label=multi,
                 max_turns=args.max_turns, max_len=args.max_len, lr=args.lr, epochs=args.epochs,
                 batch_size=args.batch_size, seed=config.train.seed, freeze_layers=args.freeze_layers,
-                max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None))
-            history = teacher.fit(corpus.split("train"), corpus.split("dev"),
-                                  log=lambda m: print(m, file=sys.stderr, flush=True) if progress else None)
+                max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
+                speakers=args.speakers, kd_teacher=str(args.kd_teacher or ""),
+                response_kd=args.response_kd if args.kd_teacher else 0.0,
+                feature_kd=args.feature_kd if args.kd_teacher else 0.0))
+            log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+            train = corpus.split("train")
+            kd = distil(args.kd_teacher, teacher, train, log) if args.kd_teacher else None
+            history = teacher.fit(train, corpus.split("dev"), log=log, kd=kd)
             teacher.save(args.out)
             key = "dev_macro_f1" if multi else "dev_weighted_f1"
             print(json.dumps({"teacher": str(args.out), key: max(h[key] for h in history)}, indent=2))

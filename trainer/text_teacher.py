@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engines.dialogue import UNKNOWN_SPEAKER
 from trainer.data import Utterance
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,21 @@ class TeacherConfig:
     max_train_seconds: float | None = None  # stop after the epoch/step that passes this
     freeze_layers: int = 0          # >0: embeddings + the lower N transformer layers stay fixed
     select: str = "auto"            # dev metric: weighted_f1 (single) / macro_f1 (multi)
+    # "corpus": the speakers the corpus names; "anonymous": every turn one unknown speaker, as
+    # the live pipeline hears them (no diarization) -- for an encoder a bundle serves with.
+    speakers: str = "corpus"
+    # TelME 3.2.3 from a stronger teacher of `trainer teach` (distil()): loss = CE
+    # + response_kd * DIST(logits) + feature_kd * feature KD(projected mask-token state).
+    kd_teacher: str = ""            # the teacher's directory (a record; its outputs are passed to fit)
+    response_kd: float = 0.0
+    feature_kd: float = 0.0
+    kd_tau: float = 2.0             # DIST temperature (TelME)
+
+    def __post_init__(self):
+        if self.speakers not in ("corpus", "anonymous"):
+            raise ValueError(f"speakers must be corpus or anonymous, got {self.speakers!r}")
+        if self.response_kd < 0 or self.feature_kd < 0 or self.kd_tau <= 0:
+            raise ValueError("response_kd and feature_kd must be >= 0 and kd_tau > 0")
 
 
 def speaker_tokens(n: int) -> list[str]:
@@ -154,6 +170,8 @@ class TextTeacher(nn.Module):
 
         tok = self.tokenizer
         max_turns = self.config.max_turns if self.config.context else 0
+        if self.config.speakers == "anonymous":
+            utterances = [dataclasses.replace(u, speaker=UNKNOWN_SPEAKER) for u in utterances]
         return context_prompts(utterances, max_turns=max_turns, sep=tok.sep_token, mask=tok.mask_token)
 
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -267,8 +285,13 @@ class TextTeacher(nn.Module):
                 "macro_f1": 100 * float(f1_score(true, pred, average="macro", zero_division=0)),
                 "accuracy": 100 * float(accuracy_score(true, pred))}
 
-    def fit(self, train: list[Utterance], dev: list[Utterance], log=print) -> list[dict]:
-        """Fine-tune; keep the weights of the epoch with the best dev score (never test)."""
+    def fit(self, train: list[Utterance], dev: list[Utterance], log=print,
+            kd: dict[str, np.ndarray] | None = None) -> list[dict]:
+        """Fine-tune; keep the weights of the epoch with the best dev score (never test).
+
+        kd: a stronger teacher's outputs on `train` (distil()): "logits" (N, labels) in this
+        model's label order and "features" (N, D), taught with the config's KD weights.
+        """
         cfg = self.config
         set_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -293,14 +316,16 @@ class TextTeacher(nn.Module):
         total = steps_per_epoch * cfg.epochs
         warmup = int(cfg.warmup * total)
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+        kd_terms = self._kd_terms(kd, len(train))
         frozen = self.freeze(cfg.freeze_layers)
         if frozen:
             log(f"frozen: embeddings + lower {cfg.freeze_layers} layers ({len(frozen)} tensors)")
         enc = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
+        heads = [*self.head.parameters(), *(kd_terms["project"].parameters() if kd_terms else [])]
         groups = [
             {"params": [p for n, p in enc if not n.endswith(no_decay)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
             {"params": [p for n, p in enc if n.endswith(no_decay)], "lr": cfg.lr, "weight_decay": 0.0},
-            {"params": list(self.head.parameters()), "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
+            {"params": heads, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
         ]
         opt = torch.optim.AdamW(groups)
 
@@ -322,7 +347,12 @@ class TextTeacher(nn.Module):
             running, seen, stopped = 0.0, 0, False
             for b in batches():
                 batch = self.encode([prompts[i] for i in b])
-                loss = self.loss(self(**batch), y[b])
+                if kd_terms:
+                    feats = self.features(**batch)
+                    logits = self.head(self.dropout(feats))
+                    loss = self.loss(logits, y[b]) + self._kd_loss(kd_terms, b, feats, logits)
+                else:
+                    loss = self.loss(self(**batch), y[b])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.parameters(), cfg.clip)
@@ -365,3 +395,49 @@ class TextTeacher(nn.Module):
             self.load_state_dict(best_state)
         self.eval()
         return self.history
+
+    def _kd_terms(self, kd: dict[str, np.ndarray] | None, n: int) -> dict | None:
+        """The teacher's outputs as tensors and, for feature KD, the projection of this
+        model's mask-token state into the teacher's size (TelME: a linear map, used only
+        while training)."""
+        cfg = self.config
+        if kd is None or (cfg.response_kd == 0 and cfg.feature_kd == 0):
+            return None
+        logits, feats = np.asarray(kd["logits"], np.float32), np.asarray(kd["features"], np.float32)
+        if logits.shape != (n, len(cfg.labels)) or len(feats) != n:
+            raise ValueError(f"KD outputs must be one row per training utterance ({n}) and logits one "
+                             f"column per label ({len(cfg.labels)}); got {logits.shape} and {feats.shape}")
+        torch.manual_seed(cfg.seed)
+        project = nn.Linear(self.encoder.config.hidden_size, feats.shape[1])
+        return {"logits": torch.from_numpy(logits), "features": torch.from_numpy(feats), "project": project}
+
+    def _kd_loss(self, terms: dict, rows, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        from trainer.losses import dist_response_kd, feature_kd
+
+        cfg = self.config
+        loss = logits.new_zeros(())
+        if cfg.response_kd and len(rows) > 1:  # DIST's class-wise term needs two samples
+            loss = loss + cfg.response_kd * dist_response_kd(logits, terms["logits"][rows], cfg.kd_tau)
+        if cfg.feature_kd:
+            loss = loss + cfg.feature_kd * feature_kd(terms["project"](feats), terms["features"][rows])
+        return loss
+
+
+def distil(teacher_dir: str | Path, student: TextTeacher, train: list[Utterance], log=print) -> dict[str, np.ndarray]:
+    """A stronger teacher's outputs on `train` for student.fit(kd=...): its logits in the
+    student's label order and its mask-token features, each from the teacher's own prompts
+    (its speakers and context).  The teacher is freed before the student trains."""
+    import gc
+
+    teacher = TextTeacher.load(teacher_dir)
+    labels = list(student.config.labels)
+    if sorted(teacher.config.labels) != sorted(labels) or teacher.config.multi_label != student.config.multi_label:
+        raise ValueError(f"KD teacher {teacher_dir}: its labels {teacher.config.labels} "
+                         f"({'multi' if teacher.config.multi_label else 'single'}-label) are not the "
+                         f"student's {labels}; train both on the same corpus")
+    log(f"KD teacher {teacher_dir}: scoring {len(train)} training utterances")
+    order = [teacher.config.labels.index(label) for label in labels]
+    outputs = {"logits": teacher.logits(train)[:, order], "features": teacher.embed(train)}
+    del teacher
+    gc.collect()
+    return outputs
