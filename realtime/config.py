@@ -65,6 +65,8 @@ class PipelineOptions:
     chunk_ms: int = 32  # audio chunk the source sends (Silero VAD works on 32 ms frames)
     queue_limit: int = 256  # messages a socket buffers before its sender waits (replay) or drops (live)
     stage_start_timeout_s: float = 60.0  # a stage not ready by then stops the pipeline
+    rewind_s: float = 60.0  # serve: seconds of microphone audio kept to feed a restarted processing
+    # chain again from its last checkpoint (an utterance in progress when a stage failed is not lost)
 
     def __post_init__(self):
         if not 10 <= self.chunk_ms <= 1000:
@@ -73,6 +75,8 @@ class PipelineOptions:
             raise ValueError("queue_limit must be >= 1")
         if self.stage_start_timeout_s <= 0:
             raise ValueError("stage_start_timeout_s must be > 0")
+        if self.rewind_s < 0:
+            raise ValueError("rewind_s must be >= 0")
 
 
 @dataclass
