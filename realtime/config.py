@@ -19,6 +19,9 @@ class StreamOptions:
     # emotions are personal data; another address needs the CURVE keys below (README: Security)
     wait_subscribers: int = 0  # replay: hold the first message until this many subscribers joined
     wait_timeout_s: float = 10.0  # ... but no longer than this
+    subscriber_queue: int = 1000  # messages held for each subscriber that does not keep up; beyond
+    # that its messages are dropped (it sees a seq gap), so a stalled subscriber costs the pipeline and
+    # the other subscribers neither time nor memory
     curve_secret_key: str = ""  # CURVE encryption: the server's secret key file (`realtime keys --out DIR`:
     # DIR/server.key_secret); "" = unencrypted, loopback only
     curve_clients: str = ""  # CURVE: directory of the client public keys (*.key) allowed to subscribe
@@ -39,6 +42,8 @@ class StreamOptions:
             )
         if self.wait_subscribers < 0:
             raise ValueError("wait_subscribers must be >= 0")
+        if self.subscriber_queue < 1:
+            raise ValueError("subscriber_queue must be >= 1")
         if self.wait_timeout_s < 0:
             raise ValueError("wait_timeout_s must be >= 0")
 
