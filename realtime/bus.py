@@ -103,12 +103,14 @@ class Spec:
 
 
 _AT = {"session": str, "seq": int, "t": NUMBER}
+_GEN = {"gen": int}  # sources: the generation of the processing chain this is for (realtime.stage)
 _SPAN = {"session": str, "seq": int, "start": NUMBER, "end": NUMBER}
 _REPORT = {"stage": str, "pid": int, "time": NUMBER}
 SPECS: dict[str, Spec] = {
-    "audio": Spec(_AT, dtype="float32", shape=(None,)),
-    "frame": Spec(_AT, dtype="uint8", shape=(None, None, 3)),  # BGR image
-    "eos": Spec(optional={"session": str, "stream": str, "lost": str}),  # lost: a live device went away
+    "audio": Spec(_AT, optional=_GEN, dtype="float32", shape=(None,)),
+    "frame": Spec(_AT, optional=_GEN, dtype="uint8", shape=(None, None, 3)),  # BGR image
+    # lost: a live device went away
+    "eos": Spec(optional={"session": str, "stream": str, "lost": str, **_GEN}),
     "utterance": Spec(_SPAN, dtype="float32", shape=(None,)),
     "partial": Spec(_SPAN, dtype="float32", shape=(None,)),
     "speculative": Spec(_SPAN, dtype="float32", shape=(None,)),  # an utterance if its silence holds
@@ -118,11 +120,15 @@ SPECS: dict[str, Spec] = {
     # Every face of a frame: `faces` (id, box, motion of each) and its crops stacked in that order.
     "face": Spec({**_AT, "found": bool, "faces": list}, optional={"main": (int, type(None))},
                  dtype="uint8", shape=(None, None, None), array_required=False),
-    "result": Spec({"body": dict}),
+    # resume: fusion's state after this message, what a restarted fusion goes on from
+    "result": Spec({"body": dict}, optional={"resume": dict}),
     "ready": Spec(_REPORT),
     "heartbeat": Spec(_REPORT),
     "done": Spec(_REPORT, optional={"max_rss_kb": int}),
     "error": Spec({**_REPORT, "message": str}, optional={"traceback": str}),
+    # supervisor -> sources: feed generation `gen` again from media time `t`; end of session
+    "rewind": Spec({"gen": int, "t": NUMBER}),
+    "finish": Spec(),
 }
 # What each socket's reader accepts.
 AUDIO_IN = ("audio", "eos")  # segmenter

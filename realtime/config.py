@@ -19,6 +19,9 @@ class StreamOptions:
     # emotions are personal data; another address needs the CURVE keys below (README: Security)
     wait_subscribers: int = 0  # replay: hold the first message until this many subscribers joined
     wait_timeout_s: float = 10.0  # ... but no longer than this
+    subscriber_queue: int = 1000  # messages held for each subscriber that does not keep up; beyond
+    # that its messages are dropped (it sees a seq gap), so a stalled subscriber costs the pipeline and
+    # the other subscribers neither time nor memory
     curve_secret_key: str = ""  # CURVE encryption: the server's secret key file (`realtime keys --out DIR`:
     # DIR/server.key_secret); "" = unencrypted, loopback only
     curve_clients: str = ""  # CURVE: directory of the client public keys (*.key) allowed to subscribe
@@ -39,6 +42,8 @@ class StreamOptions:
             )
         if self.wait_subscribers < 0:
             raise ValueError("wait_subscribers must be >= 0")
+        if self.subscriber_queue < 1:
+            raise ValueError("subscriber_queue must be >= 1")
         if self.wait_timeout_s < 0:
             raise ValueError("wait_timeout_s must be >= 0")
 
@@ -73,6 +78,8 @@ class PipelineOptions:
     chunk_ms: int = 32  # audio chunk the source sends (Silero VAD works on 32 ms frames)
     queue_limit: int = 256  # messages a socket buffers before its sender waits (replay) or drops (live)
     stage_start_timeout_s: float = 60.0  # a stage not ready by then stops the pipeline
+    rewind_s: float = 60.0  # serve: seconds of microphone audio kept to feed a restarted processing
+    # chain again from its last checkpoint (an utterance in progress when a stage failed is not lost)
 
     def __post_init__(self):
         if not 10 <= self.chunk_ms <= 1000:
@@ -81,6 +88,8 @@ class PipelineOptions:
             raise ValueError("queue_limit must be >= 1")
         if self.stage_start_timeout_s <= 0:
             raise ValueError("stage_start_timeout_s must be > 0")
+        if self.rewind_s < 0:
+            raise ValueError("rewind_s must be >= 0")
 
 
 @dataclass

@@ -11,6 +11,13 @@ Two kinds of result:
 A result is computed only once the video stream has passed its end (or ended),
 so it never misses face crops that were still on their way; timing by media
 time, not arrival, makes replay give the same results every run.
+
+Restarts: every result sent to the supervisor carries the stage's state after it
+(`Fusion.checkpoint`: the next seq, the dialogue history, how far utterances and
+windows are published, and the media time the inputs are needed from).  When any
+processing stage fails, the supervisor restarts the chain with the last state;
+this stage goes on from it (seq keeps increasing, the history is kept, nothing
+published is scored again) and the sources send the media again from there.
 """
 from __future__ import annotations
 
@@ -63,6 +70,7 @@ class Publisher:
             raise StageError(f"cannot bind the emotion stream to {stream_options.endpoint}: {exc}") from exc
         self.pub = self.public.sock
         self.results = stage.push(stage.endpoints.results)
+        self.state = lambda: None  # the owner's checkpoint, sent with each result
 
     def wait_for_subscribers(self, count: int, timeout_s: float) -> int:
         """Block until `count` subscriptions arrived (replay: nobody misses the start)."""
@@ -78,7 +86,10 @@ class Publisher:
         body = {"protocol": protocol.PROTOCOL, "session": self.session, "seq": self.seq, **body}
         self.seq += 1
         self.pub.send_multipart(protocol.encode(body))
-        self.stage.send(self.results, {"type": "result", "body": body})
+        result = {"type": "result", "body": body}
+        if (state := self.state()) is not None:
+            result["resume"] = state
+        self.stage.send(self.results, result)
         return body
 
 
@@ -115,7 +126,8 @@ class AudioRing:
 class Fusion:
     """The stage's state: what has arrived, and what can be scored."""
 
-    def __init__(self, engine, options: FusionOptions, out: Publisher, faces: FaceOptions | None = None):
+    def __init__(self, engine, options: FusionOptions, out: Publisher, faces: FaceOptions | None = None,
+                 resume: dict | None = None):
         self.engine, self.options, self.out = engine, options, out
         self.faces = faces or FaceOptions()  # the speaker evidence's settings
         # Past utterances of this session, each with the face that spoke it: the text
@@ -132,6 +144,37 @@ class Fusion:
         period = 1.0 / options.window_rate if options.window_rate else math.inf
         self.period, self.next_window = period, period
         self.utterances = 0  # scored so far (names the feature dumps)
+        # How far results are published, in media time: after a restart, what comes again
+        # from before these is a duplicate of what was published and is dropped.
+        self.scored_until = 0.0  # end of the last utterance scored
+        self.transcribed_until = 0.0  # end of the last final transcript published
+        if resume:
+            self._resume(resume)
+        out.state = self.checkpoint
+
+    def checkpoint(self) -> dict:
+        """What a restarted fusion needs to go on where this one is (small: no media)."""
+        need_from = self.scored_until  # the next utterance starts after the last one scored
+        if self.period != math.inf:
+            need_from = min(need_from, self.next_window - self.options.window_s)
+        return {"seq": self.out.seq, "history": [[t.speaker, t.text] for t in self.history.past],
+                "scored_until": self.scored_until, "transcribed_until": self.transcribed_until,
+                "next_window": None if self.period == math.inf else self.next_window,
+                "utterances": self.utterances, "lost": sorted(self.lost), "resume_from": need_from}
+
+    def _resume(self, state: dict) -> None:
+        self.out.seq = state["seq"]
+        for speaker, text in state["history"]:
+            self.history.add(Turn(speaker, text))
+        self.scored_until, self.transcribed_until = state["scored_until"], state["transcribed_until"]
+        if state["next_window"] is not None:
+            self.next_window = state["next_window"]
+        self.utterances, self.lost = state["utterances"], set(state["lost"])
+
+    @staticmethod
+    def _before(header: dict, t: float) -> bool:
+        """Most of this span lies before t (a re-cut utterance may differ a little at its edges)."""
+        return (header["start"] + header["end"]) / 2 < t
 
     @property
     def finished(self) -> bool:
@@ -140,13 +183,18 @@ class Fusion:
     def on_message(self, header: dict, array, score: bool = True) -> None:
         """Take one message; then, unless score is False, publish what it made ready."""
         kind = header["type"]
-        if kind == "transcript":
+        if kind in ("transcript", "partial_transcript") and self._before(header, self.scored_until):
+            pass  # its utterance was published before a restart: sent again, dropped here
+        elif kind == "transcript":
             self.pending.append((header, array))
-            self.out.publish({"type": "transcript", "start": round(header["start"], 3),
-                              "end": round(header["end"], 3), "text": header["text"], "final": True})
+            if not self._before(header, self.transcribed_until):  # else published before a restart
+                self.transcribed_until = header["end"]
+                self.out.publish({"type": "transcript", "start": round(header["start"], 3),
+                                  "end": round(header["end"], 3), "text": header["text"], "final": True})
         elif kind == "partial_transcript":
-            self.out.publish({"type": "transcript", "start": round(header["start"], 3),
-                              "end": round(header["end"], 3), "text": header["text"], "final": False})
+            if not self._before(header, self.transcribed_until):  # else its final is already out
+                self.out.publish({"type": "transcript", "start": round(header["start"], 3),
+                                  "end": round(header["end"], 3), "text": header["text"], "final": False})
         elif kind == "audio":
             self.audio.add(header["t"], array)
         elif kind == "face":
@@ -173,8 +221,9 @@ class Fusion:
         while self.pending and self.pending[0][0]["end"] <= self.video_until:
             self.score_utterance(*self.pending.pop(0))
         while self.next_window <= self.window_limit():
-            self.score_window(self.next_window)
-            self.next_window += self.period
+            end = self.next_window
+            self.next_window += self.period  # first: the checkpoint sent with it says what is next
+            self.score_window(end)
         oldest = min([u["start"] for u, _ in self.pending] + [self.next_window - self.options.window_s])
         self.frames = [f for f in self.frames if f.t >= oldest - self.options.keep_s]
 
@@ -220,6 +269,7 @@ class Fusion:
         (pred,), infer_s = self._infer([window], dump=True)
         self.utterances += 1
         self.history.add(Turn(window.speaker, utt["text"]))
+        self.scored_until = max(self.scored_until, utt["end"])
         self.out.publish({"type": "utterance", "start": round(utt["start"], 3), "end": round(utt["end"], 3),
                           "text": utt["text"], "speaker": speaker, **self._result(pred),
                           "timing": {"asr_s": round(utt["asr_s"], 4), "asr_early": bool(utt.get("early", False)),
@@ -245,7 +295,9 @@ class Fusion:
 
 
 def fusion(stage: Stage, model_options, stream_options, fusion_options, session: str,
-           face_options: FaceOptions | None = None) -> None:
+           face_options: FaceOptions | None = None, resume: dict | None = None) -> None:
+    """The stage body.  resume (after a restart): `detail` says why, `state` is the last
+    checkpoint the supervisor received (None when the stage failed before publishing)."""
     import engines
 
     inbox = stage.pull(stage.endpoints.fusion)
@@ -253,10 +305,14 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
                           threads=model_options.threads, triton_url=model_options.triton_url,
                           triton_timeout_s=model_options.triton_timeout_s)
     out = Publisher(stage, stream_options, session)
-    out.wait_for_subscribers(stream_options.wait_subscribers, stream_options.wait_timeout_s)
+    state = Fusion(engine, fusion_options, out, face_options, resume=(resume or {}).get("state"))
+    if not resume:  # a restart does not wait: subscribers reconnect by themselves
+        out.wait_for_subscribers(stream_options.wait_subscribers, stream_options.wait_timeout_s)
     stage.report("ready")
-    out.publish({"type": "status", "state": "started", "labels": engine.labels})
-    state = Fusion(engine, fusion_options, out, face_options)
+    if not (resume or {}).get("state"):
+        out.publish({"type": "status", "state": "started", "labels": engine.labels})
+    if resume:
+        out.publish({"type": "status", "state": "restarted", "detail": resume["detail"]})
     while not state.finished:
         state.on_message(*stage.recv(inbox, bus.FUSION_IN), score=False)
         # Take what is already queued (bounded: the audio ring must still hold every window's

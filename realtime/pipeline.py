@@ -2,12 +2,20 @@
 
 Replay reads a recorded session as fast as the slowest stage allows (PUSH
 queues are bounded, so a full queue makes the sender wait: nothing is
-dropped), and stops when end of stream has passed through every stage; a
-stage that fails stops the whole replay with that stage's error.
+dropped), and stops when end of stream has passed through every stage.
 
-Serve captures a camera and a microphone until Ctrl-C or SIGTERM; a processing
-stage that dies or stops sending heartbeats is restarted; a device that cannot
-be opened stops everything with a clear message.
+Serve captures a camera and a microphone until Ctrl-C or SIGTERM; a device that
+cannot be opened stops everything with a clear message.
+
+In both, a processing stage that dies or stops sending heartbeats is restarted,
+losing nothing: the supervisor keeps fusion's last checkpoint (sent with every
+result), replaces the whole processing chain (segmenter, ASR, faces, fusion) by a
+new generation, and tells the sources to send their media again from the
+checkpoint's media time.  Every stage's state (the VAD's open utterance, queued
+utterances, buffered audio and faces, pending transcripts) is made again from that
+media; fusion goes on with the checkpoint's seq and dialogue history and drops what
+it had published already.  One mechanism for all four stages, at the price of
+reloading all four stages' models when one fails.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ from realtime.security import check_server_keys
 from realtime.stage import Endpoints, run_stage
 
 PROCESSING = ["segmenter", "asr", "faces", "fusion"]
+SOURCE_STREAMS = {"source": ("audio", "video"), "camera": ("video",), "microphone": ("audio",)}
 HEARTBEAT_TIMEOUT_S = 30.0  # silence after which a stage counts as hung (ASR of a long utterance fits)
 MAX_RESTARTS = 3  # per stage, in one serve session
 
@@ -68,12 +77,18 @@ class Supervisor:
         self.last_seen: dict[str, float] = {}
         self.ready: set[str] = set()  # stages past model loading, which must send heartbeats
         self.restarts: dict[str, int] = {}
+        self.commands = bus.socket(self.ctx, zmq.PUB, self.endpoints.commands, bind=True)
+        self.generation = 0  # of the processing chain; a restart makes a new one
+        self.checkpoint: dict | None = None  # fusion's state after the last result received
+        self.ended_streams: set[str] = set()  # streams whose end of stream this supervisor sent
+        self.on_result: Callable[[dict], None] | None = None
+        self.fusion_finished = False  # fusion's end of stream has arrived
         self._mp = multiprocessing.get_context("spawn")  # no fork: stages hold threads and sockets
 
     def start(self, name: str, body: Callable) -> None:
         proc = self._mp.Process(
             target=run_stage, name=f"realtime-{name}", daemon=True,
-            args=(name, body, self.endpoints, self.config.pipeline.queue_limit, os.getpid()),
+            args=(name, body, self.endpoints, self.config.pipeline.queue_limit, os.getpid(), self.generation),
         )
         proc.start()
         self.procs[name], self.bodies[name] = proc, body
@@ -128,7 +143,9 @@ class Supervisor:
         deadline = time.monotonic() + timeout_ms / 1000
         while self.control.poll(max(0, int((deadline - time.monotonic()) * 1000))):
             report = bus.recv_checked(self.control, bus.REPORTS, "supervisor")
-            if report is not None and report[0]["stage"] in self.procs:
+            # Only from the process now running as that stage, not from one it replaced.
+            if report is not None and report[0]["stage"] in self.procs \
+                    and report[0]["pid"] == self.procs[report[0]["stage"]].pid:
                 return report[0]
         return None
 
@@ -147,25 +164,72 @@ class Supervisor:
         if not restart or name not in PROCESSING or self.restarts.get(name, 0) >= MAX_RESTARTS:
             raise PipelineError(f"stage {name} failed: {why}")
         self.restarts[name] = self.restarts.get(name, 0) + 1
-        print(f"realtime: stage {name} failed ({why.splitlines()[0]}); restarting "
-              f"({self.restarts[name]}/{MAX_RESTARTS})", file=sys.stderr)
-        proc = self.procs[name]
-        if proc.is_alive():
-            proc.kill()
-        proc.join(5)
-        self.start(name, self.bodies[name])
+        self._restart_chain(name, why.splitlines()[0])
+
+    def _restart_chain(self, name: str, why: str) -> None:
+        """Replace every processing stage by a new generation fed again from fusion's checkpoint."""
+        # All of them, not only the one that failed: the others hold state (an open utterance,
+        # queued work, buffered audio and faces) that came from, or was meant for, the lost one.
+        for stage in PROCESSING:
+            if self.procs[stage].is_alive():
+                self.procs[stage].kill()
+        for stage in PROCESSING:
+            self.procs[stage].join(5)
+        self._drain_results()  # what fusion published before it died: the latest checkpoint
+        if self.fusion_finished:
+            return  # the session was complete: nothing to do again
+        since = self.checkpoint["resume_from"] if self.checkpoint else 0.0
+        detail = (f"stage {name} failed ({why}); processing restarted "
+                  f"({self.restarts[name]}/{MAX_RESTARTS}), media again from {max(since, 0.0):.2f} s")
+        print(f"realtime: {detail}", file=sys.stderr, flush=True)
+        self.generation += 1
+        self.bodies["fusion"] = functools.partial(self.bodies["fusion"],
+                                                  resume={"detail": detail, "state": self.checkpoint})
+        for stage in PROCESSING:
+            self.start(stage, self.bodies[stage])
+        self.wait_ready(PROCESSING)
+        bus.send(self.commands, {"type": "rewind", "gen": self.generation, "t": since})
+        # A source that has ended (a file camera, a lost device, none at all) sends nothing
+        # more: its end of stream goes to the new chain from here.
+        ended = set(self.ended_streams)
+        for source, streams in SOURCE_STREAMS.items():
+            proc = self.procs.get(source)
+            if proc is not None and not proc.is_alive():
+                ended.update(streams)
+        for stream in sorted(ended):
+            self._send_eos(stream, {"type": "eos", "gen": self.generation})
+
+    def _send_eos(self, stream: str, eos: dict) -> None:
+        sock = bus.socket(self.ctx, zmq.PUSH, getattr(self.endpoints, stream), bind=False)
+        bus.send(sock, eos)
+        sock.close(linger=2000)
+
+    def _take_result(self, message) -> None:
+        header = message[0]
+        if header["type"] == "eos":
+            self.fusion_finished = True
+            return
+        if "resume" in header:
+            self.checkpoint = header["resume"]
+        if self.on_result is not None:
+            self.on_result(header["body"])
+
+    def _drain_results(self) -> None:
+        while self.results.poll(200):
+            message = bus.recv_checked(self.results, bus.RESULTS_IN, "supervisor")
+            if message is not None:
+                self._take_result(message)
 
     def collect(self, on_result: Callable[[dict], None], stop: Callable[[], bool] = lambda: False) -> bool:
         """Pass published messages to on_result until fusion's end of stream (True) or stop() (False)."""
+        self.on_result = on_result
         while not stop():
+            if self.fusion_finished:
+                return True
             if self.results.poll(100):
                 message = bus.recv_checked(self.results, bus.RESULTS_IN, "supervisor")
-                if message is None:
-                    continue
-                header = message[0]
-                if header["type"] == "eos":
-                    return True
-                on_result(header["body"])
+                if message is not None:
+                    self._take_result(message)
             else:
                 self.check(timeout_ms=0)
         return False
@@ -177,12 +241,12 @@ class Supervisor:
             if proc is not None and proc.is_alive():
                 proc.terminate()
                 proc.join(5)
-        for endpoint in (getattr(self.endpoints, s) for s in streams):
-            sock = bus.socket(self.ctx, zmq.PUSH, endpoint, bind=False)
-            bus.send(sock, {"type": "eos", "session": session})
-            sock.close(linger=2000)
+        for stream in streams:
+            self.ended_streams.add(stream)
+            self._send_eos(stream, {"type": "eos", "session": session, "gen": self.generation})
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        bus.send(self.commands, {"type": "finish"})  # sources that wait for a rewind end now
         deadline = time.monotonic() + timeout_s
         for proc in self.procs.values():
             proc.join(max(0.0, deadline - time.monotonic()))
@@ -237,13 +301,13 @@ def replay(
     session = media.stem
     sink = ResultSink(out_jsonl, on_message, all_types=all_messages)
     with private_workdir() as workdir:
-        sup = Supervisor(config, workdir)
+        sup = Supervisor(config, workdir, restart=True)
         try:
             sup.start_processing(bundle, session)
             sup.start("source", functools.partial(
                 stages.media_source, path=str(media), session=session,
                 chunk_ms=config.pipeline.chunk_ms, video_fps=config.faces.sample_fps,
-                sample_rate=bundle.preprocessing.sample_rate, realtime=realtime))
+                sample_rate=bundle.preprocessing.sample_rate, realtime=realtime, rewindable=True))
             sup.collect(sink)
         finally:
             sup.stop()
@@ -288,7 +352,8 @@ def serve(
             live.append("microphone")
             sup.start("microphone", functools.partial(
                 sources.microphone_source, options=capture, session=session, chunk_ms=config.pipeline.chunk_ms,
-                sample_rate=bundle.preprocessing.sample_rate, t_start=t_start))
+                sample_rate=bundle.preprocessing.sample_rate, t_start=t_start,
+                rewind_s=config.pipeline.rewind_s))
             sup.wait_ready(["microphone"])
             print(f"realtime: serving session {session} on {config.stream.endpoint} (Ctrl-C to stop)",
                   file=sys.stderr)

@@ -18,7 +18,7 @@ TOPICS = {
     "utterance": "emotion.utterance",  # fused result at the end of an utterance
     "window": "emotion.window",  # audio + video update between utterances
     "transcript": "transcript",  # what was said, as soon as the ASR has it
-    "status": "status",  # session started / finished
+    "status": "status",  # session started / finished, a device lost, processing restarted
 }
 SCHEMA_PATH = Path(__file__).parent / "schema" / "emotion-stream-v1.json"
 

@@ -100,6 +100,9 @@ class PublicSocket:
         self.sock.setsockopt(zmq.LINGER, 1000)
         # Subscribers only send subscriptions (a topic each): nothing large is ever ours.
         self.sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+        # PUB never waits for a subscriber: past this many queued messages it drops that
+        # subscriber's, so one that stops reading slows no one and grows no memory.
+        self.sock.setsockopt(zmq.SNDHWM, options.subscriber_queue)
         if options.curve_secret_key:
             from zmq.auth.thread import ThreadAuthenticator
 

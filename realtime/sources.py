@@ -5,10 +5,17 @@ Both send the same messages as the replay source (`audio` chunks at 16 kHz mono,
 sources never wait for a slow consumer: a frame that cannot be queued is
 dropped (stale video is worse than missing video), and audio is queued deeply
 because the segmenter and ASR need every sample.
+
+After a processing stage fails, the supervisor restarts the processing chain and
+sends a `rewind`: the microphone sends its last `rewind_s` seconds of audio again
+from the checkpoint's media time (it keeps them for that), so no utterance is lost;
+the camera only moves on to the new generation (resent video would be stale).
 """
 from __future__ import annotations
 
+import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,14 +96,19 @@ def camera_source(stage: Stage, options: CaptureOptions, session: str, sample_fp
     camera = Camera(options, t_start)
     out = stage.push(stage.endpoints.video)
     out.setsockopt(zmq.SNDHWM, 2)  # at most two frames wait: the rest are stale
+    commands = stage.commands()
     stage.report("ready")
     seq, next_t = 0, 0.0
     for t, image in camera.frames():
+        if (command := stage.command(commands)) is not None:
+            if command["type"] == "finish":
+                break
+            stage.gen = command["gen"]  # a restarted chain: new frames are for it
         if t + 1e-6 < next_t:
             continue
         next_t = t + 1.0 / sample_fps
         try:
-            bus.send_nowait(out, {"type": "frame", "session": session, "seq": seq, "t": t}, image)
+            bus.send_nowait(out, {"type": "frame", "session": session, "seq": seq, "t": t, "gen": stage.gen}, image)
         except zmq.Again:
             pass  # faces stage busy: drop this frame
         seq += 1
@@ -105,7 +117,7 @@ def camera_source(stage: Stage, options: CaptureOptions, session: str, sample_fp
     eos = {"type": "eos", "session": session}
     if not camera.is_file:  # a file ends; a camera or stream that stops giving frames has gone away
         eos["lost"] = f"camera {options.camera}: no more frames (unplugged, or the stream ended)"
-    stage.send(out, eos)
+    stage.send(out, dict(eos, gen=stage.gen))
 
 
 def find_microphone(pa, spec: str) -> int | None:
@@ -158,24 +170,36 @@ class Microphone:
 
 
 def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk_ms: int,
-                      sample_rate: int, t_start: float) -> None:
-    """Send audio chunks stamped by sample count from the moment capture started."""
+                      sample_rate: int, t_start: float, rewind_s: float = 60.0) -> None:
+    """Send audio chunks stamped by sample count from the moment capture started.
+
+    The last rewind_s seconds sent are kept, to be sent again to a restarted chain."""
     mic = Microphone(options, chunk_ms, sample_rate)
     out = stage.push(stage.endpoints.audio)
+    commands = stage.commands()
     stage.report("ready")
     sent, seq = 0, 0
     t0 = time.time() - t_start  # media time of sample 0, on the session clock the camera uses too
+    kept: deque[tuple[dict, np.ndarray]] = deque()
     eos = {"type": "eos", "session": session}
     try:
         while True:
+            if (command := stage.command(commands)) is not None:
+                if command["type"] == "finish":
+                    return
+                stage.gen = command["gen"]
+                _resend(stage, out, kept, command["t"], sample_rate)
             try:
                 samples = mic.read()
             except OSError as exc:  # unplugged, or its sound server is gone: the camera carries on
                 eos["lost"] = f"microphone {options.microphone or '(default)'}: {exc}"
                 return
             if samples.size:
-                stage.send(out, {"type": "audio", "session": session, "seq": seq, "t": t0 + sent / sample_rate},
-                         samples)
+                header = {"type": "audio", "session": session, "seq": seq, "t": t0 + sent / sample_rate}
+                stage.send(out, dict(header, gen=stage.gen), samples)
+                kept.append((header, samples))
+                while kept and kept[-1][0]["t"] - kept[0][0]["t"] > rewind_s:
+                    kept.popleft()
                 sent, seq = sent + samples.size, seq + 1
             stage.heartbeat()
     finally:
@@ -183,7 +207,18 @@ def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk
             mic.close()
         except OSError:
             pass  # a device that is gone cannot be closed cleanly
-        stage.send(out, eos)
+        stage.send(out, dict(eos, gen=stage.gen))
+
+
+def _resend(stage: Stage, out, kept, since: float, sample_rate: int) -> None:
+    """Send the kept chunks that end after `since` again, in the stage's (new) generation."""
+    if kept and kept[0][0]["t"] > since:
+        print(f"realtime: microphone: only {kept[-1][0]['t'] - kept[0][0]['t']:.0f} s of audio kept; "
+              f"{kept[0][0]['t'] - since:.1f} s before it are not sent again (raise pipeline.rewind_s)",
+              file=sys.stderr, flush=True)
+    for header, samples in kept:
+        if header["t"] + samples.size / sample_rate > since:
+            stage.send(out, dict(header, gen=stage.gen), samples)
 
 
 def list_devices() -> dict[str, list[dict]]:

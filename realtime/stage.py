@@ -3,7 +3,14 @@
 A stage is a function `body(stage)` run in its own process by `run_stage`.  It
 reports `ready` once its models are loaded, `error` with the traceback when it
 fails, and `done` when it has passed end-of-stream on.  The supervisor listens
-to these reports on one PULL socket (the control channel).
+to these reports on one PULL socket (the control channel), and sends the sources
+commands (`rewind`, `finish`) on one PUB socket.
+
+Generations: when a processing stage fails, the supervisor restarts the whole
+processing chain as a new generation and the sources feed it again from the last
+checkpoint.  Sources stamp what they send with their generation (`gen`); a stage
+drops input from another generation, which is what the sources had queued for the
+stages that were replaced.
 """
 from __future__ import annotations
 
@@ -33,16 +40,22 @@ class Endpoints:
     fusion: str  # asr, faces -> fusion
     results: str  # fusion -> supervisor (lossless copy of what is published)
     control: str  # every stage -> supervisor
+    commands: str  # supervisor -> sources (PUB): rewind after a restart, finish
 
     @classmethod
     def in_dir(cls, directory: str) -> "Endpoints":
-        names = ("audio", "video", "utterances", "fusion", "results", "control")
+        names = ("audio", "video", "utterances", "fusion", "results", "control", "commands")
         return cls(**{n: f"ipc://{directory}/{n}" for n in names})
 
 
+COMMANDS = ("rewind", "finish")  # what the supervisor tells sources
+
+
 class Stage:
-    def __init__(self, name: str, endpoints: Endpoints, queue_limit: int, supervisor_pid: int | None = None):
+    def __init__(self, name: str, endpoints: Endpoints, queue_limit: int, supervisor_pid: int | None = None,
+                 generation: int = 0):
         self.name = name
+        self.gen = generation
         self.endpoints = endpoints
         self.queue_limit = queue_limit
         self.ctx = zmq.Context()
@@ -61,6 +74,27 @@ class Stage:
         sock.setsockopt(zmq.SNDTIMEO, int(HEARTBEAT_S * 1000))
         return sock
 
+    def commands(self) -> zmq.Socket:
+        """The supervisor's command stream (sources only)."""
+        sock = self.ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(self.endpoints.commands)
+        return sock
+
+    def command(self, sock: zmq.Socket, timeout_s: float = 0.0) -> dict | None:
+        """The next supervisor command, waiting at most timeout_s (with heartbeats), or None."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wait = max(0.0, deadline - time.monotonic())
+            if sock.poll(int(min(wait, HEARTBEAT_S) * 1000)):
+                message = bus.recv_checked(sock, COMMANDS, self.name)
+                if message is not None:
+                    return message[0]
+            self.heartbeat()
+            if time.monotonic() >= deadline:
+                return None
+
     def send(self, sock: zmq.Socket, header: dict, array=None) -> None:
         """Send, waiting as long as the receiver needs, with heartbeats while waiting."""
         while True:
@@ -78,8 +112,8 @@ class Stage:
                 self.heartbeat()
             self.heartbeat()
             message = bus.recv_checked(sock, kinds, self.name)
-            if message is not None:
-                return message
+            if message is not None and message[0].get("gen", self.gen) == self.gen:
+                return message  # (another generation's input was queued for a stage now replaced)
 
     def heartbeat(self) -> None:
         if os.getppid() != self._parent:
@@ -142,13 +176,13 @@ def name_process(title: str) -> None:
 
 
 def run_stage(name: str, body: Callable[[Stage], None], endpoints: Endpoints, queue_limit: int,
-              supervisor_pid: int) -> None:
+              supervisor_pid: int, generation: int = 0) -> None:
     """Process entry point: run `body`, report how it ended, exit 0 or 1."""
     # The supervisor owns Ctrl-C: a stage must not die half-way through a
     # message because the terminal sent SIGINT to the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     name_process(f"rt-{name}")
-    stage = Stage(name, endpoints, queue_limit, supervisor_pid)
+    stage = Stage(name, endpoints, queue_limit, supervisor_pid, generation)
     stage.heartbeat()  # the supervisor may already be gone
     try:
         body(stage)

@@ -8,6 +8,7 @@ travels as an `eos` message so every stage can flush and exit in order.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -16,45 +17,77 @@ from realtime import bus
 from realtime.stage import Stage
 
 
-def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps: float,
-                 sample_rate: int, realtime: bool = False) -> None:
-    """Replay a recorded session: audio in fixed chunks, video frames, as fast as consumers take them.
+def _media_messages(path: str, session: str, chunk_ms: int, video_fps: float, sample_rate: int):
+    """A recording as the source sends it: (stream, header, array, media time it is complete).
 
-    With realtime, each item waits until its media time has passed on the wall clock
-    since the first one, so the stream comes out at the pace it was recorded (a
-    dashboard, or a listener, sees the session as it would have seen it live).
+    Deterministic: every pass over the same file gives the same chunks with the same
+    seq, so a rewind resends exactly what was sent before.
     """
     from engines.media import AudioChunk, iter_media
 
-    audio_out, video_out = stage.push(stage.endpoints.audio), stage.push(stage.endpoints.video)
-    stage.report("ready")
     chunk = sample_rate * chunk_ms // 1000
     pending = np.zeros(0, np.float32)
     pending_t = 0.0
     seq = 0
-    clock0 = time.monotonic()
     for item in iter_media(path, sample_rate, video_fps):
-        if realtime:
-            # An audio chunk is complete only at its end; a frame exists at its own time.
-            ready_at = item.t + (item.samples.size / sample_rate if isinstance(item, AudioChunk) else 0.0)
-            while (wait := clock0 + ready_at - time.monotonic()) > 0:
-                time.sleep(min(wait, 0.5))
-                stage.heartbeat()
         if isinstance(item, AudioChunk):
             if pending.size == 0:
                 pending_t = item.t
             pending = np.concatenate([pending, item.samples])
             while pending.size >= chunk:
-                stage.send(audio_out, {"type": "audio", "session": session, "seq": seq, "t": pending_t},
-                         pending[:chunk])
+                yield ("audio", {"type": "audio", "session": session, "seq": seq, "t": pending_t}, pending[:chunk],
+                       pending_t + chunk / sample_rate)
                 pending, pending_t, seq = pending[chunk:], pending_t + chunk / sample_rate, seq + 1
         else:
-            stage.send(video_out, {"type": "frame", "session": session, "seq": seq, "t": item.t}, item.image)
+            yield "video", {"type": "frame", "session": session, "seq": seq, "t": item.t}, item.image, item.t
             seq += 1
     if pending.size:
-        stage.send(audio_out, {"type": "audio", "session": session, "seq": seq, "t": pending_t}, pending)
-    for sock in (audio_out, video_out):
-        stage.send(sock, {"type": "eos", "session": session})
+        yield ("audio", {"type": "audio", "session": session, "seq": seq, "t": pending_t}, pending,
+               pending_t + pending.size / sample_rate)
+    for stream in ("audio", "video"):
+        yield stream, {"type": "eos", "session": session}, None, math.inf
+
+
+def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps: float,
+                 sample_rate: int, realtime: bool = False, rewindable: bool = False) -> None:
+    """Replay a recorded session: audio in fixed chunks, video frames, as fast as consumers take them.
+
+    With realtime, each item waits until its media time has passed on the wall clock
+    since the first one, so the stream comes out at the pace it was recorded (a
+    dashboard, or a listener, sees the session as it would have seen it live).
+
+    With rewindable (under a supervisor that restarts stages), the source stays until the
+    supervisor says `finish`: a `rewind` makes it send the file again, from the rewind's
+    media time on and stamped with the new generation, to a restarted processing chain.
+    The file is the source's buffer: it is read again, so nothing is held in memory.
+    """
+    out = {"audio": stage.push(stage.endpoints.audio), "video": stage.push(stage.endpoints.video)}
+    commands = stage.commands() if rewindable else None
+    stage.report("ready")
+    clock0 = time.monotonic()
+    since = -math.inf  # media time from which to send: everything, until a rewind
+    while True:
+        command = None
+        for stream, header, array, complete_at in _media_messages(path, session, chunk_ms, video_fps, sample_rate):
+            # A rewind resends what the chain still needs: each audio chunk that ends after
+            # `since` (so the one holding it is whole) and each frame from `since` on.
+            if complete_at < since or (header["type"] == "audio" and complete_at == since):
+                continue
+            if realtime:
+                # An audio chunk is complete only at its end; a frame exists at its own time.
+                while (wait := clock0 + complete_at - time.monotonic()) > 0 and complete_at < math.inf:
+                    time.sleep(min(wait, 0.5))
+                    stage.heartbeat()
+            stage.send(out[stream], dict(header, gen=stage.gen), array)
+            if commands is not None and (command := stage.command(commands)) is not None:
+                break
+        if commands is None:
+            return
+        while command is None:  # all sent: wait for a rewind or the end of the session
+            command = stage.command(commands, timeout_s=60.0)
+        if command["type"] == "finish":
+            return
+        stage.gen, since = command["gen"], command["t"]
 
 
 def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculative: bool = False) -> None:
