@@ -87,6 +87,8 @@ def open_camera(spec: str, options: CaptureOptions):
 class Camera:
     """Frames with media times (seconds since t_start); a file plays at its own rate, like a camera."""
 
+    paced = False  # gives frames at its own rate, to be sampled
+
     def __init__(self, options: CaptureOptions, t_start: float):
         import cv2
 
@@ -119,6 +121,7 @@ class Screen:
     it `fps` times a second, so a call application's window is read as it is shown."""
 
     is_file = False
+    paced = True  # grabbed at the rate asked for: every frame is wanted
 
     def __init__(self, options: CaptureOptions, t_start: float, fps: float):
         import av
@@ -187,7 +190,9 @@ def camera_source(stage: Stage, options: CaptureOptions, session: str, sample_fp
     stage.report("ready")
     seq, next_t = 0, 0.0
     for t, image in camera.frames():
-        if t + 1e-6 < next_t:
+        # A paced source (the screen, grabbed at sample_fps) gives only frames we want: sampled
+        # by time, each that came a few ms early would be dropped and the rate halved.
+        if t + 1e-6 < next_t and not camera.paced:
             continue
         next_t = t + 1.0 / sample_fps
         try:

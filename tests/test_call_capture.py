@@ -119,6 +119,46 @@ def test_screen_whole_and_offset_regions(screen_playing):
     assert part[H - 40:].max() == 0 and part[:, W - 50:].max() == 0  # below and right of the player
 
 
+def test_camera_stage_sends_every_grab_at_the_sampling_rate(screen_playing, tmp_path):
+    """`serve`'s camera stage on the screen: 5 frames a second of what is shown, none dropped
+    because a grab came a few ms early."""
+    import functools
+    import multiprocessing
+    import os
+
+    import zmq
+
+    from realtime import bus, sources
+    from realtime.stage import Endpoints, run_stage
+
+    _, frames = screen_playing
+    endpoints = Endpoints.in_dir(str(tmp_path))
+    ctx = zmq.Context()
+    control = bus.socket(ctx, zmq.PULL, endpoints.control, bind=True)
+    video = bus.socket(ctx, zmq.PULL, endpoints.video, bind=True)
+    body = functools.partial(sources.camera_source, options=CaptureOptions(camera=f"screen:{AT[0]},{AT[1]},{W},{H}"),
+                             session="s", sample_fps=5.0, t_start=time.time())
+    stage = multiprocessing.get_context("spawn").Process(
+        target=run_stage, args=("camera", body, endpoints, 64, os.getpid()), daemon=True)
+    stage.start()
+    try:
+        got, deadline = [], time.monotonic() + 120
+        while (not got or got[-1][0] - got[0][0] < 4.0) and time.monotonic() < deadline:
+            if control.poll(0):
+                report, _ = bus.recv(control)
+                assert report["type"] != "error", report
+            if video.poll(200):
+                header, image = bus.recv(video)
+                got.append((header["t"], image))
+    finally:
+        stage.terminate()
+        stage.join(10)
+        ctx.destroy(linger=0)
+    times = [t for t, _ in got[1:]]  # the first may wait on the stage's start
+    assert len(times) >= 19 and 0.18 < np.diff(times).mean() < 0.22, np.diff(times)
+    assert max(_nearest(image, frames)[1] for _, image in got) < 1.0
+
+
 def test_screen_errors_say_what_is_wrong(screen_playing, monkeypatch, tmp_path):
     env, _ = screen_playing
     with pytest.raises(DeviceError, match=r"region ends at 700,100, outside display :\d+'s 640x480 screen"):
