@@ -280,12 +280,17 @@ class Microphone:
             self.pa.terminate()
             raise DeviceError(f"cannot open microphone {options.microphone or '(default)'}: {exc}") from exc
         self.resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        self.started: float | None = None  # wall-clock time of the first sample, once read
 
     def read(self) -> np.ndarray:
         """The next chunk_ms of audio (float32 at sample_rate; sizes vary slightly with resampling)."""
         import av
 
         raw = np.frombuffer(self.stream.read(self.frames, exception_on_overflow=False), np.int16)
+        if self.started is None:
+            # A device may start only at the first read, which can take a second (PulseAudio's
+            # ALSA plugin: ~1 s); its first samples are the ones just read, not ones from the open.
+            self.started = time.time() - raw.size / self.device_rate
         frame = av.AudioFrame.from_ndarray(raw.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.device_rate
         out = [f.to_ndarray().reshape(-1) for f in self.resampler.resample(frame)]
@@ -298,12 +303,11 @@ class Microphone:
 
 def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk_ms: int,
                       sample_rate: int, t_start: float) -> None:
-    """Send audio chunks stamped by sample count from the moment capture started."""
+    """Send audio chunks stamped by sample count from the moment the first sample was captured."""
     mic = Microphone(options, chunk_ms, sample_rate)
     out = stage.push(stage.endpoints.audio)
     stage.report("ready")
     sent, seq = 0, 0
-    t0 = time.time() - t_start  # media time of sample 0, on the session clock the camera uses too
     eos = {"type": "eos", "session": session}
     try:
         while True:
@@ -313,6 +317,7 @@ def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk
                 eos["lost"] = f"microphone {options.microphone or '(default)'}: {exc}"
                 return
             if samples.size:
+                t0 = mic.started - t_start  # media time of sample 0, on the session clock the camera uses too
                 stage.send(out, {"type": "audio", "session": session, "seq": seq, "t": t0 + sent / sample_rate},
                          samples)
                 sent, seq = sent + samples.size, seq + 1
