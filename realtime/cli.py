@@ -103,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--server-key DIR/server.key.")
     kp.add_argument("--out", type=Path, required=True, help="directory for the key files")
 
-    sub.add_parser("devices", help="list cameras and microphones",
-                   description="Cameras OpenCV can open (indices 0-9) and PyAudio input devices.")
+    sub.add_parser("devices", help="list cameras, microphones, the screen and the monitor",
+                   description="Cameras OpenCV can open (indices 0-9), PyAudio input devices, the screen "
+                               "that --camera screen grabs (its size) and the monitor --microphone monitor "
+                               "records (its source), or why they cannot be captured.")
 
     lp = sub.add_parser("listen", help="subscribe to an emotion stream and print it",
                         description="Print every message of an emotion stream until Ctrl-C.")

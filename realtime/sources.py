@@ -233,8 +233,9 @@ def default_monitor() -> str:
     def pactl_out(*args: str) -> str:
         result = subprocess.run([pactl, *args], env=env, capture_output=True, text=True, timeout=10)
         if result.returncode != 0:
+            reason = "; ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
             raise DeviceError(f"microphone {MONITOR}: cannot reach the sound server (PulseAudio or PipeWire): "
-                              f"{result.stderr.strip() or f'pactl {args[0]} failed'}")
+                              f"{reason or f'pactl {args[0]} failed'}")
         return result.stdout
 
     sink = next((line.split(":", 1)[1].strip() for line in pactl_out("info").splitlines()
@@ -330,8 +331,24 @@ def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk
         stage.send(out, eos)
 
 
-def list_devices() -> dict[str, list[dict]]:
-    """Cameras OpenCV can open (indices 0-9) and PyAudio input devices."""
+def call_sources() -> dict[str, dict]:
+    """What `--camera screen` and `--microphone monitor` would capture here, or why they cannot."""
+    found = {}
+    try:
+        screen = Screen(CaptureOptions(camera=SCREEN), time.time(), 1.0)
+        screen.close()
+        found["screen"] = {"display": os.environ["DISPLAY"], "width": screen.size[0], "height": screen.size[1]}
+    except DeviceError as exc:
+        found["screen"] = {"error": str(exc)}
+    try:
+        found["monitor"] = {"source": default_monitor()}
+    except DeviceError as exc:
+        found["monitor"] = {"error": str(exc)}
+    return found
+
+
+def list_devices() -> dict:
+    """Cameras OpenCV can open (indices 0-9), PyAudio input devices, the screen and the monitor."""
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # probing absent indices warns
@@ -347,11 +364,11 @@ def list_devices() -> dict[str, list[dict]]:
     try:
         import pyaudio
     except ImportError:
-        return {"cameras": cameras, "microphones": [], "note": "pyaudio not installed (extra `live`)"}
+        return {"cameras": cameras, "microphones": [], **call_sources(), "note": "pyaudio not installed (extra `live`)"}
     pa = pyaudio.PyAudio()
     for i in range(pa.get_device_count()):
         info = pa.get_device_info_by_index(i)
         if info["maxInputChannels"] > 0:
             microphones.append({"index": i, "name": info["name"], "rate": int(info["defaultSampleRate"])})
     pa.terminate()
-    return {"cameras": cameras, "microphones": microphones}
+    return {"cameras": cameras, "microphones": microphones, **call_sources()}

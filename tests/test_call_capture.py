@@ -7,6 +7,7 @@ default output is a null sink that a sound is played into.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -247,6 +248,16 @@ def test_record_the_call_from_screen_and_monitor(screen_playing, speakers, tmp_p
     matches = [_nearest(f.image, frames) for f in video]
     assert max(error for _, error in matches) < 6.0, matches  # the shown frames, through H.264
     assert len({index for index, _ in matches}) >= 8  # and the video moving in them
+
+
+def test_devices_name_the_screen_and_the_monitor(screen_playing, speakers):
+    env = dict(speakers, DISPLAY=screen_playing[0]["DISPLAY"])
+    result = subprocess.run([sys.executable, "-m", "realtime.cli", "devices"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["screen"] == {"display": env["DISPLAY"], "width": 640, "height": 480}
+    assert found["monitor"] == {"source": "speakers.monitor"}
 
 
 def test_monitor_errors_say_what_is_wrong(tmp_path, monkeypatch):
