@@ -3,7 +3,8 @@
 
 Real parts, no screen or sound card: an Xvfb display on which a small Tk player
 (tests/screen_player.py) plays a face video at its own rate, and a PulseAudio daemon whose
-default output is a null sink that a sound is played into.
+default output is a null sink that a sound is played into. Last, `realtime serve` follows a
+held-out session played that way, as it would a call.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -18,8 +20,10 @@ import numpy as np
 import pytest
 
 from realtime.sources import CaptureOptions, DeviceError, Microphone, open_video
+from tests.conftest import free_port
 from tests.desktop import pulse_daemon, xvfb
-from tests.test_live import _write_wav
+from tests.test_end_to_end import _normalise
+from tests.test_live import _wait_for, _write_wav, spoken_session  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS, W, H = 10, 200, 150  # the played video
@@ -47,24 +51,30 @@ def face_video(tmp_path) -> tuple[Path, list[np.ndarray]]:
     return path, frames
 
 
+@contextmanager
+def playing(video: Path, env: dict, at: tuple[int, int]):
+    """tests/screen_player.py showing `video` at `at` on env's display, until the block ends."""
+    try:
+        import tkinter  # noqa: F401 (the player's toolkit)
+    except ImportError:
+        pytest.skip("tkinter is missing (Debian package python3-tk): nothing can play video on the display")
+    player = subprocess.Popen([sys.executable, str(ROOT / "tests" / "screen_player.py"), str(video), *map(str, at)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert player.stdout.readline().strip() == "showing", player.communicate(timeout=10)[1]
+        yield
+    finally:
+        player.kill()
+        player.wait(timeout=10)
+
+
 @pytest.fixture
 def screen_playing(face_video, monkeypatch):
     """An X display showing the face video at AT; DISPLAY is set for this process too."""
     path, frames = face_video
-    with xvfb(640, 480) as env:
-        try:
-            import tkinter  # noqa: F401 (the player's toolkit)
-        except ImportError:
-            pytest.skip("tkinter is missing (Debian package python3-tk): nothing can play video on the display")
-        player = subprocess.Popen([sys.executable, str(ROOT / "tests" / "screen_player.py"), str(path), *map(str, AT)],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            assert player.stdout.readline().strip() == "showing", player.communicate(timeout=10)[1]
-            monkeypatch.setenv("DISPLAY", env["DISPLAY"])
-            yield env, frames
-        finally:
-            player.kill()
-            player.wait(timeout=10)
+    with xvfb(640, 480) as env, playing(path, env, AT):
+        monkeypatch.setenv("DISPLAY", env["DISPLAY"])
+        yield env, frames
 
 
 def _nearest(image: np.ndarray, frames: list[np.ndarray]) -> tuple[int, float]:
@@ -269,3 +279,40 @@ def test_monitor_errors_say_what_is_wrong(tmp_path, monkeypatch):
             Microphone(options, 32, 16000)
     with pytest.raises(DeviceError, match="cannot reach the sound server"):  # and now none at all
         Microphone(options, 32, 16000)
+
+
+def test_serve_follows_a_call_from_screen_and_monitor(bundle, spoken_session, speakers, tmp_path):
+    """The whole point: `realtime serve --camera screen:... --microphone monitor` while a call
+    (a held-out session: its face on the screen, its speech on the speakers) plays."""
+    import av
+    import jiwer
+
+    truth, media, wav, duration = spoken_session
+    with av.open(str(media)) as container:
+        width, height = container.streams.video[0].width, container.streams.video[0].height
+    messages, log = tmp_path / "messages.jsonl", tmp_path / "serve.log"
+    with xvfb(640, 480) as display, log.open("w") as err:
+        env = dict(speakers, DISPLAY=display["DISPLAY"])
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "realtime.cli", "serve", "--model", str(bundle),
+             "--camera", f"screen:{AT[0]},{AT[1]},{width},{height}", "--microphone", "monitor",
+             "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--jsonl", str(messages),
+             "--duration", str(duration + 8), "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            _wait_for(log, "serving session", 120, serve)
+            with playing(media, env, AT):  # the call starts: face and voice together
+                subprocess.run(["paplay", str(wav)], env=env, check=True, timeout=duration + 30)
+                assert serve.wait(timeout=120) == 0, log.read_text()
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+
+    got = [json.loads(line) for line in messages.read_text().splitlines()]
+    utterances = [m for m in got if m["type"] == "utterance"]
+    assert len(utterances) == len(truth), [u["text"] for u in utterances]
+    wer = jiwer.wer(_normalise(" ".join(u["text"] for u in truth)),
+                    _normalise(" ".join(u["text"] for u in utterances)))
+    assert wer < 0.30, (wer, [u["text"] for u in utterances])
+    # The face was found on the screen for every utterance.
+    assert all(u["modalities"] == ["text", "audio", "video"] for u in utterances), utterances
+    assert [m["state"] for m in got if m["type"] == "status"] == ["started", "finished"]
