@@ -34,11 +34,6 @@ def record(out: str | Path, capture: CaptureOptions, duration_s: float = 0.0, fp
     chunks: queue.Queue = queue.Queue()
 
     def listen() -> None:  # own thread: the microphone must be read continuously
-        first = mic.read()
-        # Silence for the time before the microphone's first sample, so that sound and picture
-        # of the file start together (the video starts at t_start).
-        chunks.put(np.zeros(max(0, int((mic.started - t_start) * SAMPLE_RATE)), np.float32))
-        chunks.put(first)
         while not stop.is_set():
             chunks.put(mic.read())
 

