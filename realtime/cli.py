@@ -16,6 +16,12 @@ from pathlib import Path
 from engines.backends import BACKENDS, DEVICES
 
 
+CAMERA_HELP = ("camera index, video file, URL, or screen[:X,Y,W,H]: the X screen, or its region W x H "
+               "pixels at X,Y (e.g. a call's gallery view); '' for none (default [capture] camera)")
+MICROPHONE_HELP = ("microphone index or name fragment, or monitor: what this computer plays (the "
+                   "PulseAudio/PipeWire monitor of the default output) (default [capture] microphone)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
                         help="settings file (default: config.toml of the checkout, else built-in defaults)")
@@ -63,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "until Ctrl-C. Stages that die are restarted; a device that cannot be "
                                     "opened is an error.")
     sp.add_argument("--model", type=Path, help="model bundle directory; default [model] bundle")
-    sp.add_argument("--camera", help="camera index, video file or URL; '' for none (default [capture] camera)")
-    sp.add_argument("--microphone", help="microphone index or name fragment (default [capture] microphone)")
+    sp.add_argument("--camera", help=CAMERA_HELP)
+    sp.add_argument("--microphone", help=MICROPHONE_HELP)
     sp.add_argument("--endpoint", help="publish on this ZeroMQ endpoint (default [stream] endpoint)")
     sp.add_argument("--jsonl", type=Path, help="also write every published message to this JSONL file")
     sp.add_argument("--backend", choices=BACKENDS, help="inference backend (default [model] backend)")
@@ -80,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Record the camera and the microphone into one file (mp4) that "
                                     "`realtime replay` reads, until Ctrl-C or --duration.")
     cp.add_argument("out", type=Path, help="file to write (.mp4)")
-    cp.add_argument("--camera", help="camera index, video file or URL; '' for none (default [capture] camera)")
-    cp.add_argument("--microphone", help="microphone index or name fragment (default [capture] microphone)")
+    cp.add_argument("--camera", help=CAMERA_HELP)
+    cp.add_argument("--microphone", help=MICROPHONE_HELP)
     cp.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
     cp.add_argument("--fps", type=float, default=15.0, help="video frame rate written")
     _common(cp)
@@ -101,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--server-key DIR/server.key.")
     kp.add_argument("--out", type=Path, required=True, help="directory for the key files")
 
-    sub.add_parser("devices", help="list cameras and microphones",
-                   description="Cameras OpenCV can open (indices 0-9) and PyAudio input devices.")
+    sub.add_parser("devices", help="list cameras, microphones, the screen and the monitor",
+                   description="Cameras OpenCV can open (indices 0-9), PyAudio input devices, the screen "
+                               "that --camera screen grabs (its size) and the monitor --microphone monitor "
+                               "records (its source), or why they cannot be captured.")
 
     lp = sub.add_parser("listen", help="subscribe to an emotion stream and print it",
                         description="Print every message of an emotion stream until Ctrl-C.")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.sources import Camera, CaptureOptions, Microphone
+from realtime.sources import CaptureOptions, Microphone, open_video
 
 SAMPLE_RATE = 16000
 
@@ -29,7 +29,7 @@ def record(out: str | Path, capture: CaptureOptions, duration_s: float = 0.0, fp
 
     stop = stop or threading.Event()
     t_start = time.time()
-    camera = Camera(capture, t_start) if capture.camera else None
+    camera = open_video(capture, t_start, fps) if capture.camera else None
     mic = Microphone(capture, chunk_ms, SAMPLE_RATE)
     chunks: queue.Queue = queue.Queue()
 
@@ -42,6 +42,8 @@ def record(out: str | Path, capture: CaptureOptions, duration_s: float = 0.0, fp
     if on_ready:
         on_ready()  # devices are open and capturing
     width, height = camera.size if camera else (320, 240)
+    # H.264's 4:2:0 frames have even sides; a screen region may not: drop its last row or column.
+    width, height = width - width % 2, height - height % 2
     blank = np.zeros((height, width, 3), np.uint8)
     try:
         with MediaWriter(out, fps, width, height, SAMPLE_RATE) as writer:
@@ -53,7 +55,7 @@ def record(out: str | Path, capture: CaptureOptions, duration_s: float = 0.0, fp
                     if item is None:
                         frames = None  # the camera (or file) ended; keep recording sound
                     else:
-                        last = item[1]
+                        last = item[1][:height, :width]
                 else:
                     time.sleep(1.0 / fps)
                 # Constant rate: write the newest image for every frame slot that has passed.

@@ -1,4 +1,5 @@
-"""Live sources: a camera (OpenCV) and a microphone (PyAudio), stamped with session time.
+"""Live sources: a camera (OpenCV) or the screen (FFmpeg's x11grab through PyAV), and a
+microphone or what the computer plays (PyAudio), stamped with session time.
 
 Both send the same messages as the replay source (`audio` chunks at 16 kHz mono,
 `frame` images), so every later stage is shared by replay and serve.  Live
@@ -13,6 +14,9 @@ the camera only moves on to the new generation (resent video would be stale).
 """
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 import time
 from collections import deque
@@ -31,11 +35,13 @@ class DeviceError(StageError):
 
 @dataclass
 class CaptureOptions:
-    camera: str = "0"  # camera index, video file (played at its own rate) or stream URL; "" = none
+    camera: str = "0"  # camera index, video file (played at its own rate), stream URL, or screen[:X,Y,W,H]
+    # (the X screen, or its region W x H pixels at X,Y, e.g. a call's gallery view); "" = none
     width: int = 640  # requested camera width (the camera may pick the nearest size it has)
     height: int = 480  # requested camera height
     fps: float = 30.0  # requested camera frame rate
-    microphone: str = ""  # PyAudio input device index or part of its name; "" = system default
+    microphone: str = ""  # PyAudio input device index or part of its name, or monitor (what this computer
+    # plays: the PulseAudio/PipeWire monitor of the default output); "" = system default
     mic_rate: int = 0  # capture rate in Hz; 0 = the device's default (resampled to 16 kHz)
 
     def __post_init__(self):
@@ -43,6 +49,30 @@ class CaptureOptions:
             raise ValueError("width, height and fps must be > 0")
         if self.mic_rate != 0 and not 4000 <= self.mic_rate <= 384_000:
             raise ValueError(f"mic_rate must be 0 (the device's rate) or in [4000, 384000] Hz, got {self.mic_rate}")
+        if is_screen(self.camera):
+            parse_screen(self.camera)  # a malformed region is bad input, refused before anything starts
+
+
+SCREEN, MONITOR = "screen", "monitor"  # the camera and microphone names that capture the call itself
+
+
+def is_screen(spec: str) -> bool:
+    return spec == SCREEN or spec.startswith(SCREEN + ":")
+
+
+def parse_screen(spec: str) -> tuple[int, int, int, int] | None:
+    """The region (x, y, width, height) of a `screen:X,Y,W,H` camera; None for the whole `screen`."""
+    if spec == SCREEN:
+        return None
+    parts = spec[len(SCREEN) + 1:].split(",")
+    usage = (f"camera {spec!r}: expected screen or screen:X,Y,W,H (the region's left, top, width and "
+             "height in pixels, e.g. screen:0,0,1280,720)")
+    if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(usage)
+    x, y, w, h = (int(p) for p in parts)
+    if w < 1 or h < 1:
+        raise ValueError(f"{usage}; width and height must be > 0")
+    return x, y, w, h
 
 
 def open_camera(spec: str, options: CaptureOptions):
@@ -63,6 +93,8 @@ def open_camera(spec: str, options: CaptureOptions):
 
 class Camera:
     """Frames with media times (seconds since t_start); a file plays at its own rate, like a camera."""
+
+    paced = False  # gives frames at its own rate, to be sampled
 
     def __init__(self, options: CaptureOptions, t_start: float):
         import cv2
@@ -91,9 +123,75 @@ class Camera:
         self.cap.release()
 
 
+class Screen:
+    """The X screen, or a region of it, as a camera: FFmpeg's x11grab (in PyAV's wheels) grabs
+    it `fps` times a second, so a call application's window is read as it is shown."""
+
+    is_file = False
+    paced = True  # grabbed at the rate asked for: every frame is wanted
+
+    def __init__(self, options: CaptureOptions, t_start: float, fps: float):
+        import av
+
+        self.t_start = t_start
+        display = os.environ.get("DISPLAY", "")
+        if not display:
+            raise DeviceError(f"camera {options.camera}: no X display to capture ($DISPLAY is not set; "
+                              "run inside the desktop session, or set DISPLAY, e.g. DISPLAY=:0)")
+        if "x11grab" not in av.formats_available:
+            raise DeviceError(f"camera {options.camera}: this PyAV build has no x11grab input (pip install -U av)")
+        grab = {"framerate": f"{fps:g}", "draw_mouse": "0",  # no pointer drawn over the faces
+                # Probing the stream would read ~2 s of frames first and deliver them stale.
+                "analyzeduration": "0", "probesize": "32"}
+        region = parse_screen(options.camera)
+        whole = self._open(display, display, grab)
+        screen = (whole.streams.video[0].codec_context.width, whole.streams.video[0].codec_context.height)
+        if region is None:
+            self.container = whole
+        else:
+            whole.close()
+            x, y, w, h = region
+            if x + w > screen[0] or y + h > screen[1]:
+                raise DeviceError(f"camera {options.camera}: the region ends at {x + w},{y + h}, outside "
+                                  f"display {display}'s {screen[0]}x{screen[1]} screen")
+            self.container = self._open(f"{display}+{x},{y}", display, dict(grab, video_size=f"{w}x{h}"))
+        stream = self.container.streams.video[0]
+        self.size = (stream.codec_context.width, stream.codec_context.height)
+
+    @staticmethod
+    def _open(url: str, display: str, options: dict):
+        import av
+
+        try:
+            return av.open(url, format="x11grab", options=options)
+        except av.error.FFmpegError as exc:
+            raise DeviceError(f"cannot open X display {display!r} ($DISPLAY) to capture the screen: {exc} "
+                              "(is an X server running there, and may this user connect to it?)") from exc
+
+    def frames(self):
+        import av
+
+        try:
+            for frame in self.container.decode(video=0):
+                yield time.time() - self.t_start, frame.to_ndarray(format="bgr24")
+        except av.error.FFmpegError:
+            return  # the X server went away: the camera is lost, like an unplugged one
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def open_video(options: CaptureOptions, t_start: float, fps: float | None = None):
+    """The camera of `options`: the screen for screen[:X,Y,W,H], else OpenCV's camera, file or URL.
+    fps caps how often the screen is grabbed: frames the consumer would skip are wasted work."""
+    if is_screen(options.camera):
+        return Screen(options, t_start, min(options.fps, fps) if fps else options.fps)
+    return Camera(options, t_start)
+
+
 def camera_source(stage: Stage, options: CaptureOptions, session: str, sample_fps: float, t_start: float) -> None:
     """Send sampled frames stamped with session time; drop what the faces stage cannot take."""
-    camera = Camera(options, t_start)
+    camera = open_video(options, t_start, sample_fps)
     out = stage.push(stage.endpoints.video)
     out.setsockopt(zmq.SNDHWM, 2)  # at most two frames wait: the rest are stale
     commands = stage.commands()
@@ -104,7 +202,9 @@ def camera_source(stage: Stage, options: CaptureOptions, session: str, sample_fp
             if command["type"] == "finish":
                 break
             stage.gen = command["gen"]  # a restarted chain: new frames are for it
-        if t + 1e-6 < next_t:
+        # A paced source (the screen, grabbed at sample_fps) gives only frames we want: sampled
+        # by time, each that came a few ms early would be dropped and the rate halved.
+        if t + 1e-6 < next_t and not camera.paced:
             continue
         next_t = t + 1.0 / sample_fps
         try:
@@ -133,6 +233,34 @@ def find_microphone(pa, spec: str) -> int | None:
     raise DeviceError(f"no microphone matches {spec!r}; `realtime devices` lists microphones")
 
 
+def default_monitor() -> str:
+    """The monitor source (`SINK.monitor`) of the sound server's default output: PulseAudio, or
+    PipeWire through its pulse server; DeviceError saying why when there is none."""
+    pactl = shutil.which("pactl")
+    if pactl is None:
+        raise DeviceError(f"microphone {MONITOR}: needs pactl to find the default output's monitor "
+                          "(Debian package pulseaudio-utils)")
+    env = dict(os.environ, LC_ALL="C")  # `pactl info` translates its field names otherwise
+
+    def pactl_out(*args: str) -> str:
+        result = subprocess.run([pactl, *args], env=env, capture_output=True, text=True, timeout=10)
+        if result.returncode != 0:
+            reason = "; ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
+            raise DeviceError(f"microphone {MONITOR}: cannot reach the sound server (PulseAudio or PipeWire): "
+                              f"{reason or f'pactl {args[0]} failed'}")
+        return result.stdout
+
+    sink = next((line.split(":", 1)[1].strip() for line in pactl_out("info").splitlines()
+                 if line.startswith("Default Sink:")), "")
+    sink = "" if sink in ("(null)", "n/a") else sink  # how PulseAudio and PipeWire say there is no output
+    sources = [line.split("\t")[1] for line in pactl_out("list", "short", "sources").splitlines() if "\t" in line]
+    monitor = f"{sink}.monitor"
+    if not sink or monitor not in sources:
+        raise DeviceError(f"microphone {MONITOR}: the default output {sink or '(none)'} has no monitor source "
+                          f"(sources: {', '.join(sources) or 'none'})")
+    return monitor
+
+
 class Microphone:
     """Mono capture at the device's rate, resampled to sample_rate, in chunk_ms reads."""
 
@@ -140,25 +268,42 @@ class Microphone:
         import av
         import pyaudio
 
+        device = options.microphone
+        if device == MONITOR:
+            # The pulse ALSA device (libasound2-plugins) records from $PULSE_SOURCE: set in this
+            # process, it takes what the default output plays, as `--microphone pulse` does for a source.
+            os.environ["PULSE_SOURCE"] = default_monitor()
+            device = "pulse"
         self.pa = pyaudio.PyAudio()
         try:
-            index = find_microphone(self.pa, options.microphone)
+            index = find_microphone(self.pa, device)
             info = (self.pa.get_device_info_by_index(index) if index is not None
                     else self.pa.get_default_input_device_info())
             self.device_rate = options.mic_rate or int(info["defaultSampleRate"])
             self.frames = self.device_rate * chunk_ms // 1000
             self.stream = self.pa.open(format=pyaudio.paInt16, channels=1, rate=self.device_rate, input=True,
                                        input_device_index=index, frames_per_buffer=self.frames)
+        except DeviceError as exc:
+            self.pa.terminate()
+            if options.microphone == MONITOR:
+                raise DeviceError(f"microphone {MONITOR}: PyAudio has no pulse device to record "
+                                  f"{os.environ['PULSE_SOURCE']} (Debian package libasound2-plugins)") from exc
+            raise
         except (OSError, IOError) as exc:
             self.pa.terminate()
             raise DeviceError(f"cannot open microphone {options.microphone or '(default)'}: {exc}") from exc
         self.resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        self.started: float | None = None  # wall-clock time of the first sample, once read
 
     def read(self) -> np.ndarray:
         """The next chunk_ms of audio (float32 at sample_rate; sizes vary slightly with resampling)."""
         import av
 
         raw = np.frombuffer(self.stream.read(self.frames, exception_on_overflow=False), np.int16)
+        if self.started is None:
+            # A device may start only at the first read, which can take a second (PulseAudio's
+            # ALSA plugin: ~1 s); its first samples are the ones just read, not ones from the open.
+            self.started = time.time() - raw.size / self.device_rate
         frame = av.AudioFrame.from_ndarray(raw.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.device_rate
         out = [f.to_ndarray().reshape(-1) for f in self.resampler.resample(frame)]
@@ -171,7 +316,7 @@ class Microphone:
 
 def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk_ms: int,
                       sample_rate: int, t_start: float, rewind_s: float = 60.0) -> None:
-    """Send audio chunks stamped by sample count from the moment capture started.
+    """Send audio chunks stamped by sample count from the moment the first sample was captured.
 
     The last rewind_s seconds sent are kept, to be sent again to a restarted chain."""
     mic = Microphone(options, chunk_ms, sample_rate)
@@ -179,7 +324,6 @@ def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk
     commands = stage.commands()
     stage.report("ready")
     sent, seq = 0, 0
-    t0 = time.time() - t_start  # media time of sample 0, on the session clock the camera uses too
     kept: deque[tuple[dict, np.ndarray]] = deque()
     eos = {"type": "eos", "session": session}
     try:
@@ -195,6 +339,7 @@ def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk
                 eos["lost"] = f"microphone {options.microphone or '(default)'}: {exc}"
                 return
             if samples.size:
+                t0 = mic.started - t_start  # media time of sample 0, on the session clock the camera uses too
                 header = {"type": "audio", "session": session, "seq": seq, "t": t0 + sent / sample_rate}
                 stage.send(out, dict(header, gen=stage.gen), samples)
                 kept.append((header, samples))
@@ -221,8 +366,24 @@ def _resend(stage: Stage, out, kept, since: float, sample_rate: int) -> None:
             stage.send(out, dict(header, gen=stage.gen), samples)
 
 
-def list_devices() -> dict[str, list[dict]]:
-    """Cameras OpenCV can open (indices 0-9) and PyAudio input devices."""
+def call_sources() -> dict[str, dict]:
+    """What `--camera screen` and `--microphone monitor` would capture here, or why they cannot."""
+    found = {}
+    try:
+        screen = Screen(CaptureOptions(camera=SCREEN), time.time(), 1.0)
+        screen.close()
+        found["screen"] = {"display": os.environ["DISPLAY"], "width": screen.size[0], "height": screen.size[1]}
+    except DeviceError as exc:
+        found["screen"] = {"error": str(exc)}
+    try:
+        found["monitor"] = {"source": default_monitor()}
+    except DeviceError as exc:
+        found["monitor"] = {"error": str(exc)}
+    return found
+
+
+def list_devices() -> dict:
+    """Cameras OpenCV can open (indices 0-9), PyAudio input devices, the screen and the monitor."""
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # probing absent indices warns
@@ -238,11 +399,11 @@ def list_devices() -> dict[str, list[dict]]:
     try:
         import pyaudio
     except ImportError:
-        return {"cameras": cameras, "microphones": [], "note": "pyaudio not installed (extra `live`)"}
+        return {"cameras": cameras, "microphones": [], **call_sources(), "note": "pyaudio not installed (extra `live`)"}
     pa = pyaudio.PyAudio()
     for i in range(pa.get_device_count()):
         info = pa.get_device_info_by_index(i)
         if info["maxInputChannels"] > 0:
             microphones.append({"index": i, "name": info["name"], "rate": int(info["defaultSampleRate"])})
     pa.terminate()
-    return {"cameras": cameras, "microphones": microphones}
+    return {"cameras": cameras, "microphones": microphones, **call_sources()}

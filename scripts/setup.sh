@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Install everything the project needs into .venv: system packages (espeak-ng and sox
-# for the synthetic corpus, PulseAudio and PortAudio for the microphone, Chromium and its
-# WebDriver for the tests of the dashboard and the report), the CPU build of
-# PyTorch, the project with its training, live-capture, offline-model, Triton-client and test
-# extras, and a Triton server for the tests.
+# for the synthetic corpus, PulseAudio and PortAudio for the microphone, Xvfb and Tk for
+# the tests of screen capture, Chromium and its WebDriver for the tests of the dashboard
+# and the report), the CPU build of PyTorch, the project with its training, live-capture,
+# offline-model, Triton-client and test extras, and a Triton server for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in espeak-ng sox pulseaudio pulseaudio-utils portaudio19-dev libasound2-plugins chromium chromium-driver fonts-dejavu-core; do
+for pkg in espeak-ng sox pulseaudio pulseaudio-utils portaudio19-dev libasound2-plugins xvfb python3-tk chromium chromium-driver fonts-dejavu-core; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -3,8 +3,6 @@ microphone from a PulseAudio null sink played in real time (no sound card here).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,27 +15,16 @@ import pytest
 
 from realtime import protocol
 from tests.conftest import free_port
+from tests.desktop import pulse_daemon
 from tests.test_end_to_end import _normalise
 
 
 @pytest.fixture
 def virtual_microphone(tmp_path):
     """A PulseAudio daemon with a null sink `virtmic_sink` whose monitor is the source `virtmic`."""
-    for tool in ("pulseaudio", "paplay", "pactl"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (Debian package pulseaudio): no virtual microphone")
-    pytest.importorskip("pyaudio", reason="pyaudio (extra `live`) is needed for the microphone source")
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "pulse"), PULSE_SOURCE="virtmic")
-    os.makedirs(env["XDG_RUNTIME_DIR"], exist_ok=True)
-    subprocess.run(["pulseaudio", "-D", "-n", "--exit-idle-time=-1", "--disallow-exit",
-                    "--load=module-native-protocol-unix",
-                    "--load=module-null-sink sink_name=virtmic_sink rate=16000 channels=1",
-                    "--load=module-remap-source master=virtmic_sink.monitor source_name=virtmic"],
-                   env=env, check=True, capture_output=True, timeout=30)
-    try:
-        yield env
-    finally:
-        subprocess.run(["pulseaudio", "--kill"], env=env, capture_output=True, timeout=30)
+    with pulse_daemon(tmp_path / "pulse", "module-null-sink sink_name=virtmic_sink rate=16000 channels=1",
+                      "module-remap-source master=virtmic_sink.monitor source_name=virtmic") as env:
+        yield dict(env, PULSE_SOURCE="virtmic")
 
 
 def _write_wav(path, audio: np.ndarray, rate: int) -> None:
