@@ -1,6 +1,6 @@
 """The real recipe end to end, timed, with the test scores of its bundle on every corpus.
 
-  python benchmarks/real_recipe.py --out DIR [--quick] [--threads N]
+  python benchmarks/real_recipe.py --out DIR [--quick] [--threads N] [--set SECTION.KEY=VALUE]
 
 Runs `trainer recipe real` (trainer.recipe.real) into DIR (resumable: a rerun finishes
 what is left, and the wall time then covers only that) and writes
@@ -9,7 +9,8 @@ test split is scored once, through the exported bundle on ONNX Runtime (the path
 pipeline runs): argmax for the single-label corpora (MELD, IEMOCAP mapped onto Ekman's
 labels), the dev-tuned thresholds for the multi-label ones (GoEmotions-Ekman, the
 held-out synthetic sessions).  Metrics: <corpus>_weighted_f1, _macro_f1, _ece, and the
-seconds of each step.
+seconds of each step; <corpus>_dev_weighted_f1 from the dev split, which is what chooses
+between recipe settings.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the demo's reduced recipe")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--results", type=Path, default=None, help="result file (default benchmarks/results/...)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a setting, as for trainer (e.g. recipe.text_teacher=\"DIR\"); recorded")
     args = parser.parse_args()
     check_tree()
     import torch
@@ -40,7 +43,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    done = real(args.out, load_config(), quick=args.quick, progress=False)
+    done = real(args.out, load_config(None, args.overrides), quick=args.quick, progress=False)
     metrics, per_label = {}, {}
     for name, report in done["reports"].items():
         r = json.loads((report / "report.json").read_text())
@@ -48,6 +51,15 @@ def main() -> None:
             metrics[f"{name}_{key}"] = r["metrics"][key]
         metrics[f"{name}_utterances"] = r["utterances"]
         per_label[name] = r["metrics"]["per_class_f1"]
+    # Dev scores through the same bundle: what chooses between recipes (test is only reported).
+    from trainer.evaluate import evaluate
+    from trainer.recipe import check
+
+    for kind, spec in check(load_config(None, args.overrides), args.quick).items():
+        report = args.out / "reports-dev" / kind
+        if not (report / "report.json").is_file():
+            evaluate(done["bundle"], spec, "dev", report, progress=False)
+        metrics[f"{kind}_dev_weighted_f1"] = json.loads((report / "report.json").read_text())["metrics"]["weighted_f1"]
     metrics.update({f"seconds_{k}": round(v, 1) for k, v in done["seconds"].items()})
     card = json.loads((done["bundle"] / "card.json").read_text())
     name = "real_recipe_quick" if args.quick else "real_recipe"

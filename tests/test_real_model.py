@@ -252,3 +252,21 @@ def test_a_modality_the_model_never_reads_has_no_branch_but_the_graph_keeps_its_
     assert [i.name for i in session.get_inputs()] == list(INPUTS)
     got = session.run(None, {n: t.numpy() for n, t in zip(INPUTS, x)})[0]
     assert np.allclose(got, torch.sigmoid(a).numpy(), atol=1e-5)
+
+
+def test_recipe_text_teacher_sets_the_prompt_the_encoder_was_tuned_on(tmp_path):
+    from trainer.config import load_config
+    from trainer.recipe import text_from_teacher
+
+    config = load_config(None, [])
+    teacher = tmp_path / "teacher"
+    with pytest.raises(DataError, match="not a `trainer teach` directory"):
+        text_from_teacher(teacher, config.train, config.preprocessing)
+    (teacher / "encoder").mkdir(parents=True)
+    (teacher / "text_teacher.json").write_text(json.dumps({"config": {"max_turns": 4, "max_len": 96,
+                                                                      "context": True}}))
+    train, pre = text_from_teacher(teacher, config.train, config.preprocessing)
+    assert train.text_encoder == str((teacher / "encoder").resolve())
+    assert (pre.text_pooling, pre.text_context_turns, pre.text_max_tokens) == ("mask", 4, 96)
+    assert pre.text_sep == "" and pre.text_mask == ""  # fit fills in the encoder's own tokens
+    assert (pre.sample_rate, pre.face_size) == (config.preprocessing.sample_rate, config.preprocessing.face_size)

@@ -5,7 +5,8 @@ from the best real signal there is, and the fusion learns to combine them where 
 do meet:
 
 - text: MELD (TV dialogue), GoEmotions' Ekman grouping (Reddit) and IEMOCAP (acted
-  dialogue, mapped: trainer.datasets.mix), read by the frozen sentence encoder;
+  dialogue, mapped: trainer.datasets.mix), read by the frozen sentence encoder, or, with
+  [recipe] text_teacher, by the encoder `trainer teach` fine-tuned on the dialogue prompt;
 - video: the FER2013 face network inside the student (StudentConfig.video_encoder "fer"):
   its predictions are the video head's, its features the video peer's tokens;
 - audio: no labelled real speech is available offline, so the bundle does not read
@@ -47,6 +48,9 @@ class RecipeOptions:
     # text and face
     synthetic_repeat: int = 10  # each synthetic training utterance counts this often per epoch
     epochs: int = 8  # fit's epochs (--quick: at most 4)
+    text_teacher: str = ""  # a `trainer teach` directory: its fine-tuned encoder becomes the text
+    # branch, reading the dialogue prompt as it learnt to (mask pooling, its max_turns and max_len);
+    # "" = the frozen sentence encoder on the utterance alone
 
     def __post_init__(self):
         unknown = sorted(set(self.corpora) - set(FOLDERS))
@@ -94,6 +98,24 @@ def options(config, quick: bool) -> RecipeOptions:
     return opts
 
 
+def text_from_teacher(teacher: Path, train, pre):
+    """[train] and [features] for a text branch that is the fine-tuned encoder of `trainer
+    teach`: the same prompt (past turns, speaker tokens, mask token) and length it was tuned on."""
+    import json
+
+    from trainer.text_teacher import CONFIG_FILE
+
+    meta = teacher / CONFIG_FILE
+    if not meta.is_file() or not (teacher / "encoder").is_dir():
+        raise DataError(f"[recipe] text_teacher {teacher}: not a `trainer teach` directory "
+                        f"(no {CONFIG_FILE} and encoder/)")
+    tuned = json.loads(meta.read_text())["config"]
+    turns = tuned["max_turns"] if tuned.get("context", True) else 0
+    return (replace(train, text_encoder=str((teacher / "encoder").resolve())),
+            replace(pre, text_pooling="mask", text_context_turns=8 if turns is None else turns,
+                    text_max_tokens=tuned["max_len"], text_sep="", text_mask=""))
+
+
 def check(config, quick: bool = False) -> dict[str, str]:
     """kind -> "kind:PATH" of the corpora the recipe would read, or a DataError."""
     opts = options(config, quick)
@@ -126,9 +148,12 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
     t0 = step(2, total, f"fit on {', '.join(specs)} + synthetic", log)
     mix = "+".join([*specs.values(), f"synthetic:{synthetic}*{opts.synthetic_repeat}"])
     train = replace(config.train, video_encoder="fer", modalities=("text", "video"), epochs=opts.epochs)
+    pre = config.preprocessing
+    if opts.text_teacher:
+        train, pre = text_from_teacher(Path(opts.text_teacher), train, pre)
     run = out / "run"
     if not (run / "run.json").is_file():
-        fit(mix, run, train, config.preprocessing, config.faces, progress, loss=config.loss,
+        fit(mix, run, train, pre, config.faces, progress, loss=config.loss,
             resume=(run / "last_state.pt").is_file(), speech_pad_ms=config.speech_pad_ms)
     seconds["fit"] = time.perf_counter() - t0
 
