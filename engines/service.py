@@ -8,9 +8,10 @@ ZeroMQ ROUTER socket.  The fusion stage of every session on the machine uses it 
 tokenisation and the reading of the results stay with the client's Engine, as with the
 triton backend, so the fusion stage's code is the same whichever backend it has.
 
-Batching across sessions: once a request arrives the service waits up to `gather_ms`
-for more, and whatever else is queued by then, then runs all student requests as one
-batch and all text requests as another (token ids padded to the longest with the
+Batching across sessions: a request waits up to `gather_ms` for those of the other
+sessions active in the last ACTIVE_S (none: it does not wait; all have sent: it waits no
+longer), then every request that is in runs, the student requests as one batch and the
+text requests as another (token ids padded to the longest with the
 attention mask 0, which the encoder ignores), and sends each client its rows.  It counts
 how many requests and rows each execution held (`stats`), so batching can be checked.
 
@@ -35,6 +36,7 @@ from engines.bundle import Bundle, open_bundle
 
 DEFAULT_ENDPOINT = "ipc:///tmp/realtime-infer.sock"
 GRAPH_OPS = ("student", "text")
+ACTIVE_S = 2.0  # a client that sent within this is a session whose requests a batch waits for
 
 
 def fingerprint(bundle: Bundle) -> str:
@@ -73,6 +75,7 @@ class InferenceService:
         # Per op, per execution: how many requests, and how many rows, it held.
         self.batches = {op: Counter() for op in GRAPH_OPS}
         self.rows = {op: Counter() for op in GRAPH_OPS}
+        self._seen: dict[bytes, float] = {}  # client identity -> when it last sent
         self._stop = threading.Event()
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -96,10 +99,15 @@ class InferenceService:
             self.ctx.destroy(linger=0)
 
     def _round(self) -> None:
-        """Gather what arrives within gather_ms of the first request, run it, answer."""
+        """Take the requests that are in, wait up to gather_ms for those of the other active
+        clients (no wait when none is), run them as one batch per graph, and answer."""
         pending: dict[str, list] = {op: [] for op in GRAPH_OPS}
-        rows, deadline = 0, time.monotonic() + self.gather_s
-        while rows < self.max_batch and self.sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+        rows, waiting_for = 0, None
+        deadline = time.monotonic() + self.gather_s
+        while rows < self.max_batch:
+            wait = deadline - time.monotonic() if waiting_for else 0
+            if not self.sock.poll(max(0, int(wait * 1000))):
+                break
             client, *frames = self.sock.recv_multipart(copy=False)
             try:
                 header, arrays = unpack([f.buffer for f in frames])
@@ -110,6 +118,11 @@ class InferenceService:
                 continue
             if op in GRAPH_OPS:
                 pending[op].append((client, header["id"], arrays))
+                who = client.bytes
+                if waiting_for is None:  # the batch's first request: wait for the other sessions
+                    waiting_for = self._active() - {who}
+                waiting_for.discard(who)  # once each has sent (or the deadline), run
+                self._seen[who] = time.monotonic()
             elif op == "hello":
                 self._reply(client, {"ok": True, "id": header["id"], "fingerprint": self.fingerprint,
                                      "labels": self.bundle.labels})
@@ -120,6 +133,13 @@ class InferenceService:
         for op, requests in pending.items():
             if requests:
                 self._run(op, requests)
+
+    def _active(self) -> set[bytes]:
+        """Clients that sent a graph request within ACTIVE_S: the sessions a batch may wait for."""
+        now = time.monotonic()
+        for who in [w for w, t in self._seen.items() if now - t > ACTIVE_S]:
+            del self._seen[who]
+        return set(self._seen)
 
     def _run(self, op: str, requests: list) -> None:
         feeds = [arrays for _, _, arrays in requests]
