@@ -330,12 +330,14 @@ def stop_service(proc: subprocess.Popen, log: Path) -> dict:
     return json.loads(line[-1].split("batches ", 1)[1])["batches"] if line else {}
 
 
-def sessions_run(n: int, media: Path, bundle: Path, work: Path, sets: list[str], timeout_s: float = 600) -> dict:
+def sessions_run(n: int, media: Path, bundle: Path, work: Path, sets: list[str], timeout_s: float) -> dict:
     """n `realtime replay --realtime` sessions at once, every fusion stage on one `realtime infer`.
 
     Each session's media time 0 is on the wall clock its source prints (CLOCK_LINE), so the
     latency of an utterance is its message's emitted_at minus that clock plus the end of
-    speech in the file: the same measure as the live runs, without a microphone per session."""
+    speech in the file: the same measure as the live runs, without a microphone per session.
+    A session still running timeout_s after the start is killed and counted in `hung`; what it
+    published by then (--out is written as it goes) is scored all the same."""
     endpoint = f"ipc://{work}/infer-{n}.sock"
     service_log = work / f"infer-{n}.log"
     service = start_service(bundle, endpoint, service_log, sets)
@@ -350,22 +352,24 @@ def sessions_run(n: int, media: Path, bundle: Path, work: Path, sets: list[str],
             with log.open("w") as err:
                 procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=code_root()), out, log))
         monitor = TreeMonitor(os.getpid())
-        deadline = time.monotonic() + timeout_s
+        deadline, hung = time.monotonic() + timeout_s, 0
         for proc, out, log in procs:
             try:
                 proc.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 kill_tree(proc.pid)
-                raise RuntimeError(f"session did not finish in {timeout_s} s:\n{log.read_text()[-2000:]}")
-            if proc.returncode != 0:
-                raise RuntimeError(f"session replay failed:\n{log.read_text()[-3000:]}")
+                proc.wait()
+                hung += 1
+            else:
+                if proc.returncode != 0:
+                    raise RuntimeError(f"session replay failed:\n{log.read_text()[-3000:]}")
             clock = [l for l in log.read_text().splitlines() if CLOCK_LINE in l]
             runs.append({"played_at": float(clock[0].rsplit(CLOCK_LINE, 1)[1]),
                          "messages": [json.loads(l) for l in out.read_text().splitlines()]})
         procs_seen = monitor.stop()
     finally:
         batches = stop_service(service, service_log)
-    return {"runs": runs, "batches": batches, "procs": procs_seen}
+    return {"runs": runs, "batches": batches, "procs": procs_seen, "hung": hung}
 
 
 def sessions_metrics(n: int, rows: list[dict], result: dict) -> dict:
@@ -381,6 +385,8 @@ def sessions_metrics(n: int, rows: list[dict], result: dict) -> dict:
         "window_latency_p50_ms": round(1000 * pct(delays, 50), 1),
         "window_latency_p95_ms": round(1000 * pct(delays, 95), 1),
         "utterances_missed": sum(s["missed"] for s in scored),
+        "sessions_hung_at_end": result["hung"],
+        "load_1min_at_end": round(os.getloadavg()[0], 2),  # the machine is shared: how busy it was  # killed at the time limit (their messages still count)
         # Student executions of the service, and the mean requests (from any session) each held.
         "service_student_executions": executions,
         "service_student_requests_per_execution": round(
@@ -583,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = [int(n) for n in args.sessions.split(",") if n.strip()]
         for n in counts:
             use(ROOT)
-            result = sessions_run(n, media, bundle, work, sets)
+            result = sessions_run(n, media, bundle, work, sets, timeout_s=duration + 60 + 30 * n)
             metrics.update(sessions_metrics(n, rows, result))
             print(f"{n} sessions: latency p95 {metrics[f'sessions_{n}_latency_p95_ms']} ms, "
                   f"student requests per batch {metrics[f'sessions_{n}_service_student_requests_per_execution']}, "
