@@ -22,6 +22,12 @@ The session is synthetic (trainer.synth: espeak-ng speech, rendered face video),
 anywhere; without --model the student is a random-init bundle (speed does not depend on its
 weights; the transcripts, hence the WER, do not depend on it at all).
 
+- sessions (--sessions 1,2,4): N `realtime replay --realtime` processes at once, each a whole
+  session (source, VAD, ASR, faces, fusion), every fusion stage on one `realtime infer`
+  (backend service, engines.service).  Latency as live, with the wall clock of each session's
+  media time 0 printed by its source; per N, the p50/p95/p99 over every utterance of every
+  session, and how many requests the service ran in each student batch.
+
 Writes benchmarks/results/pipeline.json (benchmarks.report keys; `metrics` flat, medians over runs).
 """
 from __future__ import annotations
@@ -299,6 +305,98 @@ def live_run(media: Path, wav: Path, duration: float, bundle: Path, work: Path, 
     return {"played_at": played_at, "messages": messages, "procs": procs}
 
 
+CLOCK_LINE = "at its own pace from wall clock "
+
+
+def start_service(bundle: Path, endpoint: str, log: Path, sets: list[str]) -> subprocess.Popen:
+    """`realtime infer` as a process of its own, once it answers on `endpoint`."""
+    cmd = realtime_cmd("infer", "--model", str(bundle), "--endpoint", endpoint, sets=sets)
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=code_root())
+    deadline = time.monotonic() + 120
+    while "inference service for" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            kill_tree(proc.pid)
+            raise RuntimeError(f"realtime infer did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    return proc
+
+
+def stop_service(proc: subprocess.Popen, log: Path) -> dict:
+    """Stop `realtime infer`; its batch counts ({op: {requests per execution: executions}})."""
+    proc.terminate()
+    proc.wait(timeout=30)
+    line = [l for l in log.read_text().splitlines() if "batches " in l]
+    return json.loads(line[-1].split("batches ", 1)[1])["batches"] if line else {}
+
+
+def sessions_run(n: int, media: Path, bundle: Path, work: Path, sets: list[str], timeout_s: float) -> dict:
+    """n `realtime replay --realtime` sessions at once, every fusion stage on one `realtime infer`.
+
+    Each session's media time 0 is on the wall clock its source prints (CLOCK_LINE), so the
+    latency of an utterance is its message's emitted_at minus that clock plus the end of
+    speech in the file: the same measure as the live runs, without a microphone per session.
+    A session still running timeout_s after the start is killed and counted in `hung`; what it
+    published by then (--out is written as it goes) is scored all the same."""
+    endpoint = f"ipc://{work}/infer-{n}.sock"
+    service_log = work / f"infer-{n}.log"
+    service = start_service(bundle, endpoint, service_log, sets)
+    runs = []
+    try:
+        procs = []
+        for i in range(n):
+            out, log = work / f"session-{n}-{i}.jsonl", work / f"session-{n}-{i}.log"
+            cmd = realtime_cmd("replay", str(media), "--model", str(bundle), "--out", str(out), "--all-messages",
+                               "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--quiet", "--realtime",
+                               "--backend", "service", "--service-endpoint", endpoint, sets=sets)
+            with log.open("w") as err:
+                procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=code_root()), out, log))
+        monitor = TreeMonitor(os.getpid())
+        deadline, hung = time.monotonic() + timeout_s, 0
+        for proc, out, log in procs:
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                kill_tree(proc.pid)
+                proc.wait()
+                hung += 1
+            else:
+                if proc.returncode != 0:
+                    raise RuntimeError(f"session replay failed:\n{log.read_text()[-3000:]}")
+            clock = [l for l in log.read_text().splitlines() if CLOCK_LINE in l]
+            runs.append({"played_at": float(clock[0].rsplit(CLOCK_LINE, 1)[1]),
+                         "messages": [json.loads(l) for l in out.read_text().splitlines()]})
+        procs_seen = monitor.stop()
+    finally:
+        batches = stop_service(service, service_log)
+    return {"runs": runs, "batches": batches, "procs": procs_seen, "hung": hung}
+
+
+def sessions_metrics(n: int, rows: list[dict], result: dict) -> dict:
+    scored = [live_latencies(run, rows) for run in result["runs"]]
+    lat = [l for s in scored for l in s["latencies"]]
+    delays = [d for s in scored for d in s["window_delays"]]
+    student = {int(k): v for k, v in result["batches"].get("student", {}).items()}
+    executions = sum(student.values())
+    prefix = f"sessions_{n}_"
+    return {f"{prefix}{k}": v for k, v in {
+        "latency_p50_ms": round(1000 * pct(lat, 50), 1), "latency_p95_ms": round(1000 * pct(lat, 95), 1),
+        "latency_p99_ms": round(1000 * pct(lat, 99), 1),
+        "window_latency_p50_ms": round(1000 * pct(delays, 50), 1),
+        "window_latency_p95_ms": round(1000 * pct(delays, 95), 1),
+        "utterances_missed": sum(s["missed"] for s in scored),
+        "sessions_hung_at_end": result["hung"],
+        "load_1min_at_end": round(os.getloadavg()[0], 2),  # the machine is shared: how busy it was  # killed at the time limit (their messages still count)
+        # Student executions of the service, and the mean requests (from any session) each held.
+        "service_student_executions": executions,
+        "service_student_requests_per_execution": round(
+            sum(k * v for k, v in student.items()) / executions, 3) if executions else 0.0,
+        "service_student_max_requests": max(student, default=0),
+        **{f"cpu_s_{name}": round(p["cpu_s"], 2) for name, p in result["procs"].items()
+           if name in ("asr", "faces", "fusion", "segmenter", "source")},
+    }.items()}
+
+
 # --------------------------------------------------------------------------- scoring
 
 
@@ -421,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="setting for the baseline runs only (repeatable)")
     parser.add_argument("--asr-model", default="tiny.en", help="the Whisper model (as [asr] model)")
     parser.add_argument("--asr-threads", type=int, default=2, help="as [asr] cpu_threads, for bare faster-whisper")
+    parser.add_argument("--sessions", default="", metavar="N,N,...",
+                        help="also run N concurrent real-time replays sharing one `realtime infer` "
+                             "(backend service), for each N: end-of-speech latency as N grows")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pipeline.json")
     args = parser.parse_args(argv)
     check_tree()
@@ -485,10 +586,18 @@ def main(argv: list[str] | None = None) -> int:
                 mic.close()
             for prefix, _, _ in variants:
                 metrics.update(live_metrics(prefix, rows, lives[prefix]))
+        counts = [int(n) for n in args.sessions.split(",") if n.strip()]
+        for n in counts:
+            use(ROOT)
+            result = sessions_run(n, media, bundle, work, sets, timeout_s=duration + 60 + 30 * n)
+            metrics.update(sessions_metrics(n, rows, result))
+            print(f"{n} sessions: latency p95 {metrics[f'sessions_{n}_latency_p95_ms']} ms, "
+                  f"student requests per batch {metrics[f'sessions_{n}_service_student_requests_per_execution']}, "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)
     write(args.out, result_json(
         "pipeline", started, args.asr_threads, metrics,
         bundle=str(args.model) if args.model else "random-init bundle (speed does not depend on weights)",
-        settings=sets, runs={"replay": args.runs, "live": args.live_runs},
+        settings=sets, runs={"replay": args.runs, "live": args.live_runs, "sessions": args.sessions},
         baseline=({"code": str(args.baseline), "settings": [*sets, *args.baseline_set]} if args.baseline else None),
         load_average={"start": load_at_start, "end": list(os.getloadavg())},  # 1, 5, 15 min: is the machine quiet?
         notes="latency: utterance message emitted_at minus (paplay start + end of speech in the file, by "

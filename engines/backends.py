@@ -10,6 +10,8 @@
   triton       both graphs on a Triton Inference Server (engines.triton_backend), which
                serves the repository `trainer export --triton` writes; the device is
                the server's.  Never chosen by auto: it needs the server's address.
+  service      both graphs in the inference service of this machine (engines.service,
+               `realtime infer`), shared by every session on it and batched across them.
 
 `choose_backend` is the decision behind backend="auto", a pure function of what
 this machine and this bundle have, so it is tested without the hardware.
@@ -24,7 +26,7 @@ import numpy as np
 
 from engines.bundle import Bundle, BundleError
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch", "triton")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch", "triton", "service")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -81,8 +83,8 @@ def choose_backend(requested: str, device: str, *, has_cuda: bool, has_tensorrt:
                 "backend 'tensorrt': the bundle has no TensorRT engines; build them on this GPU with "
                 "`python -m engines.tensorrt_build BUNDLE` (or `trainer export --tensorrt`)")
         return "tensorrt", "cuda"
-    if requested == "triton":
-        return "triton", "server"  # the server's config decides where its models run
+    if requested in ("triton", "service"):
+        return requested, "server"  # the server's config decides where its models run
     if requested == "torch":
         if not has_torch:
             raise BackendUnavailable("backend 'torch': PyTorch is not installed (pip install torch)")
@@ -126,7 +128,8 @@ def in_batches(run, feeds: dict[str, np.ndarray], max_batch: int | None) -> np.n
 
 
 def open_backend(bundle: Bundle, backend: str = "auto", device: str = "auto", threads: int = 1,
-                 triton_url: str = "", triton_timeout_s: float = 10.0) -> Backend:
+                 triton_url: str = "", triton_timeout_s: float = 10.0, service_endpoint: str = "",
+                 service_timeout_s: float = 10.0) -> Backend:
     """The backend that runs `bundle` here; probes only what the request needs."""
     wants_gpu = device != "cpu" and backend in ("auto", "torch", "tensorrt")
     cuda = has_cuda() if wants_gpu else False
@@ -144,6 +147,12 @@ def open_backend(bundle: Bundle, backend: str = "auto", device: str = "auto", th
         if not triton_url:
             raise ValueError("backend 'triton' needs the server's address: set [model] triton_url (host:port)")
         return TritonBackend(bundle, triton_url, triton_timeout_s)
+    if name == "service":
+        from engines.service import ServiceBackend
+
+        if not service_endpoint:
+            raise ValueError("backend 'service' needs the service's address: set [model] service_endpoint")
+        return ServiceBackend(bundle, service_endpoint, service_timeout_s)
     if name == "torch":
         return TorchBackend(bundle, device, threads)
     return OnnxRuntimeBackend(bundle, device, threads)

@@ -1,7 +1,8 @@
 """Run a bundle: preprocessing, text encoder and student graph, batched.
 
 `load()` is the entry point.  The Engine does the preprocessing and the
-bookkeeping; a backend (engines.backends: ONNX Runtime, PyTorch, TensorRT, Triton)
+bookkeeping; a backend (engines.backends: ONNX Runtime, PyTorch, TensorRT, Triton, the
+inference service)
 runs the two graphs, so every backend gives the same Window -> Prediction.
 """
 from __future__ import annotations
@@ -68,13 +69,16 @@ class Engine:
 
 
 def load(bundle: str | Path, backend: str = "auto", device: str = "auto", threads: int = 1,
-         triton_url: str = "", triton_timeout_s: float = 10.0) -> Engine:
+         triton_url: str = "", triton_timeout_s: float = 10.0, service_endpoint: str = "",
+         service_timeout_s: float = 10.0) -> Engine:
     """Open and verify a bundle and return an engine for it.
 
-    backend: auto | tensorrt | onnxruntime | torch | triton; device: auto | cpu | cuda.
+    backend: auto | tensorrt | onnxruntime | torch | triton | service; device: auto | cpu | cuda.
     auto picks TensorRT on a GPU when the bundle has engines and tensorrt
     imports, then PyTorch on CUDA, then ONNX Runtime on the CPU.  triton runs the
-    graphs on the Triton server at triton_url (host:port); device does not apply.
+    graphs on the Triton server at triton_url (host:port), service in the inference service
+    at service_endpoint (engines.service); device does not apply to either.
     """
     opened = open_bundle(bundle)
-    return Engine(opened, open_backend(opened, backend, device, threads, triton_url, triton_timeout_s))
+    return Engine(opened, open_backend(opened, backend, device, threads, triton_url, triton_timeout_s,
+                                       service_endpoint, service_timeout_s))

@@ -1,6 +1,7 @@
 """`realtime`: run the emotion pipeline and read its stream.
 
   realtime replay SESSION.mp4 --model BUNDLE --out OUT.jsonl [--realtime] [--report REPORT.html]
+  realtime infer --model BUNDLE [--endpoint ipc:///tmp/realtime-infer.sock]   (sessions: --backend service)
   realtime listen [--endpoint tcp://127.0.0.1:5555] [--jsonl FILE]
   realtime describe --model BUNDLE [--json]
   realtime dashboard [--endpoint tcp://127.0.0.1:5555] [--port 8765]
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", choices=DEVICES, help="where the model runs (default [model] device)")
     rp.add_argument("--triton-url", metavar="HOST:PORT",
                     help="with --backend triton: the Triton server's HTTP endpoint (default [model] triton_url)")
+    rp.add_argument("--service-endpoint", metavar="ENDPOINT",
+                    help="with --backend service: where `realtime infer` answers (default [model] service_endpoint)")
     rp.add_argument("--wait-subscribers", type=int, metavar="N",
                     help="hold the first message until N subscribers are connected")
     rp.add_argument("--realtime", action="store_true",
@@ -77,10 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", choices=DEVICES, help="where the model runs (default [model] device)")
     sp.add_argument("--triton-url", metavar="HOST:PORT",
                     help="with --backend triton: the Triton server's HTTP endpoint (default [model] triton_url)")
+    sp.add_argument("--service-endpoint", metavar="ENDPOINT",
+                    help="with --backend service: where `realtime infer` answers (default [model] service_endpoint)")
     sp.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
     _dashboard_options(sp, "while serving")
     sp.add_argument("--quiet", action="store_true", help="do not print messages as they are published")
     _common(sp)
+
+    ip = sub.add_parser("infer", help="the inference service many sessions of this machine share",
+                        description="Load the bundle's text encoder and student once and answer the fusion "
+                                    "stage of every session run with --backend service, batching requests "
+                                    "that arrive together across sessions, until Ctrl-C or SIGTERM.")
+    ip.add_argument("--model", type=Path, help="model bundle directory; default [model] bundle")
+    ip.add_argument("--endpoint", help="where to answer (ZeroMQ ROUTER, bound; default [model] service_endpoint)")
+    ip.add_argument("--threads", type=int, help="ONNX Runtime threads (default [model] threads)")
+    _common(ip)
 
     cp = sub.add_parser("record", help="save a live session (camera + microphone) for replay",
                         description="Record the camera and the microphone into one file (mp4) that "
@@ -217,7 +231,8 @@ def cmd_replay(args) -> int:
 
     config = load_settings(args, needs_model=True, model__bundle=args.model, stream__endpoint=args.endpoint,
                            model__backend=args.backend, model__device=args.device,
-                           model__triton_url=args.triton_url, stream__wait_subscribers=args.wait_subscribers)
+                           model__triton_url=args.triton_url, model__service_endpoint=args.service_endpoint,
+                           stream__wait_subscribers=args.wait_subscribers)
     if args.report and not args.report.parent.is_dir():  # say so now, not after the whole replay
         raise ValueError(f"--report {args.report}: no such folder {args.report.parent}")
     dashboard = None
@@ -255,7 +270,7 @@ def cmd_serve(args) -> int:
     config = load_settings(args, needs_model=True, model__bundle=args.model, capture__camera=args.camera,
                            capture__microphone=args.microphone, stream__endpoint=args.endpoint,
                            model__backend=args.backend, model__device=args.device,
-                           model__triton_url=args.triton_url)
+                           model__triton_url=args.triton_url, model__service_endpoint=args.service_endpoint)
     dashboard = start_dashboard(config.stream.endpoint, args.dashboard_port) if args.dashboard else None
     try:
         utterances = serve(config, config.capture, args.jsonl, on_message=print_results(args),
@@ -291,6 +306,25 @@ def cmd_report(args) -> int:
               "(--session picks another)", file=sys.stderr)
     print(f"report of {summary['session']} ({summary['utterances']} utterances) written to {args.html}",
           file=sys.stderr)
+    return 0
+
+
+def cmd_infer(args) -> int:
+    import signal
+
+    from engines.service import InferenceService
+
+    config = load_settings(args, needs_model=True, model__bundle=args.model,
+                           model__service_endpoint=args.endpoint, model__threads=args.threads)
+    model = config.model
+    service = InferenceService(model.bundle, model.service_endpoint, model.service_gather_ms,
+                               model.service_max_batch, model.threads)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: service.stop())
+    print(f"realtime: inference service for {model.bundle} on {model.service_endpoint} (Ctrl-C to stop)",
+          file=sys.stderr, flush=True)
+    service.serve()
+    print(f"realtime: inference service stopped; batches {json.dumps(service.stats())}", file=sys.stderr)
     return 0
 
 
@@ -392,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"replay": cmd_replay, "serve": cmd_serve, "record": cmd_record, "devices": cmd_devices,
                     "listen": cmd_listen, "describe": cmd_describe, "dashboard": cmd_dashboard, "report": cmd_report,
-                    "keys": cmd_keys}
+                    "keys": cmd_keys, "infer": cmd_infer}
         return commands[args.command](args)
     except (BundleError, BackendUnavailable, MediaError, ConfigError, PipelineError, DeviceError, ValueError,
             OSError) as exc:

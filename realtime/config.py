@@ -51,14 +51,21 @@ class StreamOptions:
 @dataclass
 class ModelOptions:
     bundle: str = ""  # bundle directory written by `trainer export` (or --model)
-    backend: str = "auto"  # auto | tensorrt | onnxruntime | torch | triton (auto: TensorRT,
+    backend: str = "auto"  # auto | tensorrt | onnxruntime | torch | triton | service (auto: TensorRT,
     # else PyTorch on CUDA, else ONNX Runtime; triton: the Triton Inference Server at
-    # triton_url, never chosen by auto)
+    # triton_url; service: the inference service at service_endpoint; never chosen by auto)
     device: str = "auto"  # auto | cpu | cuda (not for triton: the server's model config decides)
     threads: int = 1  # inference threads of the fusion stage
     triton_url: str = "localhost:8000"  # backend triton: the server's HTTP endpoint, host:port
     # (or http://host:port, https://host:port); it serves `trainer export --triton` of this bundle
     triton_timeout_s: float = 10.0  # backend triton: longest wait to connect or for one inference
+    service_endpoint: str = "ipc:///tmp/realtime-infer.sock"  # backend service: where `realtime infer`
+    # answers (ZeroMQ; ipc, or tcp on loopback: it receives voice and face features), shared by
+    # every session of this machine
+    service_timeout_s: float = 10.0  # backend service: longest wait for one answer
+    service_gather_ms: float = 2.0  # `realtime infer`: after a request, wait this long for requests of
+    # other sessions to run in the same batch
+    service_max_batch: int = 64  # `realtime infer`: most rows (windows or texts) in one batch
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -71,6 +78,18 @@ class ModelOptions:
             raise ValueError("triton_url must not be empty")
         if self.triton_timeout_s <= 0:
             raise ValueError("triton_timeout_s must be > 0")
+        scheme, _, rest = self.service_endpoint.partition("://")
+        if scheme not in ("tcp", "ipc") or not rest:
+            raise ValueError(f"service_endpoint {self.service_endpoint!r}: expected ipc://PATH or tcp://HOST:PORT")
+        if not is_local(self.service_endpoint):
+            raise ValueError(f"service_endpoint {self.service_endpoint!r}: only loopback addresses and ipc "
+                             "(the service receives voice and face features, which are personal data)")
+        if self.service_timeout_s <= 0:
+            raise ValueError("service_timeout_s must be > 0")
+        if self.service_gather_ms < 0:
+            raise ValueError("service_gather_ms must be >= 0")
+        if self.service_max_batch < 1:
+            raise ValueError("service_max_batch must be >= 1")
 
 
 @dataclass

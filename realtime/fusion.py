@@ -303,7 +303,9 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
     inbox = stage.pull(stage.endpoints.fusion)
     engine = engines.load(model_options.bundle, backend=model_options.backend, device=model_options.device,
                           threads=model_options.threads, triton_url=model_options.triton_url,
-                          triton_timeout_s=model_options.triton_timeout_s)
+                          triton_timeout_s=model_options.triton_timeout_s,
+                          service_endpoint=model_options.service_endpoint,
+                          service_timeout_s=model_options.service_timeout_s)
     out = Publisher(stage, stream_options, session)
     state = Fusion(engine, fusion_options, out, face_options, resume=(resume or {}).get("state"))
     if not resume:  # a restart does not wait: subscribers reconnect by themselves

@@ -9,6 +9,7 @@ travels as an `eos` message so every stage can flush and exit in order.
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import numpy as np
@@ -65,6 +66,9 @@ def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps
     commands = stage.commands() if rewindable else None
     stage.report("ready")
     clock0 = time.monotonic()
+    if realtime:  # the wall clock of media time 0: what a latency measurement needs (benchmarks/pipeline.py)
+        print(f"realtime: replaying {session} at its own pace from wall clock {time.time():.6f}",
+              file=sys.stderr, flush=True)
     since = -math.inf  # media time from which to send: everything, until a rewind
     while True:
         command = None

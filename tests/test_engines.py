@@ -147,6 +147,7 @@ def test_windows_of_several_sessions_batch_like_one_at_a_time(bundle, backend):
     ("tensorrt", "auto", True, True, True, ("tensorrt", "cuda")),
     ("triton", "auto", False, False, False, ("triton", "server")),  # the server decides where it runs
     ("triton", "cuda", False, False, False, ("triton", "server")),
+    ("service", "auto", False, False, False, ("service", "server")),  # realtime infer decides
 ])
 def test_choose_backend(requested, device, cuda, trt, engines_built, expected):
     assert choose_backend(requested, device, has_cuda=cuda, has_tensorrt=trt, has_torch=True,
@@ -187,7 +188,7 @@ def test_realtime_accepts_every_backend():
     from realtime.cli import build_parser
     from realtime.config import load_config
 
-    for name in ("auto", "tensorrt", "onnxruntime", "torch", "triton"):
+    for name in ("auto", "tensorrt", "onnxruntime", "torch", "triton", "service"):
         assert build_parser().parse_args(["replay", "x.mp4", "--backend", name]).backend == name
         assert load_config(None, [f"model.backend={name}"]).model.backend == name
     with pytest.raises(ConfigError, match="backend 'tensorflow'"):
@@ -198,6 +199,10 @@ def test_realtime_accepts_every_backend():
     assert (args.backend, args.triton_url) == ("triton", "gpu-node:8000")
     with pytest.raises(ConfigError, match="triton_timeout_s"):
         load_config(None, ["model.triton_timeout_s=0"])
+    args = build_parser().parse_args(["replay", "x.mp4", "--backend", "service", "--service-endpoint", "ipc:///x"])
+    assert (args.backend, args.service_endpoint) == ("service", "ipc:///x")
+    with pytest.raises(ConfigError, match="service_endpoint .*only loopback"):  # voice and faces stay here
+        load_config(None, ['model.service_endpoint="tcp://10.0.0.5:5560"'])
 
 
 @pytest.mark.skipif(has_cuda(), reason="checks the errors of a machine without a CUDA GPU")
