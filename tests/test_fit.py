@@ -112,11 +112,11 @@ def test_resume_writes_the_selected_weights_a_kill_left_unwritten(run_dir, corpu
     assert improved[-1] == whole_run["selected_epoch"]
     real_save, saves = fit_module.save_weights, []
 
-    def dying_save(state, path):
+    def dying_save(state, path, epoch):
         saves.append(path)
         if len(saves) == len(improved):
             raise KeyboardInterrupt
-        real_save(state, path)
+        real_save(state, path, epoch)
 
     monkeypatch.setattr(fit_module, "save_weights", dying_save)
     with pytest.raises(KeyboardInterrupt):
@@ -124,6 +124,7 @@ def test_resume_writes_the_selected_weights_a_kill_left_unwritten(run_dir, corpu
     monkeypatch.undo()
     run = fit(spec, tmp_path / "gap", _opts(run_dir, epochs=2), pre, faces, progress=False, resume=True)
     assert run["selected_epoch"] == whole_run["selected_epoch"]
+    assert fit_module.saved_epoch(tmp_path / "gap" / "model.safetensors") == run["selected_epoch"]
     got, want = load_file(str(tmp_path / "gap" / "model.safetensors")), load_file(str(tmp_path / "whole" / "model.safetensors"))
     assert got.keys() == want.keys()
     for name in want:

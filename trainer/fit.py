@@ -333,12 +333,23 @@ def face_teacher_outputs(video: torch.Tensor, video_mask: torch.Tensor, cache: P
     return out
 
 
-def save_weights(state: dict, path: Path) -> None:
-    """safetensors weights, written atomically."""
+def save_weights(state: dict, path: Path, epoch: int) -> None:
+    """safetensors weights of `epoch` (in the metadata), written atomically."""
     from safetensors.torch import save_file
 
     with replacing(path) as tmp:
-        save_file(state, str(tmp))
+        save_file(state, str(tmp), metadata={"epoch": str(epoch)})
+
+
+def saved_epoch(path: Path) -> int | None:
+    """The epoch save_weights recorded in `path`; None when missing or not recorded."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as fh:
+        epoch = (fh.metadata() or {}).get("epoch")
+    return int(epoch) if epoch is not None else None
 
 
 def predict(model: Student, data: dict, batch_size: int = 64) -> np.ndarray:
@@ -474,8 +485,10 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
         drop_gen.set_state(state["dropout_generator"])
         torch.set_rng_state(state["torch_rng"])
         first_epoch, best = int(state["epoch"]), json.loads(state["best"])
-        if where.main and best["epoch"] == first_epoch:  # killed before it saved the selected weights
-            save_weights(model.state_dict(), out / "model.safetensors")
+        selected = out / "model.safetensors"
+        if where.main and best["epoch"] == first_epoch and (
+                not selected.is_file() or saved_epoch(selected) not in (None, first_epoch)):
+            save_weights(model.state_dict(), selected, first_epoch)  # killed before it saved them
         if first_epoch >= opts.epochs:
             tqdm.write(f"resume: {first_epoch} epochs already done")
         elif where.main:
@@ -543,7 +556,7 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
                         "generator": gen.get_state(), "dropout_generator": drop_gen.get_state(),
                         "torch_rng": torch.get_rng_state(), "temperature": temperature.state_dict()}, tmp)
         if best is row:
-            save_weights(model.state_dict(), out / "model.safetensors")
+            save_weights(model.state_dict(), out / "model.safetensors", epoch + 1)
     in_sync = where.in_sync(model)  # a collective: every rank takes part
     if not where.main:
         return {"rank": where.rank}
