@@ -142,7 +142,8 @@ class TextTeacher(nn.Module):
 
     def save(self, directory: str | Path) -> Path:
         """Write the teacher into a temporary sibling that then replaces `directory` whole
-        (engines.atomic), with its training checkpoint (CHECKPOINT_DIR): the run is done."""
+        (engines.atomic).  A training checkpoint in it (CHECKPOINT_DIR) goes with the old
+        contents: the run is done."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -376,7 +377,7 @@ class TextTeacher(nn.Module):
             torch.set_rng_state(state["torch_rng"])
             step, first, done = int(state["step"]), int(state["epoch"]) + 1, bool(state["done"])
             self.history, best = json.loads(state["history"]), float(state["best"])
-            started -= float(state["seconds"])  # a time budget counts the killed run's time too
+            started -= float(state["seconds"])  # a time budget counts the finished epochs' time too
             best_state = (state["model"] if state["best_epoch"] == state["epoch"]
                           else torch.load(checkpoint / BEST_FILE, weights_only=True))
             log(f"resume: {first - 1} epochs done" + (", training had ended" if done else
