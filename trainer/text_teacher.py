@@ -141,13 +141,21 @@ class TextTeacher(nn.Module):
         return cls(config, encoder, tokenizer)
 
     def save(self, directory: str | Path) -> Path:
-        """Write the teacher into a temporary sibling that then replaces `directory` whole
-        (engines.atomic).  A training checkpoint in it (CHECKPOINT_DIR) goes with the old
-        contents: the run is done."""
+        """Write the teacher into a copy of `directory` that then replaces it whole
+        (engines.atomic): a kill leaves the old directory.  Files of others in it stay; an
+        older teacher's files and the training checkpoint (CHECKPOINT_DIR) go: the run is done."""
+        import shutil
+
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        with replacing_dir(directory) as tmp:
+        with replacing_dir(directory, keep=True) as tmp:
+            # Removed, not overwritten: the copy's files are hard links to the old ones.
+            for name in ("encoder", CHECKPOINT_DIR, HEAD_FILE, CONFIG_FILE):
+                if (tmp / name).is_dir():
+                    shutil.rmtree(tmp / name)
+                else:
+                    (tmp / name).unlink(missing_ok=True)
             self.encoder.save_pretrained(tmp / "encoder", safe_serialization=True)
             self.tokenizer.save_pretrained(tmp / "encoder")
             save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / HEAD_FILE))
