@@ -170,8 +170,11 @@ def replacing_dir(path: str | Path, keep: bool = False):
         _fsync_tree(tmp)
         if not path.exists():
             os.rename(tmp, path)
-        elif _exchange(tmp, path):
-            shutil.rmtree(tmp)  # now the old contents
+        elif _exchange(tmp, path):  # tmp now holds the old contents
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
         else:
             old = Path(tempfile.mkdtemp(prefix=_prefix(path) + "old-", dir=path.parent))
             os.rename(path, old / "old")
