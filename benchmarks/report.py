@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from engines.atomic import write_file
+
 ROOT = Path(__file__).resolve().parent.parent
 ALLOW_DIRTY = "BENCH_ALLOW_DIRTY"
 
@@ -102,6 +104,6 @@ def result_json(name: str, started: float, threads: int, metrics: dict, **extra)
 
 def write(out: Path, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_file(out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["metrics"], indent=1))
     print(f"wrote {out}")

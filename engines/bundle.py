@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines.atomic import write_file
 from engines.preprocess import Preprocessing
 
 SCHEMA_VERSION = 2  # 2: precision, student weights + config, io dtypes, TensorRT plans
@@ -38,9 +39,7 @@ def write_manifest(bundle: Path, manifest: dict) -> Path:
     files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = dict(manifest, schema_version=SCHEMA_VERSION)
     manifest["files"] = {p.relative_to(bundle).as_posix(): sha256(p) for p in files}
-    path = bundle / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    return write_file(bundle / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 @dataclass

@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from engines.atomic import replacing_dir, write_file
 from engines.backends import BackendUnavailable
 from engines.bundle import BundleError, open_bundle, write_manifest
 
@@ -91,20 +92,23 @@ def build_engines(bundle_path: str | Path, workspace_gib: float = 4.0) -> dict:
     bundle = open_bundle(bundle_path)
     manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "schema_version")}
     manifest["graphs"] = dict(manifest["graphs"])
-    profiles = {}
+    profiles, plans = {}, {}
     for graph in GRAPHS:
         source = bundle.file(graph)
         onnx_bytes = source.read_bytes() if bundle.precision == "fp16" else fp16_bytes(source)
         shapes = profile_shapes(manifest, graph)
         plan = build_plan(trt, onnx_bytes, shapes, graph, int(workspace_gib * (1 << 30)))
-        (bundle.path / f"{graph}.plan").write_bytes(plan)
+        plans[f"{graph}.plan"] = plan
         manifest["graphs"][f"{graph}_plan"] = f"{graph}.plan"
         profiles[graph] = {name: dict(zip(("min", "opt", "max"), map(list, s))) for name, s in shapes.items()}
     manifest["backends"] = dict(manifest.get("backends", {}),
                                 tensorrt={"student": "student.plan", "text_encoder": "text_encoder.plan"})
     manifest["tensorrt"] = {"version": trt.__version__, "precision": "fp16", "gpu": _gpu_name(),
                             "profiles": profiles}
-    write_manifest(bundle.path, manifest)
+    with replacing_dir(bundle.path, keep=True) as tmp:  # a kill leaves the bundle as it was
+        for name, plan in plans.items():
+            write_file(tmp / name, plan)
+        write_manifest(tmp, manifest)
     return manifest
 
 

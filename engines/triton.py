@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from engines.atomic import replacing, replacing_dir, write_file
 from engines.bundle import open_bundle
 
 MODELS = {"student": "emotion_student", "text_encoder": "emotion_text_encoder"}
@@ -56,10 +57,13 @@ def write_model_repository(bundle_path: str | Path, out: str | Path) -> list[Pat
     bundle, out = open_bundle(bundle_path), Path(out)
     written = []
     for graph, model in MODELS.items():
-        version = out / model / "1"
-        version.mkdir(parents=True, exist_ok=True)
-        shutil.copy(bundle.file(graph), version / "model.onnx")
-        config = out / model / "config.pbtxt"
-        config.write_text(model_config(model, bundle.manifest["inputs"][graph], bundle.manifest["outputs"][graph]))
-        written += [config, version / "model.onnx"]
+        # Each model's directory is swapped in whole (its other versions kept): a server that
+        # polls the repository never loads a half-copied graph.
+        with replacing_dir(out / model, keep=True) as tmp:
+            (tmp / "1").mkdir(exist_ok=True)
+            with replacing(tmp / "1" / "model.onnx") as onnx:
+                shutil.copy(bundle.file(graph), onnx)
+            write_file(tmp / "config.pbtxt", model_config(model, bundle.manifest["inputs"][graph],
+                                                          bundle.manifest["outputs"][graph]))
+        written += [out / model / "config.pbtxt", out / model / "1" / "model.onnx"]
     return written

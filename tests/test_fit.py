@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
@@ -66,20 +67,22 @@ def test_resume_continues_where_the_run_stopped(run_dir, corpus, tmp_path, monke
     fit(spec, tmp_path / "whole", _opts(run_dir, epochs=3), pre, faces, progress=False)
     whole = _rows(tmp_path / "whole")
 
-    # The same run, killed during its third epoch (after two epochs were saved).
-    real_predict, calls = fit_module.predict, []
+    # The same run, killed at the end of its third epoch: its row logged, its state not yet
+    # written (two epochs were saved).  The epoch runs again and is logged once.
+    real_replacing, states = fit_module.replacing, []
 
-    def dying_predict(*args, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_predict(*args, **kw)
+    def dying_replacing(path):
+        if path.name == "last_state.pt":
+            if len(states) == 2:
+                raise KeyboardInterrupt
+            states.append(path)
+        return real_replacing(path)
 
-    monkeypatch.setattr(fit_module, "predict", dying_predict)
+    monkeypatch.setattr(fit_module, "replacing", dying_replacing)
     with pytest.raises(KeyboardInterrupt):
         fit(spec, tmp_path / "part", _opts(run_dir, epochs=3), pre, faces, progress=False)
-    monkeypatch.setattr(fit_module, "predict", real_predict)
-    assert [r["epoch"] for r in _rows(tmp_path / "part")] == [1, 2]
+    monkeypatch.undo()
+    assert [r["epoch"] for r in _rows(tmp_path / "part")] == [1, 2, 3]
 
     run = fit(spec, tmp_path / "part", _opts(run_dir, epochs=3), pre, faces, progress=False, resume=True)
     rows = _rows(tmp_path / "part")
@@ -90,6 +93,42 @@ def test_resume_continues_where_the_run_stopped(run_dir, corpus, tmp_path, monke
     assert run["selected_epoch"] >= 1
     with pytest.raises(FileNotFoundError):
         fit(spec, tmp_path / "nothing", _opts(run_dir), pre, faces, progress=False, resume=True)
+
+
+def test_resume_writes_the_selected_weights_a_kill_left_unwritten(run_dir, corpus, tmp_path, monkeypatch):
+    """An epoch that improves on dev ends with the resume state, then the selected weights
+    (model.safetensors).  Killed between the two, resume writes them from the state."""
+    from safetensors.torch import load_file
+
+    import trainer.fit as fit_module
+
+    spec, pre, faces = f"synthetic:{corpus}", Preprocessing(), FaceOptions()
+    whole_run = fit(spec, tmp_path / "whole", _opts(run_dir, epochs=2), pre, faces, progress=False)
+    whole = _rows(tmp_path / "whole")
+
+    # Killed after the state of the selected epoch, before its weights were written.
+    improved = [r["epoch"] for i, r in enumerate(whole)
+                if all(r["dev_weighted_f1"] > p["dev_weighted_f1"] for p in whole[:i])]
+    assert improved[-1] == whole_run["selected_epoch"]
+    real_save, saves = fit_module.save_weights, []
+
+    def dying_save(state, path, epoch):
+        saves.append(path)
+        if len(saves) == len(improved):
+            raise KeyboardInterrupt
+        real_save(state, path, epoch)
+
+    monkeypatch.setattr(fit_module, "save_weights", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        fit(spec, tmp_path / "gap", _opts(run_dir, epochs=2), pre, faces, progress=False)
+    monkeypatch.undo()
+    run = fit(spec, tmp_path / "gap", _opts(run_dir, epochs=2), pre, faces, progress=False, resume=True)
+    assert run["selected_epoch"] == whole_run["selected_epoch"]
+    assert fit_module.saved_epoch(tmp_path / "gap" / "model.safetensors") == run["selected_epoch"]
+    got, want = load_file(str(tmp_path / "gap" / "model.safetensors")), load_file(str(tmp_path / "whole" / "model.safetensors"))
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-6), name
 
 
 def test_text_teacher_teaches_and_its_encoder_reads_the_context(run_dir, corpus, tmp_path):

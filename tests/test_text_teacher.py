@@ -224,3 +224,46 @@ def test_kd_pulls_the_student_towards_the_teachers_outputs(tmp_path, tiny_rows):
     assert agree[5.0] >= agree[0.0] + 0.3, agree  # measured: 0.8 against 0.4
     with pytest.raises(ValueError, match="labels"):
         distil(tmp_path / "big", TextTeacher.create(TeacherConfig(labels=["joy", "anger"], max_len=16)), train)
+
+
+def test_a_time_budget_run_resumed_after_a_kill_ends_as_the_uninterrupted_one(monkeypatch, tiny_rows, tmp_path):
+    """The budget's schedule and the time spent travel in the checkpoint: killed during epoch 2
+    and resumed, the run stops at the same step with the same losses as the run never killed."""
+    import copy
+
+    from trainer import text_teacher
+    from trainer.text_teacher import TeacherConfig, TextTeacher
+
+    torch.set_num_threads(2)
+    # 10 steps an epoch at 10 s each; at step 10 the 150 s budget cuts the schedule to 15 of 20.
+    fresh = TextTeacher.create(TeacherConfig(labels=["joy", "neutral"], max_len=16, epochs=2, batch_size=2,
+                                             freeze_layers=5, max_train_seconds=150.0))
+
+    def run(checkpoint=None, resume=False, die_at=None):
+        teacher = copy.deepcopy(fresh)
+        clock = _StepClock(lambda s: 10.0)
+        monkeypatch.setattr(text_teacher, "time", clock)
+        loss = teacher.loss
+
+        def step(*a):
+            clock.step()
+            if clock.steps == die_at:
+                raise KeyboardInterrupt
+            return loss(*a)
+
+        monkeypatch.setattr(teacher, "loss", step)
+        messages = []
+        history = teacher.fit(tiny_rows[:20], tiny_rows[30:], log=messages.append, checkpoint=checkpoint,
+                              resume=resume)
+        return history, [m for m in messages if "time budget" in m or "resume" in m]
+
+    whole, whole_log = run()
+    assert [h["steps"] for h in whole] == [10, 15] and whole[-1]["stopped_early"]
+    assert whole_log == ["time budget: schedule set to 15 of 20 steps", "time budget 150.0s: stopped after step 15/20"]
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, die_at=12)  # 2 steps into epoch 2
+    history, log = run(tmp_path, resume=True)
+    assert log == ["resume: 1 epochs done, continuing with epoch 2", "time budget 150.0s: stopped after step 15/20"]
+    assert [(h["steps"], h["stopped_early"], h["seconds"]) for h in history] == \
+        [(h["steps"], h["stopped_early"], h["seconds"]) for h in whole]
+    assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in whole], rel=1e-5)

@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from engines.atomic import replacing_dir, write_file
 from engines.bundle import MANIFEST, open_bundle, write_manifest
 from engines.card import BRANCHES, CARD_JSON, CARD_MD, CARD_VERSION, read_card, summary_line
 
@@ -280,8 +281,8 @@ def render_markdown(card: dict) -> str:
 def write_card_files(bundle: Path, card: dict) -> None:
     """card.json and card.md, without touching the manifest (export hashes them with the rest)."""
     bundle = Path(bundle)
-    (bundle / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
-    (bundle / CARD_MD).write_text(render_markdown(card))
+    write_file(bundle / CARD_JSON, json.dumps(card, indent=2) + "\n")
+    write_file(bundle / CARD_MD, render_markdown(card))
 
 
 def write_card(bundle: Path, card: dict) -> Path:
@@ -290,9 +291,12 @@ def write_card(bundle: Path, card: dict) -> Path:
     The bundle is verified first: re-hashing every file of a bundle that was already
     tampered with would make the tampering look legitimate."""
     opened = open_bundle(bundle)
-    write_card_files(opened.path, card)
     manifest = {k: v for k, v in opened.manifest.items() if k not in ("files", "schema_version")}
-    return write_manifest(opened.path, manifest)
+    # The new card and manifest go into a copy swapped in whole: a kill leaves the old bundle.
+    with replacing_dir(opened.path, keep=True) as tmp:
+        write_card_files(tmp, card)
+        write_manifest(tmp, manifest)
+    return opened.path / MANIFEST
 
 
 def read_report(path: str | Path) -> dict:

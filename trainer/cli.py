@@ -1,7 +1,7 @@
 """`trainer`: make data, train the student, export a model bundle.
 
   trainer synth  --out DIR --sessions N --seed S
-  trainer teach  --data KIND:PATH --out TEACHER [--epochs N] [--max-turns N]
+  trainer teach  --data KIND:PATH --out TEACHER [--epochs N] [--max-turns N] [--resume]
   trainer fit    --data KIND:PATH --out RUN [--epochs N] [--media DIR] [--resume]
   torchrun --nproc_per_node N -m trainer.cli fit ...     data parallel (gloo on CPU, NCCL on GPUs)
   trainer evaluate RUN|BUNDLE --data KIND:PATH [--split test] --report OUT
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "TelME's response and feature KD")
     tp.add_argument("--response-kd", type=float, default=1.0, help="weight of the response KD (DIST; default 1)")
     tp.add_argument("--feature-kd", type=float, default=1.0, help="weight of the feature KD (default 1)")
+    tp.add_argument("--resume", action="store_true",
+                    help="continue the run in --out from its last finished epoch (TEACHER/.checkpoint, "
+                         "written after every epoch); give the same options")
 
     fp = sub.add_parser("fit", help="train the student on a corpus",
                         description="Train text, audio and video peers and the fusion branch; select the "
@@ -150,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {manifest}")
         elif args.command == "teach":
             from trainer.datasets import load
-            from trainer.text_teacher import TeacherConfig, TextTeacher, distil
+            from trainer.text_teacher import CHECKPOINT_DIR, STATE_FILE, TeacherConfig, TextTeacher, distil
 
+            if args.resume and not (args.out / CHECKPOINT_DIR / STATE_FILE).is_file():  # before any loading
+                raise FileNotFoundError(f"{args.out / CHECKPOINT_DIR / STATE_FILE}: nothing to resume from")
             corpus = load(args.data, args.media, config.train.dev_fraction, config.train.seed)
             multi = not all(len(u.labels) == 1 for u in corpus.utterances)
             teacher = TextTeacher.create(TeacherConfig(
@@ -165,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
             train = corpus.split("train")
             kd = distil(args.kd_teacher, teacher, train, log) if args.kd_teacher else None
-            history = teacher.fit(train, corpus.split("dev"), log=log, kd=kd)
+            history = teacher.fit(train, corpus.split("dev"), log=log, kd=kd,
+                                  checkpoint=args.out / CHECKPOINT_DIR, resume=args.resume)
             teacher.save(args.out)
             key = "dev_macro_f1" if multi else "dev_weighted_f1"
             print(json.dumps({"teacher": str(args.out), key: max(h[key] for h in history)}, indent=2))

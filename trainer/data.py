@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.atomic import replacing
 from engines.dialogue import UNKNOWN_SPEAKER, Turn
 from engines.faces import FaceOptions
 from engines.features import Window, decode, media_inputs, pad_spans
@@ -192,8 +193,6 @@ def _file_features(file: Path, spans, pre: Preprocessing, faces: FaceOptions, ca
             return {k: data[k] for k in data.files}
     recording = decode(file, pre, faces)
     result = media_inputs([recording.window(start, end) for start, end in spans], pre)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **result)
-    tmp.replace(path)  # atomic: an interrupted run leaves no half-written cache
+    with replacing(path) as tmp:  # atomic: an interrupted run leaves no half-written cache
+        np.savez(tmp, **result)
     return result

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 
+from engines.atomic import replacing, write_file
 from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
 
@@ -129,7 +130,8 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path, title: str
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -153,7 +155,8 @@ def plot_reliability(bins: list[dict], ece: float, path: Path) -> None:
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability (ECE {ece:.3f})")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -321,8 +324,8 @@ def write_report(scored: Scored, data_spec: str, split: str, report: Path) -> di
     result = {"model": str(scored.model), "source": scored.source, "backend": scored.backend, "data": data_spec,
               "split": split, "utterances": int(len(y)), "labels": labels, "single_label": scored.single_label,
               "metrics": metrics, "confusion": matrix.tolist(), "figures": ["confusion.png", "reliability.png"]}
-    (report / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    (report / "report.md").write_text(markdown(result))
+    write_file(report / "report.md", markdown(result))
+    write_file(report / "report.json", json.dumps(result, indent=2) + "\n")  # last: a report is complete
     return result
 
 

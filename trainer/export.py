@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.atomic import replacing_dir
 from engines.bundle import write_manifest
 from engines.heads import HEADS, MODALITIES
 from engines.preprocess import Preprocessing
@@ -141,14 +142,18 @@ def _finish_graph(path: Path, precision: str, parity) -> tuple[dict, float]:
 
 
 def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp32") -> dict:
-    """The bundle of a student and the run info (run.json) it came with."""
-    from safetensors.torch import save_file
-
+    """The bundle of a student and the run info (run.json) it came with, built in a temporary
+    sibling that replaces `bundle` only when complete (engines.atomic): an export that fails
+    or is killed leaves the old bundle, or none, never half of one."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if bundle.exists():
-        shutil.rmtree(bundle)
-    bundle.mkdir(parents=True)
+    with replacing_dir(bundle) as tmp:
+        return _write_bundle(model, info, tmp, precision)
+
+
+def _write_bundle(model: Student, info: dict, bundle: Path, precision: str) -> dict:
+    from safetensors.torch import save_file
+
     export_student(model, bundle / "student.onnx")
     student_io, student_diff = _finish_graph(bundle / "student.onnx", precision,
                                              lambda s: student_parity(model, s))

@@ -1,8 +1,9 @@
 """`trainer fit`: train the student, select the epoch on dev, tune thresholds on dev.
 
 A run directory holds run.json (everything export needs), model.safetensors
-(the selected epoch), last.safetensors + last_state.pt (resume point) and
-metrics.jsonl (one row per epoch: the loss, each loss term, dev weighted F1).
+(the selected epoch), last_state.pt (resume point) and metrics.jsonl (one row per
+epoch: the loss, each loss term, dev weighted F1).  Every file is written atomically
+(engines.atomic): a kill leaves the old file or the new one, never half of one.
 
 The loss is trainer.losses.total_loss with the weights of config.toml's [loss]
 section.  Modality dropout hides modalities before the forward pass, and the
@@ -12,10 +13,13 @@ installed, the FER2013 face teacher (trainer.teachers) teaches the video head
 features); its outputs are computed once per utterance from the cached face
 crops and cached too.
 
-Resume (`--resume`): last_state.pt holds the optimizer, scheduler, random
-generator states, the epoch and the best row so far.  It is written with
-torch.save of state dicts (tensors, numbers, lists and dicts only) and read
-back with torch.load(weights_only=True), which refuses any pickled code.
+Resume (`--resume`): last_state.pt holds the weights, optimizer, scheduler, random
+generator states, the epoch and the best row so far, saved at the end of every epoch,
+so a run killed mid-epoch loses only that epoch and continues with it; the resumed run
+draws the same batches and dropout it would have drawn.  metrics.jsonl loses the rows
+of epochs past the state.  It is written with torch.save of state dicts (tensors,
+numbers, lists and dicts only) and read back with torch.load(weights_only=True), which
+refuses any pickled code.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from engines.atomic import replacing, write_file
 from engines.faces import FaceOptions
 from engines.features import SPEECH_PAD_MS, presence, text_embeddings, text_inputs
 from engines.preprocess import Preprocessing
@@ -106,10 +111,8 @@ def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing,
             out.append(encoder(**batch).numpy())
     emb = np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
     if path is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, emb)
-        tmp.replace(path)  # atomic: an interrupted run leaves no half-written cache
+        with replacing(path) as tmp:  # atomic: an interrupted run leaves no half-written cache
+            np.save(tmp, emb)
     return emb
 
 
@@ -325,11 +328,28 @@ def face_teacher_outputs(video: torch.Tensor, video_mask: torch.Tensor, cache: P
     out = {"teacher_logits": (logits * w).sum(1) / count,
            "teacher_features": (feats * w).sum(1) / count,
            "teacher_present": (video_mask.sum(1) > 0).float()}
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp.npz")
-    np.savez(tmp, **{k: v.numpy() for k, v in out.items()})
-    tmp.replace(cached)
+    with replacing(cached) as tmp:
+        np.savez(tmp, **{k: v.numpy() for k, v in out.items()})
     return out
+
+
+def save_weights(state: dict, path: Path, epoch: int) -> None:
+    """safetensors weights of `epoch` (in the metadata), written atomically."""
+    from safetensors.torch import save_file
+
+    with replacing(path) as tmp:
+        save_file(state, str(tmp), metadata={"epoch": str(epoch)})
+
+
+def saved_epoch(path: Path) -> int | None:
+    """The epoch save_weights recorded in `path`; None when missing or not recorded."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as fh:
+        epoch = (fh.metadata() or {}).get("epoch")
+    return int(epoch) if epoch is not None else None
 
 
 def predict(model: Student, data: dict, batch_size: int = 64) -> np.ndarray:
@@ -392,7 +412,7 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
 
 
 def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where, speech_pad_ms) -> dict:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from trainer.datasets import load
 
@@ -456,7 +476,8 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
     best, first_epoch = None, 0
     if resume:
         state = torch.load(state_path, weights_only=True)
-        model.load_state_dict(load_file(str(out / "last.safetensors")))
+        # "model": runs before atomic checkpoints kept the last weights in last.safetensors
+        model.load_state_dict(state["model"] if "model" in state else load_file(str(out / "last.safetensors")))
         temperature.load_state_dict(state["temperature"])
         optim.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -464,10 +485,23 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
         drop_gen.set_state(state["dropout_generator"])
         torch.set_rng_state(state["torch_rng"])
         first_epoch, best = int(state["epoch"]), json.loads(state["best"])
+        selected = out / "model.safetensors"
+        if where.main and best["epoch"] == first_epoch and (
+                not selected.is_file() or saved_epoch(selected) not in (None, first_epoch)):
+            save_weights(model.state_dict(), selected, first_epoch)  # killed before it saved them
         if first_epoch >= opts.epochs:
             tqdm.write(f"resume: {first_epoch} epochs already done")
+        elif where.main:
+            tqdm.write(f"resume: {first_epoch} epochs done, continuing with epoch {first_epoch + 1}")
 
-    log = (out / "metrics.jsonl").open("a" if resume else "w") if where.main else None
+    log = None
+    if where.main:
+        # A kill after an epoch's row was logged but before its state was saved: that epoch runs
+        # again, so its row goes.
+        rows = (out / "metrics.jsonl").read_text().splitlines() if resume and (out / "metrics.jsonl").is_file() else []
+        rows = [r for r in rows if r.strip() and json.loads(r)["epoch"] <= first_epoch]
+        write_file(out / "metrics.jsonl", "".join(r + "\n" for r in rows))
+        log = (out / "metrics.jsonl").open("a")
     bar = tqdm(range(first_epoch, opts.epochs), desc="training", unit="epoch", disable=not progress,
                initial=first_epoch, total=opts.epochs)
     for epoch in bar:
@@ -514,13 +548,15 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
                         **{k: f"{np.mean(v):.3f}" for k, v in parts_sum.items()})
         if best is None or score > best["dev_weighted_f1"]:
             best = row
-            save_file(model.state_dict(), str(out / "model.safetensors"))
-        save_file(model.state_dict(), str(out / "last.safetensors"))
-        torch.save({"epoch": epoch + 1, "best": json.dumps(best), "optimizer": optim.state_dict(),
-                    "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                    "dropout_generator": drop_gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "temperature": temperature.state_dict()},
-                   state_path)
+        # The resume point first, in one file (weights included), then the selected weights: a
+        # kill between the two is repaired on resume (the state says this epoch is the best).
+        with replacing(state_path) as tmp:
+            torch.save({"epoch": epoch + 1, "best": json.dumps(best), "model": model.state_dict(),
+                        "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
+                        "generator": gen.get_state(), "dropout_generator": drop_gen.get_state(),
+                        "torch_rng": torch.get_rng_state(), "temperature": temperature.state_dict()}, tmp)
+        if best is row:
+            save_weights(model.state_dict(), out / "model.safetensors", epoch + 1)
     in_sync = where.in_sync(model)  # a collective: every rank takes part
     if not where.main:
         return {"rank": where.rank}
@@ -568,5 +604,5 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
         "notes": notes,
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
     }
-    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    write_file(out / "run.json", json.dumps(run, indent=2) + "\n")
     return run

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engines.atomic import replacing, replacing_dir
 from engines.dialogue import UNKNOWN_SPEAKER
 from trainer.data import Utterance
 
@@ -40,6 +41,11 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "text_teacher.json"
 HEAD_FILE = "head.safetensors"
+# `trainer teach`'s resume point inside its --out directory: STATE_FILE (the weights, optimizer,
+# schedule, random states, epoch, history) after every epoch, BEST_FILE (the selected weights).
+CHECKPOINT_DIR = ".checkpoint"
+STATE_FILE = "state.pt"
+BEST_FILE = "best.pt"
 
 
 @dataclass
@@ -135,15 +141,26 @@ class TextTeacher(nn.Module):
         return cls(config, encoder, tokenizer)
 
     def save(self, directory: str | Path) -> Path:
+        """Write the teacher into a copy of `directory` that then replaces it whole
+        (engines.atomic): a kill leaves the old directory.  Files of others in it stay; an
+        older teacher's files and the training checkpoint (CHECKPOINT_DIR) go: the run is done."""
+        import shutil
+
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(directory / "encoder", safe_serialization=True)
-        self.tokenizer.save_pretrained(directory / "encoder")
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(directory / HEAD_FILE))
-        meta = {"config": dataclasses.asdict(self.config), "history": self.history}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        with replacing_dir(directory, keep=True) as tmp:
+            # Removed, not overwritten: the copy's files are hard links to the old ones.
+            for name in ("encoder", CHECKPOINT_DIR, HEAD_FILE, CONFIG_FILE):
+                if (tmp / name).is_dir():
+                    shutil.rmtree(tmp / name)
+                else:
+                    (tmp / name).unlink(missing_ok=True)
+            self.encoder.save_pretrained(tmp / "encoder", safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp / "encoder")
+            save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / HEAD_FILE))
+            meta = {"config": dataclasses.asdict(self.config), "history": self.history}
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -286,11 +303,16 @@ class TextTeacher(nn.Module):
                 "accuracy": 100 * float(accuracy_score(true, pred))}
 
     def fit(self, train: list[Utterance], dev: list[Utterance], log=print,
-            kd: dict[str, np.ndarray] | None = None) -> list[dict]:
+            kd: dict[str, np.ndarray] | None = None, checkpoint: str | Path | None = None,
+            resume: bool = False) -> list[dict]:
         """Fine-tune; keep the weights of the epoch with the best dev score (never test).
 
         kd: a stronger teacher's outputs on `train` (distil()): "logits" (N, labels) in this
         model's label order and "features" (N, D), taught with the config's KD weights.
+        checkpoint: a directory for the resume point, written atomically after every epoch
+        (a kill mid-epoch loses that epoch only); resume: continue from it, with the same
+        config and data, the schedule (time budget included), batches and dropout going on
+        as they would have.
         """
         cfg = self.config
         set_seed(cfg.seed)
@@ -340,9 +362,37 @@ class TextTeacher(nn.Module):
         key = cfg.select if cfg.select != "auto" else ("macro_f1" if cfg.multi_label else "weighted_f1")
         best, best_state = -1.0, None
         started = time.perf_counter()
-        step = 0
+        step, first, done = 0, 1, False
         self.history = []
-        for epoch in range(1, cfg.epochs + 1):
+        checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if resume:
+            if checkpoint is None or not (checkpoint / STATE_FILE).is_file():
+                raise FileNotFoundError(f"{checkpoint and checkpoint / STATE_FILE}: nothing to resume from")
+            state = torch.load(checkpoint / STATE_FILE, weights_only=True)
+            saved = json.loads(state["config"])
+            changed = [f"{k}={saved.get(k)!r}, now {v!r}" for k, v in dataclasses.asdict(cfg).items()
+                       if saved.get(k) != v]
+            if changed or state["train_size"] != len(prompts):
+                raise ValueError(f"{checkpoint}: cannot resume a run with other settings or data "
+                                 f"({'; '.join(changed) or 'the training split changed'}); start it again")
+            self.load_state_dict(state["model"])
+            if kd_terms:
+                kd_terms["project"].load_state_dict(state["kd_project"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            plan.update(state["plan"])
+            gen.bit_generator.state = json.loads(state["numpy_generator"])
+            torch.set_rng_state(state["torch_rng"])
+            step, first, done = int(state["step"]), int(state["epoch"]) + 1, bool(state["done"])
+            self.history, best = json.loads(state["history"]), float(state["best"])
+            started -= float(state["seconds"])  # a time budget counts the finished epochs' time too
+            best_state = (state["model"] if state["best_epoch"] == state["epoch"]
+                          else torch.load(checkpoint / BEST_FILE, weights_only=True))
+            log(f"resume: {first - 1} epochs done" + (", training had ended" if done else
+                                                       f", continuing with epoch {first}"))
+        for epoch in range(first, cfg.epochs + 1):
+            if done:
+                break
             self.train()
             running, seen, stopped = 0.0, 0, False
             for b in batches():
@@ -385,9 +435,20 @@ class TextTeacher(nn.Module):
                       **{f"dev_{k}": v for k, v in scores.items()}}
             self.history.append(record)
             log(json.dumps(record))
-            if scores[key] > best:
+            improved = scores[key] > best
+            if improved:
                 best, best_state = scores[key], copy.deepcopy(self.state_dict())
-            if stopped or step >= plan["total"]:
+            done = stopped or step >= plan["total"]
+            if checkpoint is not None:
+                self._save_checkpoint(checkpoint, improved, {
+                    "epoch": epoch, "step": step, "done": done, "best": best,
+                    "best_epoch": epoch if improved else int(self._best_epoch(key)),
+                    "history": json.dumps(self.history), "config": json.dumps(dataclasses.asdict(cfg)),
+                    "train_size": len(prompts), "seconds": time.perf_counter() - started,
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "plan": dict(plan),
+                    "numpy_generator": json.dumps(gen.bit_generator.state), "torch_rng": torch.get_rng_state(),
+                    **({"kd_project": kd_terms["project"].state_dict()} if kd_terms else {})})
+            if done:
                 if stopped:
                     log(f"time budget {cfg.max_train_seconds}s: stopped after step {step}/{total}")
                 break
@@ -395,6 +456,20 @@ class TextTeacher(nn.Module):
             self.load_state_dict(best_state)
         self.eval()
         return self.history
+
+    def _best_epoch(self, key: str) -> int:
+        """The first epoch of the history with the best dev score (as fit selects it)."""
+        scores = [h[f"dev_{key}"] for h in self.history]
+        return self.history[scores.index(max(scores))]["epoch"]
+
+    def _save_checkpoint(self, directory: Path, improved: bool, state: dict) -> None:
+        """STATE_FILE with the current weights, then (improved) BEST_FILE with the same: a kill
+        between the two leaves a state whose best epoch is its own, read from its weights."""
+        with replacing(directory / STATE_FILE) as tmp:
+            torch.save({"model": self.state_dict(), **state}, tmp)
+        if improved:
+            with replacing(directory / BEST_FILE) as tmp:
+                torch.save(self.state_dict(), tmp)
 
     def _kd_terms(self, kd: dict[str, np.ndarray] | None, n: int) -> dict | None:
         """The teacher's outputs as tensors and, for feature KD, the projection of this
