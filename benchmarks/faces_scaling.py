@@ -2,12 +2,13 @@
 in view (issue 14, part 4).
 
   python benchmarks/faces_scaling.py [--faces 1 2 4 8] [--seconds 12] [--video-encoder tubelets fer]
+                                    [--baseline DIR]
 
 For each number of faces, one run of `--seconds` of media: 640x360 frames at the face stage's
 sample rate (5 a second) holding that many real faces side by side, a gallery view
 (benchmarks/face_media.grid; each face moves a pixel or two from frame to frame, as a head
-does), and 32 ms chunks of audio.  The stages' own code runs in this process, in the order the
-pipeline runs it, one frame at a time:
+does), and 32 ms chunks of audio.  The stages' own code runs in one process per run, in the
+order the pipeline runs it, one frame at a time:
 
 - faces stage: `FaceTracker.update` (detection + tracking + mouth motion + crops) on the
   frame, then the message it sends (`realtime.stages.faces`'s header and stacked crops);
@@ -20,8 +21,9 @@ pipeline runs it, one frame at a time:
 
 Metrics per video encoder and number of faces N (medians over the run's frames or windows;
 only windows that carry all N faces count):
-- `faces_ms_N` (per frame, the whole update), `detect_ms_N` (the detector alone on the same
-  frames, timed separately), so `faces_ms - detect_ms` is the per-face work;
+- `faces_ms_N` (per frame, the whole update; wall), `faces_cpu_ms_N` (the same in CPU time,
+  less disturbed by other jobs), `detect_ms_N` (the detector alone on the same frames, timed
+  separately), so `faces_ms - detect_ms` is the per-face work;
 - `{enc}_window_infer_ms_N` (features + the engine call, the stream's timing.infer_s),
   `{enc}_window_features_ms_N`, `{enc}_window_engine_ms_N`;
 - `{enc}_window_latency_ms_{p50,p95}_N`: from the frame that completes a window entering the
@@ -31,7 +33,10 @@ only windows that carry all N faces count):
   (process time), and `*_per_media_s_N` the same per second of media.
 Growth: `*_growth_8` is the N=8 figure over the N=1 figure (8 would be linear).
 
-The machine is shared: the load average at the start and end is recorded; run each N once.
+`--baseline DIR` runs the stages' code of DIR too (engines and realtime imported from there),
+its run of each N just before this checkout's, so both see the same machine state: before and
+after a change.  The machine is shared: the load average at the start and end is recorded;
+each N runs once.
 Writes benchmarks/results/faces_scaling.json (benchmarks.report keys).
 """
 from __future__ import annotations
@@ -142,7 +147,7 @@ def run(n: int, frames, audio, bundle: Path) -> dict:
     out = Capture()
     fusion = Fusion(engine, FusionOptions(), out, options)
     tracker = FaceTracker(options, pre)
-    faces_s, faces_cpu, fusion_cpu, latencies, sent = [], 0.0, 0.0, [], 0
+    faces_s, faces_cpu_s, fusion_cpu_s, latencies, sent = [], [], [], [], 0
     for t, frame in frames:
         entered, cpu0 = time.perf_counter(), time.process_time()
         seen = tracker.update(frame, t)
@@ -151,7 +156,7 @@ def run(n: int, frames, audio, bundle: Path) -> dict:
                   "faces": [{"id": f.id, "box": list(f.box), "motion": f.motion} for f in seen.faces]}
         faces_s.append(time.perf_counter() - entered)
         cpu1 = time.process_time()
-        faces_cpu += cpu1 - cpu0
+        faces_cpu_s.append(cpu1 - cpu0)
         # the audio up to this frame (it arrives continuously; the frame is what completes a window)
         until = min(len(audio), int((t + 0.2) * 16000))
         while sent < until:
@@ -159,7 +164,7 @@ def run(n: int, frames, audio, bundle: Path) -> dict:
             sent += CHUNK
         before = len(out.bodies)
         fusion.on_message(header, crops)  # scores what this frame made ready
-        fusion_cpu += time.process_time() - cpu1
+        fusion_cpu_s.append(time.process_time() - cpu1)
         latencies += [(b, b["published"] - entered) for b in out.bodies[before:] if b["type"] == "window"]
     detect_s = []
     for _, frame in frames:
@@ -167,13 +172,72 @@ def run(n: int, frames, audio, bundle: Path) -> dict:
         tracker.detect(frame)
         detect_s.append(time.perf_counter() - t0)
     full = [(b, lat) for b, lat in latencies if len(b["faces"]) == n]
-    return {"faces_s": faces_s, "detect_s": detect_s, "faces_cpu_s": faces_cpu, "fusion_cpu_s": fusion_cpu,
+    return {"faces_s": faces_s, "detect_s": detect_s, "faces_cpu_s": faces_cpu_s, "fusion_cpu_s": fusion_cpu_s,
             "windows": len(latencies), "full_windows": len(full),
             "window_infer_s": [b["timing"]["infer_s"] for b, _ in full],
             "window_latency_s": [lat for _, lat in full],
             # the engine calls of windows (not utterances: there are none here) in order
             "features_s": engine.features_s, "predict_s": engine.predict_s,
             "faces_found": int(np.median([len(f) for f in [b["faces"] for b, _ in latencies]])) if latencies else 0}
+
+
+def child(n: int, enc: str, seconds: float, bundle: Path, code: Path) -> None:
+    """One run in a process of its own, importing the stages' code (engines, realtime) from
+    `code`; prints the raw timings as JSON."""
+    import json
+
+    sys.path.insert(0, str(code))
+    import cv2
+
+    cv2.setNumThreads(1)  # the face stage's share of two cores; also makes runs comparable
+    frames, audio = media(load_photos(None), n, seconds, 5.0, seed=n)
+    print(json.dumps(run(n, frames, audio, bundle)))
+
+
+def run_child(n: int, enc: str, seconds: float, bundle: Path, code: Path) -> dict:
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, __file__, "--child", str(n), enc, "--seconds", str(seconds),
+                           "--bundle", str(bundle), "--code", str(code)], capture_output=True, text=True,
+                          timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    if done.returncode != 0:
+        raise RuntimeError(f"run N={n} {enc} ({code}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def metrics_of(n: int, enc: str, r: dict, seconds: float, first: bool) -> dict:
+    ms = lambda xs: round(1000 * float(np.median(xs)), 2) if len(xs) else float("nan")
+    pct = lambda xs, q: round(1000 * float(np.percentile(xs, q)), 2) if len(xs) else float("nan")
+    out = {}
+    if first:  # the face stage does not depend on the bundle: its figures from the first encoder's run
+        out.update({f"faces_ms_{n}": ms(r["faces_s"]), f"faces_ms_p95_{n}": pct(r["faces_s"], 95),
+                    f"faces_cpu_ms_{n}": ms(r["faces_cpu_s"]), f"detect_ms_{n}": ms(r["detect_s"]),
+                    f"faces_cpu_s_{n}": round(sum(r["faces_cpu_s"]), 3),
+                    f"faces_cpu_per_media_s_{n}": round(sum(r["faces_cpu_s"]) / seconds, 4),
+                    f"faces_tracked_{n}": r["faces_found"]})
+    m = r["full_windows"]  # window engine calls with all n faces: the last m (no utterances here)
+    out.update({
+        f"{enc}_window_infer_ms_{n}": ms(r["window_infer_s"]),
+        f"{enc}_window_features_ms_{n}": ms(r["features_s"][-m:] if m else []),
+        f"{enc}_window_engine_ms_{n}": ms(r["predict_s"][-m:] if m else []),
+        f"{enc}_window_latency_ms_p50_{n}": ms(r["window_latency_s"]),
+        f"{enc}_window_latency_ms_p95_{n}": pct(r["window_latency_s"], 95),
+        f"{enc}_fusion_cpu_s_{n}": round(sum(r["fusion_cpu_s"]), 3),
+        f"{enc}_fusion_cpu_per_media_s_{n}": round(sum(r["fusion_cpu_s"]) / seconds, 4),
+        f"{enc}_windows_{n}": m})
+    return out
+
+
+def growth(metrics: dict, lo: int, hi: int) -> dict:
+    """Each time and CPU figure at hi faces over the same at lo faces (hi/lo would be linear)."""
+    out = {}
+    for key in metrics:
+        if key.endswith(f"_{lo}") and ("_ms" in key or "cpu_s" in key):
+            base = key[: -len(f"_{lo}")]
+            if metrics.get(f"{base}_{hi}") and metrics[key]:
+                out[f"{base}_growth_{hi}"] = round(metrics[f"{base}_{hi}"] / metrics[key], 2)
+    return out
 
 
 def main(argv=None) -> int:
@@ -183,58 +247,46 @@ def main(argv=None) -> int:
     parser.add_argument("--video-encoder", nargs="+", default=["tubelets", "fer"], choices=["tubelets", "fer"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/faces-scaling"),
                         help="where the random-init bundles are made once and kept")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the stages' code in DIR (e.g. `git archive COMMIT | tar -x -C DIR`), "
+                             "its run of each N just before this checkout's; its metrics are prefixed baseline_")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/faces_scaling.json")
+    parser.add_argument("--child", nargs=2, metavar=("N", "ENCODER"), help=argparse.SUPPRESS)
+    parser.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--code", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        child(int(args.child[0]), args.child[1], args.seconds, args.bundle, args.code)
+        return 0
     check_tree()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import cv2
-
-    cv2.setNumThreads(1)  # the face stage's share of two cores; also makes runs comparable
     started, load_start = time.perf_counter(), list(os.getloadavg())
     bundles = {enc: make_bundle(args.work / f"bundle-{enc}", enc) for enc in args.video_encoder}
-    photos = load_photos(None)
-    fps = 5.0
+    variants = [("", ROOT)] + ([("baseline_", args.baseline.resolve())] if args.baseline else [])
     metrics: dict[str, float] = {"media_s": args.seconds}
-    ms = lambda xs: round(1000 * float(np.median(xs)), 2) if len(xs) else float("nan")
-    pct = lambda xs, q: round(1000 * float(np.percentile(xs, q)), 2) if len(xs) else float("nan")
+    found = {prefix: {} for prefix, _ in variants}
     for n in args.faces:
-        frames, audio = media(photos, n, args.seconds, fps, seed=n)
         for k, enc in enumerate(args.video_encoder):
-            r = run(n, frames, audio, bundles[enc])
-            if k == 0:  # the face stage does not depend on the bundle: its figures from the first run
-                metrics[f"faces_ms_{n}"] = ms(r["faces_s"])
-                metrics[f"faces_ms_p95_{n}"] = pct(r["faces_s"], 95)
-                metrics[f"detect_ms_{n}"] = ms(r["detect_s"])
-                metrics[f"faces_cpu_s_{n}"] = round(r["faces_cpu_s"], 3)
-                metrics[f"faces_cpu_per_media_s_{n}"] = round(r["faces_cpu_s"] / args.seconds, 4)
-                metrics[f"faces_tracked_{n}"] = r["faces_found"]
-            # window engine calls: the ones of windows with all n faces are the last full_windows
-            m = r["full_windows"]
-            metrics.update({
-                f"{enc}_window_infer_ms_{n}": ms(r["window_infer_s"]),
-                f"{enc}_window_features_ms_{n}": ms(r["features_s"][-m:] if m else []),
-                f"{enc}_window_engine_ms_{n}": ms(r["predict_s"][-m:] if m else []),
-                f"{enc}_window_latency_ms_p50_{n}": ms(r["window_latency_s"]),
-                f"{enc}_window_latency_ms_p95_{n}": pct(r["window_latency_s"], 95),
-                f"{enc}_fusion_cpu_s_{n}": round(r["fusion_cpu_s"], 3),
-                f"{enc}_fusion_cpu_per_media_s_{n}": round(r["fusion_cpu_s"] / args.seconds, 4),
-                f"{enc}_windows_{n}": m})
-            print(f"N={n} {enc}: faces {metrics[f'faces_ms_{n}']} ms/frame (detect {metrics[f'detect_ms_{n}']}), "
-                  f"window infer {metrics[f'{enc}_window_infer_ms_{n}']} ms, latency p50/p95 "
-                  f"{metrics[f'{enc}_window_latency_ms_p50_{n}']}/{metrics[f'{enc}_window_latency_ms_p95_{n}']} ms, "
-                  f"cpu faces {metrics[f'faces_cpu_s_{n}']} s fusion {metrics[f'{enc}_fusion_cpu_s_{n}']} s "
-                  f"({m} windows with all faces)", flush=True)
-    lo, hi = min(args.faces), max(args.faces)
-    for key in [k for k in metrics if k.endswith(f"_{lo}") and f"_ms" in k or k.endswith(f"cpu_s_{lo}")]:
-        base = key[: -len(f"_{lo}")]
-        if metrics.get(f"{base}_{hi}") and metrics[key]:
-            metrics[f"{base}_growth_{hi}"] = round(metrics[f"{base}_{hi}"] / metrics[key], 2)
+            for prefix, code in reversed(variants):  # the baseline first, then this checkout
+                found[prefix].update(metrics_of(n, enc, run_child(n, enc, args.seconds, bundles[enc], code),
+                                                args.seconds, k == 0))
+                f = found[prefix]
+                print(f"{prefix or 'this '}N={n} {enc}: faces {f[f'faces_ms_{n}']} ms/frame, cpu "
+                      f"{f[f'faces_cpu_ms_{n}']} ms/frame (detect {f[f'detect_ms_{n}']}); window infer "
+                      f"{f[f'{enc}_window_infer_ms_{n}']} ms, latency p50/p95 {f[f'{enc}_window_latency_ms_p50_{n}']}/"
+                      f"{f[f'{enc}_window_latency_ms_p95_{n}']} ms; cpu s faces {f[f'faces_cpu_s_{n}']} fusion "
+                      f"{f[f'{enc}_fusion_cpu_s_{n}']} ({f[f'{enc}_windows_{n}']} windows with all faces)", flush=True)
+    for prefix, _ in variants:
+        found[prefix].update(growth(found[prefix], min(args.faces), max(args.faces)))
+        metrics.update({f"{prefix}{k}": v for k, v in found[prefix].items()})
     write(args.out, result_json(
         "faces_scaling", started, 1, metrics, faces=args.faces, video_encoders=args.video_encoder,
         bundle="random-init students made here (speed does not depend on weights)",
+        baseline=str(args.baseline) if args.baseline else None,
         load_average={"start": load_start, "end": list(os.getloadavg())},  # 1, 5, 15 min: the machine is shared
-        notes="one run per N; medians over frames or windows; stages in one process, no transport; "
-              "OpenCV and ONNX Runtime single-threaded; faces: real photos tiled (benchmarks/face_media.py)"))
+        notes="one run per N (and per code version, baseline first); medians over frames or windows; each run "
+              "a process of its own, both stages in it, no transport; OpenCV and ONNX Runtime single-threaded; "
+              "faces: real photos tiled (benchmarks/face_media.py)"))
     return 0
 
 
