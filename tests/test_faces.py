@@ -153,3 +153,19 @@ def test_replay_names_who_speaks_with_stable_face_ids(bundle, two_people_session
     accuracy = np.mean([got == want["speaker"] for got, want in zip(named, truth)])
     print(f"speaker attribution: {accuracy:.3f} ({named} vs {[t['speaker'] for t in truth]})")
     assert accuracy >= 0.9, (named, [t["speaker"] for t in truth])
+
+
+def test_a_gallery_of_eight_real_faces_is_eight_tracks_each_with_its_motion():
+    """The gallery view benchmarks/faces_scaling.py measures: every face found where it is,
+    each its own id, and every face's mouth motion measured in the one batched call."""
+    from benchmarks.face_media import grid, load_photos, matches
+
+    photos = load_photos(None)  # the repository's two faces and matplotlib's sample photo
+    tracker = FaceTracker(FaceOptions(), Preprocessing())
+    frames = [tracker.update(grid(photos, 8, shift)[0], 0.2 * k) for k, shift in enumerate([(0, 0), (1, 1), (2, 0)])]
+    truth = grid(photos, 8)[1]
+    last = frames[-1]
+    assert matches(np.array([f.box for f in last.faces], np.float64), truth) == 8
+    assert sorted(f.id for f in last.faces) == list(range(1, 9))
+    assert all(f.motion is not None and f.motion >= 0 for f in last.faces)
+    assert all(f.motion is None for f in frames[0].faces)  # nothing to compare the first sighting with
