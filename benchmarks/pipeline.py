@@ -462,7 +462,9 @@ def faces_mode(args, sets: list[str], work: Path, media: Path, wav: Path, rows: 
     try:
         for n in args.faces:
             gallery = gallery_media(work / f"faces{n}.mp4", audio, n)
-            replays = [r for r in (replay_run(gallery, bundle, work, sets) for _ in range(args.runs)) if r]
+            replays = [replay_run(gallery, bundle, work, sets) for _ in range(args.runs)]
+            metrics[f"faces{n}_replay_hung"] = sum(r is None for r in replays)
+            replays = [r for r in replays if r]
             lives = []
             for _ in range(args.live_runs):
                 run = live_run(gallery, wav, duration, bundle, work, mic, sets)
