@@ -142,7 +142,7 @@ def tiny_bundle(out: Path, precision: str) -> Path:
     info = {"labels": labels, "thresholds": [0.5] * len(labels), "preprocessing": pre.to_dict(),
             "faces": dataclasses.asdict(FaceOptions()), "student": cfg.to_dict(), "text_encoder": str(encoder.path),
             "data": "random-init (benchmark)", "selected_epoch": 0, "dev_weighted_f1": {},
-            "options": dataclasses.asdict(opts)}
+            "options": dataclasses.asdict(opts)}  # write_bundle records its modalities, dev_fraction and seed
     write_bundle(Student(cfg, pre).eval(), info, out, precision)
     return out
 

@@ -28,6 +28,12 @@ weights; the transcripts, hence the WER, do not depend on it at all).
   media time 0 printed by its source; per N, the p50/p95/p99 over every utterance of every
   session, and how many requests the service ran in each student batch.
 
+With `--faces 1 2 4 8` the video is a gallery view instead: the session's audio with N real
+faces side by side in 640x360 frames (benchmarks/face_media.grid), and for each N the replay
+and live runs (`--runs`, `--live-runs`; 1 each is enough) report window latency, window
+inference time and each stage's CPU seconds, prefixed `facesN_`; no bare faster-whisper runs.
+Writes benchmarks/results/pipeline_faces.json then.
+
 Writes benchmarks/results/pipeline.json (benchmarks.report keys; `metrics` flat, medians over runs).
 """
 from __future__ import annotations
@@ -108,6 +114,24 @@ def speech_ends(audio: np.ndarray, rows: list[dict]) -> list[float]:
         loud = np.flatnonzero(rms[lo:hi] > threshold)
         ends.append((lo + loud[-1] + 1) / 100 if loud.size else row["end"])
     return ends
+
+
+def gallery_media(out: Path, audio: np.ndarray, n: int, fps: float = 10.0) -> Path:
+    """An mp4 of `audio` with n real faces side by side (a call's gallery view), each moving a
+    pixel or two from frame to frame as a head does."""
+    from benchmarks.face_media import FRAME_H, FRAME_W, grid, load_photos
+    from engines.media import MediaWriter
+
+    photos, rng, shift, fed = load_photos(None), np.random.default_rng(n), np.zeros(2), 0
+    with MediaWriter(out, fps, FRAME_W, FRAME_H, SAMPLE_RATE) as writer:
+        for i in range(int(np.ceil(len(audio) / SAMPLE_RATE * fps))):
+            shift = np.clip(shift + rng.integers(-1, 2, 2), -3, 3)
+            writer.video(grid(photos, n, (int(shift[0]), int(shift[1])))[0])
+            until = min(len(audio), int((i + 1) * SAMPLE_RATE / fps))
+            writer.audio(audio[fed:until])
+            fed = max(fed, until)
+        writer.audio(audio[fed:])
+    return out
 
 
 # --------------------------------------------------------------------------- processes
@@ -502,6 +526,58 @@ def live_metrics(prefix: str, rows: list[dict], lives: list[dict]) -> dict:
         **proc_metrics("live", lives)}.items()}
 
 
+def faces_metrics(n: int, replays: list[dict], lives: list[dict]) -> dict:
+    """The `--faces` figures of one number of faces in view, prefixed facesN_."""
+    out: dict[str, float] = {}
+    count = lambda runs: median([len(m.get("faces", [])) for r in runs for m in r["messages"] if m["type"] == "window"])
+    if replays:
+        win = [m["timing"]["infer_s"] for r in replays for m in r["messages"] if m["type"] == "window"]
+        out.update({"replay_wall_s": round(median([r["wall_s"] for r in replays]), 3),
+                    "replay_window_infer_ms_p50": round(1000 * pct(win, 50), 2),
+                    "replay_window_infer_ms_p95": round(1000 * pct(win, 95), 2),
+                    "replay_faces_per_window": count(replays), **proc_metrics("replay", replays)})
+    if lives:
+        delays = [d for r in lives for d in r["window_delays"]]
+        lat = [l for r in lives for l in r["latencies"]]
+        win = [m["timing"]["infer_s"] for r in lives for m in r["messages"] if m["type"] == "window"]
+        out.update({"window_latency_p50_ms": round(1000 * pct(delays, 50), 1),
+                    "window_latency_p95_ms": round(1000 * pct(delays, 95), 1),
+                    "live_window_infer_ms_p50": round(1000 * pct(win, 50), 2),
+                    "latency_p50_ms": round(1000 * pct(lat, 50), 1),
+                    "live_utterances_missed": sum(r["missed"] for r in lives),
+                    "live_faces_per_window": count(lives), **proc_metrics("live", lives)})
+    return {f"faces{n}_{k}": v for k, v in out.items()}
+
+
+def faces_mode(args, sets: list[str], work: Path, media: Path, wav: Path, rows: list[dict], duration: float,
+               bundle: Path) -> dict:
+    """--faces: each number of faces in view, its replay and live runs in turn."""
+    from engines.media import read_media
+
+    audio = read_media(media, SAMPLE_RATE)[0]
+    metrics: dict[str, float] = {}
+    mic = VirtualMicrophone(work) if args.live_runs else None
+    try:
+        for n in args.faces:
+            gallery = gallery_media(work / f"faces{n}.mp4", audio, n)
+            replays = [replay_run(gallery, bundle, work, sets) for _ in range(args.runs)]
+            metrics[f"faces{n}_replay_hung"] = sum(r is None for r in replays)
+            replays = [r for r in replays if r]
+            lives = []
+            for _ in range(args.live_runs):
+                run = live_run(gallery, wav, duration, bundle, work, mic, sets)
+                run.update(live_latencies(run, rows))
+                lives.append(run)
+            found = faces_metrics(n, replays, lives)
+            metrics.update(found)
+            print(f"{n} faces: " + ", ".join(f"{k[len(f'faces{n}_'):]} {v}" for k, v in found.items()
+                                             if "rss" not in k), flush=True)
+    finally:
+        if mic:
+            mic.close()
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="model bundle (default: a random-init bundle made here)")
@@ -522,8 +598,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", default="", metavar="N,N,...",
                         help="also run N concurrent real-time replays sharing one `realtime infer` "
                              "(backend service), for each N: end-of-speech latency as N grows")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pipeline.json")
+    parser.add_argument("--faces", type=int, nargs="+", choices=[1, 2, 4, 8],
+                        help="instead: a gallery view of each of these numbers of real faces (see above)")
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/pipeline.json "
+                                                 "(pipeline_faces.json with --faces)")
     args = parser.parse_args(argv)
+    args.out = args.out or ROOT / f"benchmarks/results/{'pipeline_faces' if args.faces else 'pipeline'}.json"
     check_tree()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pythonpath = os.environ.get("PYTHONPATH")
@@ -545,6 +625,16 @@ def main(argv: list[str] | None = None) -> int:
 
             bundle = tiny_bundle(work / "bundle", "fp32")
         metrics: dict[str, float] = {"media_s": round(duration, 2), "utterances": len(rows)}
+        if args.faces:
+            metrics.update(faces_mode(args, sets, work, media, wav, rows, duration, bundle))
+            write(args.out, result_json(
+                "pipeline_faces", started, args.asr_threads, metrics, faces=args.faces,
+                bundle=str(args.model) if args.model else "random-init bundle (speed does not depend on weights)",
+                settings=sets, runs={"replay": args.runs, "live": args.live_runs},
+                load_average={"start": load_at_start, "end": list(os.getloadavg())},
+                notes="a gallery of N real faces (benchmarks/face_media.py) over the synthetic session's audio; "
+                      "window latency: emitted_at minus the wall time the window's end was played"))
+            return 0
 
         def use(code: Path) -> None:
             os.environ["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [pythonpath])])

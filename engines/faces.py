@@ -103,24 +103,36 @@ QUIET_PERCENTILE = 25  # the quiet level: this percentile of them
 
 
 def mouth_motion(crop: np.ndarray, previous: np.ndarray) -> float:
-    """Mean absolute grey change of the mouth region between two crops of one face.
+    """Mean absolute grey change of the mouth region between two crops of one face
+    (mouth_motions of one pair)."""
+    return float(mouth_motions([crop], [previous])[0])
 
-    The box is found anew in every frame, so the crops are off by a pixel or two: the
+
+def mouth_motions(crops: Sequence[np.ndarray], previous: Sequence[np.ndarray]) -> np.ndarray:
+    """Mouth motion of each face between its crop and its previous one, all faces at once.
+
+    The box is found anew in every frame, so the crops are off by a pixel or two: a face's
     change is the smallest over shifts of up to MOUTH_SHIFT pixels, after a light blur
-    and less each patch's mean (a change of light is no motion)."""
+    and less each patch's mean (a change of light is no motion).  Every shift of every
+    face is one array operation (the faces of a frame share the crop size), so the cost
+    of a face is a few small blurs, not a Python loop over the shifts."""
     import cv2
+    from numpy.lib.stride_tricks import sliding_window_view
 
-    s = crop.shape[0]
+    if not len(crops):
+        return np.zeros(0)
+    s = crops[0].shape[0]
     (y0, y1), (x0, x1) = ((int(a * s), int(b * s)) for a, b in (MOUTH_ROWS, MOUTH_COLS))
-    a, b = (cv2.GaussianBlur(c, (0, 0), 1.0).astype(np.float32) for c in (crop, previous))
-    patch = a[y0:y1, x0:x1] - a[y0:y1, x0:x1].mean()
     r = MOUTH_SHIFT
-    best = np.inf
-    for dy in range(-min(r, y0), min(r, s - y1) + 1):
-        for dx in range(-min(r, x0), min(r, s - x1) + 1):
-            other = b[y0 + dy:y1 + dy, x0 + dx:x1 + dx]
-            best = min(best, float(np.abs(patch - (other - other.mean())).mean()))
-    return best
+    up, down, left, right = min(r, y0), min(r, s - y1), min(r, x0), min(r, s - x1)
+    blur = lambda c: cv2.GaussianBlur(c, (0, 0), 1.0).astype(np.float32)
+    a = np.stack([blur(c)[y0:y1, x0:x1] for c in crops])  # (n, h, w)
+    b = np.stack([blur(c)[y0 - up:y1 + down, x0 - left:x1 + right] for c in previous])
+    patch = a - a.mean(axis=(1, 2), keepdims=True)
+    others = sliding_window_view(b, a.shape[1:], axis=(1, 2))  # (n, shifts y, shifts x, h, w)
+    others = others - others.mean(axis=(-2, -1), keepdims=True)
+    change = np.abs(patch[:, None, None] - others).mean(axis=(-2, -1))  # (n, shifts y, shifts x)
+    return change.reshape(len(crops), -1).min(axis=1).astype(np.float64)
 
 
 class _Track:
@@ -130,13 +142,13 @@ class _Track:
         self.crop: np.ndarray | None = None
         self.motions: deque[float] = deque(maxlen=QUIET_FRAMES)
 
-    def motion(self, crop: np.ndarray) -> float:
-        """Mouth motion since the track's last crop, above the face's own quiet level.
+    def motion(self, raw: float) -> float:
+        """Mouth motion since the track's last crop (raw: mouth_motions), above the face's
+        own quiet level.
 
         Even a still mouth shows some change (re-detection jitter, head turns, video
         noise), more for one face than another; taking off each face's quiet level (a low
         percentile of its recent motions) leaves what its mouth did, comparable across faces."""
-        raw = mouth_motion(crop, self.crop)
         self.motions.append(raw)
         return max(0.0, raw - float(np.percentile(self.motions, QUIET_PERCENTILE)))
 
@@ -177,18 +189,30 @@ class FaceTracker:
         return np.round(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale)
 
     def update(self, frame_bgr: np.ndarray, t: float) -> FaceFrame:
-        """The faces of the frame at media time t, each with its track's id."""
+        """The faces of the frame at media time t, each with its track's id.
+
+        The per-face work is batched: the frame is turned grey once for every crop, and
+        the mouth motion of all faces seen in the previous frame too is one call
+        (mouth_motions)."""
+        import cv2
+
         boxes = self.detect(frame_bgr)
         self._tracks = [tr for tr in self._tracks if t - tr.last_t <= self.options.track_ttl_s]
+        grey = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if frame_bgr.ndim == 3 and len(boxes) else frame_bgr
+        tracks = self._associate(boxes)
+        for i, box in enumerate(boxes):
+            if tracks[i] is None:
+                tracks[i] = _Track(box, t)
+                self._tracks.append(tracks[i])
+        int_boxes = [tuple(int(v) for v in box) for box in boxes]
+        crops = [face_crop(grey, b, self.preprocessing) for b in int_boxes]
+        moving = [i for i, tr in enumerate(tracks) if tr.crop is not None and tr.last_t == self._previous_t]
+        raw = mouth_motions([crops[i] for i in moving], [tracks[i].crop for i in moving])
+        motions: list[float | None] = [None] * len(boxes)
+        for i, m in zip(moving, raw):
+            motions[i] = tracks[i].motion(float(m))
         faces = []
-        for box, track in zip(boxes, self._associate(boxes)):
-            if track is None:
-                track = _Track(box, t)
-                self._tracks.append(track)
-            int_box = tuple(int(v) for v in box)
-            crop = face_crop(frame_bgr, int_box, self.preprocessing)
-            seen_just_before = track.crop is not None and track.last_t == self._previous_t
-            motion = track.motion(crop) if seen_just_before else None
+        for box, int_box, track, crop, motion in zip(boxes, int_boxes, tracks, crops, motions):
             track.box, track.last_t, track.crop, track.hits = box, t, crop, track.hits + 1
             if track.id is None and track.hits >= self.options.confirm_frames:
                 track.id, self._next_id = self._next_id, self._next_id + 1

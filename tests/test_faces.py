@@ -58,6 +58,37 @@ def test_ids_survive_a_short_absence_and_are_forgotten_after_the_ttl():
     assert back.faces[back.main].id == left_id
 
 
+def _looped_mouth_motion(crop: np.ndarray, previous: np.ndarray) -> float:
+    """The measure written out shift by shift (as it was before the faces were batched)."""
+    from engines.faces import MOUTH_COLS, MOUTH_ROWS, MOUTH_SHIFT
+
+    s = crop.shape[0]
+    (y0, y1), (x0, x1) = ((int(a * s), int(b * s)) for a, b in (MOUTH_ROWS, MOUTH_COLS))
+    a, b = (cv2.GaussianBlur(c, (0, 0), 1.0).astype(np.float32) for c in (crop, previous))
+    patch = a[y0:y1, x0:x1] - a[y0:y1, x0:x1].mean()
+    r, best = MOUTH_SHIFT, np.inf
+    for dy in range(-min(r, y0), min(r, s - y1) + 1):
+        for dx in range(-min(r, x0), min(r, s - x1) + 1):
+            other = b[y0 + dy:y1 + dy, x0 + dx:x1 + dx]
+            best = min(best, float(np.abs(patch - (other - other.mean())).mean()))
+    return best
+
+
+def test_batched_mouth_motion_is_each_faces_own_and_looks_past_a_shift():
+    from engines.faces import mouth_motion, mouth_motions
+
+    face = cv2.resize(cv2.cvtColor(cv2.imread(str(ASSETS / "face_a.jpg")), cv2.COLOR_BGR2GRAY), (64, 64))
+    open_mouth = face.copy()
+    open_mouth[44:54, 24:40] = 20  # a dark open mouth
+    shifted = np.roll(face, (2, -1), axis=(0, 1))  # re-detection jitter, no motion
+    pairs = [(open_mouth, face), (shifted, face), (face, face)]
+    batched = mouth_motions([a for a, _ in pairs], [b for _, b in pairs])
+    assert batched == pytest.approx([_looped_mouth_motion(a, b) for a, b in pairs], abs=1e-4)
+    assert batched[0] > 5 * max(batched[1], 0.5) and batched[2] == pytest.approx(0.0, abs=1e-6)
+    assert mouth_motion(open_mouth, face) == pytest.approx(batched[0], abs=1e-6)
+    assert mouth_motions([], []).shape == (0,)
+
+
 def _frames(motions: list[dict[int, float | None]]) -> list[FaceFrame]:
     crop = np.zeros((4, 4), np.uint8)
     return [FaceFrame(0.2 * k, [SeenFace(i, (0, 0, 4, 4), crop, m) for i, m in seen.items()], 0)
@@ -122,3 +153,19 @@ def test_replay_names_who_speaks_with_stable_face_ids(bundle, two_people_session
     accuracy = np.mean([got == want["speaker"] for got, want in zip(named, truth)])
     print(f"speaker attribution: {accuracy:.3f} ({named} vs {[t['speaker'] for t in truth]})")
     assert accuracy >= 0.9, (named, [t["speaker"] for t in truth])
+
+
+def test_a_gallery_of_eight_real_faces_is_eight_tracks_each_with_its_motion():
+    """The gallery view benchmarks/faces_scaling.py measures: every face found where it is,
+    each its own id, and every face's mouth motion measured in the one batched call."""
+    from benchmarks.face_media import grid, load_photos, matches
+
+    photos = load_photos(None)  # the repository's two faces and matplotlib's sample photo
+    tracker = FaceTracker(FaceOptions(), Preprocessing())
+    frames = [tracker.update(grid(photos, 8, shift)[0], 0.2 * k) for k, shift in enumerate([(0, 0), (1, 1), (2, 0)])]
+    truth = grid(photos, 8)[1]
+    last = frames[-1]
+    assert matches(np.array([f.box for f in last.faces], np.float64), truth) == 8
+    assert sorted(f.id for f in last.faces) == list(range(1, 9))
+    assert all(f.motion is not None and f.motion >= 0 for f in last.faces)
+    assert all(f.motion is None for f in frames[0].faces)  # nothing to compare the first sighting with
