@@ -89,6 +89,10 @@ class Supervisor:
         proc = self._mp.Process(
             target=run_stage, name=f"realtime-{name}", daemon=True,
             args=(name, body, self.endpoints, self.config.pipeline.queue_limit, os.getpid(), self.generation),
+            # A processing stage that has finished stays connected until stop() says `finish`:
+            # exiting earlier could lose what a slower receiver had not read yet (Stage.close).
+            # Sources are not held: one that has ended must read as ended to _restart_chain.
+            kwargs={"hold_until_finish": name in PROCESSING},
         )
         proc.start()
         self.procs[name], self.bodies[name] = proc, body

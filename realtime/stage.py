@@ -53,34 +53,48 @@ COMMANDS = ("rewind", "finish")  # what the supervisor tells sources
 
 class Stage:
     def __init__(self, name: str, endpoints: Endpoints, queue_limit: int, supervisor_pid: int | None = None,
-                 generation: int = 0):
+                 generation: int = 0, hold_until_finish: bool = False):
         self.name = name
         self.gen = generation
         self.endpoints = endpoints
         self.queue_limit = queue_limit
         self.ctx = zmq.Context()
         self.control = bus.socket(self.ctx, zmq.PUSH, endpoints.control, bind=False)
+        # Every socket this stage opens, held for the stage's whole life: a body keeps its
+        # sockets in local variables, and a socket garbage-collected when the body returns
+        # is closed (disconnected) at once, whatever close(drain=True) then does.
+        self._sockets: list[zmq.Socket] = [self.control]
+        # See close(): a finished stage stays connected until the supervisor says `finish`.
+        self.hold_until_finish = hold_until_finish
+        self._finish_heard = False
+        self._commands = self.commands() if hold_until_finish else None
         self._last_beat = 0.0
         # The supervisor passes its pid: a stage still importing its libraries when the
         # supervisor was killed would otherwise take its new parent (init) for it.
         self._parent = supervisor_pid if supervisor_pid is not None else os.getppid()
 
+    def _own(self, sock: zmq.Socket) -> zmq.Socket:
+        self._sockets.append(sock)
+        return sock
+
     def pull(self, endpoint: str) -> zmq.Socket:
-        return bus.socket(self.ctx, zmq.PULL, endpoint, bind=True, hwm=self.queue_limit)
+        return self._own(bus.socket(self.ctx, zmq.PULL, endpoint, bind=True, hwm=self.queue_limit))
 
     def push(self, endpoint: str) -> zmq.Socket:
         # Replay loses nothing: a full queue makes the sender wait (see send), not drop.
         sock = bus.socket(self.ctx, zmq.PUSH, endpoint, bind=False, hwm=self.queue_limit)
         sock.setsockopt(zmq.SNDTIMEO, int(HEARTBEAT_S * 1000))
-        return sock
+        return self._own(sock)
 
     def commands(self) -> zmq.Socket:
-        """The supervisor's command stream (sources only)."""
+        """The supervisor's command stream (sources; and close() of a stage that holds until finish)."""
+        if getattr(self, "_commands", None) is not None:
+            return self._commands  # one subscription: a `finish` read by the body counts for close()
         sock = self.ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.connect(self.endpoints.commands)
-        return sock
+        return self._own(sock)
 
     def command(self, sock: zmq.Socket, timeout_s: float = 0.0) -> dict | None:
         """The next supervisor command, waiting at most timeout_s (with heartbeats), or None."""
@@ -90,6 +104,7 @@ class Stage:
             if sock.poll(int(min(wait, HEARTBEAT_S) * 1000)):
                 message = bus.recv_checked(sock, COMMANDS, self.name)
                 if message is not None:
+                    self._finish_heard |= message[0]["type"] == "finish"
                     return message[0]
             self.heartbeat()
             if time.monotonic() >= deadline:
@@ -138,10 +153,26 @@ class Stage:
         A stage that has finished may still hold up to queue_limit messages for a slow
         receiver, its end of stream last: dropping them after a fixed linger would lose
         the tail of the stream and leave the receiver waiting forever.  So a finished
-        stage waits as long as it takes, but no longer than its supervisor lives."""
+        stage waits as long as it takes, but no longer than its supervisor lives.
+
+        Lingering is not enough, though: a socket's linger only waits until its messages
+        have left this process (into the kernel's socket buffer, and the receiver's queue).
+        When the sender then disconnects while the receiver's queue is full (it reads no
+        more from the connection), ZeroMQ at the receiver drops the connection with
+        whatever was still unread: the tail of the stream and its end of stream.  That is
+        how a replay with a lagging fusion hung: the segmenter exited while fusion was still
+        seconds of audio chunks behind.  So, with hold_until_finish (the supervisor's
+        stages), a finished stage keeps its connections open until the supervisor's
+        `finish`, which it sends only once fusion's end of stream has reached it, i.e. once
+        every message of every stage has been received."""
         if not drain:
             self.ctx.destroy(linger=2000)
             return
+        if self.hold_until_finish:
+            while not self._finish_heard:
+                self.command(self._commands, timeout_s=HEARTBEAT_S)  # heartbeats; exits if orphaned
+        # ctx.destroy reaches every socket still open, ours included (self._sockets keeps
+        # them alive: see __init__), and sets their linger to infinite before closing.
         closing = threading.Thread(target=self.ctx.destroy, kwargs={"linger": -1}, daemon=True)
         closing.start()  # the main thread no longer touches the sockets
         while closing.is_alive():
@@ -176,13 +207,13 @@ def name_process(title: str) -> None:
 
 
 def run_stage(name: str, body: Callable[[Stage], None], endpoints: Endpoints, queue_limit: int,
-              supervisor_pid: int, generation: int = 0) -> None:
+              supervisor_pid: int, generation: int = 0, hold_until_finish: bool = False) -> None:
     """Process entry point: run `body`, report how it ended, exit 0 or 1."""
     # The supervisor owns Ctrl-C: a stage must not die half-way through a
     # message because the terminal sent SIGINT to the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     name_process(f"rt-{name}")
-    stage = Stage(name, endpoints, queue_limit, supervisor_pid, generation)
+    stage = Stage(name, endpoints, queue_limit, supervisor_pid, generation, hold_until_finish)
     stage.heartbeat()  # the supervisor may already be gone
     try:
         body(stage)
