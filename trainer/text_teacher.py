@@ -501,9 +501,7 @@ class TextTeacher(nn.Module):
 def distil(teacher_dir: str | Path, student: TextTeacher, train: list[Utterance], log=print) -> dict[str, np.ndarray]:
     """A stronger teacher's outputs on `train` for student.fit(kd=...): its logits in the
     student's label order and its mask-token features, each from the teacher's own prompts
-    (its speakers and context).  The teacher is freed before the student trains."""
-    import gc
-
+    (its speakers and context)."""
     teacher = TextTeacher.load(teacher_dir)
     labels = list(student.config.labels)
     if sorted(teacher.config.labels) != sorted(labels) or teacher.config.multi_label != student.config.multi_label:
@@ -513,6 +511,5 @@ def distil(teacher_dir: str | Path, student: TextTeacher, train: list[Utterance]
     log(f"KD teacher {teacher_dir}: scoring {len(train)} training utterances")
     order = [teacher.config.labels.index(label) for label in labels]
     outputs = {"logits": teacher.logits(train)[:, order], "features": teacher.embed(train)}
-    del teacher
-    gc.collect()
+    del teacher  # its ~100-400 MB go before the student trains
     return outputs
