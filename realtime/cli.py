@@ -360,12 +360,17 @@ def cmd_devices(args) -> int:
 
 
 def cmd_listen(args) -> int:
+    import signal
+
     import zmq
 
     from realtime import protocol
     from realtime.config import load_config
 
     endpoint = args.endpoint or load_config(args.config, args.overrides).stream.endpoint
+    # Ctrl-C (SIGINT) ends the listener even where it was started in the background of a
+    # script, which leaves SIGINT ignored, and that ignoring is inherited by every child.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
