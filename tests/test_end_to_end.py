@@ -42,9 +42,12 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
         result = _replay(media, bundle, out, endpoint, "--wait-subscribers", "1")
         assert result.returncode == 0, result.stderr
         time.sleep(0.5)  # let the last messages reach the subscriber
-    finally:
         listener.send_signal(signal.SIGINT)  # a subscriber exits cleanly on Ctrl-C
         assert listener.wait(timeout=10) == 0
+    finally:
+        if listener.poll() is None:  # no listener outlives the test
+            listener.kill()
+            listener.wait()
 
     lines = [json.loads(l) for l in out.read_text().splitlines()]
     # One line per spoken utterance, in order, each overlapping its true span.

@@ -55,26 +55,33 @@ def test_a_stalled_subscriber_slows_nothing_and_grows_nothing(bundle, tmp_path):
     base_s, base_kb = _replay(media, bundle, tmp_path / "base.jsonl", f"tcp://127.0.0.1:{free_port()}")
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
+    # Destroyed whatever happens: a context left to the garbage collector with a socket still
+    # open blocks in term() when it is finalised, hanging a later test in this process.
     ctx = zmq.Context()
-    stalled = ctx.socket(zmq.SUB)
-    stalled.setsockopt(zmq.RCVHWM, 1)
-    stalled.setsockopt(zmq.RCVBUF, 4096)
-    stalled.setsockopt(zmq.SUBSCRIBE, b"")
-    stalled.connect(endpoint)
-    heard = tmp_path / "heard.jsonl"
-    listener = subprocess.Popen([sys.executable, "-m", "realtime.cli", "listen", "--endpoint", endpoint,
-                                 "--jsonl", str(heard)], stderr=subprocess.PIPE, text=True)
+    listener = None
     try:
+        stalled = ctx.socket(zmq.SUB)
+        stalled.setsockopt(zmq.LINGER, 0)
+        stalled.setsockopt(zmq.RCVHWM, 1)
+        stalled.setsockopt(zmq.RCVBUF, 4096)
+        stalled.setsockopt(zmq.SUBSCRIBE, b"")
+        stalled.connect(endpoint)
+        heard = tmp_path / "heard.jsonl"
+        listener = subprocess.Popen([sys.executable, "-m", "realtime.cli", "listen", "--endpoint", endpoint,
+                                     "--jsonl", str(heard)], stderr=subprocess.PIPE, text=True)
         slow_s, slow_kb = _replay(media, bundle, tmp_path / "slow.jsonl", endpoint, "--wait-subscribers", "2")
         time.sleep(0.5)  # let the listener take the last messages
-    finally:
         listener.send_signal(signal.SIGINT)
         assert listener.wait(timeout=10) == 0
-    stalled_got = 0
-    while stalled.poll(200):
-        stalled.recv_multipart()
-        stalled_got += 1
-    ctx.destroy(linger=0)
+        stalled_got = 0
+        while stalled.poll(200):
+            stalled.recv_multipart()
+            stalled_got += 1
+    finally:
+        if listener is not None and listener.poll() is None:
+            listener.kill()
+            listener.wait()
+        ctx.destroy(linger=0)
 
     published = [json.loads(l) for l in (tmp_path / "slow.jsonl").read_text().splitlines()]
     assert len(published) > 20 * QUEUE, len(published)  # enough to overflow the stalled subscriber's queue
