@@ -80,26 +80,13 @@ def test_two_concurrent_clients_get_local_probabilities_in_shared_batches(servic
 
 
 def test_a_replay_through_the_service_equals_a_local_replay(service, bundle, held_out_session, tmp_path):
-    from tests.test_triton import _replay
+    from tests.remote_replay import largest_difference, replay
 
     media = next(held_out_session.glob("*.mp4"))
-    remote = _replay(media, bundle, tmp_path / "service.jsonl", "--backend", "service",
-                     "--service-endpoint", service)
-    local = _replay(media, bundle, tmp_path / "ort.jsonl", "--backend", "onnxruntime", "--device", "cpu")
-    scored = lambda messages: {(m["type"], m["start"], m["end"]): m for m in messages
-                               if m["type"] in ("utterance", "window")}
-    remote, local = scored(remote), scored(local)
-    assert remote.keys() == local.keys()
-    assert sum(t == "utterance" for t, _, _ in local) >= 2 and sum(t == "window" for t, _, _ in local) >= 10
-    worst = 0.0
-    for key, want in local.items():
-        got = remote[key]
-        assert got.get("text") == want.get("text") and got["modalities"] == want["modalities"]
-        for m in ("labels", "peers"):
-            flat = lambda d: d if m == "labels" else {(p, l): v for p, row in d.items() for l, v in row.items()}
-            assert flat(got[m]).keys() == flat(want[m]).keys()
-            worst = max(worst, *(abs(flat(got[m])[k] - v) for k, v in flat(want[m]).items()))
-    print(f"replay through the service: {len(local)} results, max |p_service - p_ort| = {worst:.2e}")
+    remote = replay(media, bundle, tmp_path / "service.jsonl", "--backend", "service", "--service-endpoint", service)
+    local = replay(media, bundle, tmp_path / "ort.jsonl", "--backend", "onnxruntime", "--device", "cpu")
+    worst = largest_difference(remote, local)
+    print(f"replay through the service: max |p_service - p_ort| = {worst:.2e}")
     assert worst < TOLERANCE
 
 

@@ -5,7 +5,6 @@ split at the server's limit and gathered by its dynamic batcher, and errors that
 server and the model."""
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -19,7 +18,6 @@ from engines.backends import BackendUnavailable, open_backend
 from engines.bundle import open_bundle
 from engines.features import Window
 from engines.triton import MAX_BATCH, MODELS, write_model_repository
-from tests.conftest import free_port
 
 pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install -e '.[triton]'")
 
@@ -104,31 +102,14 @@ def test_dynamic_batching_gathers_requests_of_several_clients(server, bundle):
     assert np.abs(np.concatenate(results) - alone).max() < TOLERANCE
 
 
-def _replay(media, bundle, out, *extra):
-    result = subprocess.run(
-        [sys.executable, "-m", "realtime.cli", "replay", str(media), "--model", str(bundle), "--out", str(out),
-         "--all-messages", "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--quiet", *extra],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in out.read_text().splitlines()]
-
-
 def test_replay_through_triton_gives_onnxruntime_probabilities(server, bundle, held_out_session, tmp_path):
+    from tests.remote_replay import largest_difference, replay
+
     media = next(held_out_session.glob("*.mp4"))
-    remote = _replay(media, bundle, tmp_path / "triton.jsonl", "--backend", "triton", "--triton-url", server)
-    local = _replay(media, bundle, tmp_path / "ort.jsonl", "--backend", "onnxruntime", "--device", "cpu")
-    scored = lambda messages: {(m["type"], m["start"], m["end"]): m for m in messages
-                               if m["type"] in ("utterance", "window")}
-    remote, local = scored(remote), scored(local)
-    assert remote.keys() == local.keys()
-    assert sum(t == "utterance" for t, _, _ in local) >= 2 and sum(t == "window" for t, _, _ in local) >= 10
-    worst = 0.0
-    for key, want in local.items():
-        got = remote[key]
-        assert got.get("text") == want.get("text") and got["modalities"] == want["modalities"]
-        for label, p in want["labels"].items():
-            worst = max(worst, abs(got["labels"][label] - p))
-    print(f"replay through Triton: {len(local)} results, max |p_triton - p_ort| = {worst:.2e}")
+    remote = replay(media, bundle, tmp_path / "triton.jsonl", "--backend", "triton", "--triton-url", server)
+    local = replay(media, bundle, tmp_path / "ort.jsonl", "--backend", "onnxruntime", "--device", "cpu")
+    worst = largest_difference(remote, local)
+    print(f"replay through Triton: max |p_triton - p_ort| = {worst:.2e}")
     assert worst < TOLERANCE
 
 
