@@ -82,6 +82,7 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
     p.add_argument("--subsample", type=int, default=d["subsample"], help="train rows used (0: all)")
     p.add_argument("--budget-minutes", type=float, default=d["budget_minutes"], help="stop training after this long")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU if torch sees one), cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frozen-baseline", action="store_true")
     p.add_argument("--baseline-only", action="store_true",
@@ -99,7 +100,7 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
     import torch
 
     from trainer.datasets import load
-    from trainer.text_teacher import TeacherConfig, TextTeacher
+    from trainer.text_teacher import TeacherConfig, TextTeacher, resolve_device
 
     torch.set_num_threads(args.threads)
     corpus = load(args.data)
@@ -123,7 +124,8 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
                         freeze_layers=args.freeze_layers, max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
                         speakers=args.speakers, kd_teacher=str(args.kd_teacher or ""),
                         response_kd=1.0 if args.kd_teacher else 0.0, feature_kd=1.0 if args.kd_teacher else 0.0)
-    teacher = TextTeacher.create(cfg)
+    device = resolve_device(args.device)
+    teacher = TextTeacher.create(cfg).to(device)
     fit_train = train
     if args.subsample and args.subsample < len(train):
         # Prompts need whole dialogues; goemotions (no dialogues) is the only user.
@@ -174,7 +176,7 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
     if args.save:
         teacher.save(args.save)
         print(f"saved the teacher to {args.save}", flush=True)
-    extra = {"teacher_saved_to": str(args.save) if args.save else None}
+    extra = {"teacher_saved_to": str(args.save) if args.save else None, "device": device.type}
     write(args.out, result_json(name, started, args.threads, metrics,
                                 model=f"TextTeacher({args.encoder}), mask-token head, "
                                       f"{'sigmoid/BCE' if multi_label else 'softmax/CE'}",

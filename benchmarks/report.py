@@ -25,6 +25,7 @@ from engines.atomic import write_file
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLOW_DIRTY = "BENCH_ALLOW_DIRTY"
+SOURCE_STATE = ".source_state.json"  # a copied checkout's git state (write_source_state)
 
 _started_state: dict | None = None  # set by check_tree(): the checkout as the run began
 
@@ -40,9 +41,14 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
 def git_state(root: Path = ROOT) -> dict:
     """{"commit", "clean"} of the checkout at root, plus "diff_sha256" when it is dirty.
 
+    A copy of a checkout without its .git (the GPU machine gets the working tree alone) takes
+    the state recorded in SOURCE_STATE when the copy was made (`write_source_state`).
     Raises DirtyTree for a dirty checkout (or no git checkout at all) unless the
     environment sets BENCH_ALLOW_DIRTY=1.
     """
+    if not (root / ".git").exists() and (root / SOURCE_STATE).is_file():
+        copied = json.loads((root / SOURCE_STATE).read_text())
+        return {**copied, "state_from": f"{SOURCE_STATE}, written when this copy of the checkout was made"}
     head = _git(root, "rev-parse", "HEAD")
     status = _git(root, "status", "--porcelain")
     commit = head.stdout.decode().strip() if head.returncode == 0 else None
@@ -56,6 +62,14 @@ def git_state(root: Path = ROOT) -> dict:
                         f"commit them, or set {ALLOW_DIRTY}=1 to record the diff's SHA-256 instead")
     diff = _git(root, "diff", "HEAD", "--binary")
     state["diff_sha256"] = hashlib.sha256(diff.stdout).hexdigest() if diff.returncode == 0 else None
+    return state
+
+
+def write_source_state(root: Path = ROOT) -> dict:
+    """Record the checkout's state in SOURCE_STATE (git-ignored) before its working tree is
+    copied to a machine without .git; refuses a dirty checkout like check_tree."""
+    state = git_state(root)
+    write_file(root / SOURCE_STATE, json.dumps(state) + "\n")
     return state
 
 

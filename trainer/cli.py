@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "TelME's response and feature KD")
     tp.add_argument("--response-kd", type=float, default=1.0, help="weight of the response KD (DIST; default 1)")
     tp.add_argument("--feature-kd", type=float, default=1.0, help="weight of the feature KD (default 1)")
+    tp.add_argument("--device", default="auto",
+                    help="where to train: auto (a CUDA GPU when torch sees one, else the CPU; default), cpu, "
+                         "cuda or cuda:N.  On a GPU the steps run under bf16 autocast")
     tp.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its last finished epoch (TEACHER/.checkpoint, "
                          "written after every epoch); give the same options")
@@ -153,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {manifest}")
         elif args.command == "teach":
             from trainer.datasets import load
-            from trainer.text_teacher import CHECKPOINT_DIR, STATE_FILE, TeacherConfig, TextTeacher, distil
+            from trainer.text_teacher import (CHECKPOINT_DIR, STATE_FILE, TeacherConfig, TextTeacher, distil,
+                                              resolve_device)
 
             if args.resume and not (args.out / CHECKPOINT_DIR / STATE_FILE).is_file():  # before any loading
                 raise FileNotFoundError(f"{args.out / CHECKPOINT_DIR / STATE_FILE}: nothing to resume from")
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
                 speakers=args.speakers, kd_teacher=str(args.kd_teacher or ""),
                 response_kd=args.response_kd if args.kd_teacher else 0.0,
-                feature_kd=args.feature_kd if args.kd_teacher else 0.0))
+                feature_kd=args.feature_kd if args.kd_teacher else 0.0)).to(resolve_device(args.device))
             log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
             train = corpus.split("train")
             kd = distil(args.kd_teacher, teacher, train, log) if args.kd_teacher else None

@@ -106,6 +106,17 @@ def _embeddings_module(encoder: nn.Module) -> nn.Module:
     return getattr(encoder, "embeddings", None) or encoder.get_input_embeddings()
 
 
+def resolve_device(device: str) -> torch.device:
+    """"auto": the GPU when torch sees one, else the CPU; otherwise torch's own names ("cpu",
+    "cuda", "cuda:1").  A GPU asked for and not there is an error, not a silent CPU run."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch sees no CUDA GPU (use cpu or auto)")
+    return resolved
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -121,6 +132,17 @@ class TextTeacher(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(encoder.config.hidden_size, len(config.labels))
         self.history: list[dict] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def _autocast(self):
+        """bf16 autocast on a GPU (TF32 and bf16 matrix units, the usual fine-tuning
+        precision); on the CPU, plain float32, as every CPU result so far was measured."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
 
     # ------------------------------------------------------------------ construction
 
@@ -164,7 +186,7 @@ class TextTeacher(nn.Module):
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "TextTeacher":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TextTeacher":
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
@@ -176,6 +198,7 @@ class TextTeacher(nn.Module):
         teacher = cls(config, encoder, tokenizer)
         teacher.head.load_state_dict(load_file(str(directory / HEAD_FILE)))
         teacher.history = meta.get("history", [])
+        teacher.to(device)
         teacher.eval()
         return teacher
 
@@ -201,7 +224,8 @@ class TextTeacher(nn.Module):
                         return_tensors="pt")
         finally:
             tok.truncation_side = side
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        return {"input_ids": batch["input_ids"].to(self.device),
+                "attention_mask": batch["attention_mask"].to(self.device)}
 
     def targets(self, utterances: list[Utterance]) -> np.ndarray:
         index = {label: j for j, label in enumerate(self.config.labels)}
@@ -246,9 +270,10 @@ class TextTeacher(nn.Module):
         for start in range(0, len(order), bs):
             idx = order[start:start + bs]
             batch = self.encode([prompts[i] for i in idx])
-            feats = self.features(**batch)
-            values = feats if what == "embed" else self.head(feats)
-            for i, row in zip(idx, values.numpy()):
+            with self._autocast():
+                feats = self.features(**batch)
+                values = feats if what == "embed" else self.head(feats)
+            for i, row in zip(idx, values.float().cpu().numpy()):
                 out[i] = row
         self.train(was_training)
         return np.stack(out) if out else np.zeros((0, self.head.out_features), np.float32)
@@ -318,7 +343,7 @@ class TextTeacher(nn.Module):
         set_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         gen = np.random.default_rng(cfg.seed)
-        prompts, y = self.prompts(train), torch.from_numpy(self.targets(train))
+        prompts, y = self.prompts(train), torch.from_numpy(self.targets(train)).to(self.device)
         dev_prompts, dev_y = self.prompts(dev), self.targets(dev)
         lengths = np.array([len(self.tokenizer.tokenize(p)) for p in prompts])
 
@@ -368,7 +393,7 @@ class TextTeacher(nn.Module):
         if resume:
             if checkpoint is None or not (checkpoint / STATE_FILE).is_file():
                 raise FileNotFoundError(f"{checkpoint and checkpoint / STATE_FILE}: nothing to resume from")
-            state = torch.load(checkpoint / STATE_FILE, weights_only=True)
+            state = torch.load(checkpoint / STATE_FILE, weights_only=True, map_location=self.device)
             saved = json.loads(state["config"])
             changed = [f"{k}={saved.get(k)!r}, now {v!r}" for k, v in dataclasses.asdict(cfg).items()
                        if saved.get(k) != v]
@@ -382,12 +407,12 @@ class TextTeacher(nn.Module):
             sched.load_state_dict(state["scheduler"])
             plan.update(state["plan"])
             gen.bit_generator.state = json.loads(state["numpy_generator"])
-            torch.set_rng_state(state["torch_rng"])
+            torch.set_rng_state(state["torch_rng"].cpu())
             step, first, done = int(state["step"]), int(state["epoch"]) + 1, bool(state["done"])
             self.history, best = json.loads(state["history"]), float(state["best"])
             started -= float(state["seconds"])  # a time budget counts the finished epochs' time too
             best_state = (state["model"] if state["best_epoch"] == state["epoch"]
-                          else torch.load(checkpoint / BEST_FILE, weights_only=True))
+                          else torch.load(checkpoint / BEST_FILE, weights_only=True, map_location=self.device))
             log(f"resume: {first - 1} epochs done" + (", training had ended" if done else
                                                        f", continuing with epoch {first}"))
         for epoch in range(first, cfg.epochs + 1):
@@ -397,12 +422,13 @@ class TextTeacher(nn.Module):
             running, seen, stopped = 0.0, 0, False
             for b in batches():
                 batch = self.encode([prompts[i] for i in b])
-                if kd_terms:
-                    feats = self.features(**batch)
-                    logits = self.head(self.dropout(feats))
-                    loss = self.loss(logits, y[b]) + self._kd_loss(kd_terms, b, feats, logits)
-                else:
-                    loss = self.loss(self(**batch), y[b])
+                with self._autocast():
+                    if kd_terms:
+                        feats = self.features(**batch)
+                        logits = self.head(self.dropout(feats))
+                        loss = self.loss(logits.float(), y[b]) + self._kd_loss(kd_terms, b, feats.float(), logits.float())
+                    else:
+                        loss = self.loss(self(**batch).float(), y[b])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.parameters(), cfg.clip)
@@ -483,8 +509,9 @@ class TextTeacher(nn.Module):
             raise ValueError(f"KD outputs must be one row per training utterance ({n}) and logits one "
                              f"column per label ({len(cfg.labels)}); got {logits.shape} and {feats.shape}")
         torch.manual_seed(cfg.seed)
-        project = nn.Linear(self.encoder.config.hidden_size, feats.shape[1])
-        return {"logits": torch.from_numpy(logits), "features": torch.from_numpy(feats), "project": project}
+        project = nn.Linear(self.encoder.config.hidden_size, feats.shape[1]).to(self.device)
+        return {"logits": torch.from_numpy(logits).to(self.device), "features": torch.from_numpy(feats).to(self.device),
+                "project": project}
 
     def _kd_loss(self, terms: dict, rows, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         from trainer.losses import dist_response_kd, feature_kd
@@ -502,7 +529,7 @@ def distil(teacher_dir: str | Path, student: TextTeacher, train: list[Utterance]
     """A stronger teacher's outputs on `train` for student.fit(kd=...): its logits in the
     student's label order and its mask-token features, each from the teacher's own prompts
     (its speakers and context)."""
-    teacher = TextTeacher.load(teacher_dir)
+    teacher = TextTeacher.load(teacher_dir, student.device)
     labels = list(student.config.labels)
     if sorted(teacher.config.labels) != sorted(labels) or teacher.config.multi_label != student.config.multi_label:
         raise ValueError(f"KD teacher {teacher_dir}: its labels {teacher.config.labels} "

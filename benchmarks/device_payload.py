@@ -1,0 +1,137 @@
+"""Take a model folder to the GPU machine, which accepts at most 64 MiB a call.
+
+  python benchmarks/device_payload.py pack NAME MODEL_DIR [--chunk-mb 60]   (here)
+  python benchmarks/device_payload.py stash [NAME ...]                      (there, each call)
+  python benchmarks/device_payload.py unpack NAME DEST                      (there, last call)
+
+`pack` writes .device_payload/NAME/: the folder's small files (config, tokenizer) in meta/,
+and its model.safetensors as float16 cut into part-NN files of at most --chunk-mb.  Float16
+halves the bytes; a pre-trained checkpoint loses nothing that fine-tuning notices (its weights
+are far inside float16's range).  Each call carries some parts (`carry`: .device_payload/NAME/
+part-NN); `stash` copies what arrived to STASH, which lasts as long as the machine stays warm;
+`unpack` joins the parts, checks the SHA-256 `pack` recorded, and writes DEST with float32
+weights, a folder transformers loads as it would the original.  It names any part missing.
+
+`pack` also records the checkout's git state (benchmarks.report.write_source_state), so the
+results written there name the commit they came from.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PAYLOAD = ROOT / ".device_payload"  # git-ignored
+STASH = Path("/tmp/device_payload")
+WEIGHTS = "model.safetensors"
+MANIFEST = "payload.json"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pack(name: str, model_dir: Path, chunk_mb: float) -> list[Path]:
+    from safetensors.torch import load_file, save_file
+
+    from benchmarks.report import write_source_state
+
+    state = write_source_state()
+    out = PAYLOAD / name
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "meta").mkdir(parents=True)
+    for item in model_dir.iterdir():  # config, tokenizer, pooling: everything but the weights
+        if item.name != WEIGHTS:
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, out / "meta" / item.name)
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous()
+               for k, v in load_file(str(model_dir / WEIGHTS)).items()}
+    half = out / "weights.fp16"
+    save_file(tensors, str(half), metadata={"format": "pt"})
+    del tensors
+    data, size = half.read_bytes(), int(chunk_mb * 2**20)
+    parts = []
+    for i in range(0, len(data), size):
+        part = out / f"part-{i // size:02d}"
+        part.write_bytes(data[i:i + size])
+        parts.append(part)
+    manifest = {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                "parts": [p.name for p in parts], "source": str(model_dir), "git": state}
+    (out / "meta" / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    half.unlink()
+    for p in parts:
+        print(f"{p.relative_to(ROOT)}  {p.stat().st_size / 2**20:.1f} MiB")
+    return parts
+
+
+def stash(names: list[str]) -> None:
+    """Copy the parts and meta that this call carried to STASH (kept while the machine is warm)."""
+    if not names:
+        names = [p.name for p in PAYLOAD.iterdir() if p.is_dir()] if PAYLOAD.is_dir() else []
+    for name in names:
+        src, dst = PAYLOAD / name, STASH / name
+        dst.mkdir(parents=True, exist_ok=True)
+        for item in sorted(src.iterdir()) if src.is_dir() else []:
+            if not (dst / item.name).exists():
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, dst / item.name)
+        print(f"{name}: stashed {sorted(p.name for p in dst.iterdir())}", flush=True)
+
+
+def unpack(name: str, dest: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    stash([name])
+    src = STASH / name
+    manifest = json.loads((src / "meta" / MANIFEST).read_text())
+    missing = [p for p in manifest["parts"] if not (src / p).is_file()]
+    if missing:
+        raise SystemExit(f"{name}: parts {missing} never arrived (carry .device_payload/{name}/PART "
+                         f"in a call while the machine is warm)")
+    joined = src / "weights.fp16"
+    with open(joined, "wb") as f:
+        for p in manifest["parts"]:
+            f.write((src / p).read_bytes())
+    if sha256(joined) != manifest["sha256"]:
+        raise SystemExit(f"{name}: the joined weights do not match the SHA-256 recorded by pack")
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src / "meta", dest)
+    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(joined)).items()}
+    save_file(tensors, str(dest / WEIGHTS), metadata={"format": "pt"})
+    print(f"{name}: {dest} ({len(tensors)} tensors, float32)", flush=True)
+    return dest
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="here: split a model folder into float16 parts")
+    p.add_argument("name")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--chunk-mb", type=float, default=60.0)
+    s = sub.add_parser("stash", help="there: keep the parts this call carried")
+    s.add_argument("names", nargs="*")
+    u = sub.add_parser("unpack", help="there: join the parts into a float32 model folder")
+    u.add_argument("name")
+    u.add_argument("dest", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "pack":
+        pack(args.name, args.model_dir, args.chunk_mb)
+    elif args.command == "stash":
+        stash(args.names)
+    else:
+        unpack(args.name, args.dest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
