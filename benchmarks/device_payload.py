@@ -3,6 +3,7 @@
   python benchmarks/device_payload.py pack NAME MODEL_DIR [--chunk-mb 60]   (here)
   python benchmarks/device_payload.py stash [NAME ...]                      (there, each call)
   python benchmarks/device_payload.py unpack NAME DEST                      (there, last call)
+  python benchmarks/device_payload.py receive PIECES_DIR NAME DEST          (here, after)
 
 `pack` writes .device_payload/NAME/: the folder's small files (config, tokenizer) in meta/,
 and its model.safetensors as float16 cut into part-NN files of at most --chunk-mb.  Float16
@@ -11,6 +12,10 @@ are far inside float16's range).  Each call carries some parts (`carry`: .device
 part-NN); `stash` copies what arrived to STASH, which lasts as long as the machine stays warm;
 `unpack` joins the parts, checks the SHA-256 `pack` recorded, and writes DEST with float32
 weights, a folder transformers loads as it would the original.  It names any part missing.
+
+The way back (at most 8 files of 16 MiB): `send_back` tars a folder with its safetensors
+weights in float16 and cuts it into NAME.tar.part-NN; `receive` joins them and writes DEST
+with float32 weights.
 
 `pack` also records the checkout's git state (benchmarks.report.write_source_state), so the
 results written there name the commit they came from.
@@ -31,6 +36,7 @@ PAYLOAD = ROOT / ".device_payload"  # git-ignored
 STASH = Path("/tmp/device_payload")
 WEIGHTS = "model.safetensors"
 MANIFEST = "payload.json"
+PIECE = 15 * 2**20  # under the 16 MiB a file that comes back may hold
 
 
 def sha256(path: Path) -> str:
@@ -87,8 +93,6 @@ def stash(names: list[str]) -> None:
 
 
 def unpack(name: str, dest: Path) -> Path:
-    from safetensors.torch import load_file, save_file
-
     stash([name])
     src = STASH / name
     manifest = json.loads((src / "meta" / MANIFEST).read_text())
@@ -105,9 +109,55 @@ def unpack(name: str, dest: Path) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src / "meta", dest)
-    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(joined)).items()}
-    save_file(tensors, str(dest / WEIGHTS), metadata={"format": "pt"})
-    print(f"{name}: {dest} ({len(tensors)} tensors, float32)", flush=True)
+    shutil.copy2(joined, dest / WEIGHTS)
+    _cast_weights(dest, half=False)
+    print(f"{name}: {dest} (float32 weights)", flush=True)
+    return dest
+
+
+def _cast_weights(directory: Path, half: bool) -> None:
+    """Every model.safetensors under directory, its floating tensors in float16 or float32."""
+    from safetensors.torch import load_file, save_file
+
+    for weights in directory.rglob(WEIGHTS):
+        tensors = {k: ((v.half() if half else v.float()) if v.is_floating_point() else v).contiguous()
+                   for k, v in load_file(str(weights)).items()}
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+
+
+def send_back(directory: Path, out: Path, name: str) -> list[Path]:
+    """Tar `directory` (its weights cast to float16, in place) into out/NAME.tar.part-NN."""
+    import tarfile
+
+    _cast_weights(directory, half=True)
+    tar = out / f"{name}.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(directory, arcname=name)
+    data, pieces = tar.read_bytes(), []
+    for i in range(0, len(data), PIECE):
+        pieces.append(out / f"{name}.tar.part-{i // PIECE:02d}")
+        pieces[-1].write_bytes(data[i:i + PIECE])
+    tar.unlink()
+    return pieces
+
+
+def receive(pieces_dir: Path, name: str, dest: Path) -> Path:
+    """Join NAME.tar.part-NN from pieces_dir and write its folder at dest, weights in float32."""
+    import io
+    import tarfile
+    import tempfile
+
+    pieces = sorted(pieces_dir.glob(f"{name}.tar.part-*"))
+    if not pieces:
+        raise SystemExit(f"{pieces_dir}: no {name}.tar.part-* pieces")
+    data = b"".join(p.read_bytes() for p in pieces)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp, tarfile.open(fileobj=io.BytesIO(data)) as t:
+        t.extractall(tmp, filter="data")
+        _cast_weights(Path(tmp) / name, half=False)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(str(Path(tmp) / name), dest)
+    print(f"{name}: {dest} (float32 weights)", flush=True)
     return dest
 
 
@@ -123,11 +173,17 @@ def main(argv=None) -> int:
     u = sub.add_parser("unpack", help="there: join the parts into a float32 model folder")
     u.add_argument("name")
     u.add_argument("dest", type=Path)
+    r = sub.add_parser("receive", help="here: rebuild a folder sent back in pieces")
+    r.add_argument("pieces_dir", type=Path)
+    r.add_argument("name")
+    r.add_argument("dest", type=Path)
     args = parser.parse_args(argv)
     if args.command == "pack":
         pack(args.name, args.model_dir, args.chunk_mb)
     elif args.command == "stash":
         stash(args.names)
+    elif args.command == "receive":
+        receive(args.pieces_dir, args.name, args.dest)
     else:
         unpack(args.name, args.dest)
     return 0
