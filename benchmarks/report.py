@@ -41,12 +41,13 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
 def git_state(root: Path = ROOT) -> dict:
     """{"commit", "clean"} of the checkout at root, plus "diff_sha256" when it is dirty.
 
-    A copy of a checkout without its .git (the GPU machine gets the working tree alone) takes
-    the state recorded in SOURCE_STATE when the copy was made (`write_source_state`).
+    A copy of a checkout whose .git is not the source's (the GPU machine's copy), run with
+    BENCH_COPIED_CHECKOUT=1, takes the state recorded in SOURCE_STATE when the copy was made
+    (`write_source_state`).
     Raises DirtyTree for a dirty checkout (or no git checkout at all) unless the
     environment sets BENCH_ALLOW_DIRTY=1.
     """
-    if not (root / ".git").exists() and (root / SOURCE_STATE).is_file():
+    if os.environ.get("BENCH_COPIED_CHECKOUT") == "1" and (root / SOURCE_STATE).is_file():
         copied = json.loads((root / SOURCE_STATE).read_text())
         return {**copied, "state_from": f"{SOURCE_STATE}, written when this copy of the checkout was made"}
     head = _git(root, "rev-parse", "HEAD")
