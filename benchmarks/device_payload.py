@@ -1,6 +1,7 @@
 """Take a model folder to the GPU machine, which accepts at most 64 MiB a call.
 
   python benchmarks/device_payload.py pack NAME MODEL_DIR [--chunk-mb 60]   (here)
+  python benchmarks/device_payload.py state                                 (here, after a commit)
   python benchmarks/device_payload.py stash [NAME ...]                      (there, each call)
   python benchmarks/device_payload.py unpack NAME DEST                      (there, last call)
   python benchmarks/device_payload.py receive PIECES_DIR NAME DEST          (here, after)
@@ -17,8 +18,11 @@ The way back (at most 8 files of 16 MiB): `send_back` tars a folder with its saf
 weights in float16 and cuts it into NAME.tar.part-NN; `receive` joins them and writes DEST
 with float32 weights.
 
-`pack` also records the checkout's git state (benchmarks.report.write_source_state), so the
-results written there name the commit they came from.
+`pack` and `state` record the checkout's git state (benchmarks.report.write_source_state);
+run there with BENCH_COPIED_CHECKOUT=1, the results name the commit the copy came from.
+
+Measured on the H200 (2026-11-30): a warm call carrying one 60 MiB part took about 4 s, so
+all-mpnet-base-v2 (438 MB, 209 MiB in float16) reached it in four calls.
 """
 from __future__ import annotations
 
@@ -47,13 +51,11 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pack(name: str, model_dir: Path, chunk_mb: float) -> list[Path]:
+def pack(name: str, model_dir: Path, chunk_mb: float, payload: Path = PAYLOAD, state: dict | None = None) -> list[Path]:
+    """payload/NAME/: meta/ (the small files and MANIFEST) and the float16 weights in parts."""
     from safetensors.torch import load_file, save_file
 
-    from benchmarks.report import write_source_state
-
-    state = write_source_state()
-    out = PAYLOAD / name
+    out = payload / name
     shutil.rmtree(out, ignore_errors=True)
     (out / "meta").mkdir(parents=True)
     for item in model_dir.iterdir():  # config, tokenizer, pooling: everything but the weights
@@ -75,16 +77,16 @@ def pack(name: str, model_dir: Path, chunk_mb: float) -> list[Path]:
     (out / "meta" / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     half.unlink()
     for p in parts:
-        print(f"{p.relative_to(ROOT)}  {p.stat().st_size / 2**20:.1f} MiB")
+        print(f"{p}  {p.stat().st_size / 2**20:.1f} MiB")
     return parts
 
 
-def stash(names: list[str]) -> None:
-    """Copy the parts and meta that this call carried to STASH (kept while the machine is warm)."""
+def stash(names: list[str], payload: Path = PAYLOAD, keep: Path = STASH) -> None:
+    """Copy the parts and meta that this call carried to `keep` (kept while the machine is warm)."""
     if not names:
-        names = [p.name for p in PAYLOAD.iterdir() if p.is_dir()] if PAYLOAD.is_dir() else []
+        names = [p.name for p in payload.iterdir() if p.is_dir()] if payload.is_dir() else []
     for name in names:
-        src, dst = PAYLOAD / name, STASH / name
+        src, dst = payload / name, keep / name
         dst.mkdir(parents=True, exist_ok=True)
         for item in sorted(src.iterdir()) if src.is_dir() else []:
             if not (dst / item.name).exists():
@@ -92,9 +94,9 @@ def stash(names: list[str]) -> None:
         print(f"{name}: stashed {sorted(p.name for p in dst.iterdir())}", flush=True)
 
 
-def unpack(name: str, dest: Path) -> Path:
-    stash([name])
-    src = STASH / name
+def unpack(name: str, dest: Path, payload: Path = PAYLOAD, keep: Path = STASH) -> Path:
+    stash([name], payload, keep)
+    src = keep / name
     manifest = json.loads((src / "meta" / MANIFEST).read_text())
     missing = [p for p in manifest["parts"] if not (src / p).is_file()]
     if missing:
@@ -125,7 +127,7 @@ def _cast_weights(directory: Path, half: bool) -> None:
         save_file(tensors, str(weights), metadata={"format": "pt"})
 
 
-def send_back(directory: Path, out: Path, name: str) -> list[Path]:
+def send_back(directory: Path, out: Path, name: str, piece: int = PIECE) -> list[Path]:
     """Tar `directory` (its weights cast to float16, in place) into out/NAME.tar.part-NN."""
     import tarfile
 
@@ -134,9 +136,9 @@ def send_back(directory: Path, out: Path, name: str) -> list[Path]:
     with tarfile.open(tar, "w") as t:
         t.add(directory, arcname=name)
     data, pieces = tar.read_bytes(), []
-    for i in range(0, len(data), PIECE):
-        pieces.append(out / f"{name}.tar.part-{i // PIECE:02d}")
-        pieces[-1].write_bytes(data[i:i + PIECE])
+    for i in range(0, len(data), piece):
+        pieces.append(out / f"{name}.tar.part-{i // piece:02d}")
+        pieces[-1].write_bytes(data[i:i + piece])
     tar.unlink()
     return pieces
 
@@ -168,6 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("name")
     p.add_argument("model_dir", type=Path)
     p.add_argument("--chunk-mb", type=float, default=60.0)
+    sub.add_parser("state", help="here: record the checkout's commit for the copy (after each commit)")
     s = sub.add_parser("stash", help="there: keep the parts this call carried")
     s.add_argument("names", nargs="*")
     u = sub.add_parser("unpack", help="there: join the parts into a float32 model folder")
@@ -179,7 +182,13 @@ def main(argv=None) -> int:
     r.add_argument("dest", type=Path)
     args = parser.parse_args(argv)
     if args.command == "pack":
-        pack(args.name, args.model_dir, args.chunk_mb)
+        from benchmarks.report import write_source_state
+
+        pack(args.name, args.model_dir, args.chunk_mb, state=write_source_state())
+    elif args.command == "state":
+        from benchmarks.report import write_source_state
+
+        print(write_source_state())
     elif args.command == "stash":
         stash(args.names)
     elif args.command == "receive":

@@ -63,3 +63,24 @@ def test_result_records_clean_next_to_commit_as_the_run_began(repo, monkeypatch)
     keys = list(result)
     assert keys.index("clean") == keys.index("commit") + 1
     assert result["clean"] is True and result["commit"] == started["commit"]
+
+
+def test_copied_checkout_names_the_commit_it_was_copied_from(repo, monkeypatch):
+    """The GPU machine's copy has a stale .git of its own: with BENCH_COPIED_CHECKOUT=1 the state
+    recorded here when the copy was made wins, and says where it came from."""
+    recorded = report.write_source_state(repo)  # SOURCE_STATE is git-ignored in the project
+    assert recorded == {"commit": git(repo, "rev-parse", "HEAD").decode().strip(), "clean": True}
+    (repo / "code.py").write_text("x = 2\n")  # what the copy's own git would call a change
+    with pytest.raises(report.DirtyTree):
+        report.git_state(repo)
+    monkeypatch.setenv("BENCH_COPIED_CHECKOUT", "1")
+    state = report.git_state(repo)
+    assert {k: state[k] for k in ("commit", "clean")} == recorded
+    assert report.SOURCE_STATE in state["state_from"]
+
+
+def test_a_dirty_checkout_cannot_record_a_source_state(repo):
+    (repo / "code.py").write_text("x = 2\n")
+    with pytest.raises(report.DirtyTree):
+        report.write_source_state(repo)
+    assert not (repo / report.SOURCE_STATE).exists()

@@ -267,3 +267,14 @@ def test_a_time_budget_run_resumed_after_a_kill_ends_as_the_uninterrupted_one(mo
     assert [(h["steps"], h["stopped_early"], h["seconds"]) for h in history] == \
         [(h["steps"], h["stopped_early"], h["seconds"]) for h in whole]
     assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in whole], rel=1e-5)
+
+
+def test_device_auto_takes_the_gpu_only_where_torch_sees_one():
+    from trainer.text_teacher import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: asking for one is no error here")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        resolve_device("cuda")
