@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.resume and not (args.out / CHECKPOINT_DIR / STATE_FILE).is_file():  # before any loading
                 raise FileNotFoundError(f"{args.out / CHECKPOINT_DIR / STATE_FILE}: nothing to resume from")
+            device = resolve_device(args.device)  # before any loading, too
             corpus = load(args.data, args.media, config.train.dev_fraction, config.train.seed)
             multi = not all(len(u.labels) == 1 for u in corpus.utterances)
             teacher = TextTeacher.create(TeacherConfig(
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
                 speakers=args.speakers, kd_teacher=str(args.kd_teacher or ""),
                 response_kd=args.response_kd if args.kd_teacher else 0.0,
-                feature_kd=args.feature_kd if args.kd_teacher else 0.0)).to(resolve_device(args.device))
+                feature_kd=args.feature_kd if args.kd_teacher else 0.0)).to(device)
             log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
             train = corpus.split("train")
             kd = distil(args.kd_teacher, teacher, train, log) if args.kd_teacher else None
