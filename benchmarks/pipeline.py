@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,7 @@ import threading
 import time
 import wave
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -140,49 +142,66 @@ def gallery_media(out: Path, audio: np.ndarray, n: int, fps: float = 10.0) -> Pa
 class TreeMonitor:
     """CPU seconds and peak RSS of a process and its descendants, sampled until stopped.
 
+    With rss_every_s, also the tree's resident memory over time: `rss_history` holds
+    (wall time, {name: summed VmRSS MB}) every rss_every_s (the soak benchmark's memory growth).
     Stages name themselves rt-STAGE (realtime.stage.name_process); the root is `main`."""
 
-    def __init__(self, pid: int, every_s: float = 0.1):
+    def __init__(self, pid: int, every_s: float = 0.1, rss_every_s: float | None = None):
         import psutil
 
         self.root = psutil.Process(pid)
         self.every = every_s
+        self.rss_every = rss_every_s
+        self.rss_history: list[tuple[float, dict[str, float]]] = []
         self.seen: dict[int, dict] = {}  # pid -> name, cpu_s, peak_mb
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _sample(self, proc, name: str) -> None:
+    def _sample(self, proc, name: str) -> float:
+        """Record the process's CPU time and peak RSS; its current RSS in MB (0 if it is gone)."""
         try:
             with proc.oneshot():
                 cpu = proc.cpu_times()
-                peak = 0.0
+                peak = rss = 0.0
                 for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
                         peak = int(line.split()[1]) / 1024
+                    elif line.startswith("VmRSS:"):
+                        rss = int(line.split()[1]) / 1024
             entry = self.seen.setdefault(proc.pid, {"name": name, "cpu_s": 0.0, "peak_mb": 0.0})
             entry["name"] = name  # a stage renames itself after it starts
             entry["cpu_s"] = max(entry["cpu_s"], cpu.user + cpu.system)
             entry["peak_mb"] = max(entry["peak_mb"], peak)
+            return rss
         except (OSError, ValueError, Exception):  # the process ended between listing and reading
-            pass
+            return 0.0
 
     def _run(self) -> None:
         import psutil
 
+        next_rss = time.monotonic()
         while not self._stop.is_set():
             try:
                 children = self.root.children(recursive=True)
             except psutil.Error:
                 children = []
-            self._sample(self.root, "main")
+            rss = {"main": self._sample(self.root, "main")}
             for child in children:
                 try:
                     name = child.name()
                 except psutil.Error:
                     continue
-                self._sample(child, name[3:] if name.startswith("rt-") else "other")
+                name = name[3:] if name.startswith("rt-") else "other"
+                rss[name] = rss.get(name, 0.0) + self._sample(child, name)
+            if self.rss_every and time.monotonic() >= next_rss:
+                self.rss_history.append((time.time(), rss))
+                next_rss = max(next_rss + self.rss_every, time.monotonic())  # no catching up after a stall
             self._stop.wait(self.every)
+
+    def current_rss_mb(self) -> float:
+        """The tree's summed RSS at the latest rss_history sample (0 before the first)."""
+        return sum(self.rss_history[-1][1].values()) if self.rss_history else 0.0
 
     def stop(self) -> dict[str, dict]:
         """Per name (stage, main, other): summed CPU seconds and peak RSS in MB."""
@@ -302,31 +321,50 @@ class VirtualMicrophone:
 
 
 def live_run(media: Path, wav: Path, duration: float, bundle: Path, work: Path, mic: VirtualMicrophone,
-             sets: list[str]) -> dict:
+             sets: list[str], loops: int = 1, endpoint: str | None = None, serve_args: tuple[str, ...] = (),
+             monitor: dict | None = None, on_play: Callable | None = None) -> dict:
+    """One `realtime serve` with the wav played into the microphone; its messages (--jsonl) and processes.
+
+    `played_at`: the wall clock of the wav's sample 0.  For a soak run, loops > 1 plays the wav that
+    many times one after the other (`plays`: each play's start; serve is stopped 8 s after the
+    last), serve_args adds options (`--camera-loop`), endpoint picks the public socket (so a
+    subscriber can be there first), monitor passes TreeMonitor options (its `rss_history` is
+    returned as `rss`), and on_play(i, played_at, monitor) is called as play i starts."""
     messages_path, log = work / "live.jsonl", work / "serve.log"
+    # One play: serve stops itself 8 s after it; more: a backstop only, SIGTERM ends it on time.
+    serve_s = duration + 8 if loops == 1 else loops * (duration + 5) + 60
     cmd = realtime_cmd("serve", "--model", str(bundle), "--camera", str(media), "--microphone", "pulse",
-                       "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--jsonl", str(messages_path),
-                       "--duration", str(duration + 8), "--quiet", sets=sets)
+                       *serve_args, "--endpoint", endpoint or f"tcp://127.0.0.1:{free_port()}",
+                       "--jsonl", str(messages_path), "--duration", str(serve_s), "--quiet", sets=sets)
+    plays: list[float] = []
     with log.open("w") as err:
         serve = subprocess.Popen(cmd, env=mic.env, stdout=subprocess.DEVNULL, stderr=err, cwd=code_root())
-        monitor = TreeMonitor(serve.pid)
+        watch = TreeMonitor(serve.pid, **(monitor or {}))
         try:
             deadline = time.monotonic() + 300
             while "serving session" not in log.read_text():
                 if serve.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"serve did not start:\n{log.read_text()}")
                 time.sleep(0.05)
-            played_at = time.time()  # wall clock of the wav's sample 0 (paplay's start-up counts as latency)
-            subprocess.run(["paplay", "--device=virtmic_sink", str(wav)], env=mic.env, check=True,
-                           timeout=duration + 60)
+            for i in range(loops):
+                if serve.poll() is not None:
+                    raise RuntimeError(f"serve ended during play {i + 1} of {loops}:\n{log.read_text()[-3000:]}")
+                plays.append(time.time())  # wall clock of the wav's sample 0 (paplay's start-up counts as latency)
+                if on_play:
+                    on_play(i, plays[-1], watch)
+                subprocess.run(["paplay", "--device=virtmic_sink", str(wav)], env=mic.env, check=True,
+                               timeout=duration + 60)
+            if loops > 1:
+                time.sleep(8)  # the last utterance closes on the silence after it
+                serve.send_signal(signal.SIGTERM)  # flushes every stage, as Ctrl-C does
             if serve.wait(timeout=300) != 0:
                 raise RuntimeError(f"serve failed:\n{log.read_text()}")
         finally:
             if serve.poll() is None:
                 kill_tree(serve.pid)
-    procs = monitor.stop()
+    procs = watch.stop()
     messages = [json.loads(l) for l in messages_path.read_text().splitlines()]
-    return {"played_at": played_at, "messages": messages, "procs": procs}
+    return {"played_at": plays[0], "plays": plays, "messages": messages, "procs": procs, "rss": watch.rss_history}
 
 
 CLOCK_LINE = "at its own pace from wall clock "
@@ -434,12 +472,12 @@ def wer(rows: list[dict], texts: list[str]) -> float:
     return float(jiwer.wer(normalise(" ".join(r["text"] for r in rows)), normalise(" ".join(texts))))
 
 
-def media_offset(rows: list[dict], utterances: list[dict]) -> float:
+def media_offset(rows: list[dict], utterances: list[dict], lo: float = 0.0, hi: float = 120.0) -> float:
     """Media time (serve's session clock) of the wav's sample 0: the shift that best lays the
-    utterance messages' spans over the known spans of speech (searched in 10 ms steps).
+    utterance messages' spans over the known spans of speech (searched in 10 ms steps from lo to hi).
     Used only to pair messages with spoken utterances and to place window ends on the wall clock."""
-    best, best_overlap = 0.0, -1.0
-    for shift in np.arange(0.0, 120.0, 0.01):
+    best, best_overlap = lo, -1.0
+    for shift in np.arange(lo, hi, 0.01):
         overlap = sum(max(0.0, min(r["speech_end"] + shift, u["end"]) - max(r["start"] + shift, u["start"]))
                       for r in rows for u in utterances)
         if overlap > best_overlap:

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", type=Path, help="model bundle directory; default [model] bundle")
     sp.add_argument("--camera", help=CAMERA_HELP)
     sp.add_argument("--microphone", help=MICROPHONE_HELP)
+    sp.add_argument("--camera-loop", action="store_true", default=None,
+                    help="a video file --camera starts again at its end instead of ending "
+                         "(default [capture] camera_loop)")
     sp.add_argument("--endpoint", help="publish on this ZeroMQ endpoint (default [stream] endpoint)")
     sp.add_argument("--jsonl", type=Path, help="also write every published message to this JSONL file")
     sp.add_argument("--backend", choices=BACKENDS, help="inference backend (default [model] backend)")
@@ -268,8 +271,8 @@ def cmd_serve(args) -> int:
     from realtime.pipeline import serve
 
     config = load_settings(args, needs_model=True, model__bundle=args.model, capture__camera=args.camera,
-                           capture__microphone=args.microphone, stream__endpoint=args.endpoint,
-                           model__backend=args.backend, model__device=args.device,
+                           capture__microphone=args.microphone, capture__camera_loop=args.camera_loop,
+                           stream__endpoint=args.endpoint, model__backend=args.backend, model__device=args.device,
                            model__triton_url=args.triton_url, model__service_endpoint=args.service_endpoint)
     dashboard = start_dashboard(config.stream.endpoint, args.dashboard_port) if args.dashboard else None
     try:

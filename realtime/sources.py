@@ -43,8 +43,13 @@ class CaptureOptions:
     microphone: str = ""  # PyAudio input device index or part of its name, or monitor (what this computer
     # plays: the PulseAudio/PipeWire monitor of the default output); "" = system default
     mic_rate: int = 0  # capture rate in Hz; 0 = the device's default (resampled to 16 kHz)
+    camera_loop: bool = False  # a video file camera starts again at its end instead of ending, its
+    # media time going on (a camera for hours from one short file: the soak benchmark)
 
     def __post_init__(self):
+        if self.camera_loop and (self.camera == "" or self.camera.isdigit() or "://" in self.camera
+                                 or is_screen(self.camera)):
+            raise ValueError(f"camera_loop needs a video file camera, not {self.camera!r}")
         if self.width < 1 or self.height < 1 or self.fps <= 0:
             raise ValueError("width, height and fps must be > 0")
         if self.mic_rate != 0 and not 4000 <= self.mic_rate <= 384_000:
@@ -92,25 +97,34 @@ def open_camera(spec: str, options: CaptureOptions):
 
 
 class Camera:
-    """Frames with media times (seconds since t_start); a file plays at its own rate, like a camera."""
+    """Frames with media times (seconds since t_start); a file plays at its own rate, like a camera,
+    and with options.camera_loop starts again at its end, its frames' times going on."""
 
     paced = False  # gives frames at its own rate, to be sampled
 
     def __init__(self, options: CaptureOptions, t_start: float):
         import cv2
 
+        self.options = options
         self.cap = open_camera(options.camera, options)
         self.t_start = t_start
         self.is_file = not options.camera.isdigit() and "://" not in options.camera
+        self.loop = options.camera_loop and self.is_file
         self.file_fps = self.cap.get(cv2.CAP_PROP_FPS) or 25.0
         self.size = (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
 
     def frames(self):
-        n = 0
+        n, this_pass = 0, 0
         while True:
             ok, image = self.cap.read()
+            if not ok and self.loop and this_pass:  # (a file that gave no frame at all ends)
+                self.cap.release()
+                self.cap = open_camera(self.options.camera, self.options)  # reopened: seeking is codec-dependent
+                this_pass = 0
+                continue
             if not ok:
                 return  # end of a file, or a camera that went away
+            this_pass += 1
             if self.is_file:
                 t = n / self.file_fps
                 time.sleep(max(0.0, self.t_start + t - time.time()))

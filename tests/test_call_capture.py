@@ -96,6 +96,29 @@ def _grab(spec: str, n: int, fps: float = FPS) -> list[tuple[float, np.ndarray]]
     raise AssertionError(f"the screen gave {len(grabbed)} frames, not {n}")
 
 
+def test_camera_file_loops_with_media_time_going_on(face_video):
+    """--camera-loop: a file camera starts again at its end, its frames' times going on (the soak
+    benchmark's hour-long camera from one short file); without it the file ends."""
+    from realtime.sources import Camera
+
+    path, _ = face_video
+    past = time.time() - 1000  # the file's pace is long due: no waiting
+    once = list(Camera(CaptureOptions(camera=str(path)), past).frames())
+    assert len(once) == 3 * FPS
+    looped = Camera(CaptureOptions(camera=str(path), camera_loop=True), past).frames()
+    got = [next(looped) for _ in range(3 * 3 * FPS + 5)]  # three passes and a bit
+    times = [t for t, _ in got]
+    assert times == pytest.approx([n / FPS for n in range(len(got))])
+    for n in (0, 7, 3 * FPS - 1):  # each pass shows the file's frames again, in order
+        for k in (1, 2, 3):
+            if n + k * 3 * FPS < len(got):
+                assert np.array_equal(got[n + k * 3 * FPS][1], once[n][1])
+    assert not np.array_equal(got[3 * FPS][1], once[3 * FPS - 1][1])
+    for camera in ("0", "", "screen", "rtsp://cam/1"):  # only a file can start again
+        with pytest.raises(ValueError, match="camera_loop needs a video file"):
+            CaptureOptions(camera=camera, camera_loop=True)
+
+
 def test_screen_region_yields_the_video_being_played(screen_playing):
     _, frames = screen_playing
     grabbed = _grab(f"screen:{AT[0]},{AT[1]},{W},{H}", 15)
