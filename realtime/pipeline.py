@@ -78,6 +78,10 @@ class Supervisor:
         self.ready: set[str] = set()  # stages past model loading, which must send heartbeats
         self.restarts: dict[str, int] = {}
         self.commands = bus.socket(self.ctx, zmq.PUB, self.endpoints.commands, bind=True)
+        # End-of-stream senders stay connected until stop(): ZeroMQ drops what a receiver has
+        # queued but not read when its peer disconnects, so closing one (even after a linger)
+        # could lose the end of stream it sent and hang the stage waiting for it.
+        self.eos_senders: list[zmq.Socket] = []
         self.generation = 0  # of the processing chain; a restart makes a new one
         self.checkpoint: dict | None = None  # fusion's state after the last result received
         self.ended_streams: set[str] = set()  # streams whose end of stream this supervisor sent
@@ -206,7 +210,7 @@ class Supervisor:
     def _send_eos(self, stream: str, eos: dict) -> None:
         sock = bus.socket(self.ctx, zmq.PUSH, getattr(self.endpoints, stream), bind=False)
         bus.send(sock, eos)
-        sock.close(linger=2000)
+        self.eos_senders.append(sock)  # closed by stop(), once fusion has finished
 
     def _take_result(self, message) -> None:
         header = message[0]
