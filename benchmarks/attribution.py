@@ -74,6 +74,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_tree()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # The replays run this checkout's realtime package (pipeline.code_root).
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     started = time.perf_counter()
     import cv2
 
