@@ -6,12 +6,13 @@ For each seed, `trainer synth --people 2` renders a session (A on the left, B on
 taking turns, only the speaker's mouth moving) and `realtime replay` runs it through the whole
 pipeline (benchmarks/pipeline.py's replay_run).  Each face id of the stream is A or B by the
 side of the frame its boxes keep to; each utterance message's `speaker` is then right, wrong
-or null ("cannot be told") against the session's manifest.  The issue's target: at least 90%
+or null ("cannot be told") against the session's manifest, matched by media time (the message
+overlapping the spoken span most).  The issue's target: at least 90%
 of all utterances named right, none wrong.
 
 Writes benchmarks/results/speaker_attribution.json (benchmarks.report): metrics accuracy (right
-over all utterances), right, wrong, null, utterances, missed (utterances the stream did not
-produce), per seed seedN_right / _wrong / _null, and nulls_on_first_turn (nulls on a speaker's
+over all utterances), right, wrong, null, utterances, missed (utterances no message overlaps),
+extra (messages overlapping no spoken utterance), per seed seedN_right / _wrong / _null, and nulls_on_first_turn (nulls on a speaker's
 first utterance of the session, where a face's motion history is shortest).  Without --model,
 a random-init bundle (attribution does not read the model's weights).
 """
@@ -43,23 +44,37 @@ def sides(messages: list[dict], width: float) -> dict[int, str]:
 
 
 def score_session(messages: list[dict], truth: list[dict], width: float) -> dict:
-    """right / wrong / null / missed of one session's utterance messages against its manifest
-    (matched in order: a replay gives one message per spoken utterance, or fewer)."""
+    """right / wrong / null / missed of one session against its manifest.  Each spoken utterance
+    is matched by media time: the utterance message overlapping its span most (the VAD may cut
+    one utterance in two, or a message may come that holds no speech: `extra`)."""
     person = sides(messages, width)
     utterances = [m for m in messages if m["type"] == "utterance"]
-    named = [None if u.get("speaker") is None else person.get(u["speaker"], "?") for u in utterances]
-    want = [t["speaker"] for t in truth]
-    first = {}
-    for i, w in enumerate(want):
-        first.setdefault(w, i)
-    out = {"right": 0, "wrong": 0, "null": 0, "nulls_on_first_turn": 0,
-           "missed": max(0, len(want) - len(named)), "named": named, "want": want}
-    for i, (got, w) in enumerate(zip(named, want)):
+
+    def overlap(u: dict, t: dict) -> float:
+        return min(u["end"], t["end"]) - max(u["start"], t["start"])
+
+    first: dict[str, int] = {}
+    out = {"right": 0, "wrong": 0, "null": 0, "nulls_on_first_turn": 0, "missed": 0, "extra": 0,
+           "named": [], "want": [t["speaker"] for t in truth]}
+    used = set()
+    for i, t in enumerate(truth):
+        first.setdefault(t["speaker"], i)
+        best = max(range(len(utterances)), key=lambda k: overlap(utterances[k], t), default=None)
+        if best is None or overlap(utterances[best], t) <= 0:
+            out["missed"] += 1
+            out["named"].append("missed")
+            continue
+        used.add(best)
+        speaker = utterances[best].get("speaker")
+        got = None if speaker is None else person.get(speaker, "?")
+        out["named"].append(got)
         if got is None:
             out["null"] += 1
-            out["nulls_on_first_turn"] += int(first[w] == i)
+            out["nulls_on_first_turn"] += int(first[t["speaker"]] == i)
         else:
-            out["right" if got == w else "wrong"] += 1
+            out["right" if got == t["speaker"] else "wrong"] += 1
+    out["extra"] = sum(1 for k, u in enumerate(utterances) if k not in used
+                       and not any(overlap(u, t) > 0 for t in truth))
     return out
 
 
@@ -83,7 +98,8 @@ def main(argv=None) -> int:
     from trainer.cli import main as trainer
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    metrics: dict = {"right": 0, "wrong": 0, "null": 0, "missed": 0, "nulls_on_first_turn": 0, "utterances": 0}
+    metrics: dict = {"right": 0, "wrong": 0, "null": 0, "missed": 0, "extra": 0, "nulls_on_first_turn": 0,
+                     "utterances": 0}
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
