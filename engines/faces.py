@@ -75,8 +75,6 @@ class SeenFace:
     crop: np.ndarray  # normalised grey crop (engines.preprocess.face_crop)
     motion: float | None  # mouth motion since the previous sampled frame, above the face's quiet level
     # (_Track.motion); None if the face was not seen in that frame
-    raw: float | None = None  # the same before the quiet level is taken off (mouth_motions), so that
-    # speaking_face can take a face's quiet level from a whole stretch of frames
 
 
 @dataclass
@@ -102,7 +100,6 @@ MOUTH_ROWS, MOUTH_COLS = (0.62, 0.92), (0.25, 0.75)  # the mouth in face_crop's 
 MOUTH_SHIFT = 3  # pixels of re-detection jitter the motion measure looks past
 QUIET_FRAMES = 50  # a face's recent motions its quiet level is taken from (10 s at 5 fps)
 QUIET_PERCENTILE = 25  # the quiet level: this percentile of them
-QUIET_LOOKBACK_S = 10.0  # speaking_face: a face's quiet level from this much before a span, and the span
 
 
 def mouth_motion(crop: np.ndarray, previous: np.ndarray) -> float:
@@ -212,15 +209,14 @@ class FaceTracker:
         moving = [i for i, tr in enumerate(tracks) if tr.crop is not None and tr.last_t == self._previous_t]
         raw = mouth_motions([crops[i] for i in moving], [tracks[i].crop for i in moving])
         motions: list[float | None] = [None] * len(boxes)
-        raws: list[float | None] = [None] * len(boxes)
         for i, m in zip(moving, raw):
-            motions[i], raws[i] = tracks[i].motion(float(m)), float(m)
+            motions[i] = tracks[i].motion(float(m))
         faces = []
-        for box, int_box, track, crop, motion, r in zip(boxes, int_boxes, tracks, crops, motions, raws):
+        for box, int_box, track, crop, motion in zip(boxes, int_boxes, tracks, crops, motions):
             track.box, track.last_t, track.crop, track.hits = box, t, crop, track.hits + 1
             if track.id is None and track.hits >= self.options.confirm_frames:
                 track.id, self._next_id = self._next_id, self._next_id + 1
-            faces.append(SeenFace(track.id, int_box, crop, motion, r))
+            faces.append(SeenFace(track.id, int_box, crop, motion))
         self._previous_t = t
         return FaceFrame(t, faces, self._main_face(boxes))
 
@@ -263,42 +259,19 @@ def frames_between(frames: Sequence[FaceFrame], start: float, end: float) -> lis
     return [f for f in frames if start <= f.t <= end]
 
 
-def quiet_levels(frames: Sequence[FaceFrame], start: float, end: float) -> dict[int, float]:
-    """Each face's quiet level over [start - QUIET_LOOKBACK_S, end]: the QUIET_PERCENTILE of its
-    raw mouth motions there.  A track's own level (_Track.motion) rests on the motions seen so
-    far, so a face that speaks as it first comes into view has its speech taken for its quiet
-    level and its first utterance is left without a speaker; over the whole stretch up to the
-    span's end, the pauses between its words count as well.  Only frames up to `end` are used:
-    the fusion stage has all of them when it scores the span, whatever arrives later, so
-    replays stay deterministic."""
-    raws: dict[int, list[float]] = {}
-    for frame in frames_between(frames, start - QUIET_LOOKBACK_S, end):
-        for face in frame.faces:
-            if face.id is not None and face.raw is not None:
-                raws.setdefault(face.id, []).append(face.raw)
-    return {face_id: float(np.percentile(r, QUIET_PERCENTILE)) for face_id, r in raws.items()}
-
-
 def speaking_face(frames: Sequence[FaceFrame], start: float, end: float, options: FaceOptions) -> int | None:
     """Id of the face that spoke during [start, end] (a VAD span), or None when it cannot be told.
 
     The evidence is mouth motion during the voice activity: the speaker's mouth moves,
-    a listener's stays still.  Each face's motion is its raw mouth motion above its quiet level
-    over the span and the stretch before it (quiet_levels; a face's `motion` where the raw one
-    is not known).  Each face's mean motion over the span is compared; the highest wins only
-    when it reaches speaker_min_motion and is speaker_margin times the runner-up's.  A face
-    seen in under half the span's frames is left out (its mean would rest on too little), so
-    is a face without an id yet."""
+    a listener's stays still.  Each face's mean motion over the span is compared; the
+    highest wins only when it reaches speaker_min_motion and is speaker_margin times
+    the runner-up's.  A face seen in under half the span's frames is left out (its
+    mean would rest on too little), so is a face without an id yet."""
     span = frames_between(frames, start, end)
-    quiet = quiet_levels(frames, start, end)
     motions: dict[int, list[float]] = {}
     for frame in span:
         for face in frame.faces:
-            if face.id is None:
-                continue
-            if face.raw is not None and face.id in quiet:
-                motions.setdefault(face.id, []).append(max(0.0, face.raw - quiet[face.id]))
-            elif face.motion is not None:
+            if face.id is not None and face.motion is not None:
                 motions.setdefault(face.id, []).append(face.motion)
     scores = sorted(((float(np.mean(m)), face_id) for face_id, m in motions.items() if len(m) >= len(span) / 2),
                     reverse=True)

@@ -117,7 +117,7 @@ SPECS: dict[str, Spec] = {
     "transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}, optional={"early": bool},  # early: speculative
                        dtype="float32", shape=(None,)),
     "partial_transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}),
-    # Every face of a frame: `faces` (id, box, motion and raw motion of each) and its crops stacked in that order.
+    # Every face of a frame: `faces` (id, box, motion of each) and its crops stacked in that order.
     "face": Spec({**_AT, "found": bool, "faces": list}, optional={"main": (int, type(None))},
                  dtype="uint8", shape=(None, None, None), array_required=False),
     # resume: fusion's state after this message, what a restarted fusion goes on from
@@ -179,14 +179,11 @@ def _check_faces(header: dict, array: np.ndarray | None) -> None:
         if (not isinstance(face, dict) or not _is_int_or_none(face.get("id"))
                 or not isinstance(face.get("box"), list) or len(face["box"]) != 4
                 or not all(_is_int_or_none(v) and v is not None for v in face["box"])
-                or not all(_is_finite_or_none(face.get(key)) for key in ("motion", "raw"))):
+                or not (face.get("motion") is None or isinstance(face["motion"], NUMBER)
+                        and not isinstance(face["motion"], bool) and math.isfinite(face["motion"]))):
             raise MessageError(f"face message: malformed face entry {face!r:.60}")
     if main is not None and not 0 <= main < len(faces) or (main is not None) != header["found"]:
         raise MessageError(f"face message: main = {main!r} does not index one of its {len(faces)} faces")
-
-
-def _is_finite_or_none(value) -> bool:
-    return value is None or isinstance(value, NUMBER) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_int_or_none(value) -> bool:

@@ -199,8 +199,7 @@ class Fusion:
             self.audio.add(header["t"], array)
         elif kind == "face":
             self.frames.append(FaceFrame(header["t"], [
-                SeenFace(f["id"], tuple(f["box"]), array[i], f["motion"], f.get("raw"))
-                for i, f in enumerate(header["faces"])],
+                SeenFace(f["id"], tuple(f["box"]), array[i], f["motion"]) for i, f in enumerate(header["faces"])],
                 header.get("main")))
             self.video_until = max(self.video_until, header["t"])
             self.last_frame_t = max(self.last_frame_t, header["t"])

@@ -187,7 +187,7 @@ def faces(stage: Stage, face_options, preprocessing) -> None:
     """Every face of every sampled frame, tracked (stable ids) with its crop and mouth motion.
 
     One message per frame: `faces` lists each face's id (null until confirmed), box and
-    mouth motion (above its quiet level, and raw), `main` indexes the main face, and the crops travel stacked in that
+    mouth motion, `main` indexes the main face, and the crops travel stacked in that
     order as one (n, size, size) array; a frame without a face is sent as such."""
     from engines.faces import FaceTracker
 
@@ -203,6 +203,5 @@ def faces(stage: Stage, face_options, preprocessing) -> None:
         crops = np.stack([f.crop for f in frame.faces]) if frame.faces else None
         stage.send(out, {"type": "face", "session": header["session"], "seq": header["seq"], "t": header["t"],
                          "found": frame.main is not None, "main": frame.main,
-                         "faces": [{"id": f.id, "box": list(f.box), "motion": f.motion, "raw": f.raw}
-                                   for f in frame.faces]},
+                         "faces": [{"id": f.id, "box": list(f.box), "motion": f.motion} for f in frame.faces]},
                    crops)

@@ -202,16 +202,12 @@ def test_face_messages_must_list_one_entry_per_crop():
 
     checked, array = bus.decode(message(dict(header, faces=[face(1), face(None)])), bus.FUSION_IN)
     assert array.shape == (2, 8, 8) and checked["faces"][1]["id"] is None
-    with_raw = dict(header, faces=[dict(face(1), motion=0.2, raw=1.5), dict(face(None), raw=None)])
-    assert bus.decode(message(with_raw), bus.FUSION_IN)[0]["faces"][0]["raw"] == 1.5
     none_found = dict(header, found=False, main=None, faces=[])
     assert bus.decode(message(none_found, None), bus.FUSION_IN)[1] is None
     for bad in (dict(header, faces=[face(1)]),  # two crops, one entry
                 dict(header, faces=[face(1), dict(face(2), box=[0, 0, 8])]),
                 dict(header, faces=[face(1), dict(face(2), id="2")]),
                 dict(header, faces=[face(1), dict(face(2), motion=float("nan"))]),
-                dict(header, faces=[face(1), dict(face(2), raw=float("inf"))]),
-                dict(header, faces=[face(1), dict(face(2), raw="0.5")]),
                 dict(header, faces=[face(1), face(2)], main=2),  # no third face
                 dict(header, faces=[face(1), face(2)], found=False)):  # found says there is no main face
         with pytest.raises(bus.MessageError, match="face message"):

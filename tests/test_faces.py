@@ -7,7 +7,6 @@ session through the whole pipeline and checks who it says spoke each utterance.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -120,29 +119,6 @@ def two_people_session(tmp_path_factory):
     assert main(["--no-progress", "synth", "--out", str(out), "--sessions", "1", "--seed", "11",
                  "--utterances", "8", "--people", "2"]) in (0, None)
     return out
-
-
-def test_a_face_that_speaks_as_it_comes_into_view_is_named():
-    """A track's own quiet level rests on the motions seen so far: for a face that speaks from its
-    first frame that is its speech, and its first utterance went unnamed.  The quiet level taken
-    over the span and the stretch before it counts the pauses between words too."""
-    from engines.faces import _Track
-
-    opts = FaceOptions(speaker_margin=1.5, speaker_min_motion=0.5)
-    speaker_raw = [3.0, 3.2, 2.8, 3.1, 0.4, 2.9, 0.5, 3.0, 0.4, 2.8]  # words, the first pause late
-    listener_raw = [0.4, 0.5, 0.3, 0.45, 0.35, 0.5, 0.4, 0.3, 0.45, 0.4]
-    tracks = {1: _Track(np.zeros(4), 0.0), 2: _Track(np.zeros(4), 0.0)}
-    crop = np.zeros((4, 4), np.uint8)
-    frames = [FaceFrame(0.2 * k, [SeenFace(i, (0, 0, 4, 4), crop, tracks[i].motion(r), r)
-                                  for i, r in ((1, a), (2, b))], 0)
-              for k, (a, b) in enumerate(zip(speaker_raw, listener_raw))]
-    causal = [replace(f, faces=[replace(face, raw=None) for face in f.faces]) for f in frames]
-    assert speaking_face(causal, 0.0, 2.0, opts) is None  # the track's own level: unnamed
-    assert speaking_face(frames, 0.0, 2.0, opts) == 1
-    # The quiet level reads nothing after the span's end (the fusion may not have it yet).
-    later = frames + [FaceFrame(2.0 + 0.2 * k, [SeenFace(1, (0, 0, 4, 4), crop, 0.0, 50.0),
-                                                 SeenFace(2, (0, 0, 4, 4), crop, 0.0, 0.4)], 0) for k in range(1, 20)]
-    assert speaking_face(later, 0.0, 1.9, opts) == 1
 
 
 def test_replay_names_who_speaks_with_stable_face_ids(bundle, two_people_session, tmp_path):
