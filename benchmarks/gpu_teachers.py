@@ -51,6 +51,11 @@ def wait_all(runs: dict[str, subprocess.Popen]) -> None:
             print(f"{name}: exited with code {proc.returncode} (see its log)", flush=True)
 
 
+def best_dev(metrics: dict) -> float:
+    """A meld_text.py result's best dev weighted F1 over its epochs (the one its epoch was chosen by)."""
+    return max(v for k, v in metrics.items() if k.startswith("dev_weighted_f1_epoch"))
+
+
 def seeds_summary(corpus: str, files: list[Path], started: float, args) -> dict:
     """One result over the seeds: mean and std of test weighted F1, each seed's numbers beside."""
     runs = [json.loads(f.read_text()) for f in files if f.is_file()]
@@ -63,13 +68,9 @@ def seeds_summary(corpus: str, files: list[Path], started: float, args) -> dict:
                "seeds": len(runs)}
     for r in runs:
         seed = r["metrics"]["seed"]
-        for key in ("weighted_f1", "macro_f1", "dev_weighted_f1_best", "epoch_chosen", "steps_run",
-                    "stopped_by_budget", "train_seconds"):
-            if key == "dev_weighted_f1_best":
-                value = max(v for k, v in r["metrics"].items() if k.startswith("dev_weighted_f1_epoch"))
-            else:
-                value = r["metrics"][key]
-            metrics[f"seed{seed}_{key}"] = value
+        metrics[f"seed{seed}_dev_weighted_f1_best"] = best_dev(r["metrics"])
+        for key in ("weighted_f1", "macro_f1", "epoch_chosen", "steps_run", "stopped_by_budget", "train_seconds"):
+            metrics[f"seed{seed}_{key}"] = r["metrics"][key]
     settings = {k: runs[0]["metrics"][k] for k in ("max_len", "max_turns", "lr", "batch_size", "freeze_layers",
                                                    "n_train", "n_dev", "n_test")}
     return result_json(f"text_teacher_{corpus}", started, 0, metrics, settings=settings,
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
         write(args.work / f"text_teacher_{corpus}.json", seeds_summary(corpus, files[corpus], started, args))
     # The KD teacher: the MELD seed with the best dev score (test plays no part).
     best = max((json.loads(f.read_text()) for f in files["meld"] if f.is_file()),
-               key=lambda r: max(v for k, v in r["metrics"].items() if k.startswith("dev_weighted_f1_epoch")))
+               key=lambda r: best_dev(r["metrics"]))
     teacher = args.work / f"meld_s{best['metrics']['seed']}"
     print(f"KD teacher: {teacher} (chosen on dev)", flush=True)
     common = ["--data", f"meld:{args.data / 'meld'}", "--encoder", str(args.minilm), *STUDENT,
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
         result = args.work / f"meld_text_minilm_{name}.json"
         if result.is_file():
             m = json.loads(result.read_text())["metrics"]
-            dev[name] = max(v for k, v in m.items() if k.startswith("dev_weighted_f1_epoch"))
+            dev[name] = best_dev(m)
     if dev:
         chosen = max(dev, key=dev.get)
         print(f"student brought back: {chosen} (dev weighted F1 {dev})", flush=True)
