@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, required=True, help="model bundle")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for the PNGs (default docs/)")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
 
     work = Path(tempfile.mkdtemp(prefix="screenshots-"))
     report = work / "report.html"

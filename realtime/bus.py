@@ -118,7 +118,7 @@ SPECS: dict[str, Spec] = {
                        dtype="float32", shape=(None,)),
     "partial_transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}),
     # Every face of a frame: `faces` (id, box, motion of each) and its crops stacked in that order.
-    "face": Spec({**_AT, "found": bool, "faces": list}, optional={"main": (int, type(None))},
+    "face": Spec({**_AT, "found": bool, "faces": list}, optional={"main": (int, type(None)), "frame": list},
                  dtype="uint8", shape=(None, None, None), array_required=False),
     # resume: fusion's state after this message, what a restarted fusion goes on from
     "result": Spec({"body": dict}, optional={"resume": dict}),

@@ -138,6 +138,7 @@ class Fusion:
         self.pending: list[tuple[dict, np.ndarray]] = []  # transcripts waiting for their video
         self.video_until = -math.inf  # media time up to which every sampled frame has arrived
         self.last_frame_t = 0.0  # media time of the last sampled frame (video_until is inf after eos)
+        self.frame_size: list[int] | None = None  # the video's width and height, which face boxes are in
         self.audio_done = False  # the ASR has sent every transcript
         self.audio_complete = False  # the segmenter has sent every audio chunk
         self.lost: set[str] = set()  # live sources that went away, already announced
@@ -203,6 +204,7 @@ class Fusion:
                 header.get("main")))
             self.video_until = max(self.video_until, header["t"])
             self.last_frame_t = max(self.last_frame_t, header["t"])
+            self.frame_size = header.get("frame", self.frame_size)
         elif kind == "eos":
             if header.get("lost") and header["lost"] not in self.lost:
                 self.lost.add(header["lost"])  # said once, though it reaches us on two paths
@@ -291,6 +293,7 @@ class Fusion:
                  for i, p in zip(ids, face_preds)]
         self.out.publish({"type": "window", "start": round(start, 3), "end": round(end, 3),
                           **self._result(pred), "faces": faces,
+                          **({"frame": self.frame_size} if self.frame_size else {}),
                           "timing": {"infer_s": round(infer_s, 4), "emitted_at": time.time()}})
 
 

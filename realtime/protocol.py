@@ -9,10 +9,10 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-# Major version 1, minor 1: minor versions only add optional fields (1.1: the utterance's
-# `speaker`, the window's `faces`), so a reader of major 1 reads them all; check the
+# Major version 1, minor 2: minor versions only add optional fields (1.1: the utterance's
+# `speaker`, the window's `faces`; 1.2: the window's `frame`), so a reader of major 1 reads them all; check the
 # major version with `compatible`, not the whole string.
-PROTOCOL = "emotion-stream/1.1"
+PROTOCOL = "emotion-stream/1.2"
 MAJOR = "emotion-stream/1"
 TOPICS = {
     "utterance": "emotion.utterance",  # fused result at the end of an utterance

@@ -203,5 +203,6 @@ def faces(stage: Stage, face_options, preprocessing) -> None:
         crops = np.stack([f.crop for f in frame.faces]) if frame.faces else None
         stage.send(out, {"type": "face", "session": header["session"], "seq": header["seq"], "t": header["t"],
                          "found": frame.main is not None, "main": frame.main,
+                         "frame": [int(image.shape[1]), int(image.shape[0])],  # width, height: what boxes are in
                          "faces": [{"id": f.id, "box": list(f.box), "motion": f.motion} for f in frame.faces]},
                    crops)

@@ -17,8 +17,13 @@ class SessionStream:
     """One session's messages in publication order: started, window updates at 4 Hz,
     a transcript then an utterance result at each utterance's end, finished."""
 
-    def __init__(self, session: str = "s-test", labels=LABELS, seed: int = 0):
-        self.session, self.labels = session, list(labels)
+    FRAME = [320, 240]
+
+    def __init__(self, session: str = "s-test", labels=LABELS, seed: int = 0, faces: bool = False):
+        """faces: window updates carry two tracked faces in a 320x240 frame (protocol 1.2)
+        and utterances name a speaker (2, 1, 2, ...)."""
+        self.session, self.labels, self.with_faces = session, list(labels), faces
+        self.utterances = 0
         self.rng = random.Random(seed)
         self.seq = 0
 
@@ -42,14 +47,24 @@ class SessionStream:
         return self._body(type="window", start=max(0.0, round(end - 2.0, 3)), end=end, labels=probs,
                           active=[l for l in self.labels if probs[l] >= 0.5],
                           peers={"audio": self._probs(), "video": self._probs()}, modalities=["audio", "video"],
-                          timing={"infer_s": 0.01, "emitted_at": time.time()})
+                          timing={"infer_s": 0.01, "emitted_at": time.time()}, **self._faces(end))
+
+    def _faces(self, end: float) -> dict:
+        if not self.with_faces:
+            return {}
+        drift = int(end * 4) % 7  # the boxes move a little, as detections do
+        return {"frame": self.FRAME,
+                "faces": [{"id": 1, "box": [30 + drift, 60, 80, 80], "video": self._probs()},
+                          {"id": 2, "box": [190, 70 + drift, 76, 76], "video": self._probs()}]}
 
     def transcript(self, start: float, end: float, text: str, final: bool = True) -> dict:
         return self._body(type="transcript", start=start, end=end, text=text, final=final)
 
     def utterance(self, start: float, end: float, text: str, modalities=("text", "audio", "video")) -> dict:
         probs = self._probs()
-        return self._body(type="utterance", start=start, end=end, text=text, labels=probs,
+        speaker = {"speaker": 2 - self.utterances % 2} if self.with_faces else {}
+        self.utterances += 1
+        return self._body(type="utterance", start=start, end=end, text=text, labels=probs, **speaker,
                           active=[l for l in self.labels if probs[l] >= 0.5],
                           peers={m: self._probs() for m in modalities}, modalities=list(modalities),
                           timing={"asr_s": round(0.3 + self.rng.random() / 5, 3), "infer_s": 0.02,

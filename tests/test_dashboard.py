@@ -64,6 +64,17 @@ def bars(driver) -> dict[str, tuple[float | None, bool]]:
     return {label: (float(p) if p else None, active) for label, p, active, _ in rows}
 
 
+def faces_drawn(driver) -> dict:
+    """The faces panel as drawn: the SVG's frame, each box's rectangle by face id, the highlighted ids."""
+    return driver.execute_script("""
+        const svg = document.querySelector('#faces-frame svg');
+        const rects = [...document.querySelectorAll('#faces-frame rect.box')];
+        return {frame: svg ? svg.dataset.frame : null,
+                boxes: Object.fromEntries(rects.map(r => [r.dataset.id,
+                    ['x', 'y', 'width', 'height'].map(k => +r.getAttribute(k))])),
+                speaking: rects.filter(r => r.classList.contains('speaking')).map(r => r.dataset.id)};""")
+
+
 def timeline_points(driver) -> int:
     return int(driver.execute_script("return document.getElementById('timeline').dataset.points || 0"))
 
@@ -101,7 +112,7 @@ def test_dashboard_draws_the_stream_as_it_arrives(publisher, tmp_path):
                  == "open", what="the page's WebSocket")
         assert timeline_points(driver) == 0 and all(p is None for p, _ in bars(driver).values())
 
-        stream = SessionStream()
+        stream = SessionStream(faces=True)
         messages = stream.session_messages(utterances=3)
         send = lambda body: pub.send_multipart(protocol.encode(body))
         # First part of the session: the start and the window updates before the first utterance.
@@ -111,6 +122,9 @@ def test_dashboard_draws_the_stream_as_it_arrives(publisher, tmp_path):
         windows = [m for m in messages[:first_utterance - 1] if m["type"] == "window"]
         wait_for(lambda: timeline_points(driver) == len(windows), what="the window updates on the timeline")
         last = windows[-1]
+        # Faces in view before anyone has spoken: both boxes, none highlighted.
+        drawn = faces_drawn(driver)
+        assert drawn["boxes"] == {str(f["id"]): f["box"] for f in last["faces"]} and drawn["speaking"] == []
         shown = bars(driver)
         assert list(shown) == LABELS
         assert {l: p for l, (p, _) in shown.items()} == last["labels"]
@@ -140,8 +154,13 @@ def test_dashboard_draws_the_stream_as_it_arrives(publisher, tmp_path):
         assert peer_rows == [utterance["peers"]["text"][l] for l in LABELS]
         latency = driver.find_element("id", "latency").text
         assert f"{utterance['timing']['asr_s'] * 1000:.0f} ms" in latency
-        # The stream carries no face: the face panel stays hidden.
-        assert not driver.find_element("id", "face").is_displayed()
+        # The faces of the newest window, as boxes in its frame, the utterance's speaker highlighted.
+        assert driver.find_element("id", "faces").is_displayed()
+        drawn = faces_drawn(driver)
+        assert drawn["frame"] == "320x240"
+        assert drawn["boxes"] == {str(f["id"]): f["box"] for f in last["faces"]}
+        assert drawn["speaking"] == [str(utterance["speaker"])] == ["2"]
+        assert f"face {utterance['speaker']}" in rows[0].text
 
         # The rest of the session.
         for body in messages[first_utterance + 1:]:
@@ -255,7 +274,8 @@ def test_dashboard_follows_a_realtime_replay(bundle, held_out_session, tmp_path)
             bar_states.append(json.dumps(bars(driver)))
             time.sleep(0.5)
         final_view = {"points": timeline_points(driver), "bars": bars(driver),
-                      "rows": len(driver.find_elements("css selector", "#transcript .utterance"))}
+                      "rows": len(driver.find_elements("css selector", "#transcript .utterance")),
+                      "faces": faces_drawn(driver)}
         png = screenshot(driver, tmp_path / "replay-dashboard.png")
     finally:
         driver.quit()
@@ -284,6 +304,11 @@ def test_dashboard_follows_a_realtime_replay(bundle, held_out_session, tmp_path)
     assert {l: p for l, (p, _) in final_view["bars"].items()} == last["labels"]
     assert {l for l, (_, on) in final_view["bars"].items() if on} == set(last["active"])
     assert drawn_share(png) > 0.05
+    # The real face video's faces, boxed in the frame the faces stage read.
+    last_window = max(windows, key=lambda m: m["seq"])
+    assert last_window["faces"], "the held-out video's face was not tracked"
+    assert final_view["faces"]["frame"] == "{}x{}".format(*last_window["frame"])
+    assert final_view["faces"]["boxes"] == {str(f["id"]): f["box"] for f in last_window["faces"]}
 
     # --report wrote the session's page from the same messages.
     page = report.read_text()

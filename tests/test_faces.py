@@ -141,6 +141,14 @@ def test_replay_names_who_speaks_with_stable_face_ids(bundle, two_people_session
     assert all(ids == seen[-1] for ids in seen[2:]) and len(seen[-1]) == 2, seen
     assert all(set(f["video"]) == set(json.loads((bundle / "manifest.json").read_text())["labels"])
                for w in windows for f in w["faces"])
+    # The boxes' frame is the video's own size (what a reader scales the boxes by).
+    import cv2
+
+    video = cv2.VideoCapture(str(two_people_session / truth[0]["file"]))
+    size = [int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))]
+    video.release()
+    assert all(w["frame"] == size for w in windows[1:]), (size, [w.get("frame") for w in windows])
+    assert all(0 <= f["box"][0] and f["box"][0] + f["box"][2] <= size[0] for w in windows for f in w["faces"])
     # Each id stays on its own side of the frame: A sits left, B right.
     centres: dict[int, list[float]] = {}
     for w in windows:

@@ -46,6 +46,8 @@ class EmotionView {
     this.drawnTranscript = -1;
     this.heard = null;   // the newest transcript not yet scored (partial or final)
     this.latest = null;  // the newest utterance or window message
+    this.faces = null;   // the newest window message that says which faces were in view
+    this.speaker = null; // the newest utterance's speaking face (its id), null when not told
     this.hasWindows = false;
     this.state = "waiting";
     this.delivery = [];  // seconds from publication to arrival here (live only)
@@ -91,9 +93,13 @@ class EmotionView {
       if (msg.type === "utterance") {
         this.transcriptVersion++;
         this.utterances.push(msg);
+        this.speaker = msg.speaker === undefined ? null : msg.speaker;
         if (this.heard && this.heard.start === msg.start) this.heard = null;
       } else {
         this.windowInfer.push(msg.timing.infer_s);
+        // A window with a face, or with a video frame, shows the panel; once shown it follows
+        // every window (so a face leaving the picture is seen to leave).
+        if (Array.isArray(msg.faces) && (msg.faces.length || msg.frame || this.faces)) this.faces = msg;
         if (!this.hasWindows) { this.hasWindows = true; this.plotStale = true; }
       }
       if (this.live && msg.timing && msg.timing.emitted_at) {
@@ -129,7 +135,7 @@ class EmotionView {
     this.renderHeader();
     this.renderBars();
     this.renderModalities();
-    this.renderFace();
+    this.renderFaces();
     this.renderTimeline();
     this.renderTranscript();
     this.renderLatency();
@@ -183,15 +189,55 @@ class EmotionView {
     node.replaceChildren(...cards);
   }
 
-  renderFace() {
-    // emotion-stream/1 carries no face image or box: the panel stays hidden rather than
-    // show something the model did not look at. A message with a `face` object holding
-    // an `image` data: URL would be shown here.
-    const node = document.getElementById("face");
+  renderFaces() {
+    // The faces of the newest window update, drawn as boxes in the video frame (the stream
+    // carries boxes, no image), the newest utterance's speaker highlighted. Hidden until a
+    // window has a face or a frame size, so a stream without video shows no panel.
+    const node = document.getElementById("faces");
     if (!node) return;
-    const face = this.latest && this.latest.face;
-    node.hidden = !(face && typeof face.image === "string" && face.image.startsWith("data:image/"));
-    if (!node.hidden) node.querySelector("img").src = face.image;
+    const msg = this.faces;
+    node.hidden = !msg;
+    if (!msg) return;
+    const faces = msg.faces;
+    // Protocol 1.2 gives the frame's size; an older stream gets a frame just around its boxes.
+    const [width, height] = msg.frame || [Math.max(1, ...faces.map((f) => f.box[0] + f.box[2])),
+                                          Math.max(1, ...faces.map((f) => f.box[1] + f.box[3]))];
+    const svgNS = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(svgNS, "svg");
+    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
+    svg.dataset.frame = `${width}x${height}`;
+    const top = (probs) => {
+      const ranked = Object.entries(probs || {}).sort((a, b) => b[1] - a[1]);
+      return ranked.length ? ranked[0] : null;
+    };
+    const rows = [];
+    for (const face of faces) {
+      const [x, y, w, h] = face.box;
+      const speaking = face.id === this.speaker;
+      const rect = document.createElementNS(svgNS, "rect");
+      for (const [k, v] of Object.entries({ x, y, width: w, height: h, rx: Math.max(2, w / 20) })) rect.setAttribute(k, v);
+      rect.setAttribute("class", "box" + (speaking ? " speaking" : ""));
+      rect.dataset.id = String(face.id);
+      const label = document.createElementNS(svgNS, "text");
+      label.setAttribute("x", x + 4);
+      label.setAttribute("y", Math.max(height / 16, y - height / 60));
+      label.setAttribute("font-size", String(Math.max(8, Math.round(height / 16))));
+      label.textContent = `${face.id}`;
+      svg.append(rect, label);
+      const best = top(face.video);
+      rows.push(el("li", { class: speaking ? "speaking" : "", "data-id": String(face.id) },
+        `face ${face.id}` + (speaking ? " · speaking" : "") +
+        (best ? ` · its own face reads ${best[0]} ${fmt(best[1])}` : "")));
+    }
+    if (!faces.length) rows.push(el("li", { class: "empty" }, "no face in view"));
+    document.getElementById("faces-frame").replaceChildren(svg);
+    document.getElementById("faces-list").replaceChildren(...rows);
+    const caption = document.getElementById("faces-caption");
+    if (caption) {
+      caption.textContent = `${fmt(msg.start, 1)}–${fmt(msg.end, 1)} s · ${faces.length} in view` +
+        (this.speaker === null ? "" : ` · last utterance spoken by face ${this.speaker}`);
+    }
   }
 
   xRange(dataMin, dataMax) {
@@ -270,7 +316,8 @@ class EmotionView {
                                         : { borderColor: this.color(label) },
     }, `${label} ${fmt(p)}`));
     return el("li", { class: "utterance", "data-index": String(index) },
-      el("span", { class: "when" }, `#${index + 1} ${fmt(utt.start, 1)}–${fmt(utt.end, 1)} s`),
+      el("span", { class: "when" }, `#${index + 1} ${fmt(utt.start, 1)}–${fmt(utt.end, 1)} s` +
+        (utt.speaker === null || utt.speaker === undefined ? "" : ` · face ${utt.speaker}`)),
       el("span", { class: "said" }, utt.text || "(no words)"),
       el("span", { class: "chips" }, ...chips),
       el("span", { class: "mods" }, utt.modalities.join(" + ")));
