@@ -9,7 +9,9 @@ Everything runs as whole processes, as a user runs them:
   utterance's known placement), as a wall-clock time: the moment paplay was started plus
   that offset.  Latency = the `timing.emitted_at` of the utterance message holding that end
   minus that time.  Time paplay and PulseAudio take to start playing counts as latency, so the
-  figures are, if anything, too high.  Window latency: a window update's `emitted_at` minus
+  figures are, if anything, too high; a second recorder on the virtual microphone
+  (MicrophoneTap) keeps that time to tens of ms, where without it the null sink held the
+  audio up to 2 s (see its docstring).  Window latency: a window update's `emitted_at` minus
   the wall time its end (its newest audio) was played; serve's media clock is laid over the
   wav by the shift that best overlaps the utterance messages with the known speech, so
   this one is good to a VAD frame or two (tens of ms).
@@ -301,6 +303,72 @@ def bare_whisper_run(media: Path, model: str, threads: int) -> dict:
     return {"wall_s": time.perf_counter() - t0, "text": result.stdout.strip()}
 
 
+class MicrophoneTap:
+    """A second recorder on the virtual microphone, from before the wav is played to the end.
+
+    Without it, PulseAudio's null sink held paplay's audio for 0.1 to 2 s before its monitor gave
+    it out (2 s when paplay started within ~0.2 s of serve's first microphone read), a delay no
+    real microphone has; the pipeline then looked that much slower.  With this reader on the
+    source, serve's microphone heard the first speech 75 ms after paplay started in 3 of 3 runs
+    (60 ms of that is the file's own lead-in).  Latency is still taken from paplay's start, so
+    what is left of the device's delay counts against us.  The reader also estimates when the
+    wav reached it (`arrival`, by cross-correlation), reported as `playback_delay_ms`: a
+    check, not a clock (a Python reader's timestamps are late by however long its read waited
+    for the interpreter)."""
+
+    CHUNK = SAMPLE_RATE // 100
+
+    def __init__(self, env: dict):
+        import pyaudio
+
+        os.environ.update({k: env[k] for k in ("XDG_RUNTIME_DIR", "PULSE_SOURCE")})  # the daemon serve uses
+        os.environ.pop("PULSE_SERVER", None)
+        self.pa = pyaudio.PyAudio()
+        index = next((i for i in range(self.pa.get_device_count())
+                      if self.pa.get_device_info_by_index(i)["name"] == "pulse"), None)
+        if index is None:
+            self.pa.terminate()
+            raise RuntimeError("PyAudio has no pulse device (Debian package libasound2-plugins)")
+        self.stream = self.pa.open(format=pyaudio.paInt16, channels=1, rate=SAMPLE_RATE, input=True,
+                                   input_device_index=index, frames_per_buffer=self.CHUNK)
+        self.chunks: list[np.ndarray] = []
+        self.read_at: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            raw = self.stream.read(self.CHUNK, exception_on_overflow=False)
+            self.read_at.append(time.time())
+            self.chunks.append(np.frombuffer(raw, np.int16).astype(np.float32) / 32768)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.stream.close()
+        self.pa.terminate()
+
+    def arrival(self, wav: np.ndarray, after: float, search_s: float = 10.0) -> float:
+        """Wall time at which the wav's sample 0 reached the microphone, the wav having been
+        started at `after` (its first 5 s, located within search_s after that)."""
+        if not self.chunks:
+            raise RuntimeError("the microphone tap heard nothing")
+        heard = np.concatenate(self.chunks)
+        ends = np.cumsum([c.size for c in self.chunks])
+        first = int(np.searchsorted(self.read_at, after))  # reads that returned after paplay started
+        lo = int(ends[first - 1]) if first else 0
+        segment = heard[lo: lo + int((search_s + 5) * SAMPLE_RATE)]
+        probe = wav[: 5 * SAMPLE_RATE]
+        n = 1 << int(np.ceil(np.log2(segment.size + probe.size)))
+        corr = np.fft.irfft(np.fft.rfft(segment, n) * np.conj(np.fft.rfft(probe, n)), n)[: segment.size - probe.size + 1]
+        if corr.size < 1 or corr.max() <= 0:
+            raise RuntimeError("the played wav was not found in what the microphone heard")
+        sample = lo + int(np.argmax(corr))
+        chunk = int(np.searchsorted(ends, sample, side="right"))
+        return self.read_at[chunk] - (int(ends[chunk]) - sample) / SAMPLE_RATE
+
+
 class VirtualMicrophone:
     """A PulseAudio daemon with a null sink whose monitor is the source `virtmic` (tests/test_live.py)."""
 
@@ -325,7 +393,8 @@ def live_run(media: Path, wav: Path, duration: float, bundle: Path, work: Path, 
              monitor: dict | None = None, on_play: Callable | None = None) -> dict:
     """One `realtime serve` with the wav played into the microphone; its messages (--jsonl) and processes.
 
-    `played_at`: the wall clock of the wav's sample 0.  For a soak run, loops > 1 plays the wav that
+    `played_at`: the wall clock of the wav's sample 0 (paplay's start, its start-up counted as
+    latency); `arrived_at`, when the tap heard it (one play only).  For a soak run, loops > 1 plays the wav that
     many times one after the other (`plays`: each play's start; serve is stopped 8 s after the
     last), serve_args adds options (`--camera-loop`), endpoint picks the public socket (so a
     subscriber can be there first), monitor passes TreeMonitor options (its `rss_history` is
@@ -337,6 +406,7 @@ def live_run(media: Path, wav: Path, duration: float, bundle: Path, work: Path, 
                        *serve_args, "--endpoint", endpoint or f"tcp://127.0.0.1:{free_port()}",
                        "--jsonl", str(messages_path), "--duration", str(serve_s), "--quiet", sets=sets)
     plays: list[float] = []
+    tap = None
     with log.open("w") as err:
         serve = subprocess.Popen(cmd, env=mic.env, stdout=subprocess.DEVNULL, stderr=err, cwd=code_root())
         watch = TreeMonitor(serve.pid, **(monitor or {}))
@@ -346,10 +416,11 @@ def live_run(media: Path, wav: Path, duration: float, bundle: Path, work: Path, 
                 if serve.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"serve did not start:\n{log.read_text()}")
                 time.sleep(0.05)
+            tap = MicrophoneTap(mic.env) if loops == 1 else None  # an hour of audio is not kept
             for i in range(loops):
                 if serve.poll() is not None:
                     raise RuntimeError(f"serve ended during play {i + 1} of {loops}:\n{log.read_text()[-3000:]}")
-                plays.append(time.time())  # wall clock of the wav's sample 0 (paplay's start-up counts as latency)
+                plays.append(time.time())  # paplay's start
                 if on_play:
                     on_play(i, plays[-1], watch)
                 subprocess.run(["paplay", "--device=virtmic_sink", str(wav)], env=mic.env, check=True,
@@ -362,9 +433,18 @@ def live_run(media: Path, wav: Path, duration: float, bundle: Path, work: Path, 
         finally:
             if serve.poll() is None:
                 kill_tree(serve.pid)
+            if tap is not None:
+                tap.stop()
     procs = watch.stop()
     messages = [json.loads(l) for l in messages_path.read_text().splitlines()]
-    return {"played_at": plays[0], "plays": plays, "messages": messages, "procs": procs, "rss": watch.rss_history}
+    arrived_at = tap.arrival(read_wav(wav), after=plays[0]) if tap is not None else None
+    return {"played_at": plays[0], "arrived_at": arrived_at, "plays": plays, "messages": messages, "procs": procs,
+            "rss": watch.rss_history}
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
 
 
 CLOCK_LINE = "at its own pace from wall clock "
@@ -557,6 +637,8 @@ def live_metrics(prefix: str, rows: list[dict], lives: list[dict]) -> dict:
         "window_latency_p50_ms": round(1000 * pct(delays, 50), 1),
         "window_latency_p95_ms": round(1000 * pct(delays, 95), 1),
         "live_utterances_missed": sum(r["missed"] for r in lives),
+        # paplay's start to the wav reaching the tap (MicrophoneTap): counted in the latencies above
+        "playback_delay_ms_median": round(1000 * median([r["arrived_at"] - r["played_at"] for r in lives]), 1),
         "live_wer": round(median([wer(rows, r["texts"]) for r in lives]), 4),
         "live_asr_ms_p50": round(1000 * median([a for r in lives for a in r["asr_s"]]), 1),
         "live_asr_early_fraction": round(float(np.mean([e for r in lives for e in r["asr_early"]])), 3),
@@ -583,6 +665,8 @@ def faces_metrics(n: int, replays: list[dict], lives: list[dict]) -> dict:
                     "live_window_infer_ms_p50": round(1000 * pct(win, 50), 2),
                     "latency_p50_ms": round(1000 * pct(lat, 50), 1),
                     "live_utterances_missed": sum(r["missed"] for r in lives),
+        # paplay's start to the wav reaching the tap (MicrophoneTap): counted in the latencies above
+        "playback_delay_ms_median": round(1000 * median([r["arrived_at"] - r["played_at"] for r in lives]), 1),
                     "live_faces_per_window": count(lives), **proc_metrics("live", lives)})
     return {f"faces{n}_{k}": v for k, v in out.items()}
 

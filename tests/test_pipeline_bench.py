@@ -1,0 +1,41 @@
+"""benchmarks/pipeline.py's MicrophoneTap: where in what it heard a played wav begins, in wall time."""
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.pipeline import SAMPLE_RATE, MicrophoneTap
+
+
+def heard_tap(heard: np.ndarray, first_read_at: float, chunk: int) -> MicrophoneTap:
+    """A tap as its reader thread leaves it, without a sound server: chunks and read times."""
+    tap = object.__new__(MicrophoneTap)
+    tap.chunks = [heard[i:i + chunk] for i in range(0, heard.size, chunk)]
+    # Each read returns when its last sample has arrived, plus a few ms of the reader's own.
+    tap.read_at = [first_read_at + (i + chunk) / SAMPLE_RATE + 0.003 for i in range(0, heard.size, chunk)]
+    return tap
+
+
+def test_the_wav_is_found_where_it_was_heard_and_dated_by_the_read_that_held_it():
+    rng = np.random.default_rng(0)
+    wav = np.zeros(6 * SAMPLE_RATE, np.float32)
+    wav[SAMPLE_RATE // 2: 2 * SAMPLE_RATE] = rng.normal(0, 0.3, 3 * SAMPLE_RATE // 2)  # "speech" after a lead-in
+    wav[3 * SAMPLE_RATE: 4 * SAMPLE_RATE] = rng.normal(0, 0.3, SAMPLE_RATE)
+    delay = 1.2345  # the wav's sample 0 came 1.2345 s into the recording
+    heard = rng.normal(0, 0.01, 10 * SAMPLE_RATE).astype(np.float32)  # room noise
+    at = int(delay * SAMPLE_RATE)
+    heard[at: at + wav.size] += wav[: heard.size - at]
+    t0 = 1000.0
+    tap = heard_tap(heard, t0, MicrophoneTap.CHUNK)
+    arrived = tap.arrival(wav, after=t0 + 0.5)
+    # Dated by the read that returned it: within one read (10 ms) and the reader's 3 ms after the truth.
+    assert t0 + delay <= arrived <= t0 + delay + 0.010 + 0.003 + 1e-6
+    # Found whatever the read size.
+    assert abs(heard_tap(heard, t0, 1600).arrival(wav, after=t0) - (t0 + delay)) <= 0.1 + 0.003 + 1e-6
+
+
+def test_a_recording_without_the_wav_is_an_error_not_a_time():
+    import pytest
+
+    tap = heard_tap(np.zeros(3 * SAMPLE_RATE, np.float32), 0.0, MicrophoneTap.CHUNK)
+    with pytest.raises(RuntimeError, match="not found"):
+        tap.arrival(np.ones(SAMPLE_RATE, np.float32), after=0.0)
