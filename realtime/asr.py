@@ -30,9 +30,11 @@ class AsrOptions:
     # from Python only, detects it per utterance: slower, and unstable on one-word utterances)
     beam_size: int = 1  # 1 = greedy, the fastest; larger trades speed for a little accuracy
     cpu_threads: int = 2  # CTranslate2 threads on the CPU (0: it decides); leave cores for VAD and faces
-    speculative: bool = True  # transcribe an utterance as soon as its audio is complete, while
-    # the VAD still waits for its closing silence (min_silence_ms - speech_pad_ms earlier); the
-    # text is used if the silence holds and dropped if speech resumes; same text either way
+    pad_ms: int = 100  # of the silence kept after the speech ([vad] speech_pad_ms), how much
+    # the ASR reads (at most that); the rest is for the model's audio, and the ASR need not wait for it
+    speculative: bool = True  # transcribe an utterance as soon as the audio the ASR reads is
+    # heard, while the VAD still waits for its closing silence (min_silence_ms - pad_ms earlier);
+    # the text is used if the silence holds and dropped if speech resumes; same text either way
     partial_every_s: float = 0.0  # > 0: transcribe an open utterance each time this many more
     # seconds of speech arrived (final: false); 0 = off; a partial is skipped while newer work
     # waits, so partials never delay final transcripts
@@ -40,6 +42,8 @@ class AsrOptions:
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}, got {self.device!r}")
+        if self.pad_ms < 0:
+            raise ValueError(f"pad_ms must be >= 0, got {self.pad_ms}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
         if self.cpu_threads < 0:

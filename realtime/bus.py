@@ -111,9 +111,10 @@ SPECS: dict[str, Spec] = {
     "frame": Spec(_AT, optional=_GEN, dtype="uint8", shape=(None, None, 3)),  # BGR image
     # lost: a live device went away
     "eos": Spec(optional={"session": str, "stream": str, "lost": str, **_GEN}),
-    "utterance": Spec(_SPAN, dtype="float32", shape=(None,)),
-    "partial": Spec(_SPAN, dtype="float32", shape=(None,)),
-    "speculative": Spec(_SPAN, dtype="float32", shape=(None,)),  # an utterance if its silence holds
+    # asr_samples: the leading samples the ASR transcribes (absent: all)
+    "utterance": Spec(_SPAN, optional={"asr_samples": int}, dtype="float32", shape=(None,)),
+    "partial": Spec(_SPAN, optional={"asr_samples": int}, dtype="float32", shape=(None,)),
+    "speculative": Spec(_SPAN, optional={"asr_samples": int}, dtype="float32", shape=(None,)),  # an utterance if its silence holds
     "transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}, optional={"early": bool},  # early: speculative
                        dtype="float32", shape=(None,)),
     "partial_transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}),

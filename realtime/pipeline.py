@@ -107,7 +107,7 @@ class Supervisor:
         cfg = self.config
         self.start("segmenter", functools.partial(stages.segmenter, vad_options=cfg.vad,
                                                  partial_every_s=cfg.asr.partial_every_s,
-                                                 speculative=cfg.asr.speculative))
+                                                 speculative=cfg.asr.speculative, asr_pad_ms=cfg.asr.pad_ms))
         self.start("asr", functools.partial(stages.asr, asr_options=cfg.asr))
         self.start("faces", functools.partial(stages.faces, face_options=cfg.faces,
                                               preprocessing=bundle.preprocessing))

@@ -82,8 +82,10 @@ class SpeechSegment:
     """One stretch of speech, padded."""
 
     start: float  # seconds of media time (the t0 clock of the first fed chunk)
-    end: float  # start + len(audio) / sample_rate
-    audio: np.ndarray  # float32 16 kHz samples covering [start, end]
+    end: float  # start + len(audio) / sample_rate (settled(): the end the utterance will have)
+    audio: np.ndarray  # float32 16 kHz samples covering [start, end] (settled(): the first asr_samples)
+    asr_samples: int | None = None  # the leading samples the ASR transcribes (None: all): the
+    # padding after the speech beyond the segmenter's asr_pad_ms is silence it need not wait for
 
 
 def silero_model_path() -> Path:
@@ -179,7 +181,10 @@ class StreamingSegmenter:
     media times are the first chunk's t0 plus index / sample_rate.
     """
 
-    def __init__(self, options: VadOptions | None = None, sample_rate: int = SAMPLE_RATE):
+    def __init__(self, options: VadOptions | None = None, sample_rate: int = SAMPLE_RATE,
+                 asr_pad_ms: int | None = None):
+        """asr_pad_ms: of the padding after the speech, how much the ASR transcribes (at most
+        speech_pad_ms, the default); segments carry that as `asr_samples`."""
         if sample_rate != SAMPLE_RATE:
             raise ValueError(f"sample_rate must be {SAMPLE_RATE} (the VAD model's rate); "
                              f"resample before feeding, got {sample_rate}")
@@ -190,6 +195,9 @@ class StreamingSegmenter:
         self._min_speech = round(self.options.min_speech_ms * ms)
         self._min_silence = round(self.options.min_silence_ms * ms)
         self._pad = round(self.options.speech_pad_ms * ms)
+        if asr_pad_ms is not None and asr_pad_ms < 0:
+            raise ValueError(f"asr_pad_ms must be >= 0, got {asr_pad_ms}")
+        self._asr_pad = self._pad if asr_pad_ms is None else min(self._pad, round(asr_pad_ms * ms))
         self._cut_pause = round(CUT_PAUSE_MS * ms)
         # Speech between the paddings may use what the padding leaves of the limit.
         self._max_speech = round(self.options.max_utterance_s * sample_rate) - 2 * self._pad
@@ -253,23 +261,26 @@ class StreamingSegmenter:
         return SpeechSegment(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end))
 
     def settled(self) -> SpeechSegment | None:
-        """The utterance that closes if the silence now running holds, once all of its audio
-        (the padding after the speech included) is scored; else None.
+        """The utterance that closes if the silence now running holds, once the part of it the
+        ASR transcribes (up to asr_pad_ms of padding after the speech) is scored; else None.
 
-        It is sample for sample the segment feed() will return when the silence reaches
-        min_silence_ms, so work done on it early (the ASR's) is valid for that utterance; if
-        speech resumes first, the utterance that eventually closes is longer and differs.
+        Its start, end and first asr_samples samples (all the audio it carries) are sample for
+        sample those of the segment feed() will return when the silence reaches min_silence_ms,
+        so the ASR's work on it early is valid for that utterance; if speech resumes first, the
+        utterance that eventually closes is longer and differs.
         """
         if self._speech_start is None or self._silence_start is None:
             return None
         speech_end = self._silence_start
         if speech_end <= self._speech_start or speech_end - self._speech_start < self._min_speech:
             return None  # _close would drop it
-        end = speech_end + self._pad
-        if end > min(self._vad_end, self._buffer.end):
-            return None  # the padding after the speech is not all heard yet
+        heard = speech_end + self._asr_pad
+        if heard > min(self._vad_end, self._buffer.end):
+            return None  # the padding the ASR reads is not all heard yet
         start = max(self._speech_start - self._pad, self._emitted_end)
-        return SpeechSegment(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end))
+        audio = self._buffer.get(start, heard)
+        return SpeechSegment(start=self._time(start), end=self._time(speech_end + self._pad), audio=audio,
+                             asr_samples=len(audio))
 
     # -- per-frame state machine ------------------------------------------------
 
@@ -321,13 +332,15 @@ class StreamingSegmenter:
 
     def _emit(self, speech_start: int, speech_end: int, pad_end: bool) -> SpeechSegment:
         start = max(speech_start - self._pad, self._emitted_end)
-        end = speech_end
+        end = asr_end = speech_end
         if pad_end:
             # Only audio already scored: waiting for more would add latency and
             # make the result depend on chunking.
             end = min(speech_end + self._pad, self._vad_end, self._buffer.end)
+            asr_end = min(speech_end + self._asr_pad, end)
         self._emitted_end = end
-        return SpeechSegment(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end))
+        return SpeechSegment(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end),
+                             asr_samples=asr_end - start)
 
     # -- bookkeeping ------------------------------------------------------------
 

@@ -94,20 +94,22 @@ def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps
         stage.gen, since = command["gen"], command["t"]
 
 
-def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculative: bool = False) -> None:
+def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculative: bool = False,
+              asr_pad_ms: int | None = None) -> None:
     """Streaming voice activity detection: audio chunks in, utterance windows out.
 
     With partial_every_s > 0 the utterance still being spoken also goes to the ASR,
     as a `partial`, each time that much more speech has been heard.  With speculative,
     an utterance whose closing silence has begun goes to the ASR as a `speculative` as
-    soon as its audio is complete, so the ASR runs while the silence is still being timed.
+    soon as the audio the ASR reads is heard (asr_pad_ms of padding after the speech), so the
+    ASR runs while the silence is still being timed.
     """
     from realtime.segmenter import StreamingSegmenter
 
     inbox, out = stage.pull(stage.endpoints.audio), stage.push(stage.endpoints.utterances)
     # Fusion also gets every chunk, for its window updates between utterances.
     audio_copy = stage.push(stage.endpoints.fusion)
-    vad = StreamingSegmenter(vad_options)
+    vad = StreamingSegmenter(vad_options, asr_pad_ms=asr_pad_ms)
     stage.report("ready")
     seq = 0
     partial_at: tuple[float, float] | None = None  # (start, end) of the last partial sent
@@ -115,8 +117,9 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculati
 
     def emit(kind: str, utt) -> None:
         nonlocal seq
+        asr = {} if utt.asr_samples is None else {"asr_samples": utt.asr_samples}
         stage.send(out, {"type": kind, "session": header["session"], "seq": seq,
-                         "start": utt.start, "end": utt.end}, utt.audio)
+                         "start": utt.start, "end": utt.end, **asr}, utt.audio)
         seq += 1
 
     while True:
@@ -163,17 +166,18 @@ def asr(stage: Stage, asr_options) -> None:
             return
         if header["type"] in ("partial", "speculative") and inbox.poll(0):
             continue  # newer audio is waiting (a speculative's own final, at worst): do that first
+        heard = audio[: header.get("asr_samples", len(audio))]  # the trailing silence past it is not read
         if header["type"] == "speculative":
             t0 = time.perf_counter()
-            speculation.keep(header["start"], header["end"], audio, transcriber.transcribe(audio),
+            speculation.keep(header["start"], header["end"], heard, transcriber.transcribe(heard),
                              time.perf_counter() - t0)
             continue
-        early = speculation.take(header["start"], header["end"], audio) if header["type"] == "utterance" else None
+        early = speculation.take(header["start"], header["end"], heard) if header["type"] == "utterance" else None
         if early is not None:
             text, asr_s = early  # transcribed while the closing silence was still being timed
         else:
             t0 = time.perf_counter()
-            text = transcriber.transcribe(audio)
+            text = transcriber.transcribe(heard)
             asr_s = time.perf_counter() - t0
         fields = {k: header[k] for k in ("session", "seq", "start", "end")}
         if header["type"] == "partial":

@@ -201,12 +201,15 @@ def _speculate(audio: np.ndarray, chunk: int, options: VadOptions | None = None)
     return utterances + segmenter.flush(), offered
 
 
-def test_settled_is_the_utterance_that_closes_before_its_silence_ends(talk):
-    """What speculative ASR transcribes: the very samples of the utterance that closes,
-    offered min_silence_ms - speech_pad_ms (300 ms) before it closes."""
+@pytest.mark.parametrize("asr_pad_ms", [None, 100])
+def test_settled_is_the_utterance_that_closes_before_its_silence_ends(talk, asr_pad_ms):
+    """What speculative ASR transcribes: the very samples the ASR reads of the utterance that
+    closes (its padding after the speech cut to asr_pad_ms), offered min_silence_ms - asr_pad_ms
+    before it closes (300 ms with the whole 200 ms padding, 400 ms with 100 of it)."""
     audio, spans = talk
     opts = VadOptions()
-    segmenter = StreamingSegmenter(opts)
+    segmenter = StreamingSegmenter(opts, asr_pad_ms=asr_pad_ms)
+    pad = opts.speech_pad_ms if asr_pad_ms is None else asr_pad_ms
     offered_at, closed_at, offered, closed = [], [], [], []
     chunk = 160
     for i in range(0, len(audio), chunk):
@@ -220,9 +223,12 @@ def test_settled_is_the_utterance_that_closes_before_its_silence_ends(talk):
     assert len(closed) == len(spans) == len(offered)
     for early, final in zip(offered, closed):
         assert (early.start, early.end) == (final.start, final.end)
-        assert np.array_equal(early.audio, final.audio)
+        assert early.asr_samples == final.asr_samples == len(early.audio)
+        assert np.array_equal(early.audio, final.audio[:final.asr_samples])
+        # The ASR skips exactly the padding past asr_pad_ms; the utterance keeps all of it.
+        assert len(final.audio) - final.asr_samples == (opts.speech_pad_ms - pad) * SR // 1000
     saved_ms = [(c - o) / SR * 1000 for o, c in zip(offered_at, closed_at)]
-    expected = opts.min_silence_ms - opts.speech_pad_ms
+    expected = opts.min_silence_ms - pad
     assert all(expected - 2 * FRAME / SR * 1000 <= s <= expected + FRAME / SR * 1000 for s in saved_ms), saved_ms
 
 
