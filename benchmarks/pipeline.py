@@ -11,7 +11,9 @@ Everything runs as whole processes, as a user runs them:
   minus that time.  Time paplay and PulseAudio take to start playing counts as latency, so the
   figures are, if anything, too high; a second recorder on the virtual microphone
   (MicrophoneTap) keeps that time to tens of ms, where without it the null sink held the
-  audio up to 2 s (see its docstring).  Window latency: a window update's `emitted_at` minus
+  audio up to 2 s (see its docstring).  The `arrival_` figures take the same times from the
+  moment the tap heard the wav instead, what a real microphone would have given the pipeline
+  (playback_delay_ms: the difference).  Window latency: a window update's `emitted_at` minus
   the wall time its end (its newest audio) was played; serve's media clock is laid over the
   wav by the shift that best overlaps the utterance messages with the known speech, so
   this one is good to a VAD frame or two (tens of ms).
@@ -580,8 +582,14 @@ def live_latencies(run: dict, rows: list[dict]) -> dict:
     # Wall time of media time 0: the wav's sample 0 was played at played_at.
     clock = run["played_at"] - shift
     windows = [m for m in run["messages"] if m["type"] == "window"]
+    # The same from when the wav reached the microphone (MicrophoneTap), where that was measured.
+    arrival = run.get("arrived_at")
+    late = arrival - run["played_at"] if arrival is not None else None
     return {"latencies": latencies, "missed": len(rows) - len(latencies),
             "window_delays": [m["timing"]["emitted_at"] - (clock + m["end"]) for m in windows],
+            "arrival_latencies": [x - late for x in latencies] if late is not None else [],
+            "arrival_window_delays": ([m["timing"]["emitted_at"] - (clock + late + m["end"]) for m in windows]
+                                      if late is not None else []),
             "asr_s": [u["timing"]["asr_s"] for u in utterances],
             "asr_early": [u["timing"].get("asr_early", False) for u in utterances], "infer_s": [u["timing"]["infer_s"] for u in utterances],
             "texts": [u["text"] for u in utterances]}
@@ -637,8 +645,15 @@ def live_metrics(prefix: str, rows: list[dict], lives: list[dict]) -> dict:
         "window_latency_p50_ms": round(1000 * pct(delays, 50), 1),
         "window_latency_p95_ms": round(1000 * pct(delays, 95), 1),
         "live_utterances_missed": sum(r["missed"] for r in lives),
-        # paplay's start to the wav reaching the tap (MicrophoneTap): counted in the latencies above
+        # paplay's start to the wav reaching the tap (MicrophoneTap): counted in the latencies above,
+        # not in the arrival_ ones
         "playback_delay_ms_median": round(1000 * median([r["arrived_at"] - r["played_at"] for r in lives]), 1),
+        "playback_delay_ms_max": round(1000 * max(r["arrived_at"] - r["played_at"] for r in lives), 1),
+        **{f"arrival_{k}": round(1000 * pct([x for r in lives for x in r[key]], q), 1)
+           for k, key, q in (("latency_p50_ms", "arrival_latencies", 50), ("latency_p95_ms", "arrival_latencies", 95),
+                             ("latency_p99_ms", "arrival_latencies", 99),
+                             ("window_latency_p50_ms", "arrival_window_delays", 50),
+                             ("window_latency_p95_ms", "arrival_window_delays", 95))},
         "live_wer": round(median([wer(rows, r["texts"]) for r in lives]), 4),
         "live_asr_ms_p50": round(1000 * median([a for r in lives for a in r["asr_s"]]), 1),
         "live_asr_early_fraction": round(float(np.mean([e for r in lives for e in r["asr_early"]])), 3),
@@ -665,8 +680,15 @@ def faces_metrics(n: int, replays: list[dict], lives: list[dict]) -> dict:
                     "live_window_infer_ms_p50": round(1000 * pct(win, 50), 2),
                     "latency_p50_ms": round(1000 * pct(lat, 50), 1),
                     "live_utterances_missed": sum(r["missed"] for r in lives),
-        # paplay's start to the wav reaching the tap (MicrophoneTap): counted in the latencies above
+        # paplay's start to the wav reaching the tap (MicrophoneTap): counted in the latencies above,
+        # not in the arrival_ ones
         "playback_delay_ms_median": round(1000 * median([r["arrived_at"] - r["played_at"] for r in lives]), 1),
+        "playback_delay_ms_max": round(1000 * max(r["arrived_at"] - r["played_at"] for r in lives), 1),
+        **{f"arrival_{k}": round(1000 * pct([x for r in lives for x in r[key]], q), 1)
+           for k, key, q in (("latency_p50_ms", "arrival_latencies", 50), ("latency_p95_ms", "arrival_latencies", 95),
+                             ("latency_p99_ms", "arrival_latencies", 99),
+                             ("window_latency_p50_ms", "arrival_window_delays", 50),
+                             ("window_latency_p95_ms", "arrival_window_delays", 95))},
                     "live_faces_per_window": count(lives), **proc_metrics("live", lives)})
     return {f"faces{n}_{k}": v for k, v in out.items()}
 
