@@ -34,7 +34,8 @@ class AsrOptions:
     # the ASR reads (at most that); the rest is for the model's audio, and the ASR need not wait for it
     speculative: bool = True  # transcribe an utterance as soon as the audio the ASR reads is
     # heard, while the VAD still waits for its closing silence (min_silence_ms - pad_ms earlier);
-    # the text is used if the silence holds and dropped if speech resumes; same text either way
+    # the text is used if the silence holds and dropped if speech resumes; same text either way;
+    # live only (serve, replay --realtime): a replay as fast as it goes gains nothing from it
     partial_every_s: float = 0.0  # > 0: transcribe an open utterance each time this many more
     # seconds of speech arrived (final: false); 0 = off; a partial is skipped while newer work
     # waits, so partials never delay final transcripts

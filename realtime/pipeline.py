@@ -103,11 +103,15 @@ class Supervisor:
         self.ready.discard(name)
         self.last_seen[name] = time.monotonic()
 
-    def start_processing(self, bundle, session: str) -> None:
+    def start_processing(self, bundle, session: str, paced: bool = True) -> None:
+        """paced: the media comes at its own speed (serve, replay --realtime).  Only then does
+        speculative ASR save time; a replay as fast as it goes would transcribe some utterances
+        twice (where speech resumes) for nothing."""
         cfg = self.config
         self.start("segmenter", functools.partial(stages.segmenter, vad_options=cfg.vad,
                                                  partial_every_s=cfg.asr.partial_every_s,
-                                                 speculative=cfg.asr.speculative, asr_pad_ms=cfg.asr.pad_ms))
+                                                 speculative=cfg.asr.speculative and paced,
+                                                 asr_pad_ms=cfg.asr.pad_ms))
         self.start("asr", functools.partial(stages.asr, asr_options=cfg.asr))
         self.start("faces", functools.partial(stages.faces, face_options=cfg.faces,
                                               preprocessing=bundle.preprocessing))
@@ -311,7 +315,7 @@ def replay(
     with private_workdir() as workdir:
         sup = Supervisor(config, workdir, restart=True)
         try:
-            sup.start_processing(bundle, session)
+            sup.start_processing(bundle, session, paced=realtime)
             sup.start("source", functools.partial(
                 stages.media_source, path=str(media), session=session,
                 chunk_ms=config.pipeline.chunk_ms, video_fps=config.faces.sample_fps,

@@ -83,7 +83,8 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
     assert all(w["modalities"] == ["audio", "video"] for w in windows)
 
     # Same file, same probabilities and transcripts; partial transcripts, switched on
-    # here, add messages but change no result, and neither does speculative ASR, off here.
+    # here, add messages but change no result.  (Speculative ASR, which would not change them
+    # either, is off in any replay not paced in real time: see test_dashboard for a paced one.)
     again = tmp_path / "again.jsonl"
     result = _replay(media, bundle, again, f"tcp://127.0.0.1:{free_port()}", "--all-messages",
                      "--set", "asr.partial_every_s=0.5", "--set", "asr.speculative=false")
