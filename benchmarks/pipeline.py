@@ -557,14 +557,17 @@ def wer(rows: list[dict], texts: list[str]) -> float:
 def media_offset(rows: list[dict], utterances: list[dict], lo: float = 0.0, hi: float = 120.0) -> float:
     """Media time (serve's session clock) of the wav's sample 0: the shift that best lays the
     utterance messages' spans over the known spans of speech (searched in 10 ms steps from lo to hi).
-    Used only to pair messages with spoken utterances and to place window ends on the wall clock."""
-    best, best_overlap = lo, -1.0
-    for shift in np.arange(lo, hi, 0.01):
-        overlap = sum(max(0.0, min(r["speech_end"] + shift, u["end"]) - max(r["start"] + shift, u["start"]))
-                      for r in rows for u in utterances)
-        if overlap > best_overlap:
-            best, best_overlap = float(shift), overlap
-    return best
+
+    The messages' spans carry the VAD's padding on both sides, so the overlap is as large over
+    a plateau about twice the padding wide: its middle is taken (the first shift of it would be
+    early by the padding, 200 ms).  Used to pair messages with spoken utterances and to place
+    window ends on the wall clock."""
+    shifts = np.arange(lo, hi, 0.01)
+    overlaps = np.array([sum(max(0.0, min(r["speech_end"] + shift, u["end"]) - max(r["start"] + shift, u["start"]))
+                             for r in rows for u in utterances) for shift in shifts])
+    best = np.flatnonzero(overlaps >= overlaps.max() - 1e-9)
+    run = best[: int(np.argmax(np.diff(best) > 1)) + 1] if np.any(np.diff(best) > 1) else best  # the first plateau
+    return float(shifts[run].mean())
 
 
 def live_latencies(run: dict, rows: list[dict]) -> dict:
@@ -645,20 +648,27 @@ def live_metrics(prefix: str, rows: list[dict], lives: list[dict]) -> dict:
         "window_latency_p50_ms": round(1000 * pct(delays, 50), 1),
         "window_latency_p95_ms": round(1000 * pct(delays, 95), 1),
         "live_utterances_missed": sum(r["missed"] for r in lives),
-        # paplay's start to the wav reaching the tap (MicrophoneTap): counted in the latencies above,
-        # not in the arrival_ ones
-        "playback_delay_ms_median": round(1000 * median([r["arrived_at"] - r["played_at"] for r in lives]), 1),
-        "playback_delay_ms_max": round(1000 * max(r["arrived_at"] - r["played_at"] for r in lives), 1),
-        **{f"arrival_{k}": round(1000 * pct([x for r in lives for x in r[key]], q), 1)
-           for k, key, q in (("latency_p50_ms", "arrival_latencies", 50), ("latency_p95_ms", "arrival_latencies", 95),
-                             ("latency_p99_ms", "arrival_latencies", 99),
-                             ("window_latency_p50_ms", "arrival_window_delays", 50),
-                             ("window_latency_p95_ms", "arrival_window_delays", 95))},
+        **arrival_metrics(lives),
         "live_wer": round(median([wer(rows, r["texts"]) for r in lives]), 4),
         "live_asr_ms_p50": round(1000 * median([a for r in lives for a in r["asr_s"]]), 1),
         "live_asr_early_fraction": round(float(np.mean([e for r in lives for e in r["asr_early"]])), 3),
         "live_utterance_infer_ms_p50": round(1000 * median([a for r in lives for a in r["infer_s"]]), 2),
         **proc_metrics("live", lives)}.items()}
+
+
+def arrival_metrics(lives: list[dict]) -> dict:
+    """The virtual device's delay (paplay's start to the wav reaching MicrophoneTap: counted in
+    the plain latencies, not in the arrival_ ones) and the latencies measured from arrival."""
+    delays = [r["arrived_at"] - r["played_at"] for r in lives]
+    pooled = lambda key: [x for r in lives for x in r[key]]
+    return {"playback_delay_ms_median": round(1000 * median(delays), 1),
+            "playback_delay_ms_max": round(1000 * max(delays), 1),
+            **{f"arrival_{name}": round(1000 * pct(pooled(key), q), 1)
+               for name, key, q in (("latency_p50_ms", "arrival_latencies", 50),
+                                    ("latency_p95_ms", "arrival_latencies", 95),
+                                    ("latency_p99_ms", "arrival_latencies", 99),
+                                    ("window_latency_p50_ms", "arrival_window_delays", 50),
+                                    ("window_latency_p95_ms", "arrival_window_delays", 95))}}
 
 
 def faces_metrics(n: int, replays: list[dict], lives: list[dict]) -> dict:
@@ -680,15 +690,7 @@ def faces_metrics(n: int, replays: list[dict], lives: list[dict]) -> dict:
                     "live_window_infer_ms_p50": round(1000 * pct(win, 50), 2),
                     "latency_p50_ms": round(1000 * pct(lat, 50), 1),
                     "live_utterances_missed": sum(r["missed"] for r in lives),
-        # paplay's start to the wav reaching the tap (MicrophoneTap): counted in the latencies above,
-        # not in the arrival_ ones
-        "playback_delay_ms_median": round(1000 * median([r["arrived_at"] - r["played_at"] for r in lives]), 1),
-        "playback_delay_ms_max": round(1000 * max(r["arrived_at"] - r["played_at"] for r in lives), 1),
-        **{f"arrival_{k}": round(1000 * pct([x for r in lives for x in r[key]], q), 1)
-           for k, key, q in (("latency_p50_ms", "arrival_latencies", 50), ("latency_p95_ms", "arrival_latencies", 95),
-                             ("latency_p99_ms", "arrival_latencies", 99),
-                             ("window_latency_p50_ms", "arrival_window_delays", 50),
-                             ("window_latency_p95_ms", "arrival_window_delays", 95))},
+                    **arrival_metrics(lives),
                     "live_faces_per_window": count(lives), **proc_metrics("live", lives)})
     return {f"faces{n}_{k}": v for k, v in out.items()}
 

@@ -39,3 +39,22 @@ def test_a_recording_without_the_wav_is_an_error_not_a_time():
     tap = heard_tap(np.zeros(3 * SAMPLE_RATE, np.float32), 0.0, MicrophoneTap.CHUNK)
     with pytest.raises(RuntimeError, match="not found"):
         tap.arrival(np.ones(SAMPLE_RATE, np.float32), after=0.0)
+
+
+def test_arrival_latencies_leave_out_the_virtual_devices_delay():
+    from benchmarks.pipeline import live_latencies
+
+    rows = [{"start": 1.0, "speech_end": 2.0}, {"start": 4.0, "speech_end": 5.5}]
+    played, late = 100.0, 0.3  # the wav reached the microphone 0.3 s after paplay started
+    shift = 0.5  # serve's media time of the wav's sample 0
+    utterances = [{"type": "utterance", "start": r["start"] + shift - 0.2, "end": r["speech_end"] + shift + 0.2,
+                   "text": "", "timing": {"asr_s": 0.4, "infer_s": 0.01,
+                                          "emitted_at": played + late + r["speech_end"] + 0.7}} for r in rows]
+    window = {"type": "window", "start": 1.0, "end": 3.0, "timing": {"infer_s": 0.01,
+                                                                      "emitted_at": played + late + 3.0 - shift + 0.02}}
+    run = {"played_at": played, "arrived_at": played + late, "messages": [*utterances, window]}
+    got = live_latencies(run, rows)
+    assert got["missed"] == 0
+    assert np.allclose(got["latencies"], [1.0, 1.0], atol=1e-6)  # from paplay's start: the delay counts
+    assert np.allclose(got["arrival_latencies"], [0.7, 0.7], atol=1e-6)  # from arrival: what the pipeline took
+    assert np.allclose(got["arrival_window_delays"], [0.02], atol=0.011)  # the shift is searched in 10 ms steps
