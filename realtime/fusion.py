@@ -93,9 +93,6 @@ class Publisher:
         return body
 
 
-WINDOW_BATCH = 16  # window updates scored in one engine call, at most
-
-
 class AudioRing:
     """Recent audio addressed by media time; older samples are dropped.
 
@@ -225,15 +222,10 @@ class Fusion:
     def score_ready(self) -> None:
         while self.pending and self.pending[0][0]["end"] <= self.video_until:
             self.score_utterance(*self.pending.pop(0))
-        limit = self.window_limit()
-        while self.next_window <= limit:
-            # Every window that is due goes into one engine call (a replay has many at once; live,
-            # only after a stall), at most WINDOW_BATCH so that the first of them is not held long.
-            ends, end = [], self.next_window
-            while end <= limit and len(ends) < WINDOW_BATCH:
-                ends.append(end)
-                end += self.period  # added up as next_window is, so the ends are the same floats
-            self.score_windows(ends)
+        while self.next_window <= self.window_limit():
+            end = self.next_window
+            self.next_window += self.period  # first: the checkpoint sent with it says what is next
+            self.score_window(end)
         oldest = min([u["start"] for u, _ in self.pending] + [self.next_window - self.options.window_s])
         self.frames = [f for f in self.frames if f.t >= oldest - self.options.keep_s]
 
@@ -285,34 +277,25 @@ class Fusion:
                           "timing": {"asr_s": round(utt["asr_s"], 4), "asr_early": bool(utt.get("early", False)),
                                      "infer_s": round(infer_s, 4), "emitted_at": time.time()}})
 
-    def score_windows(self, ends: list[float]) -> None:
-        """Score the windows ending at `ends` (consecutive, due) in one engine call, and publish
-        them in order; each one's `timing.infer_s` is that call's time."""
-        windows, faces_of = [], []
-        for end in ends:
-            start = max(0.0, end - self.options.window_s)
-            windows.append(Window(start=start, end=end, audio=self.audio.span(start, end),
-                                  crops=face_crops(self.frames, start, end)))
-            # Each face seen in the window, with its latest box, gets a video-only window of
-            # its own crops, scored in the same engine call as the window itself.
-            boxes: dict[int, tuple] = {}
-            for frame in frames_between(self.frames, start, end):
-                boxes.update((f.id, f.box) for f in frame.faces if f.id is not None)
-            faces_of.append(boxes)
-            windows += [Window(start=start, end=end, crops=face_crops(self.frames, start, end, i)) for i in sorted(boxes)]
-        preds, infer_s = self._infer(windows)
-        at = 0
-        for end, boxes in zip(ends, faces_of):
-            ids = sorted(boxes)
-            pred, face_preds = preds[at], preds[at + 1: at + 1 + len(ids)]
-            at += 1 + len(ids)
-            faces = [{"id": i, "box": list(boxes[i]), **({"video": p.peers["video"]} if "video" in p.peers else {})}
-                     for i, p in zip(ids, face_preds)]
-            self.next_window = end + self.period  # first: the checkpoint sent with it says what is next
-            self.out.publish({"type": "window", "start": round(max(0.0, end - self.options.window_s), 3),
-                              "end": round(end, 3), **self._result(pred), "faces": faces,
-                              **({"frame": self.frame_size} if self.frame_size else {}),
-                              "timing": {"infer_s": round(infer_s, 4), "emitted_at": time.time()}})
+    def score_window(self, end: float) -> None:
+        start = max(0.0, end - self.options.window_s)
+        window = Window(start=start, end=end, audio=self.audio.span(start, end),
+                        crops=face_crops(self.frames, start, end))
+        # Each face seen in the window, with its latest box, gets a video-only window of
+        # its own crops, scored in the same engine call as the window itself.
+        boxes: dict[int, tuple] = {}
+        for frame in frames_between(self.frames, start, end):
+            boxes.update((f.id, f.box) for f in frame.faces if f.id is not None)
+        ids = sorted(boxes)
+        own = [Window(start=start, end=end, crops=face_crops(self.frames, start, end, i)) for i in ids]
+        (pred, *face_preds), infer_s = self._infer([window, *own])
+        faces = [{"id": i, "box": list(boxes[i]), **({"video": p.peers["video"]} if "video" in p.peers else {})}
+                 for i, p in zip(ids, face_preds)]
+        self.out.publish({"type": "window", "start": round(start, 3), "end": round(end, 3),
+                          **self._result(pred), "faces": faces,
+                          **({"frame": self.frame_size} if self.frame_size else {}),
+                          "timing": {"infer_s": round(infer_s, 4), "emitted_at": time.time()}})
+
 
 def fusion(stage: Stage, model_options, stream_options, fusion_options, session: str,
            face_options: FaceOptions | None = None, resume: dict | None = None) -> None:
