@@ -181,14 +181,16 @@ def _check_port(port: int) -> None:
         raise ValueError(f"port {port}: expected 0-65535")
 
 
-def start_dashboard(endpoint: str, port: int):
-    """The dashboard in a thread of this command; prints its address."""
+def start_dashboard(config, port: int):
+    """The dashboard in a thread of this command (replay or serve --dashboard); prints its address."""
     from realtime.dashboard import DashboardThread, url
 
     _check_port(port)
-    dashboard = DashboardThread(endpoint, port)
+    dashboard = DashboardThread(config.stream.endpoint, port)
     bound = dashboard.start()
-    print(f"realtime: dashboard on {url(bound)} (stream {endpoint})", file=sys.stderr, flush=True)
+    # Its subscription must be in before the first message, or the page misses the start.
+    config.stream.wait_subscribers = max(config.stream.wait_subscribers, 1)
+    print(f"realtime: dashboard on {url(bound)} (stream {config.stream.endpoint})", file=sys.stderr, flush=True)
     return dashboard
 
 
@@ -238,11 +240,7 @@ def cmd_replay(args) -> int:
                            stream__wait_subscribers=args.wait_subscribers)
     if args.report and not args.report.parent.is_dir():  # say so now, not after the whole replay
         raise ValueError(f"--report {args.report}: no such folder {args.report.parent}")
-    dashboard = None
-    if args.dashboard:
-        dashboard = start_dashboard(config.stream.endpoint, args.dashboard_port)
-        # Its subscription must be in before the first message, or the page misses the start.
-        config.stream.wait_subscribers = max(config.stream.wait_subscribers, 1)
+    dashboard = start_dashboard(config, args.dashboard_port) if args.dashboard else None
     messages: list[dict] = []
     printer = print_results(args)
 
@@ -274,7 +272,7 @@ def cmd_serve(args) -> int:
                            capture__microphone=args.microphone, capture__camera_loop=args.camera_loop,
                            stream__endpoint=args.endpoint, model__backend=args.backend, model__device=args.device,
                            model__triton_url=args.triton_url, model__service_endpoint=args.service_endpoint)
-    dashboard = start_dashboard(config.stream.endpoint, args.dashboard_port) if args.dashboard else None
+    dashboard = start_dashboard(config, args.dashboard_port) if args.dashboard else None
     try:
         utterances = serve(config, config.capture, args.jsonl, on_message=print_results(args),
                            duration_s=args.duration)

@@ -17,7 +17,7 @@ from realtime.segmenter import VadOptions
 class StreamOptions:
     endpoint: str = "tcp://127.0.0.1:5555"  # where the stream is published (PUB, bound); loopback:
     # emotions are personal data; another address needs the CURVE keys below (README: Security)
-    wait_subscribers: int = 0  # replay: hold the first message until this many subscribers joined
+    wait_subscribers: int = 0  # hold the first message until this many subscribers joined (--dashboard: 1)
     wait_timeout_s: float = 10.0  # ... but no longer than this
     subscriber_queue: int = 1000  # messages held for each subscriber that does not keep up; beyond
     # that its messages are dropped (it sees a seq gap), so a stalled subscriber costs the pipeline and

@@ -3,8 +3,10 @@ microphone from a PulseAudio null sink played in real time (no sound card here).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import threading
 import time
 import wave
 
@@ -59,22 +61,48 @@ def _wait_for(path, text: str, timeout: float, proc) -> None:
     raise AssertionError(f"no {text!r} after {timeout} s:\n{path.read_text()}")
 
 
+def _watch_dashboard(url: str, seen: list[dict], opened: threading.Event) -> None:
+    """A WebSocket client of `serve --dashboard`'s page, as the page is: every body until `finished`."""
+    import asyncio
+
+    import aiohttp
+
+    async def watch():
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(url + "ws") as ws:
+                opened.set()
+                async for frame in ws:
+                    seen.append(json.loads(frame.data))
+                    if seen[-1].get("state") == "finished":
+                        return
+
+    asyncio.run(watch())
+
+
 def test_serve_publishes_live_results(bundle, spoken_session, virtual_microphone, tmp_path):
+    """Also `serve --dashboard`: its page's WebSocket carries every message the stream had."""
     truth, media, wav, duration = spoken_session
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     messages, log = tmp_path / "messages.jsonl", tmp_path / "serve.log"
+    seen: list[dict] = []
     with log.open("w") as err:
         serve = subprocess.Popen(
             [sys.executable, "-m", "realtime.cli", "serve", "--model", str(bundle), "--camera", str(media),
              "--microphone", "pulse", "--endpoint", endpoint, "--jsonl", str(messages),
-             "--duration", str(duration + 8), "--quiet"],
+             "--duration", str(duration + 8), "--quiet", "--dashboard", "--dashboard-port", "0"],
             env=virtual_microphone, stdout=subprocess.DEVNULL, stderr=err)
         try:
             _wait_for(log, "serving session", 120, serve)
+            url = re.search(r"dashboard on (http://127\.0\.0\.1:\d+/)", log.read_text()).group(1)
+            opened = threading.Event()
+            watcher = threading.Thread(target=_watch_dashboard, args=(url, seen, opened), daemon=True)
+            watcher.start()
+            assert opened.wait(30), "the dashboard's WebSocket did not open"
             subprocess.run(["paplay", "--device=virtmic_sink", str(wav)], env=virtual_microphone,
                            check=True, timeout=duration + 30)
             assert serve.wait(timeout=120) == 0, log.read_text()
+            watcher.join(30)
         finally:
             if serve.poll() is None:
                 serve.kill()
@@ -92,6 +120,8 @@ def test_serve_publishes_live_results(bundle, spoken_session, virtual_microphone
     span = windows[-1]["end"] - windows[0]["end"]
     assert span > duration and abs(len(windows) - 1 - 4 * span) <= 2, (len(windows), span)
     assert [m["state"] for m in got if m["type"] == "status"] == ["started", "finished"]
+    # The dashboard's page got the session as published (the bridge replays what came before it opened).
+    assert seen == got
 
 
 def test_serve_refuses_a_camera_it_cannot_open(bundle, tmp_path):
