@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--service-endpoint", metavar="ENDPOINT",
                     help="with --backend service: where `realtime infer` answers (default [model] service_endpoint)")
     sp.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
-    _dashboard_options(sp, "while serving")
+    _dashboard_options(sp, "while serving (waits for it to subscribe)")
     sp.add_argument("--quiet", action="store_true", help="do not print messages as they are published")
     _common(sp)
 
