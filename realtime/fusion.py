@@ -129,7 +129,7 @@ class Fusion:
     def __init__(self, engine, options: FusionOptions, out: Publisher, faces: FaceOptions | None = None,
                  resume: dict | None = None):
         self.engine, self.options, self.out = engine, options, out
-        self.faces = faces or FaceOptions()  # the speaker evidence's settings
+        self.faces = faces or FaceOptions()  # the speaker evidence, and the rate frames are sampled at
         # Past utterances of this session, each with the face that spoke it: the text
         # branch's dialogue context (speaker tokens, as training builds them).
         self.history = History(engine.pre.text_context_turns)
@@ -220,7 +220,7 @@ class Fusion:
             self.score_ready()
 
     def score_ready(self) -> None:
-        while self.pending and self.pending[0][0]["end"] <= self.video_until:
+        while self.pending and self.pending[0][0]["end"] <= self.video_complete():
             self.score_utterance(*self.pending.pop(0))
         while self.next_window <= self.window_limit():
             end = self.next_window
@@ -229,6 +229,15 @@ class Fusion:
         oldest = min([u["start"] for u, _ in self.pending] + [self.next_window - self.options.window_s])
         self.frames = [f for f in self.frames if f.t >= oldest - self.options.keep_s]
 
+    def video_complete(self) -> float:
+        """Media time up to which every sampled frame is in.  Sources sample at most
+        [faces] sample_fps frames a second (the next frame comes at least 1/sample_fps after
+        the last), so no frame up to just short of that can still come: waiting for the next
+        frame itself would hold every window and utterance up to 1/sample_fps (200 ms) for
+        nothing.  (A screen grabbed at that rate may now and then give a frame a few ms
+        early; a window then lacks it, as it would a dropped frame.)"""
+        return self.video_until + 1.0 / self.faces.sample_fps - 1e-6
+
     def window_limit(self) -> float:
         """Media time up to which windows can be scored: every stream has arrived that far.
 
@@ -236,7 +245,7 @@ class Fusion:
         holds nothing back, and once both have ended windows run to the end of the
         audio, or of the video when there is no audio."""
         audio = math.inf if self.audio_complete else self.audio.until
-        limit = min(audio, self.video_until)
+        limit = min(audio, self.video_complete())
         if limit == math.inf:
             limit = self.audio.until if self.audio.buffer.end else self.last_frame_t
         return limit
