@@ -19,6 +19,7 @@ reloading all four stages' models when one fails.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -64,6 +65,26 @@ def private_workdir():
         yield workdir
 
 
+# numpy's OpenBLAS gives each process a worker thread per core that spins after every matrix
+# product: in the fusion stage (its log-mel) that spinning took ~0.4 of a core in live use and
+# slowed the ASR beside it. The stages' products are small, so one thread each; the stage
+# processes get this (it is read when they import numpy); set it yourself to override.
+STAGE_ENV = {"OPENBLAS_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def stage_environment():
+    """STAGE_ENV in os.environ while a stage process is spawned (it copies the environment),
+    this process's own environment as it was afterwards."""
+    added = {k: v for k, v in STAGE_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 class Supervisor:
     def __init__(self, config: RealtimeConfig, workdir: str, restart: bool = False):
         self.config = config
@@ -98,7 +119,8 @@ class Supervisor:
             # Sources are not held: one that has ended must read as ended to _restart_chain.
             kwargs={"hold_until_finish": name in PROCESSING},
         )
-        proc.start()
+        with stage_environment():
+            proc.start()
         self.procs[name], self.bodies[name] = proc, body
         self.ready.discard(name)
         self.last_seen[name] = time.monotonic()
