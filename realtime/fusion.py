@@ -244,8 +244,12 @@ class Fusion:
         A file with one modality still gets its windows: a stream that has ended
         holds nothing back, and once both have ended windows run to the end of the
         audio, or of the video when there is no audio."""
-        audio = math.inf if self.audio_complete else self.audio.until
-        limit = min(audio, self.video_complete())
+        # Audio heard bounds the windows (complete or not): a window past the end of the audio
+        # is never scored, however early the video's frames let it be.  Without any audio,
+        # only the frames do: then no frame after the last may count, as the stream's end is
+        # not known before its end of stream, so there the next frame is waited for.
+        audio = self.audio.until if self.audio.buffer.end or not self.audio_complete else math.inf
+        limit = min(audio, self.video_complete() if audio != math.inf else self.video_until)
         if limit == math.inf:
             limit = self.audio.until if self.audio.buffer.end else self.last_frame_t
         return limit
