@@ -9,11 +9,10 @@ Everything runs as whole processes, as a user runs them:
   utterance's known placement), as a wall-clock time: the moment paplay was started plus
   that offset.  Latency = the `timing.emitted_at` of the utterance message holding that end
   minus that time.  Time paplay and PulseAudio take to start playing counts as latency, so the
-  figures are, if anything, too high; a second recorder on the virtual microphone
-  (MicrophoneTap) keeps that time to tens of ms, where without it the null sink held the
-  audio up to 2 s (see its docstring).  The `arrival_` figures take the same times from the
-  moment the tap heard the wav instead, what a real microphone would have given the pipeline
-  (playback_delay_ms: the difference).  Window latency: a window update's `emitted_at` minus
+  figures are, if anything, too high: PulseAudio's null sink held the audio up to 2 s at
+  times, which a second recorder on the virtual microphone (MicrophoneTap) measures.  The
+  `arrival_` figures take the same times from the moment the tap heard the wav instead, what a
+  real microphone would have given the pipeline (playback_delay_ms: the difference).  Window latency: a window update's `emitted_at` minus
   the wall time its end (its newest audio) was played; serve's media clock is laid over the
   wav by the shift that best overlaps the utterance messages with the known speech, so
   this one is good to a VAD frame or two (tens of ms).
@@ -306,17 +305,15 @@ def bare_whisper_run(media: Path, model: str, threads: int) -> dict:
 
 
 class MicrophoneTap:
-    """A second recorder on the virtual microphone, from before the wav is played to the end.
+    """A second recorder on the virtual microphone, from before the wav is played to the end:
+    when did the played audio reach the microphone?
 
-    Without it, PulseAudio's null sink held paplay's audio for 0.1 to 2 s before its monitor gave
-    it out (2 s when paplay started within ~0.2 s of serve's first microphone read), a delay no
-    real microphone has; the pipeline then looked that much slower.  With this reader on the
-    source, serve's microphone heard the first speech 75 ms after paplay started in 3 of 3 runs
-    (60 ms of that is the file's own lead-in).  Latency is still taken from paplay's start, so
-    what is left of the device's delay counts against us.  The reader also estimates when the
-    wav reached it (`arrival`, by cross-correlation), reported as `playback_delay_ms`: a
-    check, not a clock (a Python reader's timestamps are late by however long its read waited
-    for the interpreter)."""
+    PulseAudio's null sink held paplay's audio for 0.04 to 2 s before its monitor gave it out
+    (2 s when paplay started within ~0.2 s of serve's first microphone read), a delay no real
+    microphone has.  This reader makes it rarer but does not prevent it (1.7-1.9 s in 2 of 5
+    runs), so it finds the wav in what it heard (cross-correlation) and dates its sample 0 by
+    the read that returned it: `arrival_` latencies are taken from then, the plain ones from
+    paplay's start.  Its own read (10 ms) counts as latency."""
 
     CHUNK = SAMPLE_RATE // 100
 
