@@ -4,10 +4,16 @@ The segmenter has already cut the stream at silences, so each call gets one
 short utterance and Whisper's own VAD and long-form machinery are switched off.
 Decoding is greedy at temperature 0 without sampling fallbacks, so the same
 audio always gives the same text (tests and recorded sessions rely on it).
+
+Whisper reads audio in 30 s windows, and faster-whisper pads every utterance to one; on the
+CPU that encoder pass is most of the time an utterance takes.  A short utterance is read in
+a shorter window instead (AsrOptions.window_s), decoded as faster-whisper decodes a window;
+a decode that loops there is redone in the full window.
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +21,15 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # Whisper's input rate
+WHISPER_WINDOW_S = 30.0  # the audio Whisper was trained to read at once
+FRAMES_PER_SECOND = 100  # log-mel frames (10 ms hop)
+# An utterance gets a window at least this many times its length: Whisper learnt from windows
+# mostly filled with speech or silence, never cut short, and on our dev speech 2x (10 s at least)
+# did not raise the WER, on one sentence or two (benchmarks/asr_window.py).
+WINDOW_PER_UTTERANCE = 2.0
+# Whisper's own test for a looping decode (text that compresses this well repeats itself);
+# a short window makes such loops likelier, so that text is redone in the full window.
+LOOP_COMPRESSION_RATIO = 2.4
 _DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -36,6 +51,11 @@ class AsrOptions:
     # heard, while the VAD still waits for its closing silence (min_silence_ms - pad_ms earlier);
     # the text is used if the silence holds and dropped if speech resumes; same text either way;
     # live only (serve, replay --realtime): a replay as fast as it goes gains nothing from it
+    window_s: float = 10.0  # the shortest stretch of audio Whisper's encoder reads per utterance: the
+    # utterance, then silence; an utterance longer than half of it gets twice its length, at most 30 s,
+    # Whisper's own window (30: Whisper's exact result); the encoder's time grows faster than its input
+    # (tiny.en int8, 1 thread: 100 ms an utterance at 10 s, 520 ms at 30 s) and the WER did not rise
+    # (benchmarks/results/asr_window.json)
     partial_every_s: float = 0.0  # > 0: transcribe an open utterance each time this many more
     # seconds of speech arrived (final: false); 0 = off; a partial is skipped while newer work
     # waits, so partials never delay final transcripts
@@ -49,8 +69,15 @@ class AsrOptions:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
         if self.cpu_threads < 0:
             raise ValueError(f"cpu_threads must be >= 0 (0: CTranslate2 decides), got {self.cpu_threads}")
+        if not 1.0 <= self.window_s <= WHISPER_WINDOW_S:
+            raise ValueError(f"window_s must be between 1 and {WHISPER_WINDOW_S:g} seconds, got {self.window_s}")
         if self.partial_every_s < 0:
             raise ValueError(f"partial_every_s must be >= 0 (0: no partial transcripts), got {self.partial_every_s}")
+
+
+def window_seconds(window_s: float, utterance_s: float) -> float:
+    """The audio Whisper's encoder reads for an utterance this long (see AsrOptions.window_s)."""
+    return min(max(window_s, math.ceil(WINDOW_PER_UTTERANCE * utterance_s)), WHISPER_WINDOW_S)
 
 
 def pick_device(device: str) -> str:
@@ -84,6 +111,15 @@ class Transcriber:
         logger.info("ASR: %s on %s (%s)", self.model_path, self.device, self.compute_type)
         self._model = WhisperModel(self.model_path, device=self.device, compute_type=self.compute_type,
                                    cpu_threads=self.options.cpu_threads, num_workers=1)
+        self.loops_redone = 0  # decodes in a short window that looped and were redone in Whisper's own
+        if self.options.language is not None:  # the decoding prompt of _decode_window
+            from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
+
+            self._tokenizer = Tokenizer(self._model.hf_tokenizer, self._model.model.is_multilingual,
+                                        task="transcribe", language=self.options.language)
+            self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+            self._suppressed = get_suppressed_tokens(self._tokenizer, [-1])
 
     def transcribe(self, audio: np.ndarray) -> str:
         """Text of one utterance (float32 mono at 16 kHz); "" for empty audio."""
@@ -92,6 +128,15 @@ class Transcriber:
             raise ValueError(f"expected mono 1-D samples, got shape {audio.shape}")
         if audio.size == 0:
             return ""
+        seconds = window_seconds(self.options.window_s, audio.size / SAMPLE_RATE)
+        if seconds < WHISPER_WINDOW_S and self.options.language is not None:
+            text = self._decode_window(audio, int(seconds * FRAMES_PER_SECOND))
+            if text is not None:
+                return text
+        return self._transcribe_whole(audio)
+
+    def _transcribe_whole(self, audio: np.ndarray) -> str:
+        """faster-whisper's own transcription: Whisper's 30 s window, long-form for longer audio."""
         segments, _info = self._model.transcribe(
             audio,
             language=self.options.language,
@@ -103,6 +148,35 @@ class Transcriber:
         )
         # segments is a lazy generator: decoding happens while it is consumed.
         return " ".join(segment.text.strip() for segment in segments).strip()
+
+    def _decode_window(self, audio: np.ndarray, frames: int) -> str | None:
+        """The text of audio that fits a window shorter than Whisper's, decoded as faster-whisper
+        decodes one window (same prompt, suppressions and no-speech test: at 3000 frames the
+        text is the same as _transcribe_whole's); None when the decode loops."""
+        import ctranslate2
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.transcribe import get_compression_ratio
+
+        model = self._model
+        features = model.feature_extractor(audio)[:, :-1]  # faster-whisper drops the last frame too
+        features = pad_or_trim(features, frames)
+        encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])),
+                                     to_cpu=False)
+        result = model.model.generate(
+            encoded, [self._prompt], beam_size=self.options.beam_size, patience=1, length_penalty=1,
+            repetition_penalty=1, no_repeat_ngram_size=0, max_length=model.max_length, return_scores=True,
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self._suppressed,
+            max_initial_timestamp_index=round(1.0 / model.time_precision))[0]
+        tokens = result.sequences_ids[0]
+        average_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        if result.no_speech_prob > 0.6 and average_logprob <= -1.0:  # faster-whisper's defaults
+            return ""
+        text = self._tokenizer.decode(tokens).strip()
+        if get_compression_ratio(text) > LOOP_COMPRESSION_RATIO:
+            self.loops_redone += 1
+            logger.debug("ASR: looping decode in a %d-frame window, redone in Whisper's own", frames)
+            return None
+        return text
 
 
 class Speculation:

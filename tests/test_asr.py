@@ -113,3 +113,43 @@ def test_speculation_is_used_when_the_silence_holds_and_dropped_when_speech_resu
     same_times = Speculation()
     same_times.keep(last.start, last.end, last.audio * 0.5, "other", 0.1)
     assert same_times.take(last.start, last.end, last.audio) is None
+
+
+def test_a_short_window_decodes_as_faster_whisper_decodes_its_own(transcriber, utterances):
+    """The windowed decode is faster-whisper's decode of one window: in Whisper's 30 s window
+    (3000 frames) it gives faster-whisper's own text, token for token."""
+    for utterance in utterances:
+        whole = transcriber._transcribe_whole(utterance.audio)
+        assert transcriber._decode_window(utterance.audio, 3000) == whole
+        assert whole  # the comparison is between texts, not two empty strings
+
+
+@pytest.mark.parametrize("window_s, utterance_s, expected", [
+    (10.0, 2.0, 10.0),    # a short utterance: the shortest window
+    (10.0, 7.2, 15.0),    # twice the utterance, in whole seconds
+    (10.0, 20.0, 30.0),   # never past Whisper's own window
+    (30.0, 2.0, 30.0),    # window_s = 30: Whisper's window, always
+])
+def test_the_window_is_twice_the_utterance_at_least(window_s, utterance_s, expected):
+    assert asr.window_seconds(window_s, utterance_s) == expected
+
+
+def test_a_looping_decode_is_redone_in_whispers_window(transcriber, utterances):
+    """In a 5 s window tiny.en says this 2 s utterance's sentence over and over (it does up to
+    9 s); the loop is caught by Whisper's compression-ratio test and the utterance redone in the
+    full window, so the text is faster-whisper's own."""
+    short = Transcriber(AsrOptions(model="tiny.en", device="cpu", cpu_threads=2, window_s=5.0))
+    audio = utterances[1].audio
+    assert asr.window_seconds(5.0, audio.size / speech.SAMPLE_RATE) == 5.0
+    assert short._decode_window(audio, 500) is None
+    redone = short.loops_redone
+    assert short.transcribe(audio) == transcriber._transcribe_whole(audio)
+    assert short.loops_redone == redone + 1
+    # The default window reads it once.
+    assert transcriber._decode_window(audio, 1000) == transcriber._transcribe_whole(audio)
+
+
+@pytest.mark.parametrize("window_s", [0.5, 31.0])
+def test_a_window_outside_whispers_range_is_refused(window_s):
+    with pytest.raises(ValueError, match="window_s"):
+        AsrOptions(window_s=window_s)
