@@ -57,6 +57,14 @@ class StudentConfig:
     video_encoder: str = "tubelets"
     # With video_encoder "fer": for each label, the index of its FER class (-1: none).
     fer_classes: list[int] = field(default_factory=list)
+    # With a text teacher's classifier (`trainer teach`; its encoder is the text branch, and
+    # text_emb is its raw mask-token state): for each label, the index of its class in that
+    # head (-1: none).  The text head's logit for those labels IS the teacher's (the log-odds of
+    # its softmax probability), and the fusion head adds its logits to that prediction instead
+    # of learning the text anew: the fused prediction of a transcript alone starts as the
+    # teacher's, and faces (and voices) move it.  Empty: the text head is learnt.
+    text_classes: list[int] = field(default_factory=list)
+    text_teacher_classes: int = 0  # the teacher head's number of classes
     # The branches that are built.  A modality the model never reads (audio in the real
     # recipe) gets no peer: no weights, no compute; its token is zero and always masked.
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
@@ -68,6 +76,10 @@ class StudentConfig:
             raise ValueError(f"video_encoder must be one of {', '.join(VIDEO_ENCODERS)}, got {self.video_encoder!r}")
         if self.video_encoder == "fer" and len(self.fer_classes) != self.n_labels:
             raise ValueError(f"video_encoder 'fer' needs fer_classes for each of the {self.n_labels} labels")
+        if self.text_classes and (len(self.text_classes) != self.n_labels or self.text_teacher_classes < 1
+                                  or max(self.text_classes) >= self.text_teacher_classes):
+            raise ValueError(f"text_classes needs a class of the text teacher's {self.text_teacher_classes} "
+                             f"(or -1) for each of the {self.n_labels} labels, got {self.text_classes}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,6 +167,9 @@ class Student(nn.Module):
         self.cfg, self.pre = cfg, pre
         t, h, w = pre.tubelet
         self.text = Peer(cfg, cfg.text_dim, 1) if "text" in cfg.modalities else None
+        if cfg.text_classes:
+            self.text_teacher = nn.Linear(cfg.text_dim, cfg.text_teacher_classes).requires_grad_(False)  # weights: fit
+            self.register_buffer("text_classes", torch.tensor(cfg.text_classes, dtype=torch.long), persistent=False)
         self.audio = Peer(cfg, pre.n_mels * pre.audio_patch, pre.audio_tokens) if "audio" in cfg.modalities else None
         if "video" not in cfg.modalities:
             self.video = None
@@ -209,9 +224,14 @@ class Student(nn.Module):
         feats = trunk.mean(dim=(-2, -1)).reshape(b, n, FER_FEATURES)
         probs = self.face_net.head(trunk).mean(dim=(-2, -1)).softmax(-1).reshape(b, n, len(FER_LABELS))
         w = video_mask[..., None]
-        mean = ((probs * w).sum(1) / w.sum(1).clamp(min=1.0)).clamp(1e-4, 1 - 1e-4)
-        logits = (torch.log(mean) - torch.log1p(-mean))[:, self.fer_classes.clamp(min=0)]
+        logits = self.log_odds((probs * w).sum(1) / w.sum(1).clamp(min=1.0), self.fer_classes)
         return torch.cat([feats, probs], dim=-1), logits
+
+    @staticmethod
+    def log_odds(probs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """(B, L) logits whose sigmoid is each label's class probability (classes: its index)."""
+        p = probs.clamp(1e-4, 1 - 1e-4)
+        return (torch.log(p) - torch.log1p(-p))[:, classes.clamp(min=0)]
 
     def unbuilt(self, *inputs: torch.Tensor):
         """What a branch that is not built gives: a zero token, masked, and zero logits.
@@ -228,6 +248,11 @@ class Student(nn.Module):
             x_t, k_t, logit_t = self.unbuilt(text_emb)
         else:
             x_t, k_t, logit_t = self.text(text_emb[:, None, :], present[:, 0:1])
+        told = None  # the text teacher's logits, for the labels it knows (0 for the others)
+        if self.cfg.text_classes:
+            knows = self.text_classes >= 0
+            told = torch.where(knows, self.log_odds(self.text_teacher(text_emb).softmax(-1), self.text_classes), 0.0)
+            logit_t = torch.where(knows, told, logit_t)
         if self.audio is None:
             x_a, k_a, logit_a = self.unbuilt(mel, audio_mask)
         else:
@@ -254,6 +279,8 @@ class Student(nn.Module):
         shifted = self.shift(x_t[:, 0], torch.stack([x_a[:, 0], x_v[:, 0]], dim=1), present[:, 1:3])
         fused = fused + present[:, 0:1] * shifted  # no text: the fusion token alone
         logit_f = self.fusion_head(fused)
+        if told is not None:
+            logit_f = logit_f + present[:, 0:1] * told
         tokens = {"fusion": fused, "text": x_t[:, 0], "audio": x_a[:, 0], "video": x_v[:, 0]}
         return torch.stack([logit_f, logit_t, logit_a, logit_v], dim=1), tokens
 

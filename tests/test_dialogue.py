@@ -118,8 +118,8 @@ def test_exported_encoder_reads_the_mask_token(context_bundle, run_dir):
     with torch.no_grad():
         hidden = encoder.encoder(**batch).last_hidden_state[0]
     at_mask = hidden[batch["input_ids"][0].tolist().index(tok.mask_token_id)]
-    expected = torch.nn.functional.normalize(at_mask, dim=-1).numpy()
-    assert np.abs(engine.embed_text([text])[0] - expected).max() < 1e-4
+    # As it is, not normalised: a teacher's classifier reads it so (StudentConfig.text_classes).
+    assert np.abs(engine.embed_text([text])[0] - at_mask.numpy()).max() < 1e-4
 
 
 def test_long_context_is_cut_from_the_left(context_bundle):

@@ -44,7 +44,7 @@ from engines.text import TextTokenizer
 from trainer.data import media_features, targets, text_windows, with_speech_padding
 from trainer.losses import LearnableTemperature, LossWeights, total_loss
 from trainer.metrics import multilabel_scores, tune_thresholds
-from trainer.text_encoder import SentenceEncoder
+from trainer.text_encoder import EMBEDDING_VERSION, SentenceEncoder
 
 
 @dataclass
@@ -72,6 +72,9 @@ class TrainOptions:
     video_encoder: str = "tubelets"  # tubelets: the video peer learns from the crops' tubelets; fer: it
     # reads the frozen FER2013 network's features and keeps its predictions (the real recipe)
     text_teacher: str = ""  # directory of `trainer teach`: its KD teaches [loss] kd_heads; "" = none
+    text_head: str = ""  # directory of `trainer teach` whose encoder is the text branch (text_encoder =
+    # DIR/encoder, text_pooling = "mask"): its classifier becomes the text head, and the fusion adjusts
+    # that prediction instead of learning text anew (StudentConfig.text_classes); "" = a learnt text head
 
     def __post_init__(self):
         self.modalities = tuple(self.modalities)
@@ -98,7 +101,7 @@ def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing,
     if cache is not None:
         weights = sorted(encoder.path.glob("*.safetensors")) + sorted(encoder.path.glob("*.bin"))
         digest = hashlib.sha256(json.dumps(
-            [str(encoder.path.resolve()), [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
+            [EMBEDDING_VERSION, str(encoder.path.resolve()), [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
              encoder.pooling, pre.text_max_tokens, texts]).encode()).hexdigest()[:24]
         path = cache / f"text-{digest}.npy"
         if path.is_file():
@@ -265,6 +268,39 @@ def fer_classes(labels: list[str], opts: TrainOptions) -> list[int]:
     if not mapping:
         raise ValueError(f"video_encoder 'fer': none of the labels {labels} is a FER2013 class")
     return [mapping.get(i, -1) for i in range(len(labels))]
+
+
+def text_head_config(labels: list[str], opts: TrainOptions, pre: Preprocessing) -> dict:
+    """StudentConfig's text_classes and text_teacher_classes for opts.text_head ({} without one)."""
+    if not opts.text_head:
+        return {}
+    from trainer.teachers import map_teacher_labels
+    from trainer.text_teacher import CONFIG_FILE, HEAD_FILE
+
+    teacher = Path(opts.text_head)
+    if not (teacher / CONFIG_FILE).is_file() or not (teacher / HEAD_FILE).is_file():
+        raise ValueError(f"text_head {teacher}: not a `trainer teach` directory (no {CONFIG_FILE} and {HEAD_FILE})")
+    if Path(opts.text_encoder).resolve() != (teacher / "encoder").resolve() or pre.text_pooling != "mask":
+        raise ValueError(f"text_head {teacher}: its classifier reads its own encoder's mask token, so "
+                         f"[train] text_encoder must be {teacher / 'encoder'} and [features] text_pooling "
+                         f"\"mask\" (got {opts.text_encoder}, {pre.text_pooling!r})")
+    classes = json.loads((teacher / CONFIG_FILE).read_text())["config"]["labels"]
+    mapping = {label: t for t, label in map_teacher_labels(classes, labels).items()}
+    if not mapping:
+        raise ValueError(f"text_head {teacher}: none of its classes {classes} is one of the labels {labels}")
+    return {"text_classes": [mapping.get(i, -1) for i in range(len(labels))], "text_teacher_classes": len(classes)}
+
+
+def load_text_head(model: Student, teacher: str) -> None:
+    """The teacher's classifier into the student; the fusion head starts at zero, so the fused
+    prediction of a transcript alone starts as the teacher's."""
+    from safetensors.torch import load_file
+
+    from trainer.text_teacher import HEAD_FILE
+
+    model.text_teacher.load_state_dict(load_file(str(Path(teacher) / HEAD_FILE)))
+    torch.nn.init.zeros_(model.fusion_head.weight)
+    torch.nn.init.zeros_(model.fusion_head.bias)
 
 
 def is_single_label(corpus) -> bool:
@@ -448,8 +484,10 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
                         heads=opts.heads, layers=opts.layers, shift_threshold=opts.shift_threshold,
                         kd_dims={t["name"]: int(train[f"{t['name']}_features"].shape[1]) for t in teachers},
                         video_encoder=opts.video_encoder, fer_classes=fer_classes(corpus.labels, opts),
-                        modalities=list(opts.modalities))
+                        modalities=list(opts.modalities), **text_head_config(corpus.labels, opts, pre))
     model = Student(cfg, pre)
+    if cfg.text_classes:
+        load_text_head(model, opts.text_head)
     if opts.video_encoder == "fer":
         from trainer.teachers import load_face_net
 

@@ -6,7 +6,9 @@ do meet:
 
 - text: MELD (TV dialogue), GoEmotions' Ekman grouping (Reddit) and IEMOCAP (acted
   dialogue, mapped: trainer.datasets.mix), read by the frozen sentence encoder, or, with
-  [recipe] text_teacher, by the encoder `trainer teach` fine-tuned on the dialogue prompt;
+  [recipe] text_teacher, by the encoder `trainer teach` fine-tuned on the dialogue prompt,
+  whose classifier is then the text head: the fusion adjusts its prediction, so the bundle
+  keeps what the teacher learnt instead of re-learning it from the frozen features;
 - video: the FER2013 face network inside the student (StudentConfig.video_encoder "fer"):
   its predictions are the video head's, its features the video peer's tokens;
 - audio: no labelled real speech is available offline, so the bundle does not read
@@ -100,7 +102,8 @@ def options(config, quick: bool) -> RecipeOptions:
 
 def text_from_teacher(teacher: Path, train, pre):
     """[train] and [features] for a text branch that is the fine-tuned encoder of `trainer
-    teach`: the same prompt (past turns, speaker tokens, mask token) and length it was tuned on."""
+    teach`: the same prompt (past turns, speaker tokens, mask token) and length it was tuned on,
+    and its classifier as the text head ([train] text_head)."""
     import json
 
     from trainer.text_teacher import CONFIG_FILE
@@ -111,7 +114,7 @@ def text_from_teacher(teacher: Path, train, pre):
                         f"(no {CONFIG_FILE} and encoder/)")
     tuned = json.loads(meta.read_text())["config"]
     turns = tuned["max_turns"] if tuned.get("context", True) else 0
-    return (replace(train, text_encoder=str((teacher / "encoder").resolve())),
+    return (replace(train, text_encoder=str((teacher / "encoder").resolve()), text_head=str(teacher.resolve())),
             replace(pre, text_pooling="mask", text_context_turns=8 if turns is None else turns,
                     text_max_tokens=tuned["max_len"], text_sep="", text_mask=""))
 

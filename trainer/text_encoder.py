@@ -12,9 +12,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# Part of the key of cached embeddings (trainer.fit.embed_texts): raised when the same
+# encoder and texts give other embeddings (2: mask pooling no longer L2-normalised).
+EMBEDDING_VERSION = 2
+
 
 class SentenceEncoder(nn.Module):
-    """input_ids, attention_mask -> L2-normalised pooled token states."""
+    """input_ids, attention_mask -> pooled token states: the mean, L2-normalised (a sentence
+    embedding), or the mask token's state as it is (what a `trainer teach` classifier reads)."""
 
     def __init__(self, name_or_path: str, pooling: str = "mean", mask_token: str = ""):
         super().__init__()
@@ -65,4 +70,6 @@ class SentenceEncoder(nn.Module):
             weights = torch.where(is_mask.sum(1, keepdim=True) > 0, is_mask, weights)
         weights = weights.unsqueeze(-1)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        if self.pooling == "mask":  # raw: the teacher's head (StudentConfig.text_classes) reads it so
+            return pooled
         return torch.nn.functional.normalize(pooled, dim=-1)
