@@ -34,6 +34,10 @@ class FaceOptions:
     track_ttl_s: float = 3.0  # seconds of media time a face may go unseen (occluded, out of frame) and keep its id
     track_distance: float = 0.75  # a detection continues a track when its centre lies within this many
     # face widths of the track's last box centre
+    search_every: int = 5  # the whole frame is searched for faces every this many sampled frames (once a
+    # second at 5 fps); in the frames between, each face seen in the frame before is looked for near its
+    # last box only (the box grown by half its width on every side, faces 0.7-1.4x its size), which costs a
+    # fraction of a whole search; so a face that comes into view is found within this many frames; 1: always whole
     confirm_frames: int = 2  # sightings before a face gets an id, so a one-frame false detection never does
     speaker_margin: float = 1.5  # the speaker's mean mouth motion over an utterance must be at least this many
     # times any other face's; otherwise the utterance has no speaker (null)
@@ -55,6 +59,8 @@ class FaceOptions:
             raise ValueError("track_ttl_s must be >= 0")
         if self.track_distance <= 0:
             raise ValueError("track_distance must be > 0")
+        if self.search_every < 1:
+            raise ValueError("search_every must be >= 1")
         if self.confirm_frames < 1:
             raise ValueError("confirm_frames must be >= 1")
         if self.speaker_margin < 1.0:
@@ -96,6 +102,9 @@ class FaceFrame:
         return next((f.crop for f in self.faces if f.id == face_id), None)
 
 
+# Between whole searches a face is looked for within NEAR of its width around its last box, at
+# NEAR_SIZES times its last size: at 5 fps a face in a call moves and grows far less between frames.
+NEAR, NEAR_SIZES = 0.5, (0.7, 1.4)
 MOUTH_ROWS, MOUTH_COLS = (0.62, 0.92), (0.25, 0.75)  # the mouth in face_crop's square (box + 10%)
 MOUTH_SHIFT = 3  # pixels of re-detection jitter the motion measure looks past
 QUIET_FRAMES = 50  # a face's recent motions its quiet level is taken from (10 s at 5 fps)
@@ -172,21 +181,55 @@ class FaceTracker:
         self._next_id = 1
         self._previous_t: float | None = None  # time of the previous frame: motion is between neighbours
         self._last_centre: tuple[float, float] | None = None
+        self._frames = 0  # frames given so far (whole searches are every search_every of them)
 
     def detect(self, frame_bgr: np.ndarray) -> np.ndarray:
-        """(n, 4) boxes (x, y, w, h) in frame pixels of every face found."""
+        """(n, 4) boxes (x, y, w, h) in frame pixels of every face found in the whole frame."""
+        h, w = frame_bgr.shape[:2]
+        return self._search(frame_bgr, (0, 0, w, h), self.options.min_face, None)
+
+    def _search(self, frame_bgr: np.ndarray, region: Box, min_side: float, max_side: float | None) -> np.ndarray:
+        """Faces in `region` of the frame (x, y, w, h), sides in detect_width pixels; frame boxes."""
         import cv2
 
-        scale = min(1.0, self.options.detect_width / frame_bgr.shape[1])
-        small = cv2.resize(frame_bgr, None, fx=scale, fy=scale) if scale < 1 else frame_bgr
-        grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
+        x, y, w, h = region
+        scale = min(1.0, self.options.detect_width / frame_bgr.shape[1])  # the whole frame's, for any region
+        part = frame_bgr[y:y + h, x:x + w]
+        small = cv2.resize(part, None, fx=scale, fy=scale) if scale < 1 else part
+        grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small)
+        side = int(round(min_side))
         boxes = self._cascade.detectMultiScale(
             grey,
             scaleFactor=self.options.scale_factor,
             minNeighbors=self.options.min_neighbors,
-            minSize=(self.options.min_face, self.options.min_face),
+            minSize=(side, side),
+            **({} if max_side is None else {"maxSize": (int(round(max_side)),) * 2}),
         )
-        return np.round(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale)
+        return np.round(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale) + [x, y, 0, 0]
+
+    def _find(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """The faces of this frame: a whole search every search_every frames, else a search near
+        each face seen in the frame before (FaceOptions.search_every)."""
+        self._frames += 1
+        if (self._frames - 1) % self.options.search_every == 0:
+            return self.detect(frame_bgr)
+        fh, fw = frame_bgr.shape[:2]
+        scale = min(1.0, self.options.detect_width / fw)
+        found: list[np.ndarray] = []
+        for track in self._tracks:
+            if track.last_t != self._previous_t:
+                continue
+            x, y, w, h = track.box
+            x0, y0 = int(max(0, x - NEAR * w)), int(max(0, y - NEAR * h))
+            x1, y1 = int(min(fw, x + (1 + NEAR) * w)), int(min(fh, y + (1 + NEAR) * h))
+            boxes = self._search(frame_bgr, (x0, y0, x1 - x0, y1 - y0),
+                                 max(self.options.min_face, NEAR_SIZES[0] * w * scale), NEAR_SIZES[1] * w * scale)
+            if len(boxes):  # the one nearest the face's last centre
+                centre = track.box[:2] + track.box[2:] / 2
+                box = boxes[np.argmin(np.linalg.norm(boxes[:, :2] + boxes[:, 2:] / 2 - centre, axis=1))]
+                if not any(np.abs(box - other).max() < 0.25 * w for other in found):  # two faces' regions
+                    found.append(box)
+        return np.array(found).reshape(-1, 4)
 
     def update(self, frame_bgr: np.ndarray, t: float) -> FaceFrame:
         """The faces of the frame at media time t, each with its track's id.
@@ -196,7 +239,7 @@ class FaceTracker:
         (mouth_motions)."""
         import cv2
 
-        boxes = self.detect(frame_bgr)
+        boxes = self._find(frame_bgr)
         self._tracks = [tr for tr in self._tracks if t - tr.last_t <= self.options.track_ttl_s]
         grey = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if frame_bgr.ndim == 3 and len(boxes) else frame_bgr
         tracks = self._associate(boxes)

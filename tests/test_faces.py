@@ -29,8 +29,25 @@ def _frame(positions: list[tuple[int, int]]) -> np.ndarray:
     return frame
 
 
+def test_between_whole_searches_faces_are_followed_and_a_newcomer_waits_for_the_next():
+    near = FaceTracker(FaceOptions(search_every=3), Preprocessing())
+    whole = FaceTracker(FaceOptions(search_every=1), Preprocessing())
+    # A drifts right 4 px a frame; B comes into view at frame 1.
+    frames = [_frame([(20, 70)])] + [_frame([(20 + 4 * k, 70), (200, 70)]) for k in range(1, 6)]
+    seen = [near.update(frame, 0.2 * k) for k, frame in enumerate(frames)]
+    everywhere = [whole.update(frame, 0.2 * k) for k, frame in enumerate(frames)]
+    # Frames 1 and 2 search near A only: B is found by the whole search of frame 3.
+    assert [len(f.faces) for f in seen] == [1, 1, 1, 2, 2, 2]
+    assert [len(f.faces) for f in everywhere] == [1, 2, 2, 2, 2, 2]
+    left = lambda frame: next(f for f in frame.faces if f.box[0] < 160)
+    assert len({left(f).id for f in seen[1:]}) == 1 and left(seen[1]).id is not None  # one track, confirmed
+    for a, b in zip(seen, everywhere):  # where it looked near A, it found A where a whole search does
+        assert np.abs(np.subtract(left(a).box, left(b).box)).max() <= 0.1 * SIZE
+
+
 def test_ids_survive_a_short_absence_and_are_forgotten_after_the_ttl():
-    tracker = FaceTracker(FaceOptions(track_ttl_s=2.0), Preprocessing())
+    # The whole frame searched every frame, so a face is seen the frame it is back.
+    tracker = FaceTracker(FaceOptions(track_ttl_s=2.0, search_every=1), Preprocessing())
     both, only_a = _frame([(20, 70), (200, 70)]), _frame([(20, 70)])
     ids = lambda f: sorted((face.box[0] < 160, face.id) for face in f.faces)  # (is left, id)
     first = tracker.update(both, 0.0)
