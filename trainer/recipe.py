@@ -51,8 +51,9 @@ class RecipeOptions:
     synthetic_repeat: int = 10  # each synthetic training utterance counts this often per epoch
     epochs: int = 8  # fit's epochs (--quick: at most 4)
     text_teacher: str = ""  # a `trainer teach` directory: its fine-tuned encoder becomes the text
-    # branch, reading the dialogue prompt as it learnt to (mask pooling, its max_turns and max_len);
-    # "" = the frozen sentence encoder on the utterance alone
+    # branch, reading the dialogue prompt as it learnt to (mask pooling, its max_turns and max_len),
+    # and its classifier the text head ([train] text_head); "" = the frozen sentence encoder on the
+    # utterance alone
 
     def __post_init__(self):
         unknown = sorted(set(self.corpora) - set(FOLDERS))
