@@ -54,7 +54,7 @@ class AsrOptions:
     window_s: float = 10.0  # the shortest stretch of audio Whisper's encoder reads per utterance: the
     # utterance, then silence; an utterance longer than half of it gets twice its length, at most 30 s,
     # Whisper's own window (30: Whisper's exact result); the encoder's time grows faster than its input
-    # (tiny.en int8, 1 thread: 100 ms an utterance at 10 s, 520 ms at 30 s) and the WER did not rise
+    # (tiny.en int8, 1 thread: 104 ms an utterance at 10 s, 502 ms at 30 s) and the WER did not rise
     # (benchmarks/results/asr_window.json)
     partial_every_s: float = 0.0  # > 0: transcribe an open utterance each time this many more
     # seconds of speech arrived (final: false); 0 = off; a partial is skipped while newer work
