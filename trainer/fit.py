@@ -440,11 +440,10 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
     from trainer.placement import place
 
     where = place(opts.device, opts.mixed_precision)
-    try:
-        return _fit(data_spec, out, opts, pre, faces, progress and where.main, loss, media, resume, where,
-                    speech_pad_ms)
-    finally:
-        where.close()
+    run = _fit(data_spec, out, opts, pre, faces, progress and where.main, loss, media, resume, where,
+               speech_pad_ms)
+    where.close()  # on success only: see Placement.close
+    return run
 
 
 def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where, speech_pad_ms) -> dict:

@@ -65,10 +65,19 @@ class Placement:
         return all(torch.allclose(g, gathered[0], rtol=1e-9, atol=0.0) for g in gathered)
 
     def close(self) -> None:
+        """End the process group together, after a run that succeeded on this rank.
+
+        Rank 0 works on after the others are done (it scores dev and writes the run), so the
+        ranks meet at a barrier first: a rank that tore down its group and exited while rank 0
+        still held the connection was seen to abort in gloo ("terminate called without an
+        active exception"). After an error nothing collective is tried: the other ranks may be
+        inside a step, where a barrier or a destroy would hang; torchrun ends them instead.
+        """
         if self.world > 1:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                dist.barrier()
                 dist.destroy_process_group()
 
 
