@@ -74,8 +74,8 @@ STAGE_ENV = {"OPENBLAS_NUM_THREADS": "1"}
 
 @contextlib.contextmanager
 def stage_environment():
-    """STAGE_ENV in os.environ while a stage process is spawned (it copies the environment),
-    this process's own environment as it was afterwards."""
+    """STAGE_ENV in os.environ while the fork server (or, without one, a stage process) is
+    started: it copies the environment; this process's own environment as it was afterwards."""
     added = {k: v for k, v in STAGE_ENV.items() if k not in os.environ}
     os.environ.update(added)
     try:
@@ -83,6 +83,33 @@ def stage_environment():
     finally:
         for key in added:
             os.environ.pop(key, None)
+
+
+# What the stages import, loaded once by the fork server they are started from (see
+# stage_processes).  Not onnxruntime: importing it starts a thread, and a fork keeps only
+# the thread that forks.
+STAGE_PRELOAD = ("realtime.stages", "realtime.segmenter", "realtime.asr", "realtime.fusion", "engines.runtime",
+                 "engines.media", "engines.faces", "cv2", "av", "faster_whisper")
+
+
+def stage_processes() -> multiprocessing.context.BaseContext:
+    """How stage processes are started: forked from multiprocessing's fork server, where there is one.
+
+    A stage spawned from scratch imports numpy, ZeroMQ, OpenCV, PyAV and faster-whisper
+    itself, each stage again: on 2 cores that took more CPU than the ASR's own start.  The
+    fork server (a fresh, single-threaded process: stages still do not inherit the caller's
+    threads and sockets) imports them once; each stage is a fork of it.  It is started here,
+    with STAGE_ENV, so its imports overlap what the caller does before its first stage; the
+    stages get the environment it was started with.  Without fork (Windows), stages are spawned.
+    """
+    import multiprocessing.forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    multiprocessing.forkserver.set_forkserver_preload(list(STAGE_PRELOAD))
+    with stage_environment():
+        multiprocessing.forkserver.ensure_running()  # once per process; a no-op when it runs
+    return multiprocessing.get_context("forkserver")
 
 
 class Supervisor:
@@ -108,7 +135,7 @@ class Supervisor:
         self.ended_streams: set[str] = set()  # streams whose end of stream this supervisor sent
         self.on_result: Callable[[dict], None] | None = None
         self.fusion_finished = False  # fusion's end of stream has arrived
-        self._mp = multiprocessing.get_context("spawn")  # no fork: stages hold threads and sockets
+        self._mp = stage_processes()
 
     def start(self, name: str, body: Callable) -> None:
         proc = self._mp.Process(
@@ -327,6 +354,7 @@ def replay(
     realtime paces the media at its own speed instead of as fast as the stages go."""
     from engines.media import probe_media
 
+    stage_processes()  # now: its imports overlap the checks below
     media = Path(media)
     probe_media(media)  # a bad file is refused with FFmpeg's reason, before any model loads
     check_server_keys(config.stream)
@@ -357,6 +385,7 @@ def serve(
     duration_s: float = 0.0,
 ) -> list[dict]:
     """Live: camera + microphone until Ctrl-C, SIGTERM or duration_s; returns the utterances."""
+    stage_processes()  # now: its imports overlap the checks below
     check_server_keys(config.stream)
     bundle = open_bundle(config.model.bundle)
     print(model_line(bundle), file=sys.stderr, flush=True)

@@ -69,9 +69,12 @@ class Stage:
         self._finish_heard = False
         self._commands = self.commands() if hold_until_finish else None
         self._last_beat = 0.0
-        # The supervisor passes its pid: a stage still importing its libraries when the
-        # supervisor was killed would otherwise take its new parent (init) for it.
-        self._parent = supervisor_pid if supervisor_pid is not None else os.getppid()
+        # A stage's parent is the supervisor or the fork server the supervisor starts stages
+        # from (realtime.pipeline.stage_processes), which exits with the supervisor: either way
+        # the parent changes when the supervisor dies.  The supervisor's own pid is watched
+        # too (with each heartbeat): a stage started just as it died may never have seen it.
+        self._supervisor = supervisor_pid if supervisor_pid is not None else os.getppid()
+        self._parent = os.getppid()
 
     def _own(self, sock: zmq.Socket) -> zmq.Socket:
         self._sockets.append(sock)
@@ -137,6 +140,8 @@ class Stage:
             os._exit(3)
         now = time.monotonic()
         if now - self._last_beat >= HEARTBEAT_S:
+            if not process_alive(self._supervisor):
+                os._exit(3)
             self._last_beat = now
             self.report("heartbeat")
 
@@ -179,6 +184,23 @@ class Stage:
             closing.join(HEARTBEAT_S)
             if os.getppid() != self._parent:
                 os._exit(3)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs; one that has exited but is not yet reaped (a zombie) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    if not os.path.exists("/proc/self/stat"):
+        return True  # no /proc: the signal test is all there is
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False  # it went while we looked
 
 
 class StageError(RuntimeError):

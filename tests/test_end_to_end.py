@@ -108,16 +108,34 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
 
 
 
-def _children(pid: int) -> list[int]:
-    found = []
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid: stages are forked from multiprocessing's fork server, a child
+    of the supervisor (realtime.pipeline.stage_processes), so they are its grandchildren."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # exited while we looked
-        if int(fields[1]) == pid:  # fields: state, ppid, ...
-            found.append(int(stat.parent.name))
+        parents[int(stat.parent.name)] = int(fields[1])  # fields: state, ppid, ...
+    found, frontier = [], {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found += sorted(frontier)
     return found
+
+
+def _stages(pid: int) -> dict[int, str]:
+    """The stage processes below pid, by the name each gives itself (`rt-<stage>`)."""
+    names = {}
+    for p in _descendants(pid):
+        try:
+            name = Path(f"/proc/{p}/comm").read_text().strip()
+        except OSError:
+            continue
+        if name.startswith("rt-"):
+            names[p] = name[3:]
+    return names
 
 
 def _alive(pid: int) -> bool:
@@ -136,15 +154,16 @@ def test_stages_exit_when_the_replay_is_killed(bundle, held_out_session):
                              "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    stages: list[int] = []
-    # Kill as soon as the processing stages are spawned: they are still importing then.
+    stages: dict[int, str] = {}
+    # Kill as soon as the processing stages are started: they are still loading their models then.
     while len(stages) < 4 and time.monotonic() < deadline:
-        stages = _children(proc.pid)
+        stages = _stages(proc.pid)
         time.sleep(0.02)
     assert len(stages) >= 4, stages
+    below = _descendants(proc.pid)  # the stages, and the fork server they came from
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 90
-    while any(_alive(p) for p in stages) and time.monotonic() < deadline:
+    while any(_alive(p) for p in below) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not [p for p in stages if _alive(p)], "stage processes outlived their killed supervisor"
+    assert not [p for p in below if _alive(p)], "processes outlived their killed supervisor"

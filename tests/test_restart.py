@@ -23,7 +23,7 @@ import pytest
 from realtime import protocol
 from realtime.pipeline import PROCESSING
 from tests.conftest import free_port
-from tests.test_end_to_end import _children, _normalise
+from tests.test_end_to_end import _normalise, _stages
 from tests.test_live import spoken_session, virtual_microphone  # noqa: F401 (fixtures)
 
 
@@ -42,7 +42,7 @@ def _kill_stage_after_first_utterance(proc, stage: str, out: Path, log: Path, ti
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"no utterance before the kill (exit {proc.poll()}):\n{log.read_text()}")
         time.sleep(0.1)
-    pids = [p for p in _children(proc.pid) if Path(f"/proc/{p}/comm").read_text().strip() == f"rt-{stage}"]
+    pids = [p for p, name in _stages(proc.pid).items() if name == stage]
     assert len(pids) == 1, (stage, pids)
     os.kill(pids[0], signal.SIGKILL)
 

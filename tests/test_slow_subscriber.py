@@ -19,7 +19,7 @@ from pathlib import Path
 import zmq
 
 from tests.conftest import free_port
-from tests.test_end_to_end import _children
+from tests.test_end_to_end import _stages
 from tests.test_media_input import _write
 
 MEDIA_S = 60.0
@@ -34,12 +34,12 @@ def _replay(media, bundle, out: Path, endpoint: str, *extra) -> tuple[float, int
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None and time.monotonic() - t0 < 300:
-        for pid in _children(proc.pid):
+        for pid in [p for p, name in _stages(proc.pid).items() if name == "fusion"]:
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
                 continue
-            if "Name:\trt-fusion" in status and "VmRSS:" in status:
+            if "VmRSS:" in status:
                 peak = max(peak, int(status.split("VmRSS:")[1].split()[0]))
         time.sleep(0.1)
     if proc.poll() is None:

@@ -33,3 +33,51 @@ def test_stage_processes_get_single_threaded_blas_and_the_caller_keeps_its_envir
     assert queue.get(timeout=60) == "2"
     proc.join(30)
     assert os.environ["OPENBLAS_NUM_THREADS"] == "2"
+
+
+def _what_a_stage_starts_with(queue) -> None:
+    import os
+    import sys
+
+    queue.put({"ppid": os.getppid(), "modules": sorted(sys.modules), "blas": os.environ.get("OPENBLAS_NUM_THREADS")})
+
+
+def test_stages_are_forked_from_a_server_that_imported_their_libraries_once():
+    """Each spawned stage imported numpy, ZeroMQ, OpenCV, PyAV and faster-whisper anew; a fork
+    of the server (started with the stages' environment) begins with them imported."""
+    import os
+
+    from realtime.pipeline import STAGE_PRELOAD, stage_processes
+
+    ctx = stage_processes()
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_what_a_stage_starts_with, args=(queue,))
+    proc.start()
+    got = queue.get(timeout=60)
+    proc.join(30)
+    assert proc.exitcode == 0
+    assert got["ppid"] != os.getpid()  # the fork server's child, not this process's
+    assert not set(STAGE_PRELOAD) - set(got["modules"])
+    # onnxruntime starts a thread when imported, and a fork keeps only the forking thread
+    assert "onnxruntime" not in got["modules"] and "torch" not in got["modules"]
+    if "OPENBLAS_NUM_THREADS" not in os.environ:
+        assert got["blas"] == "1"
+
+
+def test_process_alive_tells_running_exited_and_unreaped_processes_apart():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from realtime.stage import process_alive
+
+    assert process_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    # Exited, not yet reaped: a zombie, which is no supervisor any more.
+    while process_alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_alive(child.pid)
+    child.wait()
+    assert not process_alive(child.pid)  # reaped: gone
