@@ -63,7 +63,8 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=40, help="sessions of the training corpus (train and dev)")
     ap.add_argument("--test-corpus", type=Path, default=Path("/tmp/ablation/test-corpus-100"))
     ap.add_argument("--test-sessions", type=int, default=100, help="sessions of the test corpus (6 utterances each)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     ap.add_argument("--work", type=Path, default=Path("/tmp/ablation/runs"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--epochs", type=int, default=15)
@@ -78,12 +79,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/synthetic_ablation.json")
     args = ap.parse_args()
     check_tree()
-    import torch
-
-    from trainer.evaluate import evaluate
     from trainer.synth import generate
 
-    torch.set_num_threads(args.threads)
     for corpus, sessions, seed in ((args.corpus, args.sessions, 0), (args.test_corpus, args.test_sessions, 1)):
         if not (corpus / "manifest.jsonl").exists():
             generate(corpus, sessions=sessions, seed=seed, progress=False)
@@ -91,30 +88,53 @@ def main() -> None:
         if found != sessions:
             raise SystemExit(f"{corpus} holds {found} sessions, not {sessions}: remove it or name another folder")
     t0 = time.perf_counter()
-    scores: dict[str, list[float]] = {c: [] for c in args.configs}
-    tests: dict[str, list[float]] = {c: [] for c in args.configs}
-    for seed in args.seeds:  # seed-major: every config gets seed 0 before any gets seed 1
-        for name in args.configs:
-            modalities, weights = CONFIGS[name]
-            for setting in args.loss:
-                key, value = setting.split("=", 1)
-                if getattr(weights, key) != 0.0 or key.endswith(("temperature", "tau")):
-                    weights = replace(weights, **{key: float(value)})
-            opts = TrainOptions(epochs=args.epochs, dim=args.dim, layers=args.layers, lr=args.lr,
-                                warmup_steps=args.warmup, seed=seed,
-                                cache_dir=str(args.work.parent / "cache"),
-                                **({"modalities": modalities} if modalities else {}),
-                                **({"text_teacher": str(text_teacher(args, seed))} if name == "full+text_teacher" else {}))
-            out = args.work / f"{name}-s{seed}"
-            run = fit(f"synthetic:{args.corpus}", out, opts, Preprocessing(), FaceOptions(), progress=False,
-                      loss=weights)
-            scores[name].append(run["dev_weighted_f1"]["fusion"])
-            report = evaluate(out, f"synthetic:{args.test_corpus}", "all", out / "test-report",
-                              cache_dir=opts.cache_dir, progress=False)
-            tests[name].append(report["metrics"]["weighted_f1"])
-            print(f"{name} seed {seed}: dev weighted F1 {scores[name][-1]:.1f}, "
-                  f"test {tests[name][-1]:.1f}", flush=True)
-            write_results(args, t0, scores, tests)
+    runs = [(name, seed) for seed in args.seeds for name in args.configs]  # seed-major
+    results: dict[tuple[str, int], tuple[float, float]] = {}  # (config, seed) -> (dev, test)
+
+    def record(job: tuple[str, int], scores: tuple[float, float]) -> None:
+        results[job] = scores
+        print(f"{job[0]} seed {job[1]}: dev weighted F1 {scores[0]:.1f}, test {scores[1]:.1f}", flush=True)
+        write_results(args, t0, results)
+
+    if args.jobs == 1:
+        for job in runs:
+            record(job, one_run(args, *job))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(one_run, args, *job): job for job in runs}
+        for future in as_completed(futures):
+            record(futures[future], future.result())
+
+
+def one_run(args, name: str, seed: int) -> tuple[float, float]:
+    """Train config `name` with `seed`, score its test corpus once: (dev, test) weighted F1.
+    A run whose test report is on disk already is read back (an interrupted benchmark resumes)."""
+    import torch
+
+    from trainer.evaluate import evaluate
+
+    torch.set_num_threads(args.threads)
+    out = args.work / f"{name}-s{seed}"
+    report_file = out / "test-report" / "report.json"
+    if report_file.is_file() and (out / "run.json").is_file():
+        dev = json.loads((out / "run.json").read_text())["dev_weighted_f1"]["fusion"]
+        return dev, json.loads(report_file.read_text())["metrics"]["weighted_f1"]
+    modalities, weights = CONFIGS[name]
+    for setting in args.loss:
+        key, value = setting.split("=", 1)
+        if getattr(weights, key) != 0.0 or key.endswith(("temperature", "tau")):
+            weights = replace(weights, **{key: float(value)})
+    opts = TrainOptions(epochs=args.epochs, dim=args.dim, layers=args.layers, lr=args.lr,
+                        warmup_steps=args.warmup, seed=seed, cache_dir=str(args.work.parent / "cache"),
+                        **({"modalities": modalities} if modalities else {}),
+                        **({"text_teacher": str(text_teacher(args, seed))} if name == "full+text_teacher" else {}))
+    run = fit(f"synthetic:{args.corpus}", out, opts, Preprocessing(), FaceOptions(), progress=False, loss=weights)
+    report = evaluate(out, f"synthetic:{args.test_corpus}", "all", out / "test-report", cache_dir=opts.cache_dir,
+                      progress=False)
+    return run["dev_weighted_f1"]["fusion"], report["metrics"]["weighted_f1"]
 
 
 def manifest_rows(corpus: Path) -> list[dict]:
@@ -144,27 +164,30 @@ def interval(values) -> tuple[float, float]:
     return float(values.mean() - half), float(values.mean() + half)
 
 
-def write_results(args, t0, scores, tests) -> None:
+def write_results(args, t0, results: dict[tuple[str, int], tuple[float, float]]) -> None:
     metrics = {}
-    done = {k: v for k, v in scores.items() if v}
-    for name, values in done.items():
-        metrics[f"{name}_dev_weighted_f1_mean"] = float(np.mean(values))
-        metrics[f"{name}_test_weighted_f1_mean"] = float(np.mean(tests[name]))
-        metrics[f"{name}_test_weighted_f1_std"] = float(np.std(tests[name], ddof=1)) if len(values) > 1 else 0.0
-        low, high = interval(tests[name])
+    seeds = {name: sorted(s for n, s in results if n == name) for name in args.configs}
+    done = {name: s for name, s in seeds.items() if s}
+    for name, runs in done.items():
+        dev = [results[(name, s)][0] for s in runs]
+        test = [results[(name, s)][1] for s in runs]
+        metrics[f"{name}_dev_weighted_f1_mean"] = float(np.mean(dev))
+        metrics[f"{name}_test_weighted_f1_mean"] = float(np.mean(test))
+        metrics[f"{name}_test_weighted_f1_std"] = float(np.std(test, ddof=1)) if len(test) > 1 else 0.0
+        low, high = interval(test)
         metrics[f"{name}_test_weighted_f1_ci95_low"], metrics[f"{name}_test_weighted_f1_ci95_high"] = low, high
-        paired = min(len(tests[name]), len(tests.get("bce", [])))
-        if name != "bce" and paired:  # seed-major order: the first `paired` runs share their seeds
-            diff = np.array(tests[name][:paired]) - np.array(tests["bce"][:paired])
+        paired = [s for s in runs if ("bce", s) in results]
+        if name != "bce" and paired:
+            diff = np.array([results[(name, s)][1] - results[("bce", s)][1] for s in paired])
             metrics[f"{name}_minus_bce_mean"] = float(diff.mean())
             metrics[f"{name}_minus_bce_ci95_low"], metrics[f"{name}_minus_bce_ci95_high"] = interval(diff)
-        metrics[f"{name}_runs"] = len(values)
+        metrics[f"{name}_runs"] = len(runs)
     if "full" in done:
         metrics["fusion"] = metrics["full_test_weighted_f1_mean"]
     peers = [metrics[f"{p}_alone_test_weighted_f1_mean"] for p in ("text", "audio", "video") if f"{p}_alone" in done]
     if peers:
         metrics["best_single_peer"] = max(peers)
-    metrics["runs_per_config"] = min(len(v) for v in scores.values())
+    metrics["runs_per_config"] = min(len(v) for v in seeds.values())
     metrics["epochs"] = args.epochs
     metrics["dim"] = args.dim
     metrics["layers"] = args.layers
@@ -176,7 +199,7 @@ def write_results(args, t0, scores, tests) -> None:
              "bce+lcc+mdl+nce+sdt; 'full+text_teacher' adds the KD of a text teacher per seed, "
              "trained on that seed's training sessions")
     write(args.out, result_json("synthetic_ablation", t0, args.threads, metrics, notes=notes,
-                                seeds_done={k: len(v) for k, v in scores.items()}, loss_overrides=args.loss,
+                                seeds_done={k: len(v) for k, v in seeds.items()}, loss_overrides=args.loss,
                                 test_utterances=len(manifest_rows(args.test_corpus))))
 
 
