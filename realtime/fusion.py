@@ -300,8 +300,15 @@ class Fusion:
         for frame in frames_between(self.frames, start, end):
             boxes.update((f.id, f.box) for f in frame.faces if f.id is not None)
         ids = sorted(boxes)
-        own = [Window(start=start, end=end, crops=face_crops(self.frames, start, end, i)) for i in ids]
-        (pred, *face_preds), infer_s = self._infer([window, *own])
+        crops = [face_crops(self.frames, start, end, i) for i in ids]
+        # A face that was the main face in every frame (one face in view) has the window's own
+        # crops; its prediction is the window's video peer, which reads those crops and nothing
+        # else, so it is not scored a second time.
+        main = [all(a is b for (_, a), (_, b) in zip(c, window.crops)) for c in crops]
+        own = [Window(start=start, end=end, crops=c) for c, is_main in zip(crops, main) if not is_main]
+        (pred, *scored), infer_s = self._infer([window, *own])
+        scored = iter(scored)
+        face_preds = [pred if is_main else next(scored) for is_main in main]
         faces = [{"id": i, "box": list(boxes[i]), **({"video": p.peers["video"]} if "video" in p.peers else {})}
                  for i, p in zip(ids, face_preds)]
         self.out.publish({"type": "window", "start": round(start, 3), "end": round(end, 3),
