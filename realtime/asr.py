@@ -47,6 +47,9 @@ class AsrOptions:
     cpu_threads: int = 2  # CTranslate2 threads on the CPU (0: it decides); leave cores for VAD and faces
     pad_ms: int = 100  # of the silence kept after the speech ([vad] speech_pad_ms), how much
     # the ASR reads (at most that); the rest is for the model's audio, and the ASR need not wait for it
+    lead_ms: int = 0  # audio before an utterance's padded start ([vad] speech_pad_ms) that the ASR
+    # reads too, never reaching into the previous utterance's speech: the VAD finds a soft onset
+    # late, and Whisper mishears a word it hears begun; the utterance itself does not change
     speculative: bool = True  # transcribe an utterance as soon as the audio the ASR reads is
     # heard, while the VAD still waits for its closing silence (min_silence_ms - pad_ms earlier);
     # the text is used if the silence holds and dropped if speech resumes; same text either way;
@@ -65,6 +68,8 @@ class AsrOptions:
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}, got {self.device!r}")
         if self.pad_ms < 0:
             raise ValueError(f"pad_ms must be >= 0, got {self.pad_ms}")
+        if self.lead_ms < 0:
+            raise ValueError(f"lead_ms must be >= 0, got {self.lead_ms}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
         if self.cpu_threads < 0:

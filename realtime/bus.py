@@ -105,16 +105,18 @@ class Spec:
 _AT = {"session": str, "seq": int, "t": NUMBER}
 _GEN = {"gen": int}  # sources: the generation of the processing chain this is for (realtime.stage)
 _SPAN = {"session": str, "seq": int, "start": NUMBER, "end": NUMBER}
+_ASR_CUT = {"asr_samples": int, "asr_lead": int}
 _REPORT = {"stage": str, "pid": int, "time": NUMBER}
 SPECS: dict[str, Spec] = {
     "audio": Spec(_AT, optional=_GEN, dtype="float32", shape=(None,)),
     "frame": Spec(_AT, optional=_GEN, dtype="uint8", shape=(None, None, 3)),  # BGR image
     # lost: a live device went away
     "eos": Spec(optional={"session": str, "stream": str, "lost": str, **_GEN}),
-    # asr_samples: the leading samples the ASR transcribes (absent: all)
-    "utterance": Spec(_SPAN, optional={"asr_samples": int}, dtype="float32", shape=(None,)),
-    "partial": Spec(_SPAN, optional={"asr_samples": int}, dtype="float32", shape=(None,)),
-    "speculative": Spec(_SPAN, optional={"asr_samples": int}, dtype="float32", shape=(None,)),  # an utterance if its silence holds
+    # asr_lead: leading samples from before `start` that only the ASR reads (absent: none);
+    # asr_samples: of the utterance's own samples after them, how many the ASR reads (absent: all)
+    "utterance": Spec(_SPAN, optional=_ASR_CUT, dtype="float32", shape=(None,)),
+    "partial": Spec(_SPAN, optional=_ASR_CUT, dtype="float32", shape=(None,)),
+    "speculative": Spec(_SPAN, optional=_ASR_CUT, dtype="float32", shape=(None,)),  # an utterance if its silence holds
     "transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}, optional={"early": bool},  # early: speculative
                        dtype="float32", shape=(None,)),
     "partial_transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}),

@@ -160,7 +160,7 @@ class Supervisor:
         self.start("segmenter", functools.partial(stages.segmenter, vad_options=cfg.vad,
                                                  partial_every_s=cfg.asr.partial_every_s,
                                                  speculative=cfg.asr.speculative and paced,
-                                                 asr_pad_ms=cfg.asr.pad_ms))
+                                                 asr_pad_ms=cfg.asr.pad_ms, asr_lead_ms=cfg.asr.lead_ms))
         self.start("asr", functools.partial(stages.asr, asr_options=cfg.asr))
         self.start("faces", functools.partial(stages.faces, face_options=cfg.faces,
                                               preprocessing=bundle.preprocessing))

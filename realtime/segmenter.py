@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +86,8 @@ class SpeechSegment:
     audio: np.ndarray  # float32 16 kHz samples covering [start, end] (settled(): the first asr_samples)
     asr_samples: int | None = None  # the leading samples the ASR transcribes (None: all): the
     # padding after the speech beyond the segmenter's asr_pad_ms is silence it need not wait for
+    asr_lead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # the samples
+    # just before `start` that only the ASR reads (asr_lead_ms): not part of the utterance
 
 
 def silero_model_path() -> Path:
@@ -182,9 +184,11 @@ class StreamingSegmenter:
     """
 
     def __init__(self, options: VadOptions | None = None, sample_rate: int = SAMPLE_RATE,
-                 asr_pad_ms: int | None = None):
+                 asr_pad_ms: int | None = None, asr_lead_ms: int = 0):
         """asr_pad_ms: of the padding after the speech, how much the ASR transcribes (at most
-        speech_pad_ms, the default); segments carry that as `asr_samples`."""
+        speech_pad_ms, the default); segments carry that as `asr_samples`.
+        asr_lead_ms: audio before an utterance's padded start that the ASR reads too, never
+        reaching back into the previous utterance's speech; segments carry it as `asr_lead`."""
         if sample_rate != SAMPLE_RATE:
             raise ValueError(f"sample_rate must be {SAMPLE_RATE} (the VAD model's rate); "
                              f"resample before feeding, got {sample_rate}")
@@ -198,6 +202,9 @@ class StreamingSegmenter:
         if asr_pad_ms is not None and asr_pad_ms < 0:
             raise ValueError(f"asr_pad_ms must be >= 0, got {asr_pad_ms}")
         self._asr_pad = self._pad if asr_pad_ms is None else min(self._pad, round(asr_pad_ms * ms))
+        if asr_lead_ms < 0:
+            raise ValueError(f"asr_lead_ms must be >= 0, got {asr_lead_ms}")
+        self._asr_lead = round(asr_lead_ms * ms)
         self._cut_pause = round(CUT_PAUSE_MS * ms)
         # Speech between the paddings may use what the padding leaves of the limit.
         self._max_speech = round(self.options.max_utterance_s * sample_rate) - 2 * self._pad
@@ -212,6 +219,7 @@ class StreamingSegmenter:
         self._warned_t0 = False
         self._vad_end = 0  # samples scored by the VAD so far (a multiple of FRAME)
         self._emitted_end = 0  # end of the last utterance handed out
+        self._emitted_speech_end = 0  # end of its speech (its padding after is not speech)
         self._speech_start: int | None = None  # set while inside an utterance
         self._silence_start: int | None = None  # set while a possible closing silence runs
         self._pause: tuple[int, int] | None = None  # last pause inside the utterance, for cuts
@@ -258,7 +266,8 @@ class StreamingSegmenter:
             return None
         start = max(self._speech_start - self._pad, self._emitted_end)
         end = min(self._vad_end, self._buffer.end)
-        return SpeechSegment(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end))
+        return SpeechSegment(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end),
+                             asr_lead=self._lead(start))
 
     def settled(self) -> SpeechSegment | None:
         """The utterance that closes if the silence now running holds, once the part of it the
@@ -280,7 +289,7 @@ class StreamingSegmenter:
         start = max(self._speech_start - self._pad, self._emitted_end)
         audio = self._buffer.get(start, heard)
         return SpeechSegment(start=self._time(start), end=self._time(speech_end + self._pad), audio=audio,
-                             asr_samples=len(audio))
+                             asr_samples=len(audio), asr_lead=self._lead(start))
 
     # -- per-frame state machine ------------------------------------------------
 
@@ -338,16 +347,24 @@ class StreamingSegmenter:
             # make the result depend on chunking.
             end = min(speech_end + self._pad, self._vad_end, self._buffer.end)
             asr_end = min(speech_end + self._asr_pad, end)
-        self._emitted_end = end
+        lead = self._lead(start)
+        self._emitted_end, self._emitted_speech_end = end, speech_end
         return SpeechSegment(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end),
-                             asr_samples=asr_end - start)
+                             asr_samples=asr_end - start, asr_lead=lead)
+
+    def _lead(self, start: int) -> np.ndarray:
+        """The asr_lead_ms before `start`, cut where the previous utterance's speech ended.
+
+        Silero scores a soft onset ("the", "how") as speech a frame or more late; the padding
+        before it is then too short for Whisper, which mishears a word it hears begun."""
+        return self._buffer.get(max(start - self._asr_lead, self._emitted_speech_end, 0), start)
 
     # -- bookkeeping ------------------------------------------------------------
 
     def _trim(self) -> None:
         """Drop samples no future utterance can include (bounded memory)."""
         anchor = self._speech_start if self._speech_start is not None else self._vad_end
-        self._buffer.discard_before(max(anchor - self._pad, self._emitted_end))
+        self._buffer.discard_before(max(anchor - self._pad - self._asr_lead, self._emitted_speech_end))
 
     def _check_clock(self, t0: float) -> None:
         if self._origin is None:

@@ -95,7 +95,7 @@ def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps
 
 
 def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculative: bool = False,
-              asr_pad_ms: int | None = None) -> None:
+              asr_pad_ms: int | None = None, asr_lead_ms: int = 0) -> None:
     """Streaming voice activity detection: audio chunks in, utterance windows out.
 
     With partial_every_s > 0 the utterance still being spoken also goes to the ASR,
@@ -109,7 +109,7 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculati
     inbox, out = stage.pull(stage.endpoints.audio), stage.push(stage.endpoints.utterances)
     # Fusion also gets every chunk, for its window updates between utterances.
     audio_copy = stage.push(stage.endpoints.fusion)
-    vad = StreamingSegmenter(vad_options, asr_pad_ms=asr_pad_ms)
+    vad = StreamingSegmenter(vad_options, asr_pad_ms=asr_pad_ms, asr_lead_ms=asr_lead_ms)
     stage.report("ready")
     seq = 0
     partial_at: tuple[float, float] | None = None  # (start, end) of the last partial sent
@@ -118,8 +118,12 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculati
     def emit(kind: str, utt) -> None:
         nonlocal seq
         asr = {} if utt.asr_samples is None else {"asr_samples": utt.asr_samples}
+        audio = utt.audio
+        if utt.asr_lead.size:  # the audio before the utterance that only the ASR reads travels in front
+            asr["asr_lead"] = utt.asr_lead.size
+            audio = np.concatenate([utt.asr_lead, utt.audio])
         stage.send(out, {"type": kind, "session": header["session"], "seq": seq,
-                         "start": utt.start, "end": utt.end, **asr}, utt.audio)
+                         "start": utt.start, "end": utt.end, **asr}, audio)
         seq += 1
 
     while True:
@@ -166,7 +170,9 @@ def asr(stage: Stage, asr_options) -> None:
             return
         if header["type"] in ("partial", "speculative") and inbox.poll(0):
             continue  # newer audio is waiting (a speculative's own final, at worst): do that first
-        heard = audio[: header.get("asr_samples", len(audio))]  # the trailing silence past it is not read
+        lead = header.get("asr_lead", 0)  # audio before the utterance, for the ASR only
+        heard = audio[: lead + header.get("asr_samples", len(audio) - lead)]  # the trailing silence past it is not read
+        audio = audio[lead:]
         if header["type"] == "speculative":
             t0 = time.perf_counter()
             speculation.keep(header["start"], header["end"], heard, transcriber.transcribe(heard),

@@ -246,3 +246,42 @@ def test_settled_is_not_the_utterance_when_speech_resumes():
     assert at_pause.end < utterances[0].end
     assert (at_end.start, at_end.end) == (utterances[0].start, utterances[0].end)
     assert np.array_equal(at_end.audio, utterances[0].audio)
+
+
+def test_asr_lead_is_the_audio_before_the_utterance_and_stops_at_the_previous_speech(talk):
+    """[asr] lead_ms: the ASR also reads the audio just before an utterance's padded start, which
+    is the stream's own samples there, up to lead_ms, never the previous utterance's speech; the
+    utterances themselves (spans, audio, what the ASR reads after the start) do not change, and
+    settled() offers the same lead as the utterance that closes."""
+    audio, _ = talk
+    plain = run(audio, chunk=333)
+    lead_ms = 1000  # longer than the 1.2 s gaps leave before the padding (1.2 s less 0.2 s of padding
+    # on each side): the leads of the later utterances must be cut at the previous speech
+    segmenter = StreamingSegmenter(VadOptions(), asr_lead_ms=lead_ms)
+    led, offered = [], []
+    for i in range(0, len(audio), 333):
+        led += segmenter.feed(audio[i:i + 333], T0 + i / SR)
+        settled = segmenter.settled()
+        if settled is not None and (not offered or offered[-1].end != settled.end):
+            offered.append(settled)
+    led += segmenter.flush()
+    assert [(u.start, u.end, u.asr_samples) for u in led] == [(u.start, u.end, u.asr_samples) for u in plain]
+    assert all(np.array_equal(u.audio, p.audio) for u, p in zip(led, plain))
+    assert all(p.asr_lead.size == 0 for p in plain)  # no lead unless asked
+    previous_speech_end = 0
+    for u in led:
+        first = round((u.start - T0) * SR)
+        lead = u.asr_lead
+        assert 0 < lead.size <= lead_ms * SR // 1000
+        assert lead.dtype == np.float32 and np.array_equal(lead, audio[first - lead.size:first])
+        assert first - lead.size >= previous_speech_end  # never the previous utterance's speech
+        previous_speech_end = round((u.end - T0) * SR) - VadOptions().speech_pad_ms * SR // 1000
+    assert led[0].asr_lead.size == lead_ms * SR // 1000  # nothing before the first utterance to stop it
+    assert any(u.asr_lead.size < lead_ms * SR // 1000 for u in led[1:])
+    for early, final in zip(offered, led):
+        assert np.array_equal(early.asr_lead, final.asr_lead)
+
+
+def test_asr_lead_must_not_be_negative():
+    with pytest.raises(ValueError, match="asr_lead_ms must be >= 0"):
+        StreamingSegmenter(VadOptions(), asr_lead_ms=-1)
