@@ -68,10 +68,11 @@ class Engine:
         )
 
 
-def load(bundle: str | Path, backend: str = "auto", device: str = "auto", threads: int = 1,
+def load(bundle: str | Path | Bundle, backend: str = "auto", device: str = "auto", threads: int = 1,
          triton_url: str = "", triton_timeout_s: float = 10.0, service_endpoint: str = "",
          service_timeout_s: float = 10.0) -> Engine:
-    """Open and verify a bundle and return an engine for it.
+    """Open and verify a bundle (a Bundle is taken as opened and verified already: its files
+    are not hashed again) and return an engine for it.
 
     backend: auto | tensorrt | onnxruntime | torch | triton | service; device: auto | cpu | cuda.
     auto picks TensorRT on a GPU when the bundle has engines and tensorrt
@@ -79,6 +80,6 @@ def load(bundle: str | Path, backend: str = "auto", device: str = "auto", thread
     graphs on the Triton server at triton_url (host:port), service in the inference service
     at service_endpoint (engines.service); device does not apply to either.
     """
-    opened = open_bundle(bundle)
+    opened = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
     return Engine(opened, open_backend(opened, backend, device, threads, triton_url, triton_timeout_s,
                                        service_endpoint, service_timeout_s))

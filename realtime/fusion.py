@@ -318,13 +318,15 @@ class Fusion:
 
 
 def fusion(stage: Stage, model_options, stream_options, fusion_options, session: str,
-           face_options: FaceOptions | None = None, resume: dict | None = None) -> None:
+           face_options: FaceOptions | None = None, resume: dict | None = None, bundle=None) -> None:
     """The stage body.  resume (after a restart): `detail` says why, `state` is the last
-    checkpoint the supervisor received (None when the stage failed before publishing)."""
+    checkpoint the supervisor received (None when the stage failed before publishing).
+    bundle: the engines.bundle.Bundle the caller opened (and verified: its 100 MB are not
+    hashed a second time at every start); None: [model] bundle is opened here."""
     import engines
 
     inbox = stage.pull(stage.endpoints.fusion)
-    engine = engines.load(model_options.bundle, backend=model_options.backend, device=model_options.device,
+    engine = engines.load(bundle or model_options.bundle, backend=model_options.backend, device=model_options.device,
                           threads=model_options.threads, triton_url=model_options.triton_url,
                           triton_timeout_s=model_options.triton_timeout_s,
                           service_endpoint=model_options.service_endpoint,

@@ -164,7 +164,8 @@ class Supervisor:
         self.start("asr", functools.partial(stages.asr, asr_options=cfg.asr))
         self.start("faces", functools.partial(stages.faces, face_options=cfg.faces,
                                               preprocessing=bundle.preprocessing))
-        self.start("fusion", functools.partial(fusion.fusion, model_options=cfg.model, stream_options=cfg.stream,
+        self.start("fusion", functools.partial(fusion.fusion, model_options=cfg.model, bundle=bundle,
+                                               stream_options=cfg.stream,
                                                fusion_options=cfg.fusion, face_options=cfg.faces,
                                                session=session))
         self.wait_ready(PROCESSING)
