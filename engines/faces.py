@@ -36,8 +36,9 @@ class FaceOptions:
     # face widths of the track's last box centre
     search_every: int = 5  # the whole frame is searched for faces every this many sampled frames (once a
     # second at 5 fps); in the frames between, each face seen in the frame before is looked for near its
-    # last box only (the box grown by half its width on every side, faces 0.7-1.4x its size), which costs a
-    # fraction of a whole search; so a face that comes into view is found within this many frames; 1: always whole
+    # last box only (the box grown by half its width on every side): followed by its look once confirmed,
+    # else by the detector (faces 0.7-1.4x its size), a fraction of a whole search's cost; so a face that
+    # comes into view is found within this many frames; 1: always whole
     confirm_frames: int = 2  # sightings before a face gets an id, so a one-frame false detection never does
     speaker_margin: float = 1.5  # the speaker's mean mouth motion over an utterance must be at least this many
     # times any other face's; otherwise the utterance has no speaker (null)
@@ -102,9 +103,16 @@ class FaceFrame:
         return next((f.crop for f in self.faces if f.id == face_id), None)
 
 
-# Between whole searches a face is looked for within NEAR of its width around its last box, at
-# NEAR_SIZES times its last size: at 5 fps a face in a call moves and grows far less between frames.
+# Between whole searches a face is looked for within NEAR of its width around its last box: at
+# 5 fps a face in a call moves and grows far less between frames.  There a confirmed face is
+# followed by its look: the previous frame's patch in its box is matched over that region
+# (normalised correlation), a tenth of a Haar search's time, and the box lands where the face
+# best matches itself, without a detector's pixel or two of jitter; the box keeps its size until
+# the next whole search.  A face not yet confirmed (FaceOptions.confirm_frames), or one whose best
+# match is under FOLLOW_MATCH (it turned, or something else is there now: a cut in the video), is
+# searched for in that region with the detector instead, at NEAR_SIZES times its last size.
 NEAR, NEAR_SIZES = 0.5, (0.7, 1.4)
+FOLLOW_MATCH = 0.6
 MOUTH_ROWS, MOUTH_COLS = (0.62, 0.92), (0.25, 0.75)  # the mouth in face_crop's square (box + 10%)
 MOUTH_SHIFT = 3  # pixels of re-detection jitter the motion measure looks past
 QUIET_FRAMES = 50  # a face's recent motions its quiet level is taken from (10 s at 5 fps)
@@ -182,6 +190,7 @@ class FaceTracker:
         self._previous_t: float | None = None  # time of the previous frame: motion is between neighbours
         self._last_centre: tuple[float, float] | None = None
         self._frames = 0  # frames given so far (whole searches are every search_every of them)
+        self._previous_grey: np.ndarray | None = None  # the frame before, where faces are followed from
 
     def detect(self, frame_bgr: np.ndarray) -> np.ndarray:
         """(n, 4) boxes (x, y, w, h) in frame pixels of every face found in the whole frame."""
@@ -207,28 +216,41 @@ class FaceTracker:
         )
         return np.round(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale) + [x, y, 0, 0]
 
-    def _find(self, frame_bgr: np.ndarray) -> np.ndarray:
-        """The faces of this frame: a whole search every search_every frames, else a search near
-        each face seen in the frame before (FaceOptions.search_every)."""
+    def _find(self, frame_bgr: np.ndarray, grey: np.ndarray) -> np.ndarray:
+        """The faces of this frame: a whole search every search_every frames, else each face
+        seen in the frame before followed near its last box (FaceOptions.search_every)."""
+        import cv2
+
         self._frames += 1
-        if (self._frames - 1) % self.options.search_every == 0:
+        if (self._frames - 1) % self.options.search_every == 0 or self._previous_grey is None:
             return self.detect(frame_bgr)
-        fh, fw = frame_bgr.shape[:2]
+        fh, fw = grey.shape[:2]
         scale = min(1.0, self.options.detect_width / fw)
         found: list[np.ndarray] = []
         for track in self._tracks:
             if track.last_t != self._previous_t:
                 continue
-            x, y, w, h = track.box
+            x, y, w, h = (int(v) for v in track.box)
+            patch = self._previous_grey[max(0, y):y + h, max(0, x):x + w]
             x0, y0 = int(max(0, x - NEAR * w)), int(max(0, y - NEAR * h))
             x1, y1 = int(min(fw, x + (1 + NEAR) * w)), int(min(fh, y + (1 + NEAR) * h))
-            boxes = self._search(frame_bgr, (x0, y0, x1 - x0, y1 - y0),
-                                 max(self.options.min_face, NEAR_SIZES[0] * w * scale), NEAR_SIZES[1] * w * scale)
-            if len(boxes):  # the one nearest the face's last centre
-                centre = track.box[:2] + track.box[2:] / 2
+            box = None
+            # Only a confirmed face is followed by its look: a patch always matches itself, so a
+            # one-frame false detection followed so would be confirmed by the next frame.
+            if track.id is not None and patch.shape == (h, w) and x1 - x0 >= w and y1 - y0 >= h:
+                score = cv2.matchTemplate(grey[y0:y1, x0:x1], patch, cv2.TM_CCOEFF_NORMED)
+                _, best, _, (dx, dy) = cv2.minMaxLoc(score)
+                if best >= FOLLOW_MATCH:
+                    box = np.array([x0 + dx, y0 + dy, w, h], np.float64)
+            if box is None:
+                boxes = self._search(frame_bgr, (x0, y0, x1 - x0, y1 - y0),
+                                     max(self.options.min_face, NEAR_SIZES[0] * w * scale), NEAR_SIZES[1] * w * scale)
+                if not len(boxes):
+                    continue
+                centre = track.box[:2] + track.box[2:] / 2  # the one nearest the face's last centre
                 box = boxes[np.argmin(np.linalg.norm(boxes[:, :2] + boxes[:, 2:] / 2 - centre, axis=1))]
-                if not any(np.abs(box - other).max() < 0.25 * w for other in found):  # two faces' regions
-                    found.append(box)
+            if not any(np.abs(box - other).max() < 0.25 * w for other in found):  # two faces' regions
+                found.append(box)
         return np.array(found).reshape(-1, 4)
 
     def update(self, frame_bgr: np.ndarray, t: float) -> FaceFrame:
@@ -239,9 +261,10 @@ class FaceTracker:
         (mouth_motions)."""
         import cv2
 
-        boxes = self._find(frame_bgr)
+        grey = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if frame_bgr.ndim == 3 else frame_bgr
+        boxes = self._find(frame_bgr, grey)
+        self._previous_grey = grey
         self._tracks = [tr for tr in self._tracks if t - tr.last_t <= self.options.track_ttl_s]
-        grey = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if frame_bgr.ndim == 3 and len(boxes) else frame_bgr
         tracks = self._associate(boxes)
         for i, box in enumerate(boxes):
             if tracks[i] is None:

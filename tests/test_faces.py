@@ -45,6 +45,30 @@ def test_between_whole_searches_faces_are_followed_and_a_newcomer_waits_for_the_
         assert np.abs(np.subtract(left(a).box, left(b).box)).max() <= 0.1 * SIZE
 
 
+def test_a_confirmed_face_is_followed_by_its_look_and_lost_when_it_is_gone(monkeypatch):
+    """Between whole searches a confirmed face's box goes where its last patch matches best:
+    exactly the face's own shift, with no detector call; when the face is gone, the detector
+    looks near its last box, finds nothing, and the face is not reported."""
+    tracker = FaceTracker(FaceOptions(search_every=20), Preprocessing())
+    calls = []
+    real = tracker._cascade
+
+    class Counting:  # the real cascade, its calls counted
+        def detectMultiScale(self, *args, **kwargs):
+            calls.append(1)
+            return real.detectMultiScale(*args, **kwargs)
+
+    tracker._cascade = Counting()
+    seen = [tracker.update(_frame([(20 + 4 * k, 70 + k)]), 0.2 * k) for k in range(7)]
+    assert all(len(f.faces) == 1 for f in seen) and seen[1].faces[0].id is not None
+    assert len(calls) == 2  # the whole search of frame 0, the near search of the unconfirmed face in frame 1
+    boxes = np.array([f.faces[0].box for f in seen[1:]])
+    assert (np.diff(boxes[:, 0]) == 4).all() and (np.diff(boxes[:, 1]) == 1).all()  # the face's own shift
+    assert (boxes[:, 2:] == boxes[0, 2:]).all()  # its size kept until the next whole search
+    gone = tracker.update(_frame([]), 0.2 * 7)
+    assert gone.faces == [] and len(calls) == 3  # the look did not match: the detector looked, found nothing
+
+
 def test_ids_survive_a_short_absence_and_are_forgotten_after_the_ttl():
     # The whole frame searched every frame, so a face is seen the frame it is back.
     tracker = FaceTracker(FaceOptions(track_ttl_s=2.0, search_every=1), Preprocessing())
