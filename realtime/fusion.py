@@ -56,10 +56,6 @@ class FusionOptions:
 
 
 DRAIN_MAX = 64  # messages taken before scoring: about 2 s of 32 ms audio chunks, well inside keep_s
-# Windows due at once (a replay as fast as it goes, or a stage catching up) are scored together:
-# one engine call for 8 windows took 33 ms where 8 calls took 43 (ONNX Runtime, 1 thread), and
-# each window's probabilities were the same to the last published digit.  Live, one is due at a time.
-WINDOW_BATCH = 8
 
 
 class Publisher:
@@ -226,13 +222,10 @@ class Fusion:
     def score_ready(self) -> None:
         while self.pending and self.pending[0][0]["end"] <= self.video_complete():
             self.score_utterance(*self.pending.pop(0))
-        limit = self.window_limit()
-        while self.next_window <= limit:
-            ends = []  # every window now due, up to WINDOW_BATCH, scored in one engine call
-            while self.next_window <= limit and len(ends) < WINDOW_BATCH:
-                ends.append(self.next_window)
-                self.next_window += self.period
-            self.score_windows(ends)
+        while self.next_window <= self.window_limit():
+            end = self.next_window
+            self.next_window += self.period  # first: the checkpoint sent with it says what is next
+            self.score_window(end)
         oldest = min([u["start"] for u, _ in self.pending] + [self.next_window - self.options.window_s])
         self.frames = [f for f in self.frames if f.t >= oldest - self.options.keep_s]
 
@@ -297,40 +290,31 @@ class Fusion:
                           "timing": {"asr_s": round(utt["asr_s"], 4), "asr_early": bool(utt.get("early", False)),
                                      "infer_s": round(infer_s, 4), "emitted_at": time.time()}})
 
-    def score_windows(self, ends: list[float]) -> None:
-        """Score the windows ending at `ends` in one engine call and publish each in turn."""
-        windows, faces = [], []
-        for end in ends:
-            start = max(0.0, end - self.options.window_s)
-            window = Window(start=start, end=end, audio=self.audio.span(start, end),
-                            crops=face_crops(self.frames, start, end))
-            # Each face seen in the window, with its latest box, gets a video-only window of
-            # its own crops, scored in the same engine call as the window itself.
-            boxes: dict[int, tuple] = {}
-            for frame in frames_between(self.frames, start, end):
-                boxes.update((f.id, f.box) for f in frame.faces if f.id is not None)
-            ids = sorted(boxes)
-            crops = [face_crops(self.frames, start, end, i) for i in ids]
-            # A face that was the main face in every frame (one face in view) has the window's own
-            # crops; its prediction is the window's video peer, which reads those crops and nothing
-            # else, so it is not scored a second time.
-            main = [all(a is b for (_, a), (_, b) in zip(c, window.crops)) for c in crops]
-            own = [Window(start=start, end=end, crops=c) for c, is_main in zip(crops, main) if not is_main]
-            windows += [window, *own]
-            faces.append((ids, boxes, main, len(own)))
-        preds, infer_s = self._infer(windows)
-        preds = iter(preds)
-        for end, (ids, boxes, main, n_own) in zip(ends, faces):
-            pred, scored = next(preds), iter([next(preds) for _ in range(n_own)])
-            face_preds = [pred if is_main else next(scored) for is_main in main]
-            self.next_window = end + self.period  # the checkpoint sent with it says what is next
-            self.out.publish({
-                "type": "window", "start": round(max(0.0, end - self.options.window_s), 3), "end": round(end, 3),
-                **self._result(pred),
-                "faces": [{"id": i, "box": list(boxes[i]), **({"video": p.peers["video"]} if "video" in p.peers else {})}
-                          for i, p in zip(ids, face_preds)],
-                **({"frame": self.frame_size} if self.frame_size else {}),
-                "timing": {"infer_s": round(infer_s / len(ends), 4), "emitted_at": time.time()}})
+    def score_window(self, end: float) -> None:
+        start = max(0.0, end - self.options.window_s)
+        window = Window(start=start, end=end, audio=self.audio.span(start, end),
+                        crops=face_crops(self.frames, start, end))
+        # Each face seen in the window, with its latest box, gets a video-only window of
+        # its own crops, scored in the same engine call as the window itself.
+        boxes: dict[int, tuple] = {}
+        for frame in frames_between(self.frames, start, end):
+            boxes.update((f.id, f.box) for f in frame.faces if f.id is not None)
+        ids = sorted(boxes)
+        crops = [face_crops(self.frames, start, end, i) for i in ids]
+        # A face that was the main face in every frame (one face in view) has the window's own
+        # crops; its prediction is the window's video peer, which reads those crops and nothing
+        # else, so it is not scored a second time.
+        main = [all(a is b for (_, a), (_, b) in zip(c, window.crops)) for c in crops]
+        own = [Window(start=start, end=end, crops=c) for c, is_main in zip(crops, main) if not is_main]
+        (pred, *scored), infer_s = self._infer([window, *own])
+        scored = iter(scored)
+        face_preds = [pred if is_main else next(scored) for is_main in main]
+        faces = [{"id": i, "box": list(boxes[i]), **({"video": p.peers["video"]} if "video" in p.peers else {})}
+                 for i, p in zip(ids, face_preds)]
+        self.out.publish({"type": "window", "start": round(start, 3), "end": round(end, 3),
+                          **self._result(pred), "faces": faces,
+                          **({"frame": self.frame_size} if self.frame_size else {}),
+                          "timing": {"infer_s": round(infer_s, 4), "emitted_at": time.time()}})
 
 
 def fusion(stage: Stage, model_options, stream_options, fusion_options, session: str,

@@ -6,23 +6,16 @@ import numpy as np
 
 
 class Collect:
-    """The publisher's part the fusion state uses; each body gets `next_window`, what the
-    checkpoint sent with it (Fusion.checkpoint) says comes next."""
-
     def __init__(self):
-        self.bodies, self.seq = [], 0
-        self.state = lambda: None
+        self.bodies = []
 
     def publish(self, body):
-        self.seq += 1
-        state = self.state()
-        self.bodies.append(dict(body, next_window=state and state["next_window"]))
+        self.bodies.append(body)
 
 
-def _windows(bundle, faces_per_frame: int, seconds: float = 3.0, at_once: bool = False):
+def _windows(bundle, faces_per_frame: int, seconds: float = 3.0):
     """Fusion fed `seconds` of audio and 5 fps frames holding `faces_per_frame` faces (ids 1, 2, ...;
-    face 1 the main face throughout); its window messages, the engine and the frames' crops.
-    at_once: nothing is scored until every message is in (a replay that runs ahead)."""
+    face 1 the main face throughout); its window messages, the engine and the frames' crops."""
     import engines
     from realtime.fusion import Fusion, FusionOptions
 
@@ -38,13 +31,11 @@ def _windows(bundle, faces_per_frame: int, seconds: float = 3.0, at_once: bool =
         header = {"type": "face", "t": t, "main": 0, "frame": [320, 240],
                   "faces": [{"id": i + 1, "box": [10 + 100 * i, 20, 60, 60], "motion": 0.0}
                             for i in range(faces_per_frame)]}
-        state.on_message(header, crops, score=not at_once)
+        state.on_message(header, crops)
     for k in range(int(seconds / 0.1)):
-        state.on_message({"type": "audio", "t": k * 0.1}, (rng.standard_normal(1600) * 0.05).astype(np.float32),
-                         score=not at_once)
+        state.on_message({"type": "audio", "t": k * 0.1}, (rng.standard_normal(1600) * 0.05).astype(np.float32))
     for stream in ("video", "audio", "audio_copy"):
-        state.on_message({"type": "eos", "stream": stream}, None, score=not at_once)
-    state.score_ready()
+        state.on_message({"type": "eos", "stream": stream}, None)
     assert state.finished
     return [b for b in out.bodies if b["type"] == "window"], engine, frames
 
@@ -82,28 +73,3 @@ def test_each_of_two_faces_gets_its_own_video_prediction(bundle):
         assert first["video"] == w["peers"]["video"]  # face 1 is the main face in every frame
         assert _close(second["video"], _alone(engine, frames, w["start"], w["end"], 1))
         assert not _close(second["video"], first["video"])
-
-
-def test_windows_due_at_once_are_scored_in_batches_with_the_same_results(bundle, monkeypatch):
-    """A replay that runs ahead has many windows due at once: they are scored WINDOW_BATCH to an
-    engine call, and each is published as when scored alone (probabilities, peers, faces, and the
-    checkpoint that says which window comes next)."""
-    import engines.runtime
-    from realtime import fusion
-
-    calls = []
-    predict = engines.runtime.Engine.predict
-
-    def counted(self, feeds):
-        calls.append(len(feeds["present"]))
-        return predict(self, feeds)
-
-    monkeypatch.setattr(engines.runtime.Engine, "predict", counted)
-    one_by_one, _, _ = _windows(bundle, faces_per_frame=2)
-    assert set(calls) == {2}  # each window with its second face's own
-    calls.clear()
-    batched, _, _ = _windows(bundle, faces_per_frame=2, at_once=True)
-    assert len(batched) == len(one_by_one) > fusion.WINDOW_BATCH
-    assert calls[0] == 2 * fusion.WINDOW_BATCH and len(calls) == -(-len(batched) // fusion.WINDOW_BATCH)
-    strip = lambda w: {k: v for k, v in w.items() if k != "timing"}
-    assert [strip(w) for w in batched] == [strip(w) for w in one_by_one]
