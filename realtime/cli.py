@@ -14,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-from engines.backends import BACKENDS, DEVICES
 
 
 CAMERA_HELP = ("camera index, video file, URL, or screen[:X,Y,W,H]: the X screen, or its region W x H "
@@ -31,6 +30,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engines.backends import BACKENDS, DEVICES
+
     parser = argparse.ArgumentParser(
         prog="realtime",
         description="Multimodal emotion recognition over speech, transcript and face, "
@@ -420,7 +421,17 @@ def cmd_keys(args) -> int:
     return 0
 
 
+# The commands that run stage processes: their fork server is started before anything else is
+# imported (realtime.forkserver), since its own imports are what the first stage waits for.
+STAGE_COMMANDS = ("replay", "serve")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in STAGE_COMMANDS and not {"-h", "--help"} & set(argv):
+        from realtime.forkserver import stage_processes
+
+        stage_processes()
     args = build_parser().parse_args(argv)
     from engines.backends import BackendUnavailable
     from engines.bundle import BundleError

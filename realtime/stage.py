@@ -70,7 +70,7 @@ class Stage:
         self._commands = self.commands() if hold_until_finish else None
         self._last_beat = 0.0
         # A stage's parent is the supervisor or the fork server the supervisor starts stages
-        # from (realtime.pipeline.stage_processes), which exits with the supervisor: either way
+        # from (realtime.forkserver.stage_processes), which exits with the supervisor: either way
         # the parent changes when the supervisor dies.  The supervisor's own pid is watched
         # too (with each heartbeat): a stage started just as it died may never have seen it.
         self._supervisor = supervisor_pid if supervisor_pid is not None else os.getppid()

@@ -110,7 +110,7 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
 
 def _descendants(pid: int) -> list[int]:
     """Every process below pid: stages are forked from multiprocessing's fork server, a child
-    of the supervisor (realtime.pipeline.stage_processes), so they are its grandchildren."""
+    of the supervisor (realtime.forkserver.stage_processes), so they are its grandchildren."""
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:

@@ -15,7 +15,7 @@ def test_stage_processes_get_single_threaded_blas_and_the_caller_keeps_its_envir
     import multiprocessing
     import os
 
-    from realtime.pipeline import stage_environment
+    from realtime.forkserver import stage_environment
 
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     ctx = multiprocessing.get_context("spawn")
@@ -47,7 +47,7 @@ def test_stages_are_forked_from_a_server_that_imported_their_libraries_once():
     of the server (started with the stages' environment) begins with them imported."""
     import os
 
-    from realtime.pipeline import STAGE_PRELOAD, stage_processes
+    from realtime.forkserver import STAGE_PRELOAD, stage_processes
 
     ctx = stage_processes()
     queue = ctx.Queue()
@@ -81,3 +81,17 @@ def test_process_alive_tells_running_exited_and_unreaped_processes_apart():
     assert not process_alive(child.pid)
     child.wait()
     assert not process_alive(child.pid)  # reaped: gone
+
+
+def test_the_cli_starts_the_fork_server_before_its_own_heavy_imports():
+    """`realtime replay` and `serve` start the fork server first thing: importing the CLI and the
+    fork server's module loads none of numpy, ZeroMQ, OpenCV or the engines, whose imports would
+    otherwise come first and delay the server's own."""
+    import subprocess
+    import sys
+
+    heavy = ("numpy", "zmq", "cv2", "av", "engines", "faster_whisper", "onnxruntime")
+    code = ("import sys, realtime.cli, realtime.forkserver; "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
