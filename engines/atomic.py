@@ -14,7 +14,8 @@ fsynced so the rename itself survives a power cut.  A directory is built in a te
 sibling and exchanged with the old one in one step (Linux renameat2 RENAME_EXCHANGE; where
 that is missing, two renames, with the old copy kept as a sibling until the new one is in
 place).  A process killed while writing leaves only a temporary sibling, `.NAME.partial-PID-*`,
-which no reader opens; the next write of the same path removes those whose writer is dead.
+which no reader opens; the next write of the same path removes those whose writer is dead
+(`process_alive`, which the pipeline's stages also use to notice that their supervisor died).
 
 With keep=True the copy is made of hard links, so it costs no space; a file in it must then be
 replaced (write_file, replacing), never written in place, or the old directory would change too.
@@ -107,14 +108,21 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a))
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs; one that has exited but is not yet reaped (a zombie) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        return True  # it exists, under another user
+    if not os.path.exists("/proc/self/stat"):
+        return True  # no /proc: the signal test is all there is
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False  # it went while we looked
 
 
 def _prefix(path: Path) -> str:
@@ -129,7 +137,7 @@ def _remove_stale(path: Path) -> None:
             pid = int(other.name[start:].split("-")[0])
         except ValueError:
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not process_alive(pid):
             if other.is_dir() and not other.is_symlink():
                 shutil.rmtree(other, ignore_errors=True)
             else:

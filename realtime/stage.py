@@ -25,6 +25,7 @@ from typing import Callable
 
 import zmq
 
+from engines.atomic import process_alive
 from realtime import bus
 
 HEARTBEAT_S = 1.0  # a stage reports at least this often while it is alive
@@ -184,23 +185,6 @@ class Stage:
             closing.join(HEARTBEAT_S)
             if os.getppid() != self._parent:
                 os._exit(3)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` runs; one that has exited but is not yet reaped (a zombie) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    if not os.path.exists("/proc/self/stat"):
-        return True  # no /proc: the signal test is all there is
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False  # it went while we looked
 
 
 class StageError(RuntimeError):

@@ -12,6 +12,7 @@ from pathlib import Path
 import jiwer
 import jsonschema
 
+from engines.atomic import process_alive
 from realtime import protocol
 from tests.conftest import free_port
 
@@ -138,14 +139,6 @@ def _stages(pid: int) -> dict[int, str]:
     return names
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has exited; only its parent's reaping is left
-
-
 def test_stages_exit_when_the_replay_is_killed(bundle, held_out_session):
     """SIGKILL leaves the supervisor no chance to stop its stages: they must notice alone,
     even when the kill comes while they are still starting up."""
@@ -164,6 +157,6 @@ def test_stages_exit_when_the_replay_is_killed(bundle, held_out_session):
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 90
-    while any(_alive(p) for p in below) and time.monotonic() < deadline:
+    while any(process_alive(p) for p in below) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not [p for p in below if _alive(p)], "processes outlived their killed supervisor"
+    assert not [p for p in below if process_alive(p)], "processes outlived their killed supervisor"
