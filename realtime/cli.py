@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 
-
 CAMERA_HELP = ("camera index, video file, URL, or screen[:X,Y,W,H]: the X screen, or its region W x H "
                "pixels at X,Y (e.g. a call's gallery view); '' for none (default [capture] camera)")
 MICROPHONE_HELP = ("microphone index or name fragment, or monitor: what this computer plays (the "
