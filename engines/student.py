@@ -125,7 +125,9 @@ class Peer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor):
         b = tokens.shape[0]
-        x = torch.cat([self.agg.expand(b, -1, -1), self.embed(tokens) + self.pos], dim=1)
+        # Fewer tokens than n_tokens: the runtime cuts trailing padding off (engines.backends.
+        # trim_audio); the masked tokens it drops changed nothing, as attention gives them weight 0.
+        x = torch.cat([self.agg.expand(b, -1, -1), self.embed(tokens) + self.pos[:, : tokens.shape[1]]], dim=1)
         key_mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
         for block in self.blocks:
             x = block(x, key_mask)

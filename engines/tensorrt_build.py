@@ -27,6 +27,9 @@ GRAPHS = ("student", "text_encoder")
 BATCH = (1, 8, 32)
 # Tokens per transcript: utterances are short, but the tokenizer may send up to text_max_tokens.
 TOKENS = (2, 32, 128)
+# Audio tokens (80 ms each) per window: 2 s window updates hold 25; the max is clamped to
+# all the graph was exported for (max_audio_s).
+AUDIO_TOKENS = (1, 32, 1 << 30)
 
 
 class BuildError(RuntimeError):
@@ -36,11 +39,12 @@ class BuildError(RuntimeError):
 def profile_shapes(manifest: dict, graph: str) -> dict[str, tuple[tuple[int, ...], ...]]:
     """(min, opt, max) shape of every input of `graph`, from the shapes the manifest records.
 
-    Named axes take BATCH / TOKENS, clamped to the range the ONNX graph was
-    exported for (manifest `dynamic_axes`); fixed axes are fixed.
+    Named axes take BATCH / TOKENS / AUDIO_TOKENS, clamped to the range the ONNX graph
+    was exported for (manifest `dynamic_axes`); an axis that is a multiple of one
+    ("8*audio_tokens": log-mel frames) takes that multiple; fixed axes are fixed.
     """
     text_max = manifest["preprocessing"]["text_max_tokens"]
-    wanted = {"batch": BATCH, "tokens": (TOKENS[0], TOKENS[1], max(TOKENS[2], text_max))}
+    wanted = {"batch": BATCH, "tokens": (TOKENS[0], TOKENS[1], max(TOKENS[2], text_max)), "audio_tokens": AUDIO_TOKENS}
     shapes = {}
     for name, spec in manifest["inputs"][graph].items():
         dims = []
@@ -48,11 +52,11 @@ def profile_shapes(manifest: dict, graph: str) -> dict[str, tuple[tuple[int, ...
             if isinstance(dim, int):
                 dims.append((dim, dim, dim))
                 continue
-            if dim not in wanted:
+            factor, _, axis = dim.rpartition("*")
+            if axis not in wanted or axis not in manifest["dynamic_axes"]:
                 raise BuildError(f"{graph}: input {name!r} has axis {dim!r} with no profile range")
-            bounds = manifest["dynamic_axes"][dim]
-            lo, opt, hi = (min(max(v, bounds["min"]), bounds["max"]) for v in wanted[dim])
-            dims.append((lo, opt, hi))
+            bounds = manifest["dynamic_axes"][axis]
+            dims.append(tuple(int(factor or 1) * min(max(v, bounds["min"]), bounds["max"]) for v in wanted[axis]))
         shapes[name] = tuple(tuple(d[i] for d in dims) for i in range(3))
     return shapes
 

@@ -105,6 +105,63 @@ def test_tensorrt_fp16_matches_torch(bundle, model, tmp_path):
     assert np.abs(engine.embed_text(TEXTS) - reference).max() < 1e-2
 
 
+def _short_audio(feeds: dict, tokens: list[int]) -> dict:
+    """feeds whose rows have audio in their first tokens[i] tokens only, as audio_features
+    lays a short window out: log-mel first, zeros and a masked tail after."""
+    mel, mask = feeds["mel"].copy(), np.zeros_like(feeds["audio_mask"])
+    patch = mel.shape[2] // mask.shape[1]
+    for i, n in enumerate(tokens):
+        mask[i, :n] = 1
+        mel[i, :, n * patch:] = 0
+    return {**feeds, "mel": mel, "audio_mask": mask, "present": np.ones_like(feeds["present"])}
+
+
+def test_short_audio_runs_only_its_own_tokens(bundle, model):
+    """The runtime cuts the masked tail off the log-mel (trim_audio); the probabilities are
+    those of the whole padded input, in ONNX Runtime and PyTorch alike."""
+    import onnxruntime as ort
+
+    from engines.backends import trim_audio
+
+    feeds = _short_audio(_feeds(model, 3)[0], [25, 7, 0])
+    cut = trim_audio(feeds)
+    patch = feeds["mel"].shape[2] // feeds["audio_mask"].shape[1]
+    assert cut["audio_mask"].shape == (3, 25) and cut["mel"].shape == (3, feeds["mel"].shape[1], 25 * patch)
+    assert trim_audio(_short_audio(feeds, [0, 0, 0]))["audio_mask"].shape == (3, 1)  # the axis is never empty
+    assert trim_audio(_short_audio(feeds, [100, 3, 0]))["mel"].shape == feeds["mel"].shape  # nothing to cut
+
+    whole = ort.InferenceSession(str(bundle / "student.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    for backend in ("onnxruntime", "torch"):
+        got = engines.load(bundle, backend, "cpu").backend.run_student(feeds)
+        assert np.abs(got - whole).max() < 1e-5, backend
+
+
+def test_a_bundle_with_a_fixed_audio_length_still_runs(bundle, model, tmp_path):
+    """Bundles exported before the audio_tokens axis have the log-mel length fixed in the
+    graph: ONNX Runtime is given the whole padded input, as before."""
+    import onnx
+
+    from engines.bundle import write_manifest
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    graph = onnx.load(str(copy / "student.onnx"))
+    pre = open_bundle(bundle).preprocessing
+    for tensor in graph.graph.input:
+        axis = {"mel": (2, pre.audio_frames), "audio_mask": (1, pre.audio_tokens)}.get(tensor.name)
+        if axis:
+            tensor.type.tensor_type.shape.dim[axis[0]].dim_value = axis[1]
+    onnx.save(graph, str(copy / "student.onnx"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    write_manifest(copy, {k: v for k, v in manifest.items() if k != "files"})
+
+    feeds = _short_audio(_feeds(model, 2)[0], [10, 4])
+    fixed = engines.load(copy, "onnxruntime", "cpu").backend
+    assert [i.shape[2] for i in fixed._student.get_inputs() if i.name == "mel"] == [pre.audio_frames]
+    expected = engines.load(bundle, "onnxruntime", "cpu").backend.run_student(feeds)
+    assert np.abs(fixed.run_student(feeds) - expected).max() < 1e-5
+
+
 # --- batching -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
@@ -249,7 +306,9 @@ def test_tensorrt_profiles_come_from_the_manifest(bundle):
     manifest = open_bundle(bundle).manifest
     student = profile_shapes(manifest, "student")
     assert set(student) == set(INPUTS)
-    assert student["mel"] == ((1, 64, 800), (8, 64, 800), (32, 64, 800))
+    # The log-mel's length is audio_patch frames per audio token, up to all max_audio_s holds.
+    assert student["mel"] == ((1, 64, 8), (8, 64, 256), (32, 64, 800))
+    assert student["audio_mask"] == ((1, 1), (8, 32), (32, 100))
     assert student["video"] == ((1, 8, 64, 64), (8, 8, 64, 64), (32, 8, 64, 64))
     text = profile_shapes(manifest, "text_encoder")
     assert text == {name: ((1, 2), (8, 32), (32, 128)) for name in ("input_ids", "attention_mask")}
@@ -316,7 +375,8 @@ def test_triton_repository(fp16_export):
     assert [i["name"] for i in student["input"]] == list(INPUTS)
     assert {i["data_type"] for i in student["input"]} == {"TYPE_FP32"}  # fp16 graph, float32 I/O
     dims = {i["name"]: i["dims"] for i in student["input"]}
-    assert dims["mel"] == [64, 800] and dims["video"] == [8, 64, 64] and dims["present"] == [3]
+    assert dims["video"] == [8, 64, 64] and dims["present"] == [3]
+    assert dims["mel"] == [64, -1] and dims["audio_mask"] == [-1]  # any audio length, as the graph
     assert student["output"] == [{"name": "probs", "data_type": "TYPE_FP32", "dims": [4, len(bundle.labels)]}]
     batching = student["dynamic_batching"]
     assert batching["preferred_batch_size"] == [8, 16, 32] and batching["max_queue_delay_microseconds"] > 0
