@@ -33,7 +33,7 @@ from typing import Callable
 
 import zmq
 
-from engines.bundle import open_bundle
+from engines.bundle import Bundle, open_bundle
 from engines.card import model_line
 from realtime import bus, fusion, sources, stages
 from realtime.config import RealtimeConfig
@@ -105,16 +105,21 @@ class Supervisor:
         self.ready.discard(name)
         self.last_seen[name] = time.monotonic()
 
-    def start_processing(self, bundle, session: str, paced: bool = True) -> None:
-        """paced: the media comes at its own speed (serve, replay --realtime).  Only then does
-        speculative ASR save time; a replay as fast as it goes would transcribe some utterances
-        twice (where speech resumes) for nothing."""
+    def start_processing(self, open_model: Callable[[], Bundle], session: str, paced: bool = True) -> Bundle:
+        """Start the processing stages and wait until they are ready; returns the bundle.
+
+        open_model opens and verifies the bundle (hashing ~100 MB): the VAD and the ASR read
+        none, so they load their models meanwhile, and a bad bundle stops them before any
+        media is read.  paced: the media comes at its own speed (serve, replay --realtime).
+        Only then does speculative ASR save time; a replay as fast as it goes would
+        transcribe some utterances twice (where speech resumes) for nothing."""
         cfg = self.config
         self.start("segmenter", functools.partial(stages.segmenter, vad_options=cfg.vad,
                                                  partial_every_s=cfg.asr.partial_every_s,
                                                  speculative=cfg.asr.speculative and paced,
                                                  asr_pad_ms=cfg.asr.pad_ms, asr_lead_ms=cfg.asr.lead_ms))
         self.start("asr", functools.partial(stages.asr, asr_options=cfg.asr))
+        bundle = open_model()
         self.start("faces", functools.partial(stages.faces, face_options=cfg.faces,
                                               preprocessing=bundle.preprocessing))
         self.start("fusion", functools.partial(fusion.fusion, model_options=cfg.model, bundle=bundle,
@@ -122,6 +127,7 @@ class Supervisor:
                                                fusion_options=cfg.fusion, face_options=cfg.faces,
                                                session=session))
         self.wait_ready(PROCESSING)
+        return bundle
 
     def wait_ready(self, names: list[str]) -> None:
         waiting = set(names)
@@ -294,6 +300,13 @@ class ResultSink:
             self.out.close()
 
 
+def announced_bundle(config: RealtimeConfig) -> Bundle:
+    """[model] bundle, opened and verified, with its one-line summary on stderr."""
+    bundle = open_bundle(config.model.bundle)
+    print(model_line(bundle), file=sys.stderr, flush=True)
+    return bundle
+
+
 def replay(
     media: str | Path,
     config: RealtimeConfig,
@@ -312,14 +325,14 @@ def replay(
     media = Path(media)
     probe_media(media)  # a bad file is refused with FFmpeg's reason, before any model loads
     check_server_keys(config.stream)
-    bundle = open_bundle(config.model.bundle)  # refuse a bad bundle before starting anything
-    print(model_line(bundle), file=sys.stderr, flush=True)
     session = media.stem
-    sink = ResultSink(out_jsonl, on_message, all_types=all_messages)
+    sink = None
     with private_workdir() as workdir:
         sup = Supervisor(config, workdir, restart=True)
         try:
-            sup.start_processing(bundle, session, paced=realtime)
+            bundle = sup.start_processing(lambda: announced_bundle(config), session, paced=realtime)
+            # Opened (and so emptied) only once the bundle has passed its checks.
+            sink = ResultSink(out_jsonl, on_message, all_types=all_messages)
             sup.start("source", functools.partial(
                 stages.media_source, path=str(media), session=session,
                 chunk_ms=config.pipeline.chunk_ms, video_fps=config.faces.sample_fps,
@@ -327,7 +340,8 @@ def replay(
             sup.collect(sink)
         finally:
             sup.stop()
-            sink.close()
+            if sink:
+                sink.close()
     return sink.utterances
 
 
@@ -341,10 +355,8 @@ def serve(
     """Live: camera + microphone until Ctrl-C, SIGTERM or duration_s; returns the utterances."""
     stage_processes()  # now: its imports overlap the checks below
     check_server_keys(config.stream)
-    bundle = open_bundle(config.model.bundle)
-    print(model_line(bundle), file=sys.stderr, flush=True)
     session = time.strftime("live-%Y%m%d-%H%M%S")
-    sink = ResultSink(out_jsonl, on_message, all_types=True)
+    sink = None
     stopping = {"now": False}
 
     def request_stop(*_):
@@ -355,7 +367,8 @@ def serve(
     with private_workdir() as workdir:
         sup = Supervisor(config, workdir, restart=True)
         try:
-            sup.start_processing(bundle, session)
+            bundle = sup.start_processing(lambda: announced_bundle(config), session)
+            sink = ResultSink(out_jsonl, on_message, all_types=True)  # as in replay: after the checks
             t_start = time.time()  # the session clock both sources stamp media time with
             live = []
             if capture.camera:  # opened first: the device most often missing or busy
@@ -383,5 +396,6 @@ def serve(
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             sup.stop()
-            sink.close()
+            if sink:
+                sink.close()
     return sink.utterances

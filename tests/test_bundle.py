@@ -55,16 +55,22 @@ def test_corrupt_manifest_is_refused(damaged):
         open_bundle(damaged)
 
 
-def test_replay_exits_nonzero_on_a_tampered_bundle(damaged, held_out_session):
+def test_replay_exits_nonzero_on_a_tampered_bundle(damaged, held_out_session, tmp_path):
     manifest = json.loads((damaged / "manifest.json").read_text())
     manifest["thresholds"][0] = 0.0
     (damaged / "manifest.json").write_text(json.dumps(manifest))
     (damaged / "tokenizer.json").write_text("{}")
+    # The speech stages start while the bundle is checked; the refusal must still lose
+    # nothing: the results file of an earlier run stays as it was.
+    earlier = tmp_path / "results.jsonl"
+    earlier.write_text('{"type": "utterance"}\n')
     result = subprocess.run(
         [sys.executable, "-m", "realtime.cli", "replay", str(held_out_session / "s000.mp4"),
-         "--model", str(damaged)], capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
+         "--model", str(damaged), "--out", str(earlier)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "realtime replay: error:" in result.stderr and "Traceback" not in result.stderr
     assert "tokenizer.json" in result.stderr and "sha256" in result.stderr
+    assert earlier.read_text() == '{"type": "utterance"}\n'
 
 
 def test_onnxruntime_matches_pytorch(bundle, run_dir):
