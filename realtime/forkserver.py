@@ -13,9 +13,13 @@ import os
 
 # numpy's OpenBLAS gives each process a worker thread per core that spins after every matrix
 # product: in the fusion stage (its log-mel) that spinning took ~0.4 of a core in live use and
-# slowed the ASR beside it. The stages' products are small, so one thread each; the stage
-# processes get this (it is read when they import numpy); set it yourself to override.
-STAGE_ENV = {"OPENBLAS_NUM_THREADS": "1"}
+# slowed the ASR beside it. The stages' products are small, so one thread each.
+# CTranslate2's OpenMP threads (the ASR's cpu_threads) likewise spin between the decoder's
+# many small parallel steps, on cores the other stages need; passive waiting cut the ASR's CPU
+# per replay by ~0.15 s and did not slow a transcription on an idle machine.
+# The stage processes get these (read when numpy and CTranslate2 load); set one yourself to
+# override it.
+STAGE_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 @contextlib.contextmanager

@@ -2,37 +2,44 @@
 from __future__ import annotations
 
 
-def _blas_threads(queue) -> None:
+def _stage_env(queue) -> None:
     import os
 
-    import numpy  # noqa: F401  (as a stage imports it: OpenBLAS reads the variable then)
-    queue.put(os.environ.get("OPENBLAS_NUM_THREADS"))
+    import numpy  # noqa: F401  (as a stage imports it: OpenBLAS reads its variable then)
+
+    from realtime.forkserver import STAGE_ENV
+
+    queue.put({k: os.environ.get(k) for k in STAGE_ENV})
 
 
-def test_stage_processes_get_single_threaded_blas_and_the_caller_keeps_its_environment(monkeypatch):
-    """numpy's OpenBLAS threads spin after every product: a stage gets one thread, the
-    process that spawns it keeps its own setting (or none)."""
+def test_stage_processes_get_quiet_threads_and_the_caller_keeps_its_environment(monkeypatch):
+    """numpy's OpenBLAS and CTranslate2's OpenMP threads spin between products: a stage gets
+    one BLAS thread and passive OpenMP waits, the process that spawns it keeps its own
+    settings (or none), and a user's own setting wins."""
     import multiprocessing
     import os
 
-    from realtime.forkserver import stage_environment
+    from realtime.forkserver import STAGE_ENV, stage_environment
 
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert STAGE_ENV == {"OPENBLAS_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    for key in STAGE_ENV:
+        monkeypatch.delenv(key, raising=False)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    with stage_environment():
-        proc = ctx.Process(target=_blas_threads, args=(queue,))
-        proc.start()
-    assert queue.get(timeout=60) == "1"
-    proc.join(30)
-    assert "OPENBLAS_NUM_THREADS" not in os.environ
+
+    def child_env() -> dict:
+        with stage_environment():
+            proc = ctx.Process(target=_stage_env, args=(queue,))
+            proc.start()
+        got = queue.get(timeout=60)
+        proc.join(30)
+        return got
+
+    assert child_env() == STAGE_ENV
+    assert not set(STAGE_ENV) & set(os.environ)
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # a user's own choice is kept
-    with stage_environment():
-        proc = ctx.Process(target=_blas_threads, args=(queue,))
-        proc.start()
-    assert queue.get(timeout=60) == "2"
-    proc.join(30)
-    assert os.environ["OPENBLAS_NUM_THREADS"] == "2"
+    assert child_env() == {**STAGE_ENV, "OPENBLAS_NUM_THREADS": "2"}
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "2" and "OMP_WAIT_POLICY" not in os.environ
 
 
 def _what_a_stage_starts_with(queue) -> None:
