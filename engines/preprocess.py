@@ -76,6 +76,12 @@ class Preprocessing:
 
 
 @lru_cache(maxsize=4)
+def _hann(n_fft: int) -> np.ndarray:
+    """The periodic Hann window of an n_fft-sample frame, float32."""
+    return np.hanning(n_fft + 1)[:-1].astype(np.float32)
+
+
+@lru_cache(maxsize=4)
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     """Triangular filters on the HTK mel scale, shape (n_mels, n_fft // 2 + 1)."""
     def hz_to_mel(f):
@@ -101,9 +107,8 @@ def log_mel(audio: np.ndarray, p: Preprocessing) -> np.ndarray:
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     if audio.size < p.n_fft:
         audio = np.pad(audio, (0, p.n_fft - audio.size))
-    n_frames = 1 + (audio.size - p.n_fft) // p.hop
-    idx = np.arange(p.n_fft)[None, :] + p.hop * np.arange(n_frames)[:, None]
-    frames = audio[idx] * np.hanning(p.n_fft + 1)[:-1].astype(np.float32)
+    # Frames as a strided view of the audio (no gathered copy; it ran every window update).
+    frames = np.lib.stride_tricks.sliding_window_view(audio, p.n_fft)[:: p.hop] * _hann(p.n_fft)
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
     mel = mel_filterbank(p.sample_rate, p.n_fft, p.n_mels) @ power.T
     logmel = np.log10(np.maximum(mel, 1e-10))

@@ -17,6 +17,23 @@ def test_tone_peaks_in_the_mel_band_of_its_frequency():
         assert abs(centres[band] - freq) < 0.2 * freq
 
 
+def test_log_mel_frames_are_the_stft_of_each_hop():
+    """Frame i is the Hann-windowed n_fft samples from i * hop, scaled as Whisper scales."""
+    rng = np.random.default_rng(1)
+    fb = mel_filterbank(P.sample_rate, P.n_fft, P.n_mels)
+    hann = np.hanning(P.n_fft + 1)[:-1]
+    for n in (P.n_fft, P.n_fft + P.hop - 1, 32000, 16000 * 3 + 77):
+        audio = rng.standard_normal(n).astype(np.float32) * 0.1
+        starts = range(0, n - P.n_fft + 1, P.hop)
+        power = np.stack([np.abs(np.fft.rfft(audio[i:i + P.n_fft] * hann)) ** 2 for i in starts])
+        expected = np.log10(np.maximum(fb @ power.T, 1e-10))
+        expected = (np.maximum(expected, expected.max() - 8.0) + 4.0) / 4.0
+        got = log_mel(audio, P)
+        assert got.shape == (P.n_mels, len(starts)) == (P.n_mels, 1 + (n - P.n_fft) // P.hop)
+        assert np.abs(got - expected).max() < 1e-4
+    assert log_mel(np.ones(10, np.float32), P).shape == (P.n_mels, 1)  # shorter than a frame: padded
+
+
 def test_louder_audio_gives_larger_features():
     rng = np.random.default_rng(0)
     noise = rng.standard_normal(8000).astype(np.float32) * 0.01
