@@ -163,12 +163,17 @@ class Screen:
         if region is None:
             self.container = whole
         else:
-            whole.close()
-            x, y, w, h = region
-            if x + w > screen[0] or y + h > screen[1]:
-                raise DeviceError(f"camera {options.camera}: the region ends at {x + w},{y + h}, outside "
-                                  f"display {display}'s {screen[0]}x{screen[1]} screen")
-            self.container = self._open(f"{display}+{x},{y}", display, dict(grab, video_size=f"{w}x{h}"))
+            # The whole screen's grab is closed only once the region's is open: an X server whose
+            # last client leaves resets itself (Xvfb, a kiosk's server), and a connection made
+            # during the reset fails with an I/O error.
+            try:
+                x, y, w, h = region
+                if x + w > screen[0] or y + h > screen[1]:
+                    raise DeviceError(f"camera {options.camera}: the region ends at {x + w},{y + h}, outside "
+                                      f"display {display}'s {screen[0]}x{screen[1]} screen")
+                self.container = self._open(f"{display}+{x},{y}", display, dict(grab, video_size=f"{w}x{h}"))
+            finally:
+                whole.close()
         stream = self.container.streams.video[0]
         self.size = (stream.codec_context.width, stream.codec_context.height)
 
