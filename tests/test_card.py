@@ -115,14 +115,24 @@ def test_trainer_card_adds_an_evaluation(bundle, run_dir, corpus, tmp_path):
         assert f"| {label} | {f1:.2f} |" in md
 
 
-def test_replay_prints_the_model_line_before_stages_start(bundle, held_out_session, monkeypatch, capsys):
+def test_replay_prints_the_model_line_when_it_opens_the_bundle(bundle, held_out_session, monkeypatch, capsys):
+    """Once, as the supervisor opens the bundle (the speech stages load meanwhile), before the
+    stages that read it start."""
     import realtime.pipeline
     from realtime.cli import main
 
-    def no_stages(*args, **kwargs):
-        raise realtime.pipeline.PipelineError("stages not started in this test")
+    class NoStages:
+        def __init__(self, *args, **kwargs):
+            pass
 
-    monkeypatch.setattr(realtime.pipeline, "Supervisor", no_stages)
+        def start_processing(self, open_model, session, paced=True):
+            open_model()
+            raise realtime.pipeline.PipelineError("stages not started in this test")
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(realtime.pipeline, "Supervisor", NoStages)
     media = held_out_session / "s000.mp4"  # a real file: replay checks its media before anything else
     assert main(["replay", str(media), "--model", str(bundle)]) == 2
     err = capsys.readouterr().err
