@@ -35,17 +35,18 @@ OPSET = 18
 PRECISIONS = ("fp32", "fp16")
 # Max |difference| from PyTorch fp32 (probabilities; unit-length embeddings).
 PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
-# The range of each named axis the graphs are exported for; audio_tokens (the student's
-# log-mel length in tokens: a short window need not run the padding) goes up to the
-# preprocessing's audio_tokens (dynamic_axes).
+# The range of each named axis the graphs are exported for, but audio_tokens, which depends
+# on the preprocessing (dynamic_axes).
 DYNAMIC_AXES = {"batch": {"min": 1, "max": 1024}, "tokens": {"min": 2, "max": 512}}
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
+PARITY_TEXTS = ["I am so happy today!", "Please put the files on my desk.", "no"]
 
 
 def dynamic_axes(pre: Preprocessing) -> dict:
-    """Every named axis of a bundle's graphs with its range (manifest `dynamic_axes`)."""
+    """Every named axis of a bundle's graphs with its range (manifest `dynamic_axes`);
+    audio_tokens is the student's log-mel length in tokens, up to all max_audio_s holds (a
+    short window need not run the padding: engines.backends.trim_audio)."""
     return {**DYNAMIC_AXES, "audio_tokens": {"min": 1, "max": pre.audio_tokens}}
-ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
-PARITY_TEXTS = ["I am so happy today!", "Please put the files on my desk.", "no"]
 
 
 def load_run(run: Path) -> tuple[dict, Student]:
@@ -122,8 +123,8 @@ def student_parity(model: Student, session) -> float:
     first third of audio tokens (the length axis the runtime shortens)."""
     inputs = example_inputs(model, batch=3, seed=1)
     tokens = max(1, model.pre.audio_tokens // 3)
-    cut = list(inputs)
-    cut[1], cut[2] = inputs[1][:, :, : tokens * model.pre.audio_patch], inputs[2][:, :tokens]
+    cut, mel, mask = list(inputs), INPUTS.index("mel"), INPUTS.index("audio_mask")
+    cut[mel], cut[mask] = inputs[mel][:, :, : tokens * model.pre.audio_patch], inputs[mask][:, :tokens]
     diff = 0.0
     for batch in (inputs, tuple(cut)):
         with torch.no_grad():
