@@ -58,3 +58,20 @@ def test_arrival_latencies_leave_out_the_virtual_devices_delay():
     assert np.allclose(got["latencies"], [1.0, 1.0], atol=1e-6)  # from paplay's start: the delay counts
     assert np.allclose(got["arrival_latencies"], [0.7, 0.7], atol=1e-6)  # from arrival: what the pipeline took
     assert np.allclose(got["arrival_window_delays"], [0.02], atol=0.011)  # the shift is searched in 10 ms steps
+
+
+def test_paired_overhead_takes_each_replay_over_its_own_bare_run():
+    """The machine drifts within a run: a replay is set against the bare faster-whisper run
+    beside it, and the median taken over those pairs."""
+    from benchmarks.pipeline import replay_metrics
+
+    rows = [{"text": "hello there"}]
+    utterance = {"type": "utterance", "text": "hello there", "timing": {"asr_s": 0.1, "infer_s": 0.01}}
+    window = {"type": "window", "timing": {"infer_s": 0.005}}
+    walls, bare_walls = [2.0, 3.0, 2.2], [1.0, 2.0, 1.0]  # the second pair ran on a slow machine
+    replays = [{"wall_s": w, "messages": [utterance, window], "procs": {}} for w in walls]
+    bares = [{"wall_s": b, "text": "hello there"} for b in bare_walls]
+    got = replay_metrics("", rows, 10.0, replays, bares)
+    assert got["overhead_ratio"] == round(2.2 / 1.0, 3)  # median over median mixes the moments
+    assert got["overhead_ratio_paired"] == round(2.0, 3)  # 2.0, 1.5, 2.2
+    assert got["wer"] == 0.0 and got["replay_deterministic"] == 1
