@@ -36,11 +36,12 @@ from benchmarks.report import check_tree, result_json, write  # noqa: E402
 CHUNK = 1600  # samples fed at a time, as the microphone's 100 ms chunks
 
 
-def segments(audio: np.ndarray, lead_ms: int, asr_pad_ms: int) -> list[np.ndarray]:
-    """What the ASR reads of each utterance the segmenter finds in `audio`: lead, then speech."""
+def segments(audio: np.ndarray, lead_ms: int, asr_pad_ms: int, vad=None) -> list[np.ndarray]:
+    """What the ASR reads of each utterance the segmenter finds in `audio`: lead, then speech.
+    vad: VadOptions (default: the defaults)."""
     from realtime.segmenter import StreamingSegmenter
 
-    segmenter = StreamingSegmenter(asr_pad_ms=asr_pad_ms, asr_lead_ms=lead_ms)
+    segmenter = StreamingSegmenter(vad, asr_pad_ms=asr_pad_ms, asr_lead_ms=lead_ms)
     found = []
     for i in range(0, len(audio), CHUNK):
         found += segmenter.feed(audio[i:i + CHUNK], i / 16000)

@@ -75,3 +75,25 @@ def test_paired_overhead_takes_each_replay_over_its_own_bare_run():
     assert got["overhead_ratio"] == round(2.2 / 1.0, 3)  # median over median mixes the moments
     assert got["overhead_ratio_paired"] == round(2.0, 3)  # 2.0, 1.5, 2.2
     assert got["wer"] == 0.0 and got["replay_deterministic"] == 1
+
+
+def test_wer_by_phase_scores_the_recording_started_at_each_frame_phase():
+    """The spread a single stream's WER is drawn from: real segmenter and ASR on real speech,
+    the recording started at each phase of the VAD's frame."""
+    import pytest
+
+    from tests import speech
+
+    if not speech.tools_available():
+        pytest.skip("espeak-ng and sox are needed for test speech")
+    from benchmarks.pipeline import wer_by_phase
+
+    texts = ["the weather is lovely today", "please send me the report"]
+    audio, _ = speech.session(texts, gap_s=1.0)
+    audio = np.concatenate([np.zeros(SAMPLE_RATE // 2, np.float32), audio, np.zeros(SAMPLE_RATE, np.float32)])
+    sets = ["asr.cpu_threads=1"]
+    got = wer_by_phase(audio, [{"text": t} for t in texts], sets, phases=2)
+    assert got["wer_phases"] == 2
+    assert got["wer_phase_min"] <= got["wer_phase_median"] <= got["wer_phase_max"] <= 0.25
+    wrong = wer_by_phase(audio, [{"text": "nothing like what was said at all"}], sets, phases=2)
+    assert wrong["wer_phase_min"] >= 0.75  # it scores against the script it is given
