@@ -223,12 +223,15 @@ def load_settings(args, needs_model: bool = False, **flags):
     return config
 
 
+PRINTED = ("utterance", "status")  # what replay and serve print; the other types are on the stream
+
+
 def print_results(args):
     """Print utterance results and status as they are published; window updates and
     transcripts are on the stream too (`realtime listen` shows them)."""
     if args.quiet:
         return None
-    return lambda body: body["type"] in ("utterance", "status") and print(format_message(body), flush=True)
+    return lambda body: body["type"] in PRINTED and print(format_message(body), flush=True)
 
 
 def cmd_replay(args) -> int:
@@ -251,8 +254,11 @@ def cmd_replay(args) -> int:
             printer(body)
 
     try:
+        # The report reads window updates; printing does not, and without it (or --all-messages,
+        # the dashboard or another subscriber) fusion need not score them.
         utterances = replay(args.media, config, args.out, on_message=on_message,
-                            all_messages=args.all_messages, realtime=args.realtime)
+                            all_messages=args.all_messages, realtime=args.realtime,
+                            on_message_types=None if args.report else PRINTED)
     finally:
         if dashboard:
             dashboard.stop()
@@ -275,7 +281,7 @@ def cmd_serve(args) -> int:
     dashboard = start_dashboard(config, args.dashboard_port) if args.dashboard else None
     try:
         utterances = serve(config, config.capture, args.jsonl, on_message=print_results(args),
-                           duration_s=args.duration)
+                           duration_s=args.duration, on_message_types=PRINTED)
     finally:
         if dashboard:
             dashboard.stop()

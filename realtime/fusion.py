@@ -39,7 +39,9 @@ from realtime.stage import Stage, StageError
 
 @dataclass
 class FusionOptions:
-    window_rate: float = 4.0  # audio+video updates per second of media time between utterances (0: off)
+    window_rate: float = 4.0  # audio+video updates per second of media time between utterances (0: off);
+    # scored only while someone reads them: a subscriber whose topic covers emotion.window, the
+    # dashboard, serve --jsonl, or replay --all-messages / --report
     window_s: float = 2.0  # span of audio and video one window update looks at
     keep_s: float = 30.0  # audio and face crops kept for utterances still being transcribed
     dump_features: str = ""  # debugging: a directory that gets each scored utterance's
@@ -59,11 +61,19 @@ DRAIN_MAX = 64  # messages taken before scoring: about 2 s of 32 ms audio chunks
 
 
 class Publisher:
-    """The public PUB socket (XPUB, so it can see subscribers join) and the lossless results copy."""
+    """The public PUB socket (XPUB, so it can see subscribers join) and the lossless results copy.
 
-    def __init__(self, stage: Stage, stream_options, session: str):
+    local_windows: whether the results copy's readers (the supervisor's --out file, callbacks)
+    need window updates; when they do not, window updates are wanted only while a subscriber's
+    topic covers `emotion.window` (`wanted`)."""
+
+    def __init__(self, stage: Stage, stream_options, session: str, local_windows: bool = True):
         self.stage, self.session = stage, session
         self.seq = 0
+        self.local_windows = local_windows
+        # Topic prefixes subscribed to now.  XPUB passes on a topic's first subscription and its
+        # last unsubscription only, so a set of them is exactly what some subscriber still wants.
+        self.subscriptions: set[bytes] = set()
         try:
             self.public = PublicSocket(stage.ctx, stream_options)
         except zmq.ZMQError as exc:
@@ -77,10 +87,30 @@ class Publisher:
         joined, deadline = 0, time.monotonic() + timeout_s
         while joined < count and time.monotonic() < deadline:
             self.stage.heartbeat()
-            if self.pub.poll(100):
-                if self.pub.recv()[:1] == b"\x01":  # 1 = subscribe, 0 = unsubscribe
-                    joined += 1
+            joined += self._take_subscriptions(timeout_ms=100)
         return joined
+
+    def _take_subscriptions(self, timeout_ms: int = 0) -> int:
+        """Read the (un)subscriptions that have arrived; how many were subscriptions."""
+        joined = 0
+        while self.pub.poll(timeout_ms):
+            message = self.pub.recv()
+            if message[:1] == b"\x01":  # 1 = subscribe, 0 = unsubscribe; then the topic
+                self.subscriptions.add(message[1:])
+                joined += 1
+            elif message[:1] == b"\x00":
+                self.subscriptions.discard(message[1:])
+            timeout_ms = 0
+        return joined
+
+    def wanted(self, kind: str) -> bool:
+        """Whether a message of this type would reach anyone: the results copy's readers, or a
+        subscriber whose topic is a prefix of its topic (ZeroMQ's rule)."""
+        if kind != "window" or self.local_windows:
+            return True
+        self._take_subscriptions()
+        topic = protocol.TOPICS[kind].encode()
+        return any(topic.startswith(prefix) for prefix in self.subscriptions)
 
     def publish(self, body: dict) -> dict:
         body = {"protocol": protocol.PROTOCOL, "session": self.session, "seq": self.seq, **body}
@@ -291,6 +321,8 @@ class Fusion:
                                      "infer_s": round(infer_s, 4), "emitted_at": time.time()}})
 
     def score_window(self, end: float) -> None:
+        if not self.out.wanted("window"):
+            return  # window updates are most of this stage's work: none for nobody
         start = max(0.0, end - self.options.window_s)
         window = Window(start=start, end=end, audio=self.audio.span(start, end),
                         crops=face_crops(self.frames, start, end))
@@ -318,11 +350,13 @@ class Fusion:
 
 
 def fusion(stage: Stage, model_options, stream_options, fusion_options, session: str,
-           face_options: FaceOptions | None = None, resume: dict | None = None, bundle=None) -> None:
+           face_options: FaceOptions | None = None, resume: dict | None = None, bundle=None,
+           local_windows: bool = True) -> None:
     """The stage body.  resume (after a restart): `detail` says why, `state` is the last
     checkpoint the supervisor received (None when the stage failed before publishing).
     bundle: the engines.bundle.Bundle the caller opened (and verified: its 100 MB are not
-    hashed a second time at every start); None: [model] bundle is opened here."""
+    hashed a second time at every start); None: [model] bundle is opened here.
+    local_windows: the caller reads window updates from the results copy (Publisher)."""
     import engines
 
     inbox = stage.pull(stage.endpoints.fusion)
@@ -331,7 +365,7 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
                           triton_timeout_s=model_options.triton_timeout_s,
                           service_endpoint=model_options.service_endpoint,
                           service_timeout_s=model_options.service_timeout_s)
-    out = Publisher(stage, stream_options, session)
+    out = Publisher(stage, stream_options, session, local_windows=local_windows)
     state = Fusion(engine, fusion_options, out, face_options, resume=(resume or {}).get("state"))
     if not resume:  # a restart does not wait: subscribers reconnect by themselves
         out.wait_for_subscribers(stream_options.wait_subscribers, stream_options.wait_timeout_s)

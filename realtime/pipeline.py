@@ -29,7 +29,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import zmq
 
@@ -66,9 +66,12 @@ def private_workdir():
 
 
 class Supervisor:
-    def __init__(self, config: RealtimeConfig, workdir: str, restart: bool = False):
+    def __init__(self, config: RealtimeConfig, workdir: str, restart: bool = False, local_windows: bool = True):
+        """local_windows: the results this supervisor collects must hold the window updates;
+        without, fusion scores them only while a subscriber of the public stream wants them."""
         self.config = config
         self.restart = restart
+        self.local_windows = local_windows
         self.endpoints = Endpoints.in_dir(workdir)
         self.ctx = zmq.Context()
         self.control = bus.socket(self.ctx, zmq.PULL, self.endpoints.control, bind=True)
@@ -125,7 +128,7 @@ class Supervisor:
         self.start("fusion", functools.partial(fusion.fusion, model_options=cfg.model, bundle=bundle,
                                                stream_options=cfg.stream,
                                                fusion_options=cfg.fusion, face_options=cfg.faces,
-                                               session=session))
+                                               session=session, local_windows=self.local_windows))
         self.wait_ready(PROCESSING)
         return bundle
 
@@ -300,6 +303,12 @@ class ResultSink:
             self.out.close()
 
 
+def wants_windows(all_types: bool, on_message, on_message_types) -> bool:
+    """Whether the caller reads window updates: in its file (all_types), or through on_message
+    unless on_message_types leaves them out."""
+    return all_types or (on_message is not None and (on_message_types is None or "window" in on_message_types))
+
+
 def announced_bundle(config: RealtimeConfig) -> Bundle:
     """[model] bundle, opened and verified, with its one-line summary on stderr."""
     bundle = open_bundle(config.model.bundle)
@@ -314,11 +323,14 @@ def replay(
     on_message: Callable[[dict], None] | None = None,
     all_messages: bool = False,
     realtime: bool = False,
+    on_message_types: Collection[str] | None = None,
 ) -> list[dict]:
     """Run the pipeline over one recorded session; returns the utterance messages.
 
     out_jsonl gets the utterance results, or every published message with all_messages.
-    realtime paces the media at its own speed instead of as fast as the stages go."""
+    realtime paces the media at its own speed instead of as fast as the stages go.
+    on_message_types: the message types on_message uses (None: all).  Window updates that
+    neither it, the file nor a subscriber of the public stream wants are not scored."""
     from engines.media import probe_media
 
     stage_processes()  # now: its imports overlap the checks below
@@ -328,7 +340,8 @@ def replay(
     session = media.stem
     sink = None
     with private_workdir() as workdir:
-        sup = Supervisor(config, workdir, restart=True)
+        sup = Supervisor(config, workdir, restart=True,
+                         local_windows=wants_windows(all_messages, on_message, on_message_types))
         try:
             bundle = sup.start_processing(lambda: announced_bundle(config), session, paced=realtime)
             # Opened (and so emptied) only once the bundle has passed its checks.
@@ -351,8 +364,11 @@ def serve(
     out_jsonl: str | Path | None = None,
     on_message: Callable[[dict], None] | None = None,
     duration_s: float = 0.0,
+    on_message_types: Collection[str] | None = None,
 ) -> list[dict]:
-    """Live: camera + microphone until Ctrl-C, SIGTERM or duration_s; returns the utterances."""
+    """Live: camera + microphone until Ctrl-C, SIGTERM or duration_s; returns the utterances.
+
+    out_jsonl gets every published message; on_message_types as for replay."""
     stage_processes()  # now: its imports overlap the checks below
     check_server_keys(config.stream)
     session = time.strftime("live-%Y%m%d-%H%M%S")
@@ -365,7 +381,8 @@ def serve(
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     t_end = time.monotonic() + duration_s if duration_s else float("inf")
     with private_workdir() as workdir:
-        sup = Supervisor(config, workdir, restart=True)
+        sup = Supervisor(config, workdir, restart=True,
+                         local_windows=wants_windows(bool(out_jsonl), on_message, on_message_types))
         try:
             bundle = sup.start_processing(lambda: announced_bundle(config), session)
             sink = ResultSink(out_jsonl, on_message, all_types=True)  # as in replay: after the checks
