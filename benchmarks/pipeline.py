@@ -269,10 +269,14 @@ def kill_tree(pid: int) -> None:
             pass
 
 
-def replay_run(media: Path, bundle: Path, work: Path, sets: list[str], timeout_s: float = 300) -> dict | None:
-    """One replay as a whole process; None (reported) when it does not finish in timeout_s."""
+def replay_run(media: Path, bundle: Path, work: Path, sets: list[str], timeout_s: float = 300,
+               all_messages: bool = True) -> dict | None:
+    """One replay as a whole process; None (reported) when it does not finish in timeout_s.
+    all_messages=False: a plain `replay --out`, which writes the utterance results alone (and
+    so, with no subscriber, scores no window updates)."""
     out = work / "replay.jsonl"
-    cmd = realtime_cmd("replay", str(media), "--model", str(bundle), "--out", str(out), "--all-messages",
+    cmd = realtime_cmd("replay", str(media), "--model", str(bundle), "--out", str(out),
+                       *(["--all-messages"] if all_messages else []),
                        "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--quiet", sets=sets)
     t0 = time.perf_counter()
     # cwd: `python -m` puts the working directory first on sys.path, before PYTHONPATH.
@@ -643,6 +647,19 @@ def proc_metrics(prefix: str, runs: list[dict]) -> dict:
     return out
 
 
+def plain_metrics(prefix: str, replays: list[dict], plains: list[dict], bares: list[dict]) -> dict:
+    """The plain replays (`replay --out`, utterance results only) against the bare runs beside them."""
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq")}
+    utterances = lambda run: [strip(m) for m in run["messages"] if m["type"] == "utterance"]
+    cpu = lambda run: sum(p["cpu_s"] for p in run["procs"].values())
+    return {f"{prefix}{k}": v for k, v in {
+        "plain_replay_wall_s": round(median([p["wall_s"] for p in plains]), 3),
+        "overhead_ratio_plain_paired": round(median([p["wall_s"] / b["wall_s"] for p, b in zip(plains, bares)]), 3),
+        "plain_replay_cpu_s": round(median([cpu(p) for p in plains]), 2),
+        "plain_same_utterances": int(all(utterances(p) == utterances(replays[0]) for p in plains)),
+    }.items()}
+
+
 def replay_metrics(prefix: str, rows: list[dict], duration: float, replays: list[dict], bares: list[dict]) -> dict:
     replay_wall, bare_wall = median([r["wall_s"] for r in replays]), median([b["wall_s"] for b in bares])
     texts = [[m["text"] for m in r["messages"] if m["type"] == "utterance"] for r in replays]
@@ -776,6 +793,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(backend service), for each N: end-of-speech latency as N grows")
     parser.add_argument("--faces", type=int, nargs="+", choices=[1, 2, 4, 8],
                         help="instead: a gallery view of each of these numbers of real faces (see above)")
+    parser.add_argument("--plain", action="store_true",
+                        help="each replay run also as a plain `replay --out` (utterance results only, so "
+                             "no window updates are scored): plain_* and overhead_ratio_plain_paired")
     parser.add_argument("--wer-phases", type=int, default=16, choices=[0, 1, 2, 4, 8, 16, 32],
                         help="also score the segmenter and ASR in this process with the recording started at "
                              "this many phases of the VAD's 32 ms frame (wer_phase_*: the spread a single "
@@ -820,24 +840,31 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [pythonpath])])
 
         replays = {prefix: [] for prefix, _, _ in variants}
+        plains = {prefix: [] for prefix, _, _ in variants}
         failures = {prefix: 0 for prefix, _, _ in variants}
         bares = {prefix: [] for prefix, _, _ in variants}
         for i in range(args.runs):  # interleaved, so every variant sees the same machine state
             for prefix, code, settings in variants:
                 use(code)
                 run = replay_run(media, bundle, work, settings)
-                if run is None:
+                plain = replay_run(media, bundle, work, settings, all_messages=False) if args.plain else None
+                if run is None or (args.plain and plain is None):
                     failures[prefix] += 1
                     continue
                 replays[prefix].append(run)
                 bares[prefix].append(bare_whisper_run(media, args.asr_model, args.asr_threads))
+                if plain is not None:
+                    plains[prefix].append(plain)
                 print(f"{prefix or 'this '}replay {i + 1}: {replays[prefix][-1]['wall_s']:.2f} s, "
-                      f"bare faster-whisper {bares[prefix][-1]['wall_s']:.2f} s", flush=True)
+                      + (f"plain {plain['wall_s']:.2f} s, " if plain else "")
+                      + f"bare faster-whisper {bares[prefix][-1]['wall_s']:.2f} s", flush=True)
         if args.runs:
             for prefix, _, _ in variants:
                 metrics[f"{prefix}replay_hung"] = failures[prefix]
                 if replays[prefix]:
                     metrics.update(replay_metrics(prefix, rows, duration, replays[prefix], bares[prefix]))
+                if plains[prefix]:
+                    metrics.update(plain_metrics(prefix, replays[prefix], plains[prefix], bares[prefix]))
 
         lives = {prefix: [] for prefix, _, _ in variants}
         if args.live_runs:

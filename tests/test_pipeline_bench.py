@@ -97,3 +97,18 @@ def test_wer_by_phase_scores_the_recording_started_at_each_frame_phase():
     assert got["wer_phase_min"] <= got["wer_phase_median"] <= got["wer_phase_max"] <= 0.25
     wrong = wer_by_phase(audio, [{"text": "nothing like what was said at all"}], sets, phases=2)
     assert wrong["wer_phase_min"] >= 0.75  # it scores against the script it is given
+
+
+def test_plain_replays_are_set_against_their_bare_runs_and_checked_against_the_full_ones():
+    from benchmarks.pipeline import plain_metrics
+
+    utterance = {"type": "utterance", "text": "hi", "seq": 3, "timing": {"asr_s": 0.1}}
+    full = {"wall_s": 3.0, "messages": [{"type": "window", "seq": 2}, utterance], "procs": {}}
+    plain = lambda wall, text: {"wall_s": wall, "procs": {"a": {"cpu_s": 1.0}, "b": {"cpu_s": 0.5}},
+                                "messages": [{**utterance, "seq": 1, "text": text, "timing": {"asr_s": 0.2}}]}
+    bares = [{"wall_s": 1.0}, {"wall_s": 2.0}, {"wall_s": 1.0}]
+    got = plain_metrics("", [full], [plain(2.0, "hi"), plain(3.0, "hi"), plain(1.5, "hi")], bares)
+    assert got["overhead_ratio_plain_paired"] == 1.5  # 2.0, 1.5, 1.5
+    assert got["plain_replay_wall_s"] == 2.0 and got["plain_replay_cpu_s"] == 1.5
+    assert got["plain_same_utterances"] == 1  # seq and timing aside
+    assert plain_metrics("", [full], [plain(2.0, "ho")], bares)["plain_same_utterances"] == 0
