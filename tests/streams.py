@@ -82,3 +82,17 @@ class SessionStream:
             out += [self.transcript(start, end, text), self.utterance(start, end, text)]
         out.append(self.finished())
         return out
+
+
+class CollectingPublisher:
+    """Stands in for realtime.fusion.Publisher in a fusion stage run in process: what it
+    publishes goes to `bodies`, and it reads every type (the sockets: test_end_to_end)."""
+
+    def __init__(self):
+        self.bodies: list[dict] = []
+
+    def publish(self, body: dict) -> None:
+        self.bodies.append(body)
+
+    def wanted(self, kind: str) -> bool:
+        return True

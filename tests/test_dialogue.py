@@ -151,15 +151,9 @@ def test_fusion_stage_gives_each_utterance_the_session_so_far(context_bundle):
     import engines
     from engines.runtime import Window
     from realtime.fusion import Fusion, FusionOptions
+    from tests.streams import CollectingPublisher
 
-    class Collect:
-        def __init__(self):
-            self.bodies = []
-
-        def publish(self, body):
-            self.bodies.append(body)
-
-    engine, out = engines.load(context_bundle), Collect()
+    engine, out = engines.load(context_bundle), CollectingPublisher()
     state = Fusion(engine, FusionOptions(window_rate=0), out)
     texts = ["I failed the exam", "all of it", "what now", "really"]
     audio = np.zeros(8000, np.float32)

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-class Collect:
-    def __init__(self):
-        self.bodies = []
-
-    def publish(self, body):
-        self.bodies.append(body)
+from tests.streams import CollectingPublisher
 
 
 def _windows(bundle, faces_per_frame: int, seconds: float = 3.0):
@@ -19,7 +13,7 @@ def _windows(bundle, faces_per_frame: int, seconds: float = 3.0):
     import engines
     from realtime.fusion import Fusion, FusionOptions
 
-    engine, out = engines.load(bundle), Collect()
+    engine, out = engines.load(bundle), CollectingPublisher()
     state = Fusion(engine, FusionOptions(window_rate=4.0, window_s=2.0), out)
     rng = np.random.default_rng(3)
     size = engine.pre.face_size
