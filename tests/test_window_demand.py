@@ -3,6 +3,7 @@ topic covers `emotion.window`.  Real replays of a held-out session through real 
 with real SUB sockets on the public stream."""
 from __future__ import annotations
 
+import json
 import threading
 
 import zmq
@@ -38,8 +39,6 @@ def _replay(media, bundle, topic: bytes | None = None, types=UTTERANCES_ONLY):
             done = threading.Event()
 
             def listen():
-                import json
-
                 while not done.is_set() or sub.poll(200):
                     if sub.poll(100):
                         heard.append(json.loads(sub.recv_multipart()[1]))
