@@ -448,8 +448,10 @@ def live_run(media: Path, wav: Path, duration: float, bundle: Path, work: Path, 
     procs = watch.stop()
     messages = [json.loads(l) for l in messages_path.read_text().splitlines()]
     arrived_at = tap.arrival(read_wav(wav), after=plays[0]) if tap is not None else None
+    clock = [l for l in log.read_text().splitlines() if SERVE_CLOCK_LINE in l]
     return {"played_at": plays[0], "arrived_at": arrived_at, "plays": plays, "messages": messages, "procs": procs,
-            "rss": watch.rss_history}
+            "rss": watch.rss_history,
+            **({"clock": float(clock[0].rsplit(SERVE_CLOCK_LINE, 1)[1])} if clock else {})}
 
 
 def read_wav(path: Path) -> np.ndarray:
@@ -457,7 +459,8 @@ def read_wav(path: Path) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
 
 
-CLOCK_LINE = "at its own pace from wall clock "
+CLOCK_LINE = "at its own pace from wall clock "  # replay --realtime: the wall clock of media time 0
+SERVE_CLOCK_LINE = "media time 0 is wall clock "  # serve: its sources stamp media time m as captured then + m
 
 
 def start_service(bundle: Path, endpoint: str, log: Path, sets: list[str]) -> subprocess.Popen:
@@ -516,7 +519,8 @@ def sessions_run(n: int, media: Path, bundle: Path, work: Path, sets: list[str],
                 if proc.returncode != 0:
                     raise RuntimeError(f"session replay failed:\n{log.read_text()[-3000:]}")
             clock = [l for l in log.read_text().splitlines() if CLOCK_LINE in l]
-            runs.append({"played_at": float(clock[0].rsplit(CLOCK_LINE, 1)[1]),
+            media0 = float(clock[0].rsplit(CLOCK_LINE, 1)[1])  # the wav's sample 0 is media time 0
+            runs.append({"played_at": media0, "clock": media0,
                          "messages": [json.loads(l) for l in out.read_text().splitlines()]})
         procs_seen = monitor.stop()
     finally:
@@ -602,7 +606,13 @@ def media_offset(rows: list[dict], utterances: list[dict], lo: float = 0.0, hi: 
 
 
 def live_latencies(run: dict, rows: list[dict]) -> dict:
-    """End of speech -> utterance message, per spoken utterance; window update delays."""
+    """End of speech -> utterance message, per spoken utterance; window update delays.
+
+    Window delays need the wall time at which a window's end was captured.  With `clock` (the
+    wall clock of the run's media time 0, which serve and replay --realtime print) that is clock
+    + end; without, the media time of the wav's sample 0 is taken from where the utterance
+    messages lie (media_offset), which put it 60-100 ms late: the VAD closes an utterance
+    later after the speech than it opens it before, so the centred spans sit late."""
     utterances = [m for m in run["messages"] if m["type"] == "utterance"]
     shift = media_offset(rows, utterances) if utterances else 0.0
     latencies = []
@@ -613,17 +623,26 @@ def live_latencies(run: dict, rows: list[dict]) -> dict:
         if holding:
             message = max(holding, key=lambda u: u["end"])
             latencies.append(message["timing"]["emitted_at"] - (run["played_at"] + row["speech_end"]))
-    # Wall time of media time 0: the wav's sample 0 was played at played_at.
-    clock = run["played_at"] - shift
     windows = [m for m in run["messages"] if m["type"] == "window"]
-    # The same from when the wav reached the microphone (MicrophoneTap), where that was measured.
+    # From when the wav reached the microphone (MicrophoneTap), where that was measured.
     arrival = run.get("arrived_at")
     late = arrival - run["played_at"] if arrival is not None else None
+    if "clock" in run:  # from the capture of the window's end; from paplay's start adds the device's delay
+        captured = [m["timing"]["emitted_at"] - (run["clock"] + m["end"]) for m in windows]
+        window_delays = [d + late for d in captured] if late is not None else captured
+        arrival_window_delays = captured if late is not None else []
+    else:  # media time 0 as paplay played it, from where the messages lie
+        clock = run["played_at"] - shift
+        window_delays = [m["timing"]["emitted_at"] - (clock + m["end"]) for m in windows]
+        arrival_window_delays = [d - late for d in window_delays] if late is not None else []
     return {"latencies": latencies, "missed": len(rows) - len(latencies),
-            "window_delays": [m["timing"]["emitted_at"] - (clock + m["end"]) for m in windows],
+            "window_delays": window_delays,
             "arrival_latencies": [x - late for x in latencies] if late is not None else [],
-            "arrival_window_delays": ([m["timing"]["emitted_at"] - (clock + late + m["end"]) for m in windows]
-                                      if late is not None else []),
+            "arrival_window_delays": arrival_window_delays,
+            # media_offset's shift less the media time of the wav's sample 0 by the clock
+            # (arrived_at - clock): how late the offset found from the messages lies.
+            "offset_error": (shift - (arrival - run["clock"])
+                             if "clock" in run and arrival is not None and utterances else None),
             "asr_s": [u["timing"]["asr_s"] for u in utterances],
             "asr_early": [u["timing"].get("asr_early", False) for u in utterances], "infer_s": [u["timing"]["infer_s"] for u in utterances],
             "texts": [u["text"] for u in utterances]}
@@ -708,8 +727,10 @@ def arrival_metrics(lives: list[dict]) -> dict:
     the plain latencies, not in the arrival_ ones) and the latencies measured from arrival."""
     delays = [r["arrived_at"] - r["played_at"] for r in lives]
     pooled = lambda key: [x for r in lives for x in r[key]]
+    errors = [r["offset_error"] for r in lives if r.get("offset_error") is not None]
     return {"playback_delay_ms_median": round(1000 * median(delays), 1),
             "playback_delay_ms_max": round(1000 * max(delays), 1),
+            **({"media_offset_error_ms_median": round(1000 * median(errors), 1)} if errors else {}),
             **{f"arrival_{name}": round(1000 * pct(pooled(key), q), 1)
                for name, key, q in (("latency_p50_ms", "arrival_latencies", 50),
                                     ("latency_p95_ms", "arrival_latencies", 95),

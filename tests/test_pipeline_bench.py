@@ -112,3 +112,25 @@ def test_plain_replays_are_set_against_their_bare_runs_and_checked_against_the_f
     assert got["plain_replay_wall_s"] == 2.0 and got["plain_replay_cpu_s"] == 1.5
     assert got["plain_same_utterances"] == 1  # seq and timing aside
     assert plain_metrics("", [full], [plain(2.0, "ho")], bares)["plain_same_utterances"] == 0
+
+
+def test_window_delays_come_from_the_clock_serve_prints_where_there_is_one():
+    """The utterance messages' spans sit later than the speech (the VAD pads both sides but
+    closes late), so the shift found from them is off; serve's printed clock is not."""
+    from benchmarks.pipeline import live_latencies
+
+    rows = [{"start": 1.0, "speech_end": 2.0}]
+    played, late, clock = 100.0, 0.3, 99.5  # media time 0 was captured at 99.5: the wav's sample 0 at media 0.8
+    # The message's span is late by 0.15 s at its end, as the VAD's close is.
+    utterance = {"type": "utterance", "start": 1.8 - 0.2, "end": 2.8 + 0.35, "text": "",
+                 "timing": {"asr_s": 0.4, "infer_s": 0.01, "emitted_at": played + late + 2.0 + 0.7}}
+    window = {"type": "window", "start": 1.0, "end": 3.0,
+              "timing": {"infer_s": 0.01, "emitted_at": clock + 3.0 + 0.05}}  # 50 ms after its end was captured
+    run = {"played_at": played, "arrived_at": played + late, "clock": clock, "messages": [utterance, window]}
+    got = live_latencies(run, rows)
+    assert np.allclose(got["arrival_window_delays"], [0.05], atol=1e-6)
+    assert np.allclose(got["window_delays"], [0.05 + late], atol=1e-6)  # from paplay's start: the device's delay too
+    assert np.allclose(got["arrival_latencies"], [0.7], atol=1e-6)  # utterances: as before
+    assert got["offset_error"] > 0.05  # the shift from the messages lies late
+    without = live_latencies({k: v for k, v in run.items() if k != "clock"}, rows)
+    assert without["arrival_window_delays"][0] > got["arrival_window_delays"][0] + 0.05
