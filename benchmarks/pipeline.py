@@ -13,9 +13,12 @@ Everything runs as whole processes, as a user runs them:
   times, which a second recorder on the virtual microphone (MicrophoneTap) measures.  The
   `arrival_` figures take the same times from the moment the tap heard the wav instead, what a
   real microphone would have given the pipeline (playback_delay_ms: the difference).  Window latency: a window update's `emitted_at` minus
-  the wall time its end (its newest audio) was played; serve's media clock is laid over the
-  wav by the shift that best overlaps the utterance messages with the known speech, so
-  this one is good to a VAD frame or two (tens of ms).
+  the wall time its end (its newest audio) was played.  serve prints the wall clock of its
+  media time 0 (its sources stamp media time m as captured then + m), so `arrival_window_`
+  delays run from the capture of the window's end; the plain ones add the device's delay.
+  (Earlier results laid serve's media clock over the wav by the shift that best overlaps the
+  utterance messages with the known speech: that shift sat 60-100 ms late, and the window
+  delays with it; `media_offset_error_ms_median` says by how much in each run.)
 - replay: `realtime replay` of the same mp4 against a bare faster-whisper script over the same
   file (same model, threads and decoding, its own VAD), both from process start to exit.
 - per process (psutil on the process tree; stages name themselves rt-STAGE): CPU seconds and
