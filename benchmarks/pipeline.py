@@ -451,10 +451,10 @@ def live_run(media: Path, wav: Path, duration: float, bundle: Path, work: Path, 
     procs = watch.stop()
     messages = [json.loads(l) for l in messages_path.read_text().splitlines()]
     arrived_at = tap.arrival(read_wav(wav), after=plays[0]) if tap is not None else None
-    clock = [l for l in log.read_text().splitlines() if SERVE_CLOCK_LINE in l]
+    clock = printed_clock(log.read_text())
     return {"played_at": plays[0], "arrived_at": arrived_at, "plays": plays, "messages": messages, "procs": procs,
             "rss": watch.rss_history,
-            **({"clock": float(clock[0].rsplit(SERVE_CLOCK_LINE, 1)[1])} if clock else {})}
+            **({"clock": clock} if clock is not None else {})}
 
 
 def read_wav(path: Path) -> np.ndarray:
@@ -462,8 +462,12 @@ def read_wav(path: Path) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
 
 
-CLOCK_LINE = "at its own pace from wall clock "  # replay --realtime: the wall clock of media time 0
-SERVE_CLOCK_LINE = "media time 0 is wall clock "  # serve: its sources stamp media time m as captured then + m
+def printed_clock(log: str) -> float | None:
+    """The wall clock of media time 0 that serve or replay --realtime printed (realtime.stages.print_clock)."""
+    from realtime.stages import CLOCK_LINE
+
+    lines = [l for l in log.splitlines() if CLOCK_LINE in l]
+    return float(lines[0].rsplit(CLOCK_LINE, 1)[1]) if lines else None
 
 
 def start_service(bundle: Path, endpoint: str, log: Path, sets: list[str]) -> subprocess.Popen:
@@ -491,7 +495,7 @@ def stop_service(proc: subprocess.Popen, log: Path) -> dict:
 def sessions_run(n: int, media: Path, bundle: Path, work: Path, sets: list[str], timeout_s: float) -> dict:
     """n `realtime replay --realtime` sessions at once, every fusion stage on one `realtime infer`.
 
-    Each session's media time 0 is on the wall clock its source prints (CLOCK_LINE), so the
+    Each session's media time 0 is on the wall clock its source prints (printed_clock), so the
     latency of an utterance is its message's emitted_at minus that clock plus the end of
     speech in the file: the same measure as the live runs, without a microphone per session.
     A session still running timeout_s after the start is killed and counted in `hung`; what it
@@ -521,8 +525,7 @@ def sessions_run(n: int, media: Path, bundle: Path, work: Path, sets: list[str],
             else:
                 if proc.returncode != 0:
                     raise RuntimeError(f"session replay failed:\n{log.read_text()[-3000:]}")
-            clock = [l for l in log.read_text().splitlines() if CLOCK_LINE in l]
-            media0 = float(clock[0].rsplit(CLOCK_LINE, 1)[1])  # the wav's sample 0 is media time 0
+            media0 = printed_clock(log.read_text())  # the wav's sample 0 is media time 0
             runs.append({"played_at": media0, "clock": media0,
                          "messages": [json.loads(l) for l in out.read_text().splitlines()]})
         procs_seen = monitor.stop()

@@ -65,7 +65,7 @@ class Publisher:
 
     local_windows: whether the results copy's readers (the supervisor's --out file, callbacks)
     need window updates; when they do not, window updates are wanted only while a subscriber's
-    topic covers `emotion.window` (`wanted`)."""
+    topic covers `emotion.window` (`windows_wanted`)."""
 
     def __init__(self, stage: Stage, stream_options, session: str, local_windows: bool = True):
         self.stage, self.session = stage, session
@@ -103,13 +103,13 @@ class Publisher:
             timeout_ms = 0
         return joined
 
-    def wanted(self, kind: str) -> bool:
-        """Whether a message of this type would reach anyone: the results copy's readers, or a
+    def windows_wanted(self) -> bool:
+        """Whether a window update would reach anyone: the results copy's readers, or a
         subscriber whose topic is a prefix of its topic (ZeroMQ's rule)."""
-        if kind != "window" or self.local_windows:
+        if self.local_windows:
             return True
         self._take_subscriptions()
-        topic = protocol.TOPICS[kind].encode()
+        topic = protocol.TOPICS["window"].encode()
         return any(topic.startswith(prefix) for prefix in self.subscriptions)
 
     def publish(self, body: dict) -> dict:
@@ -321,7 +321,7 @@ class Fusion:
                                      "infer_s": round(infer_s, 4), "emitted_at": time.time()}})
 
     def score_window(self, end: float) -> None:
-        if not self.out.wanted("window"):
+        if not self.out.windows_wanted():
             return  # window updates are most of this stage's work: none for nobody
         start = max(0.0, end - self.options.window_s)
         window = Window(start=start, end=end, audio=self.audio.span(start, end),

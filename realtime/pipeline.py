@@ -404,9 +404,7 @@ def serve(
             sup.wait_ready(["microphone"])
             print(f"realtime: serving session {session} on {config.stream.endpoint} (Ctrl-C to stop)",
                   file=sys.stderr)
-            # The sources stamp media time m as captured at wall clock t_start + m: what a latency
-            # measurement needs (benchmarks/pipeline.py), as replay --realtime prints its own.
-            print(f"realtime: session {session} media time 0 is wall clock {t_start:.6f}", file=sys.stderr, flush=True)
+            stages.print_clock(f"session {session}", t_start)
             finished = sup.collect(sink, stop=lambda: stopping["now"] or time.monotonic() > t_end)
             if not finished:
                 sup.end_sources(session, live)

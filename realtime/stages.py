@@ -18,6 +18,14 @@ from realtime import bus
 from realtime.stage import Stage
 
 
+CLOCK_LINE = "media time 0 is wall clock "  # benchmarks/pipeline.py finds this on stderr
+
+
+def print_clock(doing: str, wall: float) -> None:
+    """The wall clock of media time 0 on stderr (sources stamp media time m as wall + m): what
+    a latency measurement needs (benchmarks/pipeline.py)."""
+    print(f"realtime: {doing}; {CLOCK_LINE}{wall:.6f}", file=sys.stderr, flush=True)
+
 def _media_messages(path: str, session: str, chunk_ms: int, video_fps: float, sample_rate: int):
     """A recording as the source sends it: (stream, header, array, media time it is complete).
 
@@ -67,8 +75,7 @@ def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps
     stage.report("ready")
     clock0 = time.monotonic()
     if realtime:  # the wall clock of media time 0: what a latency measurement needs (benchmarks/pipeline.py)
-        print(f"realtime: replaying {session} at its own pace from wall clock {time.time():.6f}",
-              file=sys.stderr, flush=True)
+        print_clock(f"replaying {session} at its own pace", time.time())
     since = -math.inf  # media time from which to send: everything, until a rewind
     while True:
         command = None

@@ -94,5 +94,5 @@ class CollectingPublisher:
     def publish(self, body: dict) -> None:
         self.bodies.append(body)
 
-    def wanted(self, kind: str) -> bool:
+    def windows_wanted(self) -> bool:
         return True
