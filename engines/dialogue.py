@@ -49,11 +49,11 @@ def prompt(window: Sequence[Turn], sep: str, mask: str) -> str:
 
 
 class History:
-    """The last `turns` turns of one session: the context of the next one."""
+    """The last `turns` turns of one session (None: all of them): the context of the next one."""
 
-    def __init__(self, turns: int):
-        if turns < 0:
-            raise ValueError(f"context turns must be >= 0, got {turns}")
+    def __init__(self, turns: int | None):
+        if turns is not None and turns < 0:
+            raise ValueError(f"context turns must be >= 0 (None: all), got {turns}")
         self._past: deque[Turn] = deque(maxlen=turns)
 
     @property
@@ -67,9 +67,10 @@ class History:
 
 def text_input(pre, past: Sequence[Turn], current: Turn) -> str:
     """What the text encoder reads for `current` under preprocessing `pre`: the utterance
-    alone (mean pooling), or the prompt with its last pre.text_context_turns past turns
-    (mask pooling)."""
+    alone (mean pooling), or the prompt with its last pre.context_turns past turns (None:
+    all; mask pooling)."""
     if pre.text_pooling == "mean":
         return current.text.strip()
-    window = list(past)[max(0, len(past) - pre.text_context_turns):]
+    turns = len(past) if pre.context_turns is None else pre.context_turns
+    window = list(past)[max(0, len(past) - turns):]
     return prompt([*window, current], pre.text_sep, pre.text_mask)

@@ -33,7 +33,9 @@ class Preprocessing:
     # mask: TelME's prompt "<s1> past... [SEP] Now <s1> feels [MASK]", its mask token's
     #   state (for an encoder fine-tuned on such prompts: `trainer teach`, then
     #   [train] text_encoder)
-    text_context_turns: int = 0  # past turns of the session in the prompt (needs text_pooling = "mask")
+    text_context_turns: int = 0  # past turns of the session in the prompt (needs text_pooling = "mask");
+    # -1 = all of them (in training the whole dialogue so far, live the whole session), as a
+    # teacher tuned with max_turns None read them; text_max_tokens still cuts the oldest
     text_sep: str = ""  # separator token of the mask prompt; "" = the encoder's own (trainer fit fills it in)
     text_mask: str = ""  # mask token of the mask prompt; "" = the encoder's own (trainer fit fills it in)
 
@@ -46,11 +48,16 @@ class Preprocessing:
             raise ValueError(f"tubelet must be three sizes >= 1 (frames, height, width), got {self.tubelet}")
         if self.text_pooling not in ("mean", "mask"):
             raise ValueError(f"text_pooling must be mean or mask, got {self.text_pooling!r}")
-        if self.text_context_turns < 0:
-            raise ValueError(f"text_context_turns must be >= 0, got {self.text_context_turns}")
+        if self.text_context_turns < -1:
+            raise ValueError(f"text_context_turns must be >= 0, or -1 for all, got {self.text_context_turns}")
         if self.text_context_turns and self.text_pooling != "mask":
             raise ValueError("text_context_turns needs text_pooling = \"mask\": dialogue context goes "
                              "into the prompt, which only mask pooling reads")
+
+    @property
+    def context_turns(self) -> int | None:
+        """text_context_turns as a limit: None = all past turns."""
+        return None if self.text_context_turns == -1 else self.text_context_turns
 
     @property
     def audio_frames(self) -> int:

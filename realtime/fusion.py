@@ -162,7 +162,7 @@ class Fusion:
         self.faces = faces or FaceOptions()  # the speaker evidence, and the rate frames are sampled at
         # Past utterances of this session, each with the face that spoke it: the text
         # branch's dialogue context (speaker tokens, as training builds them).
-        self.history = History(engine.pre.text_context_turns)
+        self.history = History(engine.pre.context_turns)
         self.audio = AudioRing(options.keep_s, engine.pre.sample_rate)
         self.frames: list[FaceFrame] = []  # every face of each sampled frame, in time order
         self.pending: list[tuple[dict, np.ndarray]] = []  # transcripts waiting for their video

@@ -32,6 +32,8 @@ def test_text_input_mean_ignores_context_and_mask_keeps_the_last_turns():
     assert text_input(MASKED, past[:1], now) == "<s1> t0 <s1> now [SEP] Now <s1> feels [MASK]"
     none = dataclasses.replace(MASKED, text_context_turns=0)
     assert text_input(none, past, now) == "<s1> now [SEP] Now <s1> feels [MASK]"
+    every = dataclasses.replace(MASKED, text_context_turns=-1)  # -1: all past turns
+    assert text_input(every, past, now) == "<s1> t0 <s1> t1 <s1> t2 <s1> t3 <s1> t4 <s1> now [SEP] Now <s1> feels [MASK]"
 
 
 def test_history_is_bounded_and_skips_empty_transcripts():
@@ -40,6 +42,10 @@ def test_history_is_bounded_and_skips_empty_transcripts():
         history.add(Turn(UNKNOWN_SPEAKER, text))
     assert [t.text for t in history.past] == ["two", "three"]
     assert History(0).past == []
+    every = History(None)  # all turns, as a teacher tuned on whole dialogues read them
+    for i in range(50):
+        every.add(Turn(UNKNOWN_SPEAKER, str(i)))
+    assert len(every.past) == 50
     with pytest.raises(ValueError):
         History(-1)
 
@@ -63,6 +69,9 @@ def test_student_texts_use_only_the_past_of_the_same_session():
     # stage's face ids do: Bob (x1, x3) is <s1>, Ann (x2) <s2>.
     assert texts["x3"] == "<s1> x1 <s2> x2 <s1> x3 [SEP] Now <s1> feels [MASK]"
     assert texts["y0"] == "<s1> y0 [SEP] Now <s1> feels [MASK]"
+    every = dataclasses.replace(MASKED, text_context_turns=-1)  # all past turns of the dialogue
+    assert student_texts(utts, every)[utts.index(next(u for u in utts if u.text == "x3"))] == \
+        "<s1> x0 <s2> x1 <s1> x2 <s2> x3 [SEP] Now <s2> feels [MASK]"
     assert student_texts(utts, Preprocessing()) == [u.text for u in utts]
     # A corpus that names no speakers: every turn is the one unknown speaker.
     nameless = [Utterance(session="z", file=Path(), start=k, end=k + 1, text=f"z{k}", speaker="", labels=[],

@@ -270,3 +270,8 @@ def test_recipe_text_teacher_sets_the_prompt_the_encoder_was_tuned_on(tmp_path):
     assert (pre.text_pooling, pre.text_context_turns, pre.text_max_tokens) == ("mask", 4, 96)
     assert pre.text_sep == "" and pre.text_mask == ""  # fit fills in the encoder's own tokens
     assert (pre.sample_rate, pre.face_size) == (config.preprocessing.sample_rate, config.preprocessing.face_size)
+    # A teacher tuned on every past turn (max_turns None) is served every past turn, not 8.
+    (teacher / "text_teacher.json").write_text(json.dumps({"config": {"max_turns": None, "max_len": 96,
+                                                                      "context": True}}))
+    _, pre = text_from_teacher(teacher, config.train, config.preprocessing)
+    assert pre.text_context_turns == -1 and pre.context_turns is None

@@ -130,9 +130,9 @@ def with_speech_padding(corpus: Corpus, pad_ms: int) -> Corpus:
     return Corpus(corpus.labels, utterances)
 
 
-def text_windows(utterances: list[Utterance], context_turns: int) -> list[Window]:
+def text_windows(utterances: list[Utterance], context_turns: int | None) -> list[Window]:
     """Each utterance as the fusion stage sees its words (no media): its transcript and
-    its last `context_turns` past turns of the same dialogue, each with the speaker the
+    its last `context_turns` past turns of the same dialogue (None: all), each with the speaker the
     corpus names (the unknown one where it names none).  The fusion stage names turns by
     the face that spoke them; engines.dialogue.prompt turns either kind into the same
     speaker tokens <s1>, <s2>, ... in order of appearance."""

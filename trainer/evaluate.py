@@ -256,7 +256,7 @@ def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress
                      engine.labels, training.get("speech_pad_ms", 0))
     utts = corpus.split(split)
     pre, faces = engine.pre, FaceOptions(**engine.bundle.manifest["faces"])
-    windows = text_windows(utts, pre.text_context_turns)
+    windows = text_windows(utts, pre.context_turns)
     probs = np.zeros((len(utts), len(engine.labels)), np.float32)
     by_file = media_files(utts)
     with_media = {i for indices in by_file.values() for i in indices}

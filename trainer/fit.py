@@ -122,7 +122,7 @@ def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing,
 def student_texts(utterances: list, pre: Preprocessing) -> list[str]:
     """What the student's text encoder reads for each utterance ("" without text): the
     fusion stage's text input of the same Window (trainer.data.text_windows)."""
-    return text_inputs(text_windows(utterances, pre.text_context_turns), pre)
+    return text_inputs(text_windows(utterances, pre.context_turns), pre)
 
 
 def with_text_tokens(pre: Preprocessing, encoder: SentenceEncoder) -> Preprocessing:
@@ -156,7 +156,7 @@ def build_inputs(corpus, split, pre, faces, opts, encoder, progress=True):
     feats["media_index"] = index
     # The text part as the fusion stage assembles it (engines.features), embedded by
     # the PyTorch encoder that text_encoder.onnx is exported from.
-    windows = text_windows(utts, pre.text_context_turns)
+    windows = text_windows(utts, pre.context_turns)
     feats["text_emb"] = text_embeddings(windows, pre, lambda texts: embed_texts(encoder, texts, pre, cache),
                                         encoder.dim)
     feats["present"] = presence(windows, feats["audio_mask"][index], feats["video_mask"][index])

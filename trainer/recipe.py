@@ -116,7 +116,7 @@ def text_from_teacher(teacher: Path, train, pre):
     tuned = json.loads(meta.read_text())["config"]
     turns = tuned["max_turns"] if tuned.get("context", True) else 0
     return (replace(train, text_encoder=str((teacher / "encoder").resolve()), text_head=str(teacher.resolve())),
-            replace(pre, text_pooling="mask", text_context_turns=8 if turns is None else turns,
+            replace(pre, text_pooling="mask", text_context_turns=-1 if turns is None else turns,
                     text_max_tokens=tuned["max_len"], text_sep="", text_mask=""))
 
 
