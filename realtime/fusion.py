@@ -256,7 +256,11 @@ class Fusion:
             end = self.next_window
             self.next_window += self.period  # first: the checkpoint sent with it says what is next
             self.score_window(end)
-        oldest = min([u["start"] for u, _ in self.pending] + [self.next_window - self.options.window_s])
+        # Frames are kept from the oldest pending utterance or the next window's start, and
+        # keep_s before that for utterances still being transcribed.  With window updates off
+        # the next window never comes (its start is infinite): keep_s before the newest frame.
+        upcoming = self.next_window - self.options.window_s if self.period != math.inf else self.last_frame_t
+        oldest = min([u["start"] for u, _ in self.pending] + [upcoming])
         self.frames = [f for f in self.frames if f.t >= oldest - self.options.keep_s]
 
     def video_complete(self) -> float:

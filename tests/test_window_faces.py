@@ -67,3 +67,32 @@ def test_each_of_two_faces_gets_its_own_video_prediction(bundle):
         assert first["video"] == w["peers"]["video"]  # face 1 is the main face in every frame
         assert _close(second["video"], _alone(engine, frames, w["start"], w["end"], 1))
         assert not _close(second["video"], first["video"])
+
+
+def test_window_updates_off_keep_every_crop_an_utterance_needs(bundle):
+    """[fusion] window_rate = 0: no window update, and an utterance whose transcript comes after
+    its frames and audio (as the ASR's always does) still reads every crop of its span."""
+    import engines
+    from realtime.fusion import Fusion, FusionOptions
+
+    engine, out = engines.load(bundle), CollectingPublisher()
+    state = Fusion(engine, FusionOptions(window_rate=0), out)
+    rng = np.random.default_rng(5)
+    size = engine.pre.face_size
+    frames = []
+    for k in range(20):  # 4 s at 5 fps, each frame followed by its 200 ms of audio
+        t = k / 5
+        crops = rng.integers(0, 255, (1, size, size), dtype=np.uint8)
+        frames.append((t, crops))
+        state.on_message({"type": "face", "t": t, "main": 0, "frame": [320, 240],
+                          "faces": [{"id": 1, "box": [10, 20, 60, 60], "motion": 0.0}]}, crops)
+        state.on_message({"type": "audio", "t": t}, (rng.standard_normal(3200) * 0.05).astype(np.float32))
+    audio = state.audio.span(0.5, 2.5)
+    state.on_message({"type": "transcript", "start": 0.5, "end": 2.5, "text": "so it goes", "asr_s": 0.1}, audio)
+    for stream in ("video", "audio", "audio_copy"):
+        state.on_message({"type": "eos", "stream": stream}, None)
+    assert state.finished
+    assert [b["type"] for b in out.bodies] == ["transcript", "utterance"]  # no window update
+    utterance = out.bodies[1]
+    assert "video" in utterance["modalities"]
+    assert _close(utterance["peers"]["video"], _alone(engine, frames, 0.5, 2.5, 0))
