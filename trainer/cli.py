@@ -8,6 +8,7 @@
   trainer export RUN --out BUNDLE [--precision fp32|fp16] [--tensorrt] [--triton DIR]
   trainer card BUNDLE [--eval NAME=REPORT_DIR ...]        add test scores to the model card
   trainer recipe real --out DIR [--quick] [--check]       the default bundle from real data, resumable
+  trainer data fetch [meld goemotions iemocap] --to DIR   the public corpora, SHA-256 checked
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from trainer.fetch import BASE_URL as FETCH_BASE_URL  # light: urllib, tqdm
+
     parser = argparse.ArgumentParser(prog="trainer", description="Train and export the multimodal emotion model.")
     parser.add_argument("--config", type=Path, default=None,
                         help="settings file (default: config.toml of the checkout, else built-in defaults)")
@@ -107,6 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MELD alone, at most 4 epochs and 12 synthetic sessions (the demo's model)")
     rp.add_argument("--check", action="store_true",
                     help="only say where the corpora are (exit 2 when one is missing), train nothing")
+
+    dp = sub.add_parser("data", help="get the corpora the real recipe reads",
+                        description="fetch: download MELD and GoEmotions from the public repositories our "
+                                    "copies came from, check each file's SHA-256, and lay them out as "
+                                    "[recipe] data_root expects (DIR/meld, DIR/goemotions).  IEMOCAP's "
+                                    "licence requires a request to its owners: fetch says how.")
+    dsub = dp.add_subparsers(dest="action", required=True)
+    fetch = dsub.add_parser("fetch", help="download and check the public corpora (resumable)")
+    fetch.add_argument("corpora", nargs="*", metavar="CORPUS",  # no choices=: argparse 3.11 refuses none given
+                       help="meld, goemotions, iemocap (default: all; iemocap only prints how to get it)")
+    fetch.add_argument("--to", type=Path, required=True, metavar="DIR",
+                       help="data root to write (then point [recipe] data_root or $EMOTION_DATA at it)")
+    fetch.add_argument("--base-url", default=FETCH_BASE_URL, metavar="URL",
+                       help="where the files come from: URL + each repository path (default %(default)s; "
+                            "a mirror that serves the same paths works)")
 
     ep = sub.add_parser("export", help="export a run as a model bundle (ONNX graphs, weights, manifest)",
                         description="Write a bundle that ONNX Runtime, PyTorch and (with --tensorrt) "
@@ -215,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"bundle": str(done["bundle"]), "test_weighted_f1": scores,
                               "seconds": {k: round(v, 1) for k, v in done["seconds"].items()}}, indent=2))
             print(f"serve it: realtime serve --model {done['bundle']}")
+        elif args.command == "data":
+            from trainer.fetch import fetch_command
+
+            return fetch_command(args.corpora, args.to, args.base_url, progress)
         elif args.command == "export":
             from trainer.export import export
 
