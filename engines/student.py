@@ -7,7 +7,9 @@ attention), plus TelME's attention-based modality shifting: the text token,
 shifted by a displacement vector made from the audio and video tokens, is added
 to the fusion token, so the fusion head always has the text's own view and the
 non-verbal peers move it rather than replace it.  Presence masks let any
-modality be missing, per sample.
+modality be missing, per sample.  With StudentConfig.peer_base the fused prediction
+is the present peers' own (Student.fuse) and the fusion head adds a residual to it
+only where several modalities are present: a lone modality leads.
 
 Attention is written out (no nn.MultiheadAttention fast path) so that the graph
 exports to ONNX plainly, and masks are per sample: attention never mixes the
@@ -68,6 +70,12 @@ class StudentConfig:
     # The branches that are built.  A modality the model never reads (audio in the real
     # recipe) gets no peer: no weights, no compute; its token is zero and always masked.
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    # What the fused prediction is built on.  False (every bundle trained before this field): the
+    # fusion head's logits are the prediction, plus the text teacher's where it is the text head.
+    # True: the present peers' own predictions are the base (Student.fuse) -- the lone peer's where
+    # one modality is present, a learnt mix where several are -- and the fusion head only adds a
+    # residual, which starts at zero and applies only where two or more modalities are present.
+    peer_base: bool = False
 
     def __post_init__(self):
         if not self.modalities or set(self.modalities) - set(MODALITIES):
@@ -186,6 +194,13 @@ class Student(nn.Module):
         self.fusion_norm = nn.LayerNorm(cfg.dim)
         self.shift = ModalityShift(cfg)
         self.fusion_head = nn.Linear(cfg.dim, cfg.n_labels)
+        if cfg.peer_base:
+            # The residual starts at zero, so the fused prediction starts as the peers' own.
+            nn.init.zeros_(self.fusion_head.weight)
+            nn.init.zeros_(self.fusion_head.bias)
+            # Each peer's share of the base where several are present (a softmax over the present
+            # ones; equal shares at the start).  Only with peer_base: older bundles' weights lack it.
+            self.peer_weight = nn.Parameter(torch.zeros(len(MODALITIES)))
         # Training-only heads on each head's aggregation/fusion token: g_{m->c} into the
         # joint space of NCE, and projections to a teacher's feature size for feature KD.
         # forward() (and so the exported graph) never uses them.
@@ -281,10 +296,30 @@ class Student(nn.Module):
         shifted = self.shift(x_t[:, 0], torch.stack([x_a[:, 0], x_v[:, 0]], dim=1), present[:, 1:3])
         fused = fused + present[:, 0:1] * shifted  # no text: the fusion token alone
         logit_f = self.fusion_head(fused)
-        if told is not None:
+        if self.cfg.peer_base:
+            logit_f = self.fuse(logit_f, torch.stack([logit_t, logit_a, logit_v], dim=1), present)
+        elif told is not None:
             logit_f = logit_f + present[:, 0:1] * told
         tokens = {"fusion": fused, "text": x_t[:, 0], "audio": x_a[:, 0], "video": x_v[:, 0]}
         return torch.stack([logit_f, logit_t, logit_a, logit_v], dim=1), tokens
+
+    def fuse(self, residual: torch.Tensor, peer_logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The fused logits with peer_base: residual (B, L) from the fusion head, peer_logits
+        (B, 3, L) in MODALITIES order, present (B, 3).
+
+        base = sum_m w_m z_m over the present peers, w = softmax of peer_weight over them; with
+        one modality present w is 1 for it, and the fused logits ARE that peer's.  The fusion
+        head has nothing to fuse there, and what it would learn is a second copy of that
+        modality's head trained on whatever data had it alone: in the real recipe the only
+        aligned video is synthetic faces, and such a copy overrode the FER network on real faces
+        (issue 23: 91 of 129 video-only windows of a real face disagreed with the face peer).  So
+        each present modality leads where the others are absent, and the residual only says how
+        modalities combine where there are several.  With none present (never in training) the
+        fused logits are the residual alone, the fusion token's prior."""
+        weights = (self.peer_weight + (1.0 - present) * NEG).softmax(-1) * present.amax(1, keepdim=True)
+        base = (weights[:, :, None] * peer_logits).sum(1)
+        solo = (present.sum(1, keepdim=True) == 1.0).to(residual.dtype)
+        return base + (1.0 - solo) * residual
 
     def forward(self, text_emb, mel, audio_mask, video, video_mask, present):
         """present: (B, 3) float, 1 where text, audio, video are given.

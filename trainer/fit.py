@@ -75,6 +75,9 @@ class TrainOptions:
     text_head: str = ""  # directory of `trainer teach` whose encoder is the text branch (text_encoder =
     # DIR/encoder, text_pooling = "mask"): its classifier becomes the text head, and the fusion adjusts
     # that prediction instead of learning text anew (StudentConfig.text_classes); "" = a learnt text head
+    peer_base: bool = True  # the fused prediction is the present peers' own and the fusion head adds to it only
+    # where several modalities are present, so a lone face or transcript keeps its peer's prediction
+    # (StudentConfig.peer_base); false: the fusion head's own prediction, as bundles before it
 
     def __post_init__(self):
         self.modalities = tuple(self.modalities)
@@ -483,7 +486,8 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
                         heads=opts.heads, layers=opts.layers, shift_threshold=opts.shift_threshold,
                         kd_dims={t["name"]: int(train[f"{t['name']}_features"].shape[1]) for t in teachers},
                         video_encoder=opts.video_encoder, fer_classes=fer_classes(corpus.labels, opts),
-                        modalities=list(opts.modalities), **text_head_config(corpus.labels, opts, pre))
+                        modalities=list(opts.modalities), peer_base=opts.peer_base,
+                        **text_head_config(corpus.labels, opts, pre))
     model = Student(cfg, pre)
     if cfg.text_classes:
         load_text_head(model, opts.text_head)
