@@ -175,17 +175,22 @@ def fetch(corpora: list[str], to: Path, base_url: str = BASE_URL, progress: bool
         folder = Path(to) / source.folder
         folder.mkdir(parents=True, exist_ok=True)
         log(f"{source.title} ({source.licence}, {source.origin}) -> {folder}")
-        for remote in source.files:
-            target = folder / remote.name
-            if target.exists():
-                digest = sha256_of(target)
-                if digest != remote.sha256:
-                    raise FetchError(f"{target} is there, but its SHA-256 is {digest}, not the recorded "
-                                     f"{remote.sha256}; move it away to fetch the published file")
-                log(f"  {remote.name}: already there, SHA-256 checks")
-                continue
-            download(base_url + remote.path, target, remote, progress)
-            log(f"  {remote.name}: {remote.size} bytes, SHA-256 checks")
+        try:
+            for remote in source.files:
+                target = folder / remote.name
+                if target.exists():
+                    digest = sha256_of(target)
+                    if digest != remote.sha256:
+                        raise FetchError(f"{target} is there, but its SHA-256 is {digest}, not the recorded "
+                                         f"{remote.sha256}; move it away to fetch the published file")
+                    log(f"  {remote.name}: already there, SHA-256 checks")
+                    continue
+                download(base_url + remote.path, target, remote, progress)
+                log(f"  {remote.name}: {remote.size} bytes, SHA-256 checks")
+        except FetchError:
+            if not any(folder.iterdir()):
+                folder.rmdir()  # an empty meld/ would pass `trainer recipe real --check`
+            raise
         folders[name] = folder
     return folders
 
