@@ -674,7 +674,7 @@ def proc_metrics(prefix: str, runs: list[dict]) -> dict:
 
 def plain_metrics(prefix: str, replays: list[dict], plains: list[dict], bares: list[dict]) -> dict:
     """The plain replays (`replay --out`, utterance results only) against the bare runs beside them."""
-    strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq")}
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq", "session")}
     utterances = lambda run: [strip(m) for m in run["messages"] if m["type"] == "utterance"]
     cpu = lambda run: sum(p["cpu_s"] for p in run["procs"].values())
     return {f"{prefix}{k}": v for k, v in {
@@ -691,7 +691,7 @@ def replay_metrics(prefix: str, rows: list[dict], duration: float, replays: list
     utt = [m for r in replays for m in r["messages"] if m["type"] == "utterance"]
     win = [m for r in replays for m in r["messages"] if m["type"] == "window"]
     # Windows interleave with utterances by arrival, so compare each type's messages in order.
-    strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq")}
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq", "session")}
     by_type = lambda run: {t: [strip(m) for m in run["messages"] if m["type"] == t]
                            for t in ("utterance", "window", "transcript", "status")}
     same = all(by_type(r) == by_type(replays[0]) for r in replays)

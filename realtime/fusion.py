@@ -22,6 +22,7 @@ published is scored again) and the sources send the media again from there.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,10 @@ class Publisher:
 
     def __init__(self, stage: Stage, stream_options, session: str, local_windows: bool = True):
         self.stage, self.session = stage, session
-        self.seq = 0
+        self.seq = 0  # the session's next message, of any topic
+        # Each topic's next message: a subscriber to some topics detects loss from these, as
+        # `seq` also counts what others subscribed to (README: seq and topic_seq).
+        self.topic_seq = dict.fromkeys(protocol.TOPICS.values(), 0)
         self.local_windows = local_windows
         # Topic prefixes subscribed to now.  XPUB passes on a topic's first subscription and its
         # last unsubscription only, so a set of them is exactly what some subscriber still wants.
@@ -113,14 +117,46 @@ class Publisher:
         return any(topic.startswith(prefix) for prefix in self.subscriptions)
 
     def publish(self, body: dict) -> dict:
-        body = {"protocol": protocol.PROTOCOL, "session": self.session, "seq": self.seq, **body}
+        topic = protocol.topic_for(body)
+        body = protocol.stamp(body, self.session, self.seq, self.topic_seq[topic])
         self.seq += 1
+        self.topic_seq[topic] += 1
         self.pub.send_multipart(protocol.encode(body))
         result = {"type": "result", "body": body}
         if (state := self.state()) is not None:
             result["resume"] = state
         self.stage.send(self.results, result)
         return body
+
+
+def announce_failure(ctx: zmq.Context, stream_options, session: str, checkpoint: dict, detail: str,
+                     grace_s: float = 1.0) -> list[dict]:
+    """Publish the end of a session whose processing gave up: a `failed` status (detail says
+    why), then `finished`, numbered on from fusion's last checkpoint, so a subscriber waiting
+    for `finished` does not wait for ever.  For the supervisor, once the fusion stage is dead
+    (its endpoint is free).  Subscribers reconnect by themselves (ZeroMQ retries every 100 ms)
+    and nobody knows how many were there: grace_s gives them the time to.  Returns the two
+    bodies, for the caller's own results."""
+    status = protocol.TOPICS["status"]
+    seq, topic_seq = checkpoint["seq"], checkpoint["topic_seq"][status]
+    bodies = [protocol.stamp({"type": "status", "state": "failed", "detail": detail}, session, seq, topic_seq),
+              protocol.stamp({"type": "status", "state": "finished"}, session, seq + 1, topic_seq + 1)]
+    try:
+        public = PublicSocket(ctx, stream_options)
+    except zmq.ZMQError as exc:
+        print(f"realtime: cannot tell subscribers of the failure on {stream_options.endpoint}: {exc}",
+              file=sys.stderr, flush=True)
+        return bodies
+    try:
+        deadline = time.monotonic() + grace_s
+        while (left := deadline - time.monotonic()) > 0:
+            if public.sock.poll(max(1, int(left * 1000))):
+                public.sock.recv()  # a subscription: XPUB applies it itself
+        for body in bodies:
+            public.sock.send_multipart(protocol.encode(body))
+    finally:
+        public.close()  # lingers until they are out
+    return bodies
 
 
 class AudioRing:
@@ -188,13 +224,14 @@ class Fusion:
         need_from = self.scored_until  # the next utterance starts after the last one scored
         if self.period != math.inf:
             need_from = min(need_from, self.next_window - self.options.window_s)
-        return {"seq": self.out.seq, "history": [[t.speaker, t.text] for t in self.history.past],
+        return {"seq": self.out.seq, "topic_seq": dict(self.out.topic_seq),
+                "history": [[t.speaker, t.text] for t in self.history.past],
                 "scored_until": self.scored_until, "transcribed_until": self.transcribed_until,
                 "next_window": None if self.period == math.inf else self.next_window,
                 "utterances": self.utterances, "lost": sorted(self.lost), "resume_from": need_from}
 
     def _resume(self, state: dict) -> None:
-        self.out.seq = state["seq"]
+        self.out.seq, self.out.topic_seq = state["seq"], dict(state["topic_seq"])
         for speaker, text in state["history"]:
             self.history.add(Turn(speaker, text))
         self.scored_until, self.transcribed_until = state["scored_until"], state["transcribed_until"]
@@ -355,9 +392,10 @@ class Fusion:
 
 def fusion(stage: Stage, model_options, stream_options, fusion_options, session: str,
            face_options: FaceOptions | None = None, resume: dict | None = None, bundle=None,
-           local_windows: bool = True) -> None:
+           local_windows: bool = True, source: str = "") -> None:
     """The stage body.  resume (after a restart): `detail` says why, `state` is the last
     checkpoint the supervisor received (None when the stage failed before publishing).
+    source: the replayed file's name, for the `started` status ("": live, none sent).
     bundle: the engines.bundle.Bundle the caller opened (and verified: its 100 MB are not
     hashed a second time at every start); None: [model] bundle is opened here.
     local_windows: the caller reads window updates from the results copy (Publisher)."""
@@ -375,7 +413,10 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
         out.wait_for_subscribers(stream_options.wait_subscribers, stream_options.wait_timeout_s)
     stage.report("ready")
     if not (resume or {}).get("state"):
-        out.publish({"type": "status", "state": "started", "labels": engine.labels})
+        # `labels` is the 1.0 name of the list, kept for 1.x readers until a major version
+        # (everywhere else `labels` are probabilities); 1.3 readers use `label_names`.
+        out.publish({"type": "status", "state": "started", "label_names": engine.labels, "labels": engine.labels,
+                     **({"source": source} if source else {})})
     if resume:
         out.publish({"type": "status", "state": "restarted", "detail": resume["detail"]})
     while not state.finished:

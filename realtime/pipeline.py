@@ -35,7 +35,7 @@ import zmq
 
 from engines.bundle import Bundle, open_bundle
 from engines.card import model_line
-from realtime import bus, fusion, sources, stages
+from realtime import bus, fusion, protocol, sources, stages
 from realtime.config import RealtimeConfig
 from realtime.forkserver import stage_environment, stage_processes
 from realtime.security import check_server_keys
@@ -108,14 +108,16 @@ class Supervisor:
         self.ready.discard(name)
         self.last_seen[name] = time.monotonic()
 
-    def start_processing(self, open_model: Callable[[], Bundle], session: str, paced: bool = True) -> Bundle:
+    def start_processing(self, open_model: Callable[[], Bundle], session: str, paced: bool = True,
+                         source: str = "") -> Bundle:
         """Start the processing stages and wait until they are ready; returns the bundle.
 
         open_model opens and verifies the bundle (hashing ~100 MB): the VAD and the ASR read
         none, so they load their models meanwhile, and a bad bundle stops them before any
         media is read.  paced: the media comes at its own speed (serve, replay --realtime).
         Only then does speculative ASR save time; a replay as fast as it goes would
-        transcribe some utterances twice (where speech resumes) for nothing."""
+        transcribe some utterances twice (where speech resumes) for nothing.
+        source: the replayed file's name, which the `started` status names ("": live)."""
         cfg = self.config
         self.start("segmenter", functools.partial(stages.segmenter, vad_options=cfg.vad,
                                                  partial_every_s=cfg.asr.partial_every_s,
@@ -128,7 +130,8 @@ class Supervisor:
         self.start("fusion", functools.partial(fusion.fusion, model_options=cfg.model, bundle=bundle,
                                                stream_options=cfg.stream,
                                                fusion_options=cfg.fusion, face_options=cfg.faces,
-                                               session=session, local_windows=self.local_windows))
+                                               session=session, local_windows=self.local_windows,
+                                               source=source))
         self.wait_ready(PROCESSING)
         return bundle
 
@@ -244,6 +247,23 @@ class Supervisor:
             if message is not None:
                 self._take_result(message)
 
+    def announce_failure(self, session: str, detail: str) -> None:
+        """Processing gave up (PipelineError): end the session for its subscribers, and in the
+        results, with `failed` then `finished` (fusion.announce_failure), if it had started and
+        not yet finished.  The processing stages are stopped first: fusion's socket must go."""
+        for stage in PROCESSING:
+            if stage in self.procs and self.procs[stage].is_alive():
+                self.procs[stage].kill()
+        for stage in PROCESSING:
+            if stage in self.procs:
+                self.procs[stage].join(5)
+        self._drain_results()  # what fusion published before it died: its last checkpoint
+        if self.checkpoint is None or self.fusion_finished:
+            return
+        for body in fusion.announce_failure(self.ctx, self.config.stream, session, self.checkpoint, detail):
+            if self.on_result is not None:
+                self.on_result(body)
+
     def collect(self, on_result: Callable[[dict], None], stop: Callable[[], bool] = lambda: False) -> bool:
         """Pass published messages to on_result until fusion's end of stream (True) or stop() (False)."""
         self.on_result = on_result
@@ -337,13 +357,14 @@ def replay(
     media = Path(media)
     probe_media(media)  # a bad file is refused with FFmpeg's reason, before any model loads
     check_server_keys(config.stream)
-    session = media.stem
+    session = protocol.new_session(media.stem)  # unique: a subscriber tells two replays apart
     sink = None
     with private_workdir() as workdir:
         sup = Supervisor(config, workdir, restart=True,
                          local_windows=wants_windows(all_messages, on_message, on_message_types))
         try:
-            bundle = sup.start_processing(lambda: announced_bundle(config), session, paced=realtime)
+            bundle = sup.start_processing(lambda: announced_bundle(config), session, paced=realtime,
+                                          source=media.name)
             # Opened (and so emptied) only once the bundle has passed its checks.
             sink = ResultSink(out_jsonl, on_message, all_types=all_messages)
             sup.start("source", functools.partial(
@@ -351,6 +372,9 @@ def replay(
                 chunk_ms=config.pipeline.chunk_ms, video_fps=config.faces.sample_fps,
                 sample_rate=bundle.preprocessing.sample_rate, realtime=realtime, rewindable=True))
             sup.collect(sink)
+        except PipelineError as exc:
+            sup.announce_failure(session, str(exc).splitlines()[0])
+            raise
         finally:
             sup.stop()
             if sink:
@@ -371,7 +395,7 @@ def serve(
     out_jsonl gets every published message; on_message_types as for replay."""
     stage_processes()  # now: its imports overlap the checks below
     check_server_keys(config.stream)
-    session = time.strftime("live-%Y%m%d-%H%M%S")
+    session = protocol.new_session("live")
     sink = None
     stopping = {"now": False}
 
@@ -410,6 +434,9 @@ def serve(
                 sup.end_sources(session, live)
                 sup.restart = False
                 sup.collect(sink)
+        except PipelineError as exc:
+            sup.announce_failure(session, str(exc).splitlines()[0])
+            raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

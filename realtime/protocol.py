@@ -6,13 +6,15 @@ with a ZeroMQ binding subscribes with the schema and the README alone.
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from functools import lru_cache
 from pathlib import Path
 
-# Major version 1, minor 2: minor versions only add optional fields (1.1: the utterance's
-# `speaker`, the window's `faces`; 1.2: the window's `frame`), so a reader of major 1 reads them all; check the
-# major version with `compatible`, not the whole string.
-PROTOCOL = "emotion-stream/1.2"
+# Major version 1, minor 3: minor versions only add optional fields, values of open lists
+# and message types (the changelog: README.md, The emotion stream, Versions), so a reader of
+# major 1 reads them all; check the major version with `compatible`, not the whole string.
+PROTOCOL = "emotion-stream/1.3"
 MAJOR = "emotion-stream/1"
 TOPICS = {
     "utterance": "emotion.utterance",  # fused result at the end of an utterance
@@ -38,6 +40,17 @@ def validate(body: dict) -> None:
     import jsonschema
 
     jsonschema.validate(body, schema())
+
+
+def new_session(name: str) -> str:
+    """A session id no other run repeats: `name` (the replayed file's stem, or `live`), the
+    local start time and 6 random hex digits, as in `clip-20260101-120000-3fa9c2`."""
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def stamp(body: dict, session: str, seq: int, topic_seq: int) -> dict:
+    """body with the fields every message starts with (README: seq and topic_seq)."""
+    return {"protocol": PROTOCOL, "session": session, "seq": seq, "topic_seq": topic_seq, **body}
 
 
 def topic_for(body: dict) -> str:

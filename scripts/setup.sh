@@ -3,7 +3,8 @@
 # for the synthetic corpus, PulseAudio and PortAudio for the microphone, Xvfb and Tk for
 # the tests of screen capture, Chromium and its WebDriver for the tests of the dashboard
 # and the report), the CPU build of PyTorch, the project with its training, live-capture,
-# offline-model, Triton-client and test extras, and a Triton server for the tests.
+# offline-model, Triton-client and test extras, a Triton server for the tests, and (where npm is)
+# the npm packages of the Node.js example subscriber.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,4 +36,11 @@ python3 -m venv .venv
 # folder only that stub's environment reads.
 .venv/bin/python -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
 [ -d .venv/triton-stub-site/numpy ] || .venv/bin/python -m pip install -q --no-deps --target .venv/triton-stub-site "numpy==1.26.4"
+# The Node.js example subscriber's packages (zeromq, ajv), as examples/package-lock.json pins
+# them.  Without node its test skips and says why; the rest needs none.
+if command -v npm >/dev/null 2>&1; then
+  (cd examples && npm ci --no-audit --no-fund --loglevel=error)
+else
+  echo "npm not found: the Node.js example subscriber (examples/) is not installed, its test skips" >&2
+fi
 echo "set up: $(.venv/bin/python -c 'import torch, faster_whisper, onnxruntime; print("torch", torch.__version__, "| faster-whisper", faster_whisper.__version__, "| onnxruntime", onnxruntime.__version__)')"

@@ -92,7 +92,7 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
     assert result.returncode == 0, result.stderr
     messages = [json.loads(l) for l in again.read_text().splitlines()]
     # Window updates interleave with utterances by arrival, so seq may differ; content may not.
-    strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq")}
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq", "session")}
     assert [strip(m) for m in messages if m["type"] == "utterance"] == [strip(l) for l in lines]
     # Every window too: none is lost when the ASR's end of stream overtakes the last audio chunks.
     assert [strip(m) for m in messages if m["type"] == "window"] == [strip(w) for w in windows]

@@ -15,7 +15,7 @@ from tests.conftest import free_port
 UTTERANCES_ONLY = ("utterance", "status")
 # Messages of different types interleave by arrival, so their order and seq may differ
 # between runs; each type's messages, in order, may not.
-strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq")}
+strip = lambda m: {k: v for k, v in m.items() if k not in ("timing", "seq", "session")}
 
 
 def by_type(messages, *types) -> dict[str, list[dict]]:
