@@ -17,7 +17,8 @@ import numpy as np
 class Preprocessing:
     """Feature parameters; written into every bundle's manifest."""
 
-    sample_rate: int = 16000  # Hz; every audio stage works at this rate
+    sample_rate: int = 16000  # Hz; every audio stage works at this rate (realtime serves 16000 only:
+    # its VAD and ASR models hear that rate; a bundle at another is refused)
     n_fft: int = 400  # STFT window in samples (25 ms)
     hop: int = 160  # samples between log-mel frames (10 ms)
     n_mels: int = 64  # mel bands

@@ -33,9 +33,9 @@ from typing import Callable, Collection
 
 import zmq
 
-from engines.bundle import Bundle, open_bundle
+from engines.bundle import Bundle, BundleError, open_bundle
 from engines.card import model_line
-from realtime import bus, fusion, protocol, sources, stages
+from realtime import bus, fusion, protocol, segmenter, sources, stages
 from realtime.config import RealtimeConfig
 from realtime.forkserver import stage_environment, stage_processes
 from realtime.security import check_server_keys
@@ -332,6 +332,11 @@ def wants_windows(all_types: bool, on_message, on_message_types) -> bool:
 def announced_bundle(config: RealtimeConfig) -> Bundle:
     """[model] bundle, opened and verified, with its one-line summary on stderr."""
     bundle = open_bundle(config.model.bundle)
+    rate = bundle.preprocessing.sample_rate
+    if rate != segmenter.SAMPLE_RATE:  # the sources would stream at it, the VAD and ASR mishear it
+        raise BundleError(f"{bundle.path}: features.sample_rate = {rate} Hz, but the pipeline's VAD and ASR "
+                          f"models hear {segmenter.SAMPLE_RATE} Hz only: serve a bundle trained at "
+                          f"{segmenter.SAMPLE_RATE} Hz")
     print(model_line(bundle), file=sys.stderr, flush=True)
     return bundle
 

@@ -73,6 +73,28 @@ def test_replay_exits_nonzero_on_a_tampered_bundle(damaged, held_out_session, tm
     assert earlier.read_text() == '{"type": "utterance"}\n'
 
 
+def test_replay_refuses_a_bundle_at_a_rate_the_pipeline_cannot_hear(damaged, tmp_path):
+    """The VAD and the ASR run at 16 kHz only: a bundle whose features were computed at another
+    rate (honestly exported: its hashes match) is refused before any media is read."""
+    from engines.bundle import write_manifest
+    from engines.media import MediaWriter
+
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    manifest["preprocessing"]["sample_rate"] = 8000
+    write_manifest(damaged, {k: v for k, v in manifest.items() if k != "files"})
+    open_bundle(damaged)  # a valid bundle, only not one the pipeline can serve
+    media = tmp_path / "clip.mp4"
+    with MediaWriter(media, 5, 64, 48) as writer:
+        for _ in range(5):
+            writer.video(np.zeros((48, 64, 3), np.uint8))
+            writer.audio(np.zeros(3200, np.float32))
+    result = subprocess.run([sys.executable, "-m", "realtime.cli", "replay", str(media), "--model", str(damaged)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "realtime replay: error:" in result.stderr and "Traceback" not in result.stderr
+    assert "sample_rate = 8000 Hz" in result.stderr and "16000" in result.stderr, result.stderr
+
+
 def test_onnxruntime_matches_pytorch(bundle, run_dir):
     from engines.student import INPUTS, ExportedStudent
     from trainer.export import example_inputs, load_run
