@@ -19,6 +19,7 @@ utterance and the prompt always survive (the [CLS] token is added after truncati
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -69,6 +70,11 @@ class TeacherConfig:
     seed: int = 0
     max_train_seconds: float | None = None  # stop after the epoch/step that passes this
     freeze_layers: int = 0          # >0: embeddings + the lower N transformer layers stay fixed
+    # With freeze_layers: run the fixed lower layers once over the training and dev prompts and
+    # train the upper layers from their stored outputs (float16, in memory), instead of running
+    # them again at every step.  The same model and maths, less the dropout inside the fixed
+    # layers; a step then costs what the upper layers cost.
+    cache_frozen: bool = True
     select: str = "auto"            # dev metric: weighted_f1 (single) / macro_f1 (multi)
     # "corpus": the speakers the corpus names; "anonymous": every turn one unknown speaker, as
     # the live pipeline hears them (no diarization) -- for an encoder a bundle serves with.
@@ -91,15 +97,36 @@ def speaker_tokens(n: int) -> list[str]:
     return [f"<s{i}>" for i in range(1, n + 1)]
 
 
-def _transformer_layers(encoder: nn.Module) -> nn.ModuleList:
-    """The stack of transformer layers of a BERT-like encoder (BERT, RoBERTa, MPNet, MiniLM...)."""
+def _layer_stack(encoder: nn.Module) -> tuple[nn.Module, str]:
+    """(the module that holds the transformer layers, its attribute name) of a BERT-like
+    encoder (BERT, RoBERTa, MPNet, MiniLM...)."""
     for path in ("encoder.layer", "transformer.layer", "layers"):
+        *owners, name = path.split(".")
         module = encoder
-        for attr in path.split("."):
+        for attr in owners:
             module = getattr(module, attr, None)
-        if isinstance(module, nn.ModuleList):
-            return module
+        if isinstance(getattr(module, name, None), nn.ModuleList):
+            return module, name
     raise ValueError(f"cannot find the transformer layers of {type(encoder).__name__} to freeze")
+
+
+def _transformer_layers(encoder: nn.Module) -> nn.ModuleList:
+    owner, name = _layer_stack(encoder)
+    return getattr(owner, name)
+
+
+@contextlib.contextmanager
+def _only_layers(encoder: nn.Module, part: slice):
+    """The encoder with only `part` of its transformer layers for the duration (the others are
+    set aside, not changed): how the fixed lower layers run alone, and the upper ones from
+    their outputs."""
+    owner, name = _layer_stack(encoder)
+    full = getattr(owner, name)
+    owner._modules[name] = nn.ModuleList(list(full)[part])  # no re-registration of the parameters
+    try:
+        yield
+    finally:
+        owner._modules[name] = full
 
 
 def _embeddings_module(encoder: nn.Module) -> nn.Module:
@@ -121,6 +148,30 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class LowerOutputs:
+    """The outputs of an encoder's fixed lower layers for a list of prompts, one unpadded
+    (tokens, hidden) float16 tensor and its token ids per prompt, padded again per batch."""
+
+    def __init__(self, ids: list[torch.Tensor], hidden: list[torch.Tensor], n_layers: int, pad_id: int):
+        self.ids, self.hidden, self.n_layers, self.pad_id = ids, hidden, n_layers, pad_id
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, rows, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(lower outputs (B, T, D) float32, input_ids (B, T), attention_mask (B, T)) of `rows`."""
+        rows = [int(r) for r in rows]
+        t = max(len(self.ids[r]) for r in rows)
+        dim = self.hidden[rows[0]].shape[1]
+        hidden = torch.zeros(len(rows), t, dim)
+        ids = torch.full((len(rows), t), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), t, dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(self.ids[r])
+            hidden[i, :n], ids[i, :n], mask[i, :n] = self.hidden[r].float(), self.ids[r], 1
+        return hidden.to(device), ids.to(device), mask.to(device)
 
 
 class TextTeacher(nn.Module):
@@ -240,6 +291,23 @@ class TextTeacher(nn.Module):
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The final hidden state of the (last) mask token of each row."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self._mask_state(hidden, input_ids)
+
+    def upper_features(self, lower: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       n_lower: int) -> torch.Tensor:
+        """features() from the outputs `lower` (B, T, D) of the first `n_lower` transformer
+        layers: only the layers above them run."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        stack = _layer_stack(self.encoder)[0]
+        mask = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=lower,
+                                         attention_mask=attention_mask)
+        with _only_layers(self.encoder, slice(n_lower, None)):
+            out = stack(lower, attention_mask=mask)
+        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        return self._mask_state(hidden, input_ids)
+
+    def _mask_state(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         is_mask = input_ids == self.tokenizer.mask_token_id
         if not bool(is_mask.any(1).all()):
             raise ValueError("a row lost its mask token (truncation must keep the prompt)")
@@ -273,6 +341,49 @@ class TextTeacher(nn.Module):
             with self._autocast():
                 feats = self.features(**batch)
                 values = feats if what == "embed" else self.head(feats)
+            for i, row in zip(idx, values.float().cpu().numpy()):
+                out[i] = row
+        self.train(was_training)
+        return np.stack(out) if out else np.zeros((0, self.head.out_features), np.float32)
+
+    @torch.no_grad()
+    def lower_outputs(self, prompts: list[str], n_layers: int, desc: str = "lower layers") -> LowerOutputs:
+        """The fixed lower `n_layers` layers' outputs for every prompt, computed once."""
+        from tqdm import tqdm
+
+        was_training = self.training
+        self.eval()
+        order = np.argsort([len(p) for p in prompts])
+        ids: list[torch.Tensor] = [None] * len(prompts)  # type: ignore[list-item]
+        hidden: list[torch.Tensor] = [None] * len(prompts)  # type: ignore[list-item]
+        bs = self.config.eval_batch_size
+        with _only_layers(self.encoder, slice(0, n_layers)), tqdm(total=len(prompts), desc=desc, unit="prompt",
+                                                                   mininterval=5) as bar:
+            for start in range(0, len(order), bs):
+                idx = order[start:start + bs]
+                batch = self.encode([prompts[i] for i in idx])
+                with self._autocast():
+                    out = self.encoder(**batch).last_hidden_state
+                for j, i in enumerate(idx):
+                    n = int(batch["attention_mask"][j].sum())
+                    ids[i] = batch["input_ids"][j, :n].cpu()
+                    hidden[i] = out[j, :n].to(torch.float16).cpu()
+                bar.update(len(idx))
+        self.train(was_training)
+        return LowerOutputs(ids, hidden, n_layers, self.tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def _run_lower(self, lower: LowerOutputs) -> np.ndarray:
+        """Head logits (N, labels) from stored lower-layer outputs: _run's, without the lower layers."""
+        was_training = self.training
+        self.eval()
+        order = np.argsort([len(i) for i in lower.ids])
+        out: list[np.ndarray] = [None] * len(lower)  # type: ignore[list-item]
+        bs = self.config.eval_batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start:start + bs]
+            with self._autocast():
+                values = self.head(self.upper_features(*lower.batch(idx, self.device), lower.n_layers))
             for i, row in zip(idx, values.float().cpu().numpy()):
                 out[i] = row
         self.train(was_training)
@@ -367,6 +478,13 @@ class TextTeacher(nn.Module):
         frozen = self.freeze(cfg.freeze_layers)
         if frozen:
             log(f"frozen: embeddings + lower {cfg.freeze_layers} layers ({len(frozen)} tensors)")
+        lower = dev_lower = None
+        if frozen and cfg.cache_frozen:
+            t0 = time.perf_counter()
+            lower = self.lower_outputs(prompts, cfg.freeze_layers, "lower layers, train")
+            dev_lower = self.lower_outputs(dev_prompts, cfg.freeze_layers, "lower layers, dev")
+            log(f"lower {cfg.freeze_layers} layers run once over {len(prompts) + len(dev_prompts)} prompts "
+                f"in {time.perf_counter() - t0:.0f}s; the steps train the layers above")
         enc = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
         heads = [*self.head.parameters(), *(kd_terms["project"].parameters() if kd_terms else [])]
         groups = [
@@ -421,14 +539,15 @@ class TextTeacher(nn.Module):
             self.train()
             running, seen, stopped = 0.0, 0, False
             for b in batches():
-                batch = self.encode([prompts[i] for i in b])
                 with self._autocast():
-                    if kd_terms:
-                        feats = self.features(**batch)
-                        logits = self.head(self.dropout(feats))
-                        loss = self.loss(logits.float(), y[b]) + self._kd_loss(kd_terms, b, feats.float(), logits.float())
+                    if lower is not None:
+                        feats = self.upper_features(*lower.batch(b, self.device), lower.n_layers)
                     else:
-                        loss = self.loss(self(**batch).float(), y[b])
+                        feats = self.features(**self.encode([prompts[i] for i in b]))
+                    logits = self.head(self.dropout(feats))
+                    loss = self.loss(logits.float(), y[b])
+                    if kd_terms:
+                        loss = loss + self._kd_loss(kd_terms, b, feats.float(), logits.float())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.parameters(), cfg.clip)
@@ -454,7 +573,8 @@ class TextTeacher(nn.Module):
                                              and time.perf_counter() - started > cfg.max_train_seconds):
                     stopped = step < total
                     break
-            probs = self.probabilities(torch.from_numpy(self._run(dev_prompts, "logits"))).numpy()
+            dev_logits = self._run_lower(dev_lower) if dev_lower is not None else self._run(dev_prompts, "logits")
+            probs = self.probabilities(torch.from_numpy(dev_logits)).numpy()
             scores = self.score(probs, dev_y)
             record = {"epoch": epoch, "steps": step, "train_loss": running / max(1, seen),
                       "seconds": time.perf_counter() - started, "stopped_early": stopped,
