@@ -14,6 +14,7 @@ import time
 
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from realtime import protocol
 from realtime.config import StreamOptions
@@ -91,6 +92,13 @@ def test_only_a_client_with_an_allowed_key_reads_the_stream(tmp_path):
         "wrong server key": ["--curve-key", str(keys["client_secret"]),
                              "--server-key", str(stranger["server_public"])],
     }
+    # How the server refused the listeners with keys (libzmq's handshake events): a hello sealed
+    # for another server key, a client key ZAP turns away.  One without CURVE may be refused by
+    # either side first (a mechanism mismatch), so for it the server may see only a disconnect.
+    refusals = {(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC),
+                (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400)}
+    monitor = public.sock.get_monitor_socket(
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED)
     procs = {}
     # From here on only the sender thread uses the publishing socket.
     sender = threading.Thread(target=publish, daemon=True)
@@ -105,7 +113,15 @@ def test_only_a_client_with_an_allowed_key_reads_the_stream(tmp_path):
         allowed.wait(timeout=30)
         assert allowed.returncode == 0, allowed.stderr.read()
         assert len(out.read_text().splitlines()) == 3
-        time.sleep(3)  # the others have had as long as the allowed one, and more
+        # Wait until every listener's connection has ended: the allowed one's (it has exited) and
+        # the three refused ones' (libzmq does not retry a failed handshake).
+        seen, disconnects, deadline = set(), 0, time.monotonic() + 30
+        while not (refusals <= seen and disconnects >= 4) and time.monotonic() < deadline:
+            if monitor.poll(200):
+                event = recv_monitor_message(monitor)
+                seen.add((event["event"], event["value"]))
+                disconnects += event["event"] == zmq.EVENT_DISCONNECTED
+        assert refusals <= seen and disconnects >= 4, (seen, disconnects)  # each has tried, and been refused
         for name in ("no keys", "unknown key", "wrong server key"):
             out, proc = procs[name]
             assert proc.poll() is None, f"{name}: listener ended: {proc.stderr.read()}"
