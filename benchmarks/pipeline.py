@@ -702,7 +702,7 @@ def replay_metrics(prefix: str, rows: list[dict], duration: float, replays: list
         # (bare runs of one run spanned 1.23-1.67 s), and a pair shares its moment.
         "overhead_ratio_paired": round(median([r["wall_s"] / b["wall_s"] for r, b in zip(replays, bares)]), 3),
         "wer": round(wer(rows, texts[0]), 4), "bare_whisper_wer": round(wer(rows, [bares[0]["text"]]), 4),
-        "replay_deterministic": int(same),  # every message but timing and seq the same in every run
+        "replay_deterministic": int(same),  # every message but timing, seq and session the same in every run
         "replay_asr_ms_p50": round(1000 * median([u["timing"]["asr_s"] for u in utt]), 1),
         "replay_asr_early_fraction": round(float(np.mean([u["timing"].get("asr_early", False) for u in utt])), 3),
         "replay_utterance_infer_ms_p50": round(1000 * median([u["timing"]["infer_s"] for u in utt]), 2),

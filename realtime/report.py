@@ -55,8 +55,8 @@ def read_messages(path: str | Path, session: str | None = None) -> tuple[list[di
 def label_order(messages: list[dict]) -> list[str]:
     """The model's label order: from the `started` status when present, else first seen."""
     for m in messages:
-        if m["type"] == "status" and m.get("labels"):
-            return list(m["labels"])
+        if m["type"] == "status" and (names := m.get("label_names") or m.get("labels")):  # labels: before 1.3
+            return list(names)
     order: dict[str, None] = {}
     for m in messages:
         order.update(dict.fromkeys(m.get("labels", {})))

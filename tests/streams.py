@@ -26,10 +26,13 @@ class SessionStream:
         self.utterances = 0
         self.rng = random.Random(seed)
         self.seq = 0
+        self.topic_seq = dict.fromkeys(protocol.TOPICS.values(), 0)
 
     def _body(self, **fields) -> dict:
-        body = {"protocol": protocol.PROTOCOL, "session": self.session, "seq": self.seq, **fields}
+        topic = protocol.topic_for(fields)
+        body = protocol.stamp(fields, self.session, self.seq, self.topic_seq[topic])
         self.seq += 1
+        self.topic_seq[topic] += 1
         protocol.validate(body)
         return body
 
@@ -37,7 +40,7 @@ class SessionStream:
         return {label: round(self.rng.random(), 3) for label in self.labels}
 
     def started(self) -> dict:
-        return self._body(type="status", state="started", labels=self.labels)
+        return self._body(type="status", state="started", label_names=self.labels, labels=self.labels)
 
     def finished(self) -> dict:
         return self._body(type="status", state="finished")

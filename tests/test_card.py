@@ -129,6 +129,9 @@ def test_replay_prints_the_model_line_when_it_opens_the_bundle(bundle, held_out_
             open_model()
             raise realtime.pipeline.PipelineError("stages not started in this test")
 
+        def announce_failure(self, session, detail):
+            pass  # no session started: nothing to announce
+
         def stop(self):
             pass
 

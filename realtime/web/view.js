@@ -73,7 +73,7 @@ class EmotionView {
 
   add(msg) {
     if (msg.type === "status" && msg.state === "started") {
-      this.reset(msg.labels || [], msg.session);
+      this.reset(msg.label_names || msg.labels || [], msg.session);  // labels: its name before 1.3
       this.state = "started";
       return;
     }
