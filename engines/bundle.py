@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.atomic import write_file
+from engines.errors import UserError
 from engines.preprocess import Preprocessing
 
 SCHEMA_VERSION = 2  # 2: precision, student weights + config, io dtypes, TensorRT plans
 MANIFEST = "manifest.json"
 
 
-class BundleError(RuntimeError):
+class BundleError(UserError, RuntimeError):
     """A bundle that cannot be used; the message names the file."""
 
 
@@ -40,6 +41,26 @@ def write_manifest(bundle: Path, manifest: dict) -> Path:
     manifest = dict(manifest, schema_version=SCHEMA_VERSION)
     manifest["files"] = {p.relative_to(bundle).as_posix(): sha256(p) for p in files}
     return write_file(bundle / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def model_id(manifest: dict) -> str:
+    """A hash of everything in `manifest` that decides what the bundle computes: graphs and
+    weights (their sha256), labels, thresholds, preprocessing, faces and whatever else export
+    records.  Adding test scores to the card or TensorRT plans keeps it; another export of
+    another run changes it.  A `trainer evaluate` report records it, so a report is put only
+    on the card of the bundle it scored."""
+    from engines.card import CARD_JSON, CARD_MD  # that module reads bundles: imported here
+
+    # Left out: the model card (`trainer card` adds test scores to it) and the TensorRT
+    # plans (engines.tensorrt_build builds them later from the same ONNX graphs).
+    graphs = {k: v for k, v in manifest.get("graphs", {}).items() if not k.endswith("_plan")}
+    plans = set(manifest.get("graphs", {}).values()) - set(graphs.values())
+    backends = {k: v for k, v in manifest.get("backends", {}).items() if k != "tensorrt"}
+    files = {k: v for k, v in manifest.get("files", {}).items() if k not in (CARD_JSON, CARD_MD, *plans)}
+    model = dict(manifest, graphs=graphs, backends=backends, files=files)
+    for key in ("schema_version", "tensorrt"):
+        model.pop(key, None)
+    return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -60,6 +81,19 @@ class Bundle:
         return Preprocessing.from_dict(self.manifest["preprocessing"])
 
     @property
+    def faces(self):
+        """The engines.faces.FaceOptions the model was trained with ([faces] of its run): what
+        `trainer evaluate BUNDLE` scores with, and what the pipeline runs by default."""
+        from dataclasses import fields
+
+        from engines.faces import FaceOptions
+
+        if "faces" not in self.manifest:
+            raise BundleError(f"{self.path / MANIFEST}: no 'faces' entry (export the run again)")
+        known = {f.name for f in fields(FaceOptions)}  # a setting since removed is not one
+        return FaceOptions(**{k: v for k, v in self.manifest["faces"].items() if k in known})
+
+    @property
     def precision(self) -> str:
         return self.manifest["precision"]
 
@@ -70,6 +104,10 @@ class Bundle:
         if not self.has(key):
             raise BundleError(f"{self.path / MANIFEST}: no {key!r} in graphs")
         return self.path / self.manifest["graphs"][key]
+
+    @property
+    def model_id(self) -> str:
+        return model_id(self.manifest)
 
     @property
     def has_tensorrt_engines(self) -> bool:

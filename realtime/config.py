@@ -56,6 +56,9 @@ class ModelOptions:
     # triton_url; service: the inference service at service_endpoint; never chosen by auto)
     device: str = "auto"  # auto | cpu | cuda (not for triton: the server's model config decides)
     threads: int = 1  # inference threads of the fusion stage
+    faces: str = "bundle"  # which face settings the pipeline runs: bundle = the [faces] the bundle was
+    # trained with (its manifest), which `trainer evaluate BUNDLE` scored; config = this file's [faces]
+    # (what is served is then not what was scored); either way each difference is printed at start
     triton_url: str = "localhost:8000"  # backend triton: the server's HTTP endpoint, host:port
     # (or http://host:port, https://host:port); it serves `trainer export --triton` of this bundle
     triton_timeout_s: float = 10.0  # backend triton: longest wait to connect or for one inference
@@ -74,6 +77,8 @@ class ModelOptions:
             raise ValueError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
         if self.threads < 1:
             raise ValueError("threads must be >= 1")
+        if self.faces not in ("bundle", "config"):
+            raise ValueError(f"faces {self.faces!r}: expected bundle or config")
         if not self.triton_url:
             raise ValueError("triton_url must not be empty")
         if self.triton_timeout_s <= 0:

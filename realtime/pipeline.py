@@ -19,6 +19,7 @@ reloading all four stages' models when one fails.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import multiprocessing
@@ -35,6 +36,8 @@ import zmq
 
 from engines.bundle import Bundle, BundleError, open_bundle
 from engines.card import model_line
+from engines.errors import UserError
+from engines.faces import FaceOptions
 from realtime import bus, fusion, protocol, segmenter, sources, stages
 from realtime.config import RealtimeConfig
 from realtime.forkserver import stage_environment, stage_processes
@@ -47,7 +50,7 @@ HEARTBEAT_TIMEOUT_S = 30.0  # silence after which a stage counts as hung (ASR of
 MAX_RESTARTS = 3  # per stage, in one serve session
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UserError, RuntimeError):
     """A stage failed; the message names it."""
 
 
@@ -91,6 +94,7 @@ class Supervisor:
         self.ended_streams: set[str] = set()  # streams whose end of stream this supervisor sent
         self.on_result: Callable[[dict], None] | None = None
         self.fusion_finished = False  # fusion's end of stream has arrived
+        self.faces = config.faces  # the [faces] the stages run: serving_faces once the bundle is open
         self._mp = stage_processes()
 
     def start(self, name: str, body: Callable) -> None:
@@ -125,11 +129,12 @@ class Supervisor:
                                                  asr_pad_ms=cfg.asr.pad_ms, asr_lead_ms=cfg.asr.lead_ms))
         self.start("asr", functools.partial(stages.asr, asr_options=cfg.asr))
         bundle = open_model()
-        self.start("faces", functools.partial(stages.faces, face_options=cfg.faces,
+        self.faces = serving_faces(cfg, bundle)
+        self.start("faces", functools.partial(stages.faces, face_options=self.faces,
                                               preprocessing=bundle.preprocessing))
         self.start("fusion", functools.partial(fusion.fusion, model_options=cfg.model, bundle=bundle,
                                                stream_options=cfg.stream,
-                                               fusion_options=cfg.fusion, face_options=cfg.faces,
+                                               fusion_options=cfg.fusion, face_options=self.faces,
                                                session=session, local_windows=self.local_windows,
                                                source=source))
         self.wait_ready(PROCESSING)
@@ -329,6 +334,27 @@ def wants_windows(all_types: bool, on_message, on_message_types) -> bool:
     return all_types or (on_message is not None and (on_message_types is None or "window" in on_message_types))
 
 
+def serving_faces(config: RealtimeConfig, bundle: Bundle) -> FaceOptions:
+    """The face settings the pipeline runs ([model] faces): the bundle's, those its model was
+    trained on and `trainer evaluate BUNDLE` scored it with, or this config's [faces].  Each
+    difference is printed either way: the crops, tracks and speakers the model sees follow
+    these settings, so with another the scores on the bundle's card are not what runs."""
+    trained = bundle.faces
+    differ = [f.name for f in dataclasses.fields(FaceOptions)
+              if getattr(trained, f.name) != getattr(config.faces, f.name)]
+    if not differ:
+        return trained
+    mine = ", ".join(f"{name} = {getattr(config.faces, name)!r}" for name in differ)
+    theirs = ", ".join(f"{name} = {getattr(trained, name)!r}" for name in differ)
+    if config.model.faces == "bundle":
+        print(f"warning: [faces] {mine} ignored: the bundle was trained and scored with {theirs}, "
+              'which run ([model] faces = "bundle"; "config" runs yours)', file=sys.stderr, flush=True)
+        return trained
+    print(f"warning: running [faces] {mine} ([model] faces = \"config\"): the bundle was trained and "
+          f"scored with {theirs}, so what runs is not what `trainer evaluate` scored", file=sys.stderr, flush=True)
+    return config.faces
+
+
 def announced_bundle(config: RealtimeConfig) -> Bundle:
     """[model] bundle, opened and verified, with its one-line summary on stderr."""
     bundle = open_bundle(config.model.bundle)
@@ -374,7 +400,7 @@ def replay(
             sink = ResultSink(out_jsonl, on_message, all_types=all_messages)
             sup.start("source", functools.partial(
                 stages.media_source, path=str(media), session=session,
-                chunk_ms=config.pipeline.chunk_ms, video_fps=config.faces.sample_fps,
+                chunk_ms=config.pipeline.chunk_ms, video_fps=sup.faces.sample_fps,
                 sample_rate=bundle.preprocessing.sample_rate, realtime=realtime, rewindable=True))
             sup.collect(sink)
         except PipelineError as exc:
@@ -421,7 +447,7 @@ def serve(
                 live.append("camera")
                 sup.start("camera", functools.partial(
                     sources.camera_source, options=capture, session=session,
-                    sample_fps=config.faces.sample_fps, t_start=t_start))
+                    sample_fps=sup.faces.sample_fps, t_start=t_start))
                 sup.wait_ready(live)
             else:
                 sup.end_sources(session, [], streams=("video",))  # no camera: no video

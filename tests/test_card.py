@@ -101,10 +101,11 @@ def test_trainer_card_adds_an_evaluation(bundle, run_dir, corpus, tmp_path):
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
-    report = evaluate(run_dir, f"synthetic:{corpus}", "dev", tmp_path / "report", progress=False)
+    report = evaluate(copy, f"synthetic:{corpus}", "dev", tmp_path / "report", progress=False)
     assert main(["card", str(copy), "--eval", f"synth-dev={tmp_path / 'report'}"]) == 0
     card = read_card(copy)  # verifies the re-written hashes too
     entry = card["evaluations"]["synth-dev"]
+    assert entry["bundle_id"] == report["bundle_id"] == open_bundle(copy).model_id  # the card did not change it
     assert entry["per_label_f1"] == report["metrics"]["per_class_f1"]
     assert entry["ece"] == report["metrics"]["ece"] and entry["protocol"] == "thresholds"
     assert entry["split"] == "dev" and entry["utterances"] == report["utterances"]
@@ -113,6 +114,31 @@ def test_trainer_card_adds_an_evaluation(bundle, run_dir, corpus, tmp_path):
     assert "### synth-dev" in md and f"| ECE | {entry['ece']:.4f} |" in md
     for label, f1 in entry["per_label_f1"].items():
         assert f"| {label} | {f1:.2f} |" in md
+
+
+def test_a_report_goes_only_on_the_card_of_the_bundle_it_scored(bundle, run_dir, corpus, tmp_path):
+    """Old test scores must not land on a new model's card: a report names the bundle it
+    scored, and `trainer card` refuses it for any other (or for a run's PyTorch scores)."""
+    from trainer.card import add_reports
+    from trainer.evaluate import evaluate
+
+    scored, other = tmp_path / "scored", tmp_path / "other"
+    shutil.copytree(bundle, scored)
+    shutil.copytree(bundle, other)
+    evaluate(scored, f"synthetic:{corpus}", "dev", tmp_path / "report", progress=False)
+    # Another model: the same graphs with other thresholds (what a re-export of a changed run gives).
+    manifest = json.loads((other / "manifest.json").read_text())
+    write_manifest(other, {k: v for k, v in dict(manifest, thresholds=[0.3] * len(manifest["labels"])).items()
+                           if k != "files"})
+    assert open_bundle(other).model_id != open_bundle(scored).model_id
+    with pytest.raises(ValueError, match="scored another bundle"):
+        add_reports(other, {"synth-dev": tmp_path / "report"})
+    evaluate(run_dir, f"synthetic:{corpus}", "dev", tmp_path / "run-report", progress=False)
+    with pytest.raises(ValueError, match="not a bundle"):
+        add_reports(scored, {"synth-dev": tmp_path / "run-report"})
+    assert read_card(other)["evaluations"] == read_card(scored)["evaluations"] == {}  # neither card changed
+    add_reports(scored, {"synth-dev": tmp_path / "report"})
+    assert "synth-dev" in read_card(scored)["evaluations"]
 
 
 def test_replay_prints_the_model_line_when_it_opens_the_bundle(bundle, held_out_session, monkeypatch, capsys):

@@ -183,6 +183,7 @@ def evaluation_entry(report: dict) -> dict:
         "per_label_f1": dict(metrics["per_class_f1"]), "ece": metrics["ece"],
         # the run or bundle scored ("run" in reports from before bundles could be evaluated)
         "evaluated": report.get("model", report.get("run")),
+        "bundle_id": report.get("bundle_id"),  # engines.bundle.model_id of the bundle scored
     }
 
 
@@ -327,8 +328,23 @@ def card_of_bundle(bundle: Path) -> dict:
 
 
 def add_reports(bundle: Path, reports: dict[str, str | Path]) -> dict:
-    """`trainer card`: add `trainer evaluate` reports (name -> report dir) to the bundle's card."""
-    card = add_evaluations(card_of_bundle(bundle), {name: read_report(p) for name, p in reports.items()})
+    """`trainer card`: add `trainer evaluate` reports (name -> report dir) to the bundle's card.
+
+    Only reports that scored this very bundle (its model_id): a report of the run it came
+    from, of an earlier export or of another bundle would put another model's scores on it."""
+    this = open_bundle(bundle).model_id
+    read = {name: read_report(p) for name, p in reports.items()}
+    for name, report in read.items():
+        again = (f"score this bundle: trainer evaluate {bundle} --data {report.get('data')} "
+                 f"--split {report.get('split')} --report {reports[name]}")
+        if report.get("bundle_id") is None:
+            scored = report.get("model", report.get("run"))
+            raise ValueError(f"evaluation {name!r} ({reports[name]}): it scored {scored}, not a bundle "
+                             "(or a bundle, before reports named which one); " + again)
+        if report["bundle_id"] != this:
+            raise ValueError(f"evaluation {name!r} ({reports[name]}) scored another bundle ({report['bundle_id']}; "
+                             f"{bundle} is {this}): its scores are not this model's; " + again)
+    card = add_evaluations(card_of_bundle(bundle), read)
     write_card(bundle, card)
     return card
 

@@ -255,7 +255,7 @@ def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress
     corpus = _corpus(data_spec, split, media, training.get("dev_fraction", 0.2), training.get("seed", 0),
                      engine.labels, training.get("speech_pad_ms", 0))
     utts = corpus.split(split)
-    pre, faces = engine.pre, FaceOptions(**engine.bundle.manifest["faces"])
+    pre, faces = engine.pre, engine.bundle.faces  # the [faces] it was trained with, as realtime runs it
     windows = text_windows(utts, pre.context_turns)
     probs = np.zeros((len(utts), len(engine.labels)), np.float32)
     by_file = media_files(utts)
@@ -291,6 +291,12 @@ def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress
                   _single_label(corpus), bundle, "bundle", "onnxruntime")
 
 
+def bundle_id(bundle: Path) -> str:
+    from engines.bundle import MANIFEST, model_id
+
+    return model_id(json.loads((Path(bundle) / MANIFEST).read_text()))
+
+
 def _single_label(corpus) -> bool:
     return all(len(u.labels) == 1 for u in corpus.utterances)
 
@@ -323,6 +329,9 @@ def write_report(scored: Scored, data_spec: str, split: str, report: Path) -> di
     plot_reliability(metrics["calibration_bins"], metrics["ece"], report / "reliability.png")
     result = {"model": str(scored.model), "source": scored.source, "backend": scored.backend, "data": data_spec,
               "split": split, "utterances": int(len(y)), "labels": labels, "single_label": scored.single_label,
+              # which bundle was scored (engines.bundle.model_id): `trainer card` puts the report
+              # on that bundle's card only, never on a newer export's
+              "bundle_id": bundle_id(scored.model) if scored.source == "bundle" else None,
               "metrics": metrics, "confusion": matrix.tolist(), "figures": ["confusion.png", "reliability.png"]}
     write_file(report / "report.md", markdown(result))
     write_file(report / "report.json", json.dumps(result, indent=2) + "\n")  # last: a report is complete
