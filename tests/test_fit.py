@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -93,6 +95,30 @@ def test_resume_continues_where_the_run_stopped(run_dir, corpus, tmp_path, monke
     assert run["selected_epoch"] >= 1
     with pytest.raises(FileNotFoundError):
         fit(spec, tmp_path / "nothing", _opts(run_dir), pre, faces, progress=False, resume=True)
+
+
+def test_resume_refuses_other_settings_or_data_and_names_what_changed(run_dir, corpus, tmp_path):
+    """A resumed run must be the run that was interrupted: the recipe resumes by itself, so
+    another learning rate, face setting or corpus would otherwise train a mix of two runs."""
+    spec, pre, faces = f"synthetic:{corpus}", Preprocessing(), FaceOptions()
+    out = tmp_path / "run"
+    fit(spec, out, _opts(run_dir, epochs=1), pre, faces, progress=False)
+    with pytest.raises(ValueError, match=r"other settings or data.*train\.lr=0\.003, now 0\.01"):
+        fit(spec, out, _opts(run_dir, epochs=1, lr=1e-2), pre, faces, progress=False, resume=True)
+    with pytest.raises(ValueError, match=r"faces\.search_every"):
+        fit(spec, out, _opts(run_dir, epochs=1), pre, FaceOptions(search_every=FaceOptions().search_every + 1),
+            progress=False, resume=True)
+    moved = shutil.copytree(corpus, tmp_path / "moved")  # the spec names the data it reads
+    with pytest.raises(ValueError, match=r"data='synthetic:.*', now 'synthetic:.*moved'"):
+        fit(f"synthetic:{moved}", out, _opts(run_dir, epochs=1), pre, faces, progress=False, resume=True)
+    with pytest.raises(ValueError, match=r"loss\.nce"):
+        fit(spec, out, _opts(run_dir, epochs=1), pre, faces, progress=False, resume=True, loss=LossWeights(nce=0.0))
+    # Where the features are cached is not a setting of the run: it resumes.
+    elsewhere = _opts(run_dir, epochs=2, cache_dir=str(tmp_path / "elsewhere"))
+    with pytest.raises(ValueError, match=r"train\.epochs=1, now 2"):
+        fit(spec, out, elsewhere, pre, faces, progress=False, resume=True)
+    run = fit(spec, out, replace(elsewhere, epochs=1), pre, faces, progress=False, resume=True)
+    assert run["selected_epoch"] == 1
 
 
 def test_resume_writes_the_selected_weights_a_kill_left_unwritten(run_dir, corpus, tmp_path, monkeypatch):

@@ -16,8 +16,11 @@ crops and cached too.
 Resume (`--resume`): last_state.pt holds the weights, optimizer, scheduler, random
 generator states, the epoch and the best row so far, saved at the end of every epoch,
 so a run killed mid-epoch loses only that epoch and continues with it; the resumed run
-draws the same batches and dropout it would have drawn.  metrics.jsonl loses the rows
-of epochs past the state.  It is written with torch.save of state dicts (tensors,
+draws the same batches and dropout it would have drawn.  The state also holds the run's
+settings (run_settings: data, [train], [features], [faces], [loss], the training split), and
+a resume with any of them changed is refused, naming what changed: it would train a mix of
+two runs (the recipe resumes by itself, so a changed config would otherwise go unnoticed).
+metrics.jsonl loses the rows of epochs past the state.  It is written with torch.save of state dicts (tensors,
 numbers, lists and dicts only) and read back with torch.load(weights_only=True), which
 refuses any pickled code.
 """
@@ -429,6 +432,39 @@ def lr_at(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+# Options that say where a run keeps things, not what it learns: a resume may change them.
+NOT_SETTINGS = ("train.cache_dir",)
+
+
+def run_settings(data_spec: str, media, speech_pad_ms: int, opts: TrainOptions, pre: Preprocessing,
+                 faces: FaceOptions, weights: LossWeights, corpus) -> dict:
+    """What decides what a run learns, flat ("train.lr": 0.001, ...), as JSON gives it back:
+    the state of a resumable run keeps it, and a resume must bring the same."""
+    flat = {"data": data_spec, "media": None if media is None else str(media), "speech_pad_ms": speech_pad_ms}
+    for section, values in (("train", asdict(opts)), ("features", pre.to_dict()), ("faces", asdict(faces)),
+                            ("loss", asdict(weights))):
+        flat.update({f"{section}.{k}": v for k, v in values.items() if f"{section}.{k}" not in NOT_SETTINGS})
+    rows = [[u.session, u.start, u.end, u.text, list(u.labels), u.extra.get("repeat", 1)]
+            for u in corpus.split("train")]
+    flat["training split"] = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    return json.loads(json.dumps(flat))
+
+
+def check_resume(state_path: Path, settings: dict) -> None:
+    """Refuse to resume the run of `state_path` with other settings (a ValueError naming them)."""
+    saved = torch.load(state_path, weights_only=True).get("settings")
+    if saved is None:  # a state written before runs kept their settings: nothing to compare
+        tqdm.write(f"resume: {state_path} does not record the run's settings; they are not checked")
+        return
+    saved = json.loads(saved)
+    changed = [f"{k}={saved.get(k, 'unset')!r}, now {v!r}" for k, v in settings.items()
+               if saved.get(k, "unset") != v]
+    if changed:
+        raise ValueError(f"{state_path.parent}: cannot resume a run with other settings or data "
+                         f"({'; '.join(changed)}); start it again (another --out, or without --resume "
+                         "after removing the directory)")
+
+
 def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces: FaceOptions,
         progress: bool = True, loss: LossWeights | None = None, media: str | Path | None = None,
         resume: bool = False, speech_pad_ms: int = SPEECH_PAD_MS) -> dict:
@@ -465,6 +501,9 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
     single_label = is_single_label(corpus)
     encoder = SentenceEncoder.for_preprocessing(opts.text_encoder, pre)
     pre = with_text_tokens(pre, encoder)
+    settings = run_settings(data_spec, media, speech_pad_ms, opts, pre, faces, weights, corpus)
+    if resume:  # before the features are built: a refusal should not take minutes
+        check_resume(state_path, settings)
     train = build_inputs(corpus, "train", pre, faces, opts, encoder, progress)
     dev = build_inputs(corpus, "dev", pre, faces, opts, encoder, progress)
     if len(train["targets"]) == 0 or len(dev["targets"]) == 0:
@@ -595,7 +634,8 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
             torch.save({"epoch": epoch + 1, "best": json.dumps(best), "model": model.state_dict(),
                         "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
                         "generator": gen.get_state(), "dropout_generator": drop_gen.get_state(),
-                        "torch_rng": torch.get_rng_state(), "temperature": temperature.state_dict()}, tmp)
+                        "torch_rng": torch.get_rng_state(), "temperature": temperature.state_dict(),
+                        "settings": json.dumps(settings)}, tmp)
         if best is row:
             save_weights(model.state_dict(), out / "model.safetensors", epoch + 1)
     in_sync = where.in_sync(model)  # a collective: every rank takes part
