@@ -217,6 +217,28 @@ def test_quick_recipe_builds_a_bundle_and_resumes(tmp_path, run_dir):
     assert (again["bundle"] / "manifest.json").stat().st_mtime_ns == stamp  # nothing redone
     assert again["seconds"]["fit"] < 5
 
+    # A changed run (here other weights, as a new fit gives) is exported again, and its test
+    # scores are its own: the old reports scored the old bundle, so they are scored again, not
+    # copied onto the new bundle's card.
+    from safetensors.torch import load_file
+
+    from engines.bundle import open_bundle
+    from trainer.fit import save_weights, saved_epoch
+
+    run = tmp_path / "out" / "run"
+    old_id = open_bundle(done["bundle"]).model_id
+    weights = load_file(str(run / "model.safetensors"))
+    save_weights({k: v * 1.1 if v.is_floating_point() else v for k, v in weights.items()},
+                 run / "model.safetensors", saved_epoch(run / "model.safetensors"))
+    (run / "run.json").write_text((run / "run.json").read_text())  # a fit writes run.json last
+    new = real(tmp_path / "out", config, quick=True, progress=False, log=lines.append)
+    model_id = open_bundle(new["bundle"]).model_id
+    assert model_id != old_id
+    card = json.loads((new["bundle"] / "card.json").read_text())
+    for name, report in new["reports"].items():
+        assert json.loads((report / "report.json").read_text())["bundle_id"] == model_id
+        assert card["evaluations"][name]["bundle_id"] == model_id
+
 
 def test_the_card_of_a_fer_bundle_says_its_video_branch_is_the_fer_network():
     from trainer.card import build_card

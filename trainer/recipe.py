@@ -25,6 +25,9 @@ where it stopped (fit itself resumes from its last epoch):
   DIR/run/         the trained student                       (trainer fit, --resume)
   DIR/bundle/      the bundle realtime runs                  (trainer export)
   DIR/reports/     test scores of every corpus               (trainer evaluate, trainer card)
+
+A bundle is exported again when its run is newer, and a report that scored another
+bundle than DIR/bundle (engines.bundle.model_id) is scored again.
 """
 from __future__ import annotations
 
@@ -120,6 +123,16 @@ def text_from_teacher(teacher: Path, train, pre):
                     text_max_tokens=tuned["max_len"], text_sep="", text_mask=""))
 
 
+def scored_bundle(report: Path) -> str | None:
+    """The bundle_id a `trainer evaluate` report directory scored; None: no report yet."""
+    import json
+
+    try:
+        return json.loads((report / "report.json").read_text()).get("bundle_id")
+    except (OSError, ValueError):
+        return None
+
+
 def check(config, quick: bool = False) -> dict[str, str]:
     """kind -> "kind:PATH" of the corpora the recipe would read, or a DataError."""
     opts = options(config, quick)
@@ -130,7 +143,7 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
     """Run the real recipe into `out`; returns {"bundle", "reports", "seconds"}."""
     from engines.card import read_card
     from trainer.card import add_reports
-    from trainer.evaluate import evaluate
+    from trainer.evaluate import bundle_id, evaluate
     from trainer.export import export
     from trainer.fit import fit
     from trainer.synth import generate
@@ -172,12 +185,15 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
     reports = {}
     tests = {kind: (spec, "test") for kind, spec in specs.items()}
     tests["synthetic"] = (f"synthetic:{held_out}", "all")
+    this = bundle_id(bundle)
     for name, (spec, split) in tests.items():
         report = out / "reports" / name
-        if not (report / "report.json").is_file():
+        # A report of an earlier export (the run changed since) scored another model: again.
+        if scored_bundle(report) != this:
             evaluate(bundle, spec, split, report, progress=progress)  # the ONNX path the pipeline runs
         reports[name] = report
-    if set(reports) - set((read_card(bundle) or {}).get("evaluations", {})):
+    on_card = (read_card(bundle) or {}).get("evaluations", {})
+    if any(on_card.get(name, {}).get("bundle_id") != this for name in reports):
         add_reports(bundle, reports)  # the test scores go into the bundle's model card
     seconds["evaluate"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
