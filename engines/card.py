@@ -15,8 +15,11 @@ card.json (card_version 1):
   teachers    [{name, source, heads, licence, data}]
   text_encoder {name, licence}
   licences    [{what, licence}]   data and weights, "unknown" where this project does not know
+  calibration {method, file, fitted_on "dev", dev_utterances, uncalibrated_thresholds,
+               dev {before|after: {per_label_ece, top_label_ece, weighted_f1}}} or null
   evaluations {NAME: {data, corpus, kind, split, protocol (argmax|thresholds), scoring,
-               utterances, scores {weighted_f1, macro_f1, accuracy, ...}, per_label_f1, ece}}
+               utterances, scores {weighted_f1, macro_f1, accuracy, ...}, per_label_f1,
+               ece (top-label), per_label_ece, uncalibrated {per_label_ece, ece, weighted_f1} or null}}
   summary     one line (summary_line)
 """
 from __future__ import annotations

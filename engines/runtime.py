@@ -3,7 +3,8 @@
 `load()` is the entry point.  The Engine does the preprocessing and the
 bookkeeping; a backend (engines.backends: ONNX Runtime, PyTorch, TensorRT, Triton, the
 inference service)
-runs the two graphs, so every backend gives the same Window -> Prediction.
+runs the two graphs, so every backend gives the same Window -> Prediction.  The bundle's
+per-label calibration (engines.calibration) is applied here, to every backend's outputs.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from engines.backends import Backend, open_backend
 from engines.bundle import Bundle, open_bundle
+from engines.calibration import load_calibration
 from engines.features import Window, student_inputs  # Window: the input type of Engine.infer
 from engines.heads import HEADS
 from engines.text import TextTokenizer
@@ -21,8 +23,8 @@ from engines.text import TextTokenizer
 
 @dataclass
 class Prediction:
-    probabilities: dict[str, float]  # fused, one per label
-    peers: dict[str, dict[str, float]]  # per present modality
+    probabilities: dict[str, float]  # fused, one per label (calibrated: engines.calibration)
+    peers: dict[str, dict[str, float]]  # per present modality (calibrated per head)
     modalities: list[str]  # which modalities the fusion used
 
 
@@ -36,6 +38,7 @@ class Engine:
         self.modalities = tuple(bundle.manifest.get("modalities", HEADS[1:]))
         self._allowed = np.array([m in self.modalities for m in HEADS[1:]], dtype=np.float32)
         self._tokenize = TextTokenizer.for_preprocessing(bundle.file("tokenizer"), self.pre)
+        self.calibration = load_calibration(bundle)  # the identity for bundles without one
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """Sentence embeddings (N, text_dim) from the bundle's text encoder."""
@@ -53,9 +56,12 @@ class Engine:
         feeds["present"] = feeds["present"] * self._allowed  # what the bundle does not read stays hidden
         return feeds
 
-    def predict(self, feeds: dict[str, np.ndarray]) -> list[Prediction]:
-        """Predictions for inputs made by `features`."""
+    def predict(self, feeds: dict[str, np.ndarray], calibrated: bool = True) -> list[Prediction]:
+        """Predictions for inputs made by `features`; calibrated=False: the graphs' own
+        probabilities (what `trainer evaluate` reports as before calibration)."""
         probs = self.backend.run_student(feeds)  # (B, 4, L)
+        if calibrated:
+            probs = self.calibration.apply(probs)
         return [self._prediction(p, feeds["present"][i]) for i, p in enumerate(probs)]
 
     def _prediction(self, probs: np.ndarray, present: np.ndarray) -> Prediction:

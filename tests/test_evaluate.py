@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from trainer.evaluate import (calibration, confusion, evaluate, multi_label_metrics,
                               single_label_metrics)
@@ -69,7 +70,8 @@ def test_calibration_error_of_a_calibrated_bin_is_zero():
 
 def test_a_bundle_scores_as_the_run_it_was_exported_from(run_dir, bundle, corpus, tmp_path):
     """`trainer evaluate BUNDLE` runs ONNX Runtime on the fusion stage's Windows; the run
-    it came from, PyTorch on the trainer's inputs.  Same utterances, same probabilities."""
+    it came from, PyTorch on the trainer's inputs.  Same utterances, same probabilities.
+    (This bundle has no calibration: its run has 6 dev utterances; tests/test_calibration.)"""
     from trainer.evaluate import model_scores, write_report
 
     spec = f"synthetic:{corpus}"
@@ -77,15 +79,27 @@ def test_a_bundle_scores_as_the_run_it_was_exported_from(run_dir, bundle, corpus
     onnx = model_scores(bundle, spec, "all", progress=False)
     assert (run.source, run.backend, onnx.source, onnx.backend) == ("run", "torch", "bundle", "onnxruntime")
     assert onnx.labels == run.labels and np.array_equal(onnx.y, run.y)
-    assert np.allclose(onnx.thresholds, run.thresholds)
+    assert np.allclose(onnx.thresholds, run.thresholds) and onnx.raw is None
     # fp32 export parity is 1e-4; Engine.infer rounds to 1e-6.
     assert np.abs(onnx.probs - run.probs).max() < 2e-4
     by_run = write_report(run, spec, "all", tmp_path / "run")
     by_bundle = write_report(onnx, spec, "all", tmp_path / "bundle")
     assert by_bundle["source"] == "bundle" and by_bundle["model"] == str(bundle)
     assert (tmp_path / "bundle" / "report.md").read_text().startswith(f"# Evaluation of bundle {bundle}")
-    for key in ("weighted_f1", "macro_f1", "micro_f1", "accuracy", "mAP", "ece"):
+    for key in ("weighted_f1", "macro_f1", "micro_f1", "accuracy", "mAP", "ece", "per_label_ece"):
         assert abs(by_bundle["metrics"][key] - by_run["metrics"][key]) < 1e-2, key
+
+
+def test_ece_scores_the_sigmoid_probabilities_as_published():
+    """Top-label ECE is the largest probability as it is, not renormalised over the labels;
+    per-label ECE takes every (utterance, label) pair."""
+    y = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    probs = np.array([[0.6, 0.6, 0.6], [0.1, 0.6, 0.1], [0.1, 0.1, 0.6], [0.6, 0.1, 0.1]], np.float32)
+    m = single_label_metrics(probs, y, LABELS)
+    assert m["ece"] == pytest.approx(0.4)  # every top label is right, at 0.6
+    pairs = calibration(probs.ravel(), y.ravel())["ece"]
+    assert m["per_label_ece"] == pytest.approx(pairs) and m["per_label_ece"] > 0
+    assert set(m["ece_by_label"]) == set(LABELS)
 
 
 def test_evaluate_refuses_what_is_neither_a_run_nor_a_bundle(corpus, tmp_path, capsys):

@@ -164,6 +164,8 @@ def build_card(run_info: dict, evaluations: dict[str, dict] | None = None) -> di
         "branches": {name: _branch(name, sources, teachers, run_info) for name in BRANCHES + ("fusion",)},
         "teachers": teachers,
         "text_encoder": encoder,
+        # trainer.calibrate's summary: method, dev ECEs before and after (None: not calibrated)
+        "calibration": run_info.get("calibration"),
         "evaluations": {},
         "notes": list(run_info.get("notes", [])),
     }
@@ -181,6 +183,11 @@ def evaluation_entry(report: dict) -> dict:
         "scoring": metrics.get("scoring"), "utterances": report.get("utterances"),
         "scores": {k: metrics[k] for k in SCORE_KEYS if k in metrics},
         "per_label_f1": dict(metrics["per_class_f1"]), "ece": metrics["ece"],
+        # what the stream publishes (calibrated), and before calibration; reports from before
+        # these were recorded have neither
+        "per_label_ece": metrics.get("per_label_ece"),
+        "uncalibrated": ({k: report["uncalibrated"][k] for k in ("per_label_ece", "ece", "weighted_f1")}
+                         if report.get("uncalibrated") else None),
         # the run or bundle scored ("run" in reports from before bundles could be evaluated)
         "evaluated": report.get("model", report.get("run")),
         "bundle_id": report.get("bundle_id"),  # engines.bundle.model_id of the bundle scored
@@ -256,6 +263,18 @@ def render_markdown(card: dict) -> str:
                   + ", ".join(f"{head} {v:.2f}" for head, v in dev.items()) + "."]
     if card.get("notes"):
         lines += [""] + [f"- {note}" for note in card["notes"]]
+    cal = card.get("calibration")
+    if cal and "dev" not in cal:
+        lines += ["", "## Calibration", "", f"None: {cal.get('why', 'not fitted')}; the probabilities are the graphs' own."]
+    elif cal:
+        before, after = cal["dev"]["before"], cal["dev"]["after"]
+        lines += ["", "## Calibration", "",
+                  f"Per-label {cal['method']} scaling fitted on the {cal['dev_utterances']} dev utterances "
+                  f"({cal['file']}); the stream publishes calibrated probabilities and the thresholds above "
+                  "were tuned on them.  ECE is top-label unless named per-label.", "",
+                  "| dev | per-label ECE | top-label ECE | weighted F1 (%) |", "|---|---|---|---|",
+                  f"| before | {before['per_label_ece']:.4f} | {before['top_label_ece']:.4f} | {before['weighted_f1']:.2f} |",
+                  f"| after | {after['per_label_ece']:.4f} | {after['top_label_ece']:.4f} | {after['weighted_f1']:.2f} |"]
     lines += ["", "## Evaluations", ""]
     if not card.get("evaluations"):
         lines += ["None yet: `trainer evaluate`, then `trainer card BUNDLE --eval NAME=REPORT_DIR`.", ""]
@@ -266,7 +285,14 @@ def render_markdown(card: dict) -> str:
                   "| metric | value |", "|---|---|"]
         lines += [f"| hamming_loss | {v:.4f} |" if k == "hamming_loss" else f"| {k} (%) | {_pct(v)} |"
                   for k, v in e["scores"].items()]
-        lines += [f"| ECE | {e['ece']:.4f} |", "", "| label | F1 (%) |", "|---|---|"]
+        if e.get("per_label_ece") is not None:
+            lines.append(f"| per-label ECE | {e['per_label_ece']:.4f} |")
+        lines += [f"| ECE | {e['ece']:.4f} |"]
+        before = e.get("uncalibrated")
+        if before:
+            lines += ["", f"Before calibration: per-label ECE {before['per_label_ece']:.4f}, top-label ECE "
+                      f"{before['ece']:.4f}, weighted F1 {before['weighted_f1']:.2f}."]
+        lines += ["", "| label | F1 (%) |", "|---|---|"]
         lines += [f"| {label} | {_pct(f)} |" for label, f in e["per_label_f1"].items()]
         lines.append("")
     lines += ["## Licences", "", "| what | licence |", "|---|---|"]

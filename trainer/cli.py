@@ -5,7 +5,7 @@
   trainer fit    --data KIND:PATH --out RUN [--epochs N] [--media DIR] [--resume]
   torchrun --nproc_per_node N -m trainer.cli fit ...     data parallel (gloo on CPU, NCCL on GPUs)
   trainer evaluate RUN|BUNDLE --data KIND:PATH [--split test] --report OUT
-  trainer export RUN --out BUNDLE [--precision fp32|fp16] [--tensorrt] [--triton DIR]
+  trainer export RUN --out BUNDLE [--precision fp32|fp16] [--tensorrt] [--triton DIR] [--calibration platt|temperature|none]
   trainer card BUNDLE [--eval NAME=REPORT_DIR ...]        add test scores to the model card
   trainer recipe real --out DIR [--quick] [--check]       the default bundle from real data, resumable
   trainer data fetch [meld goemotions iemocap] --to DIR   the public corpora, SHA-256 checked
@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also build FP16 TensorRT engines (needs tensorrt and a CUDA GPU: the GPU that will run them)")
     ep.add_argument("--triton", type=Path, metavar="DIR",
                     help="also write a Triton Inference Server model repository to DIR")
+    ep.add_argument("--calibration", choices=["platt", "temperature", "none"], default="platt",
+                    help="per-label calibration of the probabilities, fitted on the run's dev split "
+                         "(platt: scale and bias on each logit; temperature: scale only)")
 
     cp = sub.add_parser("card", help="add `trainer evaluate` reports to a bundle's model card",
                         description="Add the scores of `trainer evaluate` reports (per-label F1, ECE, "
@@ -240,9 +243,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from trainer.export import export
 
-            manifest = export(args.run, args.out, args.precision, args.tensorrt, args.triton)
+            manifest = export(args.run, args.out, args.precision, args.tensorrt, args.triton, args.calibration,
+                              progress)
             parity = ", ".join(f"{k} {v:.1e}" for k, v in manifest["parity_max_abs_diff"].items())
             print(f"wrote {args.out} ({manifest['precision']}; max |diff| from PyTorch: {parity})")
+            if "why" in manifest.get("calibration", {}):
+                print(f"no calibration: {manifest['calibration']['why']}")
+            elif "calibration" in manifest:
+                dev = manifest["calibration"]["dev"]
+                print(f"calibration ({manifest['calibration']['method']}, on dev): per-label ECE "
+                      f"{dev['before']['per_label_ece']:.3f} -> {dev['after']['per_label_ece']:.3f}, top-label ECE "
+                      f"{dev['before']['top_label_ece']:.3f} -> {dev['after']['top_label_ece']:.3f}")
             if args.triton:
                 print(f"wrote Triton model repository {args.triton}")
         elif args.command == "card":

@@ -4,12 +4,20 @@ Single-label corpora (every utterance has exactly one label: MELD, IEMOCAP, CREM
 are scored with argmax, as their papers score them: weighted F1, macro F1, accuracy
 and per-class F1.  Multi-label corpora are scored at the run's thresholds (tuned on
 dev) and additionally get micro and sample F1, mean average precision and Hamming
-loss; their accuracy is the exact-match (subset) accuracy.  Both get the expected
-calibration error (ECE, 15 equal-width bins) and two figures:
+loss; their accuracy is the exact-match (subset) accuracy.  Both get two expected
+calibration errors (ECE, 15 equal-width bins) of the sigmoid probabilities the stream
+publishes, as they are (not renormalised over the labels):
+
+  per-label ECE  every (utterance, label) probability against that label's 0/1 truth
+  top-label ECE  (`ece`) each utterance's largest probability against whether that label is true
+
+A bundle with a calibration (engines.calibration) is scored as the stream publishes it,
+calibrated, and also before calibration (`uncalibrated`: its graphs' own probabilities at the
+run's own thresholds), so the report shows what calibration changed.  Two figures:
 
   confusion.png    true label (rows) x predicted label (columns), counts; for a
                    multi-label corpus a sample adds 1 for each (true, predicted) pair
-  reliability.png  the reliability diagram behind the ECE
+  reliability.png  the reliability diagrams behind both ECEs (before and after calibration)
 
 RUN is a run directory of `trainer fit` (its student in PyTorch) or a bundle of
 `trainer export` (scored as the pipeline runs it: ONNX Runtime on the fusion stage's
@@ -61,22 +69,37 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, n_bins: int = N_BIN
     return {"ece": float(ece), "bins": bins}
 
 
+def per_label_calibration(probs: np.ndarray, y: np.ndarray) -> dict:
+    """ECE of every (utterance, label) probability against that label's 0/1 truth."""
+    return calibration(probs, y)
+
+
+def top_label_calibration(probs: np.ndarray, y: np.ndarray) -> dict:
+    """ECE of each utterance's largest probability against whether its label is true."""
+    top = np.asarray(probs).argmax(1)
+    return calibration(np.asarray(probs)[np.arange(len(top)), top], np.asarray(y)[np.arange(len(top)), top])
+
+
+def calibration_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str]) -> dict:
+    """Both ECEs with their bins, and the per-label ECE of each label alone."""
+    per_label, top = per_label_calibration(probs, y), top_label_calibration(probs, y)
+    return {"ece": top["ece"], "calibration_bins": top["bins"],
+            "per_label_ece": per_label["ece"], "per_label_bins": per_label["bins"],
+            "ece_by_label": {label: calibration(probs[:, j], y[:, j])["ece"] for j, label in enumerate(labels)}}
+
+
 def single_label_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str]) -> dict:
     """Argmax scores: the prediction is the label with the highest probability."""
     truth, pred = y.argmax(1), probs.argmax(1)
     ids = list(range(len(labels)))
     per_class = f1_score(truth, pred, labels=ids, average=None, zero_division=0)
-    # confidence of the argmax, renormalised over the labels (the heads are sigmoids)
-    norm = probs / np.clip(probs.sum(1, keepdims=True), 1e-12, None)
-    cal = calibration(norm.max(1), pred == truth)
     return {
         "scoring": "argmax (single-label)",
         "weighted_f1": 100 * f1_score(truth, pred, labels=ids, average="weighted", zero_division=0),
         "macro_f1": 100 * f1_score(truth, pred, labels=ids, average="macro", zero_division=0),
         "accuracy": 100 * float((truth == pred).mean()),
         "per_class_f1": {label: 100 * float(f) for label, f in zip(labels, per_class)},
-        "ece": cal["ece"],
-        "calibration_bins": cal["bins"],
+        **calibration_metrics(probs, y, labels),
     }
 
 
@@ -87,7 +110,6 @@ def multi_label_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str],
     occurring = y.sum(0) > 0
     ap = [average_precision_score(y[:, j], probs[:, j]) for j in np.flatnonzero(occurring)]
     per_class = f1_score(y, pred, average=None, zero_division=0)
-    cal = calibration(probs, y)  # every (sample, label) probability against its 0/1 truth
     return {
         "scoring": "thresholds tuned on dev (multi-label)",
         "weighted_f1": 100 * f1_score(y, pred, average="weighted", zero_division=0),
@@ -98,8 +120,7 @@ def multi_label_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str],
         "mAP": 100 * float(np.mean(ap)) if ap else 0.0,
         "hamming_loss": float(hamming_loss(y, pred)),
         "per_class_f1": {label: 100 * float(f) for label, f in zip(labels, per_class)},
-        "ece": cal["ece"],
-        "calibration_bins": cal["bins"],
+        **calibration_metrics(probs, y, labels),
     }
 
 
@@ -135,13 +156,25 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path, title: str
     plt.close(fig)
 
 
-def plot_reliability(bins: list[dict], ece: float, path: Path) -> None:
+def plot_reliability(panels: dict[str, tuple[list[dict], float]], path: Path) -> None:
+    """One reliability diagram per panel (title -> (bins, ECE)), side by side, two per row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 4.5 * rows), squeeze=False)
+    for ax, (title, (bins, ece)) in zip(axes.ravel(), panels.items()):
+        _reliability_panel(ax, bins, ece, title)
+    fig.tight_layout()
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def _reliability_panel(ax, bins: list[dict], ece: float, title: str) -> None:
     width = bins[0]["hi"] - bins[0]["lo"]
     for b in bins:
         if b["count"]:
@@ -151,13 +184,9 @@ def plot_reliability(bins: list[dict], ece: float, path: Path) -> None:
     ax.plot([0, 1], [0, 1], "k--", linewidth=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability (ECE {ece:.3f})")
-    fig.tight_layout()
-    with replacing(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    ax.set_xlabel("probability")
+    ax.set_ylabel("fraction true")
+    ax.set_title(f"{title} (ECE {ece:.3f})")
 
 
 # --------------------------------------------------------------------------- command
@@ -186,6 +215,10 @@ class Scored:
     model: Path
     source: str  # "run" or "bundle"
     backend: str  # what computed probs: "torch" (a run) or "onnxruntime" (a bundle)
+    # A calibrated bundle's graphs' own probabilities (N, L) and the run's thresholds for
+    # them; None where nothing was calibrated (a run, or a bundle without calibration).
+    raw: np.ndarray | None = None
+    raw_thresholds: list[float] | None = None
 
 
 def model_kind(path: Path) -> str:
@@ -215,9 +248,11 @@ def _corpus(data_spec: str, split: str, media, dev_fraction: float, seed: int, l
     return on_labels(corpus, labels, data_spec)  # the model's label order; Ekman relabelling
 
 
-def run_scores(run: Path, data_spec: str, split: str, media=None, cache_dir: str | None = None,
-               progress: bool = True) -> Scored:
-    """The run's student in PyTorch on the trainer's inputs (trainer.fit.build_inputs)."""
+def run_outputs(run: Path, data_spec: str, split: str, media=None, cache_dir: str | None = None,
+                progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """The run's student in PyTorch on the trainer's inputs (trainer.fit.build_inputs) of
+    `split`: every head's probabilities (N, 4, L), presence (N, 3), targets (N, L), and
+    whether the corpus is single-label."""
     from trainer.data import targets
     from trainer.export import load_run
     from trainer.fit import TrainOptions, build_inputs, predict
@@ -234,8 +269,18 @@ def run_scores(run: Path, data_spec: str, split: str, media=None, cache_dir: str
     pre = Preprocessing.from_dict(info["preprocessing"])
     data = build_inputs(corpus, split, pre, FaceOptions(**info["faces"]), opts,
                         SentenceEncoder.for_preprocessing(info["text_encoder"], pre), progress)
-    return Scored(predict(model, data)[:, 0], targets(corpus.split(split), corpus.labels), info["labels"],
-                  info["thresholds"], _single_label(corpus), run, "run", "torch")
+    return (predict(model, data), data["present"].numpy(), targets(corpus.split(split), corpus.labels),
+            _single_label(corpus))
+
+
+def run_scores(run: Path, data_spec: str, split: str, media=None, cache_dir: str | None = None,
+               progress: bool = True) -> Scored:
+    """The run's fused probabilities (run_outputs)."""
+    from trainer.export import load_run
+
+    info, _ = load_run(run)
+    probs, _, y, single_label = run_outputs(run, data_spec, split, media, cache_dir, progress)
+    return Scored(probs[:, 0], y, info["labels"], info["thresholds"], single_label, run, "run", "torch")
 
 
 def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress: bool = True) -> Scored:
@@ -258,6 +303,8 @@ def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress
     pre, faces = engine.pre, engine.bundle.faces  # the [faces] it was trained with, as realtime runs it
     windows = text_windows(utts, pre.context_turns)
     probs = np.zeros((len(utts), len(engine.labels)), np.float32)
+    calibrated = not engine.calibration.is_identity
+    raw = np.zeros_like(probs) if calibrated else None
     by_file = media_files(utts)
     with_media = {i for indices in by_file.values() for i in indices}
 
@@ -275,9 +322,14 @@ def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress
     pending: list[int] = []
 
     def flush(bar) -> None:
-        for i, pred in zip(pending, engine.infer([windows[i] for i in pending])):
+        if not pending:
+            return
+        feeds = engine.features([windows[i] for i in pending])
+        for i, pred in zip(pending, engine.predict(feeds)):
             probs[i] = [pred.probabilities[label] for label in engine.labels]
             windows[i].audio, windows[i].crops = None, []  # scored: let the media go
+        for i, pred in zip(pending, engine.predict(feeds, calibrated=False) if calibrated else []):
+            raw[i] = [pred.probabilities[label] for label in engine.labels]
         bar.update(len(pending))
         pending.clear()
 
@@ -287,8 +339,10 @@ def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress
             if len(pending) == BUNDLE_BATCH:
                 flush(bar)
         flush(bar)
+    raw_thresholds = engine.bundle.manifest.get("calibration", {}).get("uncalibrated_thresholds")
     return Scored(probs, targets(utts, corpus.labels), engine.labels, engine.bundle.thresholds,
-                  _single_label(corpus), bundle, "bundle", "onnxruntime")
+                  _single_label(corpus), bundle, "bundle", "onnxruntime", raw,
+                  raw_thresholds if calibrated else None)
 
 
 def bundle_id(bundle: Path) -> str:
@@ -326,13 +380,23 @@ def write_report(scored: Scored, data_spec: str, split: str, report: Path) -> di
     report = Path(report)
     report.mkdir(parents=True, exist_ok=True)
     plot_confusion(matrix, labels, report / "confusion.png", f"{split}: {len(y)} utterances")
-    plot_reliability(metrics["calibration_bins"], metrics["ece"], report / "reliability.png")
     result = {"model": str(scored.model), "source": scored.source, "backend": scored.backend, "data": data_spec,
               "split": split, "utterances": int(len(y)), "labels": labels, "single_label": scored.single_label,
               # which bundle was scored (engines.bundle.model_id): `trainer card` puts the report
               # on that bundle's card only, never on a newer export's
               "bundle_id": bundle_id(scored.model) if scored.source == "bundle" else None,
-              "metrics": metrics, "confusion": matrix.tolist(), "figures": ["confusion.png", "reliability.png"]}
+              "calibrated": scored.raw is not None, "metrics": metrics}
+    after = "calibrated" if scored.raw is not None else "as published"
+    panels = {f"per-label, {after}": (metrics["per_label_bins"], metrics["per_label_ece"]),
+              f"top-label, {after}": (metrics["calibration_bins"], metrics["ece"])}
+    if scored.raw is not None:
+        # Before calibration: the graphs' own probabilities at the thresholds tuned for them.
+        before = score(scored.raw, y, labels, scored.raw_thresholds or scored.thresholds, scored.single_label)
+        result["uncalibrated"] = before
+        panels = {"per-label, before calibration": (before["per_label_bins"], before["per_label_ece"]),
+                  "top-label, before calibration": (before["calibration_bins"], before["ece"]), **panels}
+    plot_reliability(panels, report / "reliability.png")
+    result.update(confusion=matrix.tolist(), figures=["confusion.png", "reliability.png"])
     write_file(report / "report.md", markdown(result))
     write_file(report / "report.json", json.dumps(result, indent=2) + "\n")  # last: a report is complete
     return result
@@ -355,7 +419,15 @@ def markdown(result: dict) -> str:
             lines.append(f"| {key} (%) | {m[key]:.2f} |")
     if "hamming_loss" in m:
         lines.append(f"| hamming_loss | {m['hamming_loss']:.4f} |")
-    lines += [f"| ECE | {m['ece']:.4f} |", "", "| label | F1 (%) |", "|---|---|"]
-    lines += [f"| {label} | {f:.2f} |" for label, f in m["per_class_f1"].items()]
+    lines += [f"| per-label ECE | {m['per_label_ece']:.4f} |", f"| top-label ECE | {m['ece']:.4f} |"]
+    before = result.get("uncalibrated")
+    if before:
+        lines += ["", "Calibration (engines.calibration; the stream publishes the calibrated probabilities):", "",
+                  "| | before | after |", "|---|---|---|",
+                  f"| per-label ECE | {before['per_label_ece']:.4f} | {m['per_label_ece']:.4f} |",
+                  f"| top-label ECE | {before['ece']:.4f} | {m['ece']:.4f} |",
+                  f"| weighted_f1 (%) | {before['weighted_f1']:.2f} | {m['weighted_f1']:.2f} |"]
+    lines += ["", "| label | F1 (%) | ECE |", "|---|---|---|"]
+    lines += [f"| {label} | {f:.2f} | {m['ece_by_label'][label]:.4f} |" for label, f in m["per_class_f1"].items()]
     lines += ["", "![confusion matrix](confusion.png)", "", "![reliability diagram](reliability.png)", ""]
     return "\n".join(lines)

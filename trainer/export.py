@@ -4,6 +4,7 @@
   text_encoder.onnx    input_ids, attention_mask -> sentence embedding
   student.safetensors  the student's weights for the PyTorch backend (config in the manifest)
   tokenizer.json
+  calibration.json     per-label calibration fitted on the run's dev split (engines.calibration)
   card.json, card.md   the model card (trainer.card): data, teachers, licences, scores
   student.plan, text_encoder.plan   with --tensorrt (engines.tensorrt_build)
 
@@ -11,7 +12,10 @@ Two graphs, so the runtime can score audio and video between utterances
 without running the text encoder.  --precision fp16 converts both graphs to
 float16 compute with float32 inputs and outputs (engines.fp16).  Export checks
 each ONNX graph in ONNX Runtime against PyTorch fp32 before it writes the manifest.
---triton DIR also writes a Triton model repository (engines.triton).
+--triton DIR also writes a Triton model repository (engines.triton).  The calibration
+(--calibration platt | temperature | none; trainer.calibrate) is fitted on the run's dev split,
+which export reads again (the run's feature cache makes that quick), and the manifest's
+thresholds are the ones tuned on the calibrated probabilities.
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.atomic import replacing_dir
+from engines.atomic import replacing_dir, write_file
 from engines.bundle import write_manifest
+from engines.calibration import CALIBRATION, METHODS
 from engines.heads import HEADS, MODALITIES
 from engines.preprocess import Preprocessing
 from engines.student import INPUTS, ExportedStudent, Student, StudentConfig
@@ -159,17 +164,19 @@ def _finish_graph(path: Path, precision: str, parity) -> tuple[dict, float]:
     return graph_io(session), diff
 
 
-def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp32") -> dict:
+def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp32",
+                 calibrated: dict | None = None) -> dict:
     """The bundle of a student and the run info (run.json) it came with, built in a temporary
     sibling that replaces `bundle` only when complete (engines.atomic): an export that fails
-    or is killed leaves the old bundle, or none, never half of one."""
+    or is killed leaves the old bundle, or none, never half of one.  calibrated: what
+    trainer.calibrate.calibrate_run fitted (None: no calibration, the run's thresholds)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     with replacing_dir(bundle) as tmp:
-        return _write_bundle(model, info, tmp, precision)
+        return _write_bundle(model, info, tmp, precision, calibrated)
 
 
-def _write_bundle(model: Student, info: dict, bundle: Path, precision: str) -> dict:
+def _write_bundle(model: Student, info: dict, bundle: Path, precision: str, calibrated: dict | None) -> dict:
     from safetensors.torch import save_file
 
     export_student(model, bundle / "student.onnx")
@@ -213,20 +220,38 @@ def _write_bundle(model: Student, info: dict, bundle: Path, precision: str) -> d
                      "dev_fraction": info["options"]["dev_fraction"], "seed": info["options"]["seed"]},
         "parity_max_abs_diff": {"student": student_diff, "text_encoder": text_diff},
     }
+    if calibrated is not None and calibrated["calibration"] is None:
+        manifest["calibration"] = calibrated["summary"]  # why there is none
+        info = dict(info, calibration=calibrated["summary"])
+    elif calibrated is not None:
+        write_file(bundle / CALIBRATION, json.dumps(calibrated["calibration"].to_dict(info["labels"]), indent=2) + "\n")
+        manifest["graphs"]["calibration"] = CALIBRATION
+        manifest["thresholds"] = calibrated["thresholds"]  # tuned on the calibrated probabilities
+        manifest["calibration"] = calibrated["summary"]
+        info = dict(info, thresholds=calibrated["thresholds"], calibration=calibrated["summary"])
     write_card_files(bundle, build_card(info))  # hashed with the rest by write_manifest
     write_manifest(bundle, manifest)
     return manifest
 
 
 def export(run: Path, bundle: Path, precision: str = "fp32", tensorrt: bool = False,
-           triton: Path | None = None) -> dict:
-    """`trainer export`: bundle (+ TensorRT engines, + Triton repository) of a run."""
+           triton: Path | None = None, calibration: str = "platt", progress: bool = False) -> dict:
+    """`trainer export`: bundle (+ TensorRT engines, + Triton repository) of a run.
+
+    calibration: platt | temperature (fitted on the run's dev split, trainer.calibrate) | none."""
     if tensorrt:
         from engines.tensorrt_backend import import_tensorrt
 
         import_tensorrt()  # fail now, not after minutes of ONNX export
+    if calibration not in (*METHODS, "none"):
+        raise ValueError(f"calibration {calibration!r}: expected one of {', '.join(METHODS)}, none")
     info, model = load_run(run)
-    manifest = write_bundle(model, info, bundle, precision)
+    calibrated = None
+    if calibration != "none":
+        from trainer.calibrate import calibrate_run
+
+        calibrated = calibrate_run(run, info, calibration, progress)
+    manifest = write_bundle(model, info, bundle, precision, calibrated)
     if tensorrt:
         from engines.tensorrt_build import build_engines
 
