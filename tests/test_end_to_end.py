@@ -29,6 +29,18 @@ def _replay(media, bundle, out, endpoint, *extra):
     )
 
 
+def wait_for_status(jsonl: Path, state: str, timeout_s: float = 30.0) -> None:
+    """Wait until a `realtime listen --jsonl` file holds the `state` status message (the
+    listener writes and flushes one line per message, so only whole lines are read)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lines = jsonl.read_text().split("\n")[:-1] if jsonl.exists() else []
+        if any(m["type"] == "status" and m["state"] == state for m in map(json.loads, lines)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{jsonl}: no {state!r} status after {timeout_s} s")
+
+
 def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp_path):
     truth = [json.loads(l) for l in (held_out_session / "manifest.jsonl").read_text().splitlines()]
     media = held_out_session / truth[0]["file"]
@@ -42,7 +54,7 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
         out = tmp_path / "out.jsonl"
         result = _replay(media, bundle, out, endpoint, "--wait-subscribers", "1")
         assert result.returncode == 0, result.stderr
-        time.sleep(0.5)  # let the last messages reach the subscriber
+        wait_for_status(heard, "finished")  # the last message has reached the subscriber
         listener.send_signal(signal.SIGINT)  # a subscriber exits cleanly on Ctrl-C
         assert listener.wait(timeout=10) == 0
     finally:
