@@ -78,6 +78,11 @@ class Publisher:
         # Topic prefixes subscribed to now.  XPUB passes on a topic's first subscription and its
         # last unsubscription only, so a set of them is exactly what some subscriber still wants.
         self.subscriptions: set[bytes] = set()
+        # The `started` (or, in a restarted stage, `restarted`) status as published: sent again,
+        # the same message with its seq, once a subscriber whose topic covers status messages
+        # joins after it, so a late subscriber still learns how the session began (and what it
+        # missed).  One that joins just as it is first sent may hear it twice: the seq tells.
+        self.announced: list[list[bytes]] = []
         try:
             self.public = PublicSocket(stage.ctx, stream_options)
         except zmq.ZMQError as exc:
@@ -96,7 +101,7 @@ class Publisher:
 
     def _take_subscriptions(self, timeout_ms: int = 0) -> int:
         """Read the (un)subscriptions that have arrived; how many were subscriptions."""
-        joined = 0
+        joined, heard_status = 0, self._covered("status")
         while self.pub.poll(timeout_ms):
             message = self.pub.recv()
             if message[:1] == b"\x01":  # 1 = subscribe, 0 = unsubscribe; then the topic
@@ -105,7 +110,15 @@ class Publisher:
             elif message[:1] == b"\x00":
                 self.subscriptions.discard(message[1:])
             timeout_ms = 0
+        if not heard_status and self._covered("status"):
+            for frames in self.announced:
+                self.pub.send_multipart(frames)
         return joined
+
+    def _covered(self, kind: str) -> bool:
+        """Whether some subscriber's topic is a prefix of the topic of `kind` (ZeroMQ's rule)."""
+        topic = protocol.TOPICS[kind].encode()
+        return any(topic.startswith(prefix) for prefix in self.subscriptions)
 
     def windows_wanted(self) -> bool:
         """Whether a window update would reach anyone: the results copy's readers, or a
@@ -113,15 +126,18 @@ class Publisher:
         if self.local_windows:
             return True
         self._take_subscriptions()
-        topic = protocol.TOPICS["window"].encode()
-        return any(topic.startswith(prefix) for prefix in self.subscriptions)
+        return self._covered("window")
 
     def publish(self, body: dict) -> dict:
         topic = protocol.topic_for(body)
         body = protocol.stamp(body, self.session, self.seq, self.topic_seq[topic])
         self.seq += 1
         self.topic_seq[topic] += 1
-        self.pub.send_multipart(protocol.encode(body))
+        self._take_subscriptions()  # a status subscriber new since the last message gets `started` first
+        frames = protocol.encode(body)
+        self.pub.send_multipart(frames)
+        if body["type"] == "status" and body["state"] in ("started", "restarted"):
+            self.announced.append(frames)
         result = {"type": "result", "body": body}
         if (state := self.state()) is not None:
             result["resume"] = state
