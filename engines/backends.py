@@ -1,4 +1,4 @@
-"""Inference backends: three ways to run a bundle's two graphs, behind one interface.
+"""Inference backends: five ways to run a bundle's two graphs, behind one interface.
 
   onnxruntime  student.onnx and text_encoder.onnx; the CPU everywhere (CUDA with
                onnxruntime-gpu).  Needs no PyTorch: the default runtime.
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from engines.bundle import Bundle, BundleError
+from engines.devices import check_device
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch", "triton", "service")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class BackendUnavailable(RuntimeError):
@@ -75,8 +75,7 @@ def choose_backend(requested: str, device: str, *, has_cuda: bool, has_tensorrt:
     """
     if requested not in BACKENDS:
         raise ValueError(f"backend {requested!r}: expected one of {', '.join(BACKENDS)}")
-    if device not in DEVICES:
-        raise ValueError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
+    check_device(device)
     gpu_ok = device != "cpu" and has_cuda
     if requested == "auto":
         if gpu_ok and has_tensorrt and bundle_has_engines:

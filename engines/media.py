@@ -11,8 +11,10 @@ from typing import Iterator
 
 import numpy as np
 
+from engines.errors import UserError
 
-class MediaError(RuntimeError):
+
+class MediaError(UserError, RuntimeError):
     """A media file that cannot be read; the message names the file."""
 
 

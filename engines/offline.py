@@ -28,6 +28,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from engines.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 # Repo ids that have a bundled copy, and the name of the package carrying it.
@@ -60,7 +62,7 @@ _ENCODER_MARKER = "config.json"
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(UserError, RuntimeError):
     """No usable copy of a model was found; the message says how to get one."""
 
 

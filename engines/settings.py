@@ -27,6 +27,8 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from engines.errors import UserError
+
 T = TypeVar("T")
 
 # The config file is shared by the runtime and the trainer.  Each side reads its
@@ -62,7 +64,7 @@ COMMENT_COLUMN = 30  # where config.toml's comments start
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from engines.atomic import replacing_dir, write_file
 from engines.backends import BackendUnavailable
 from engines.bundle import BundleError, open_bundle, write_manifest
+from engines.errors import UserError
 
 GRAPHS = ("student", "text_encoder")
 # (min, opt, max).  Live replay scores one utterance at a time; a server batches up to 32.
@@ -32,7 +33,7 @@ TOKENS = (2, 32, 128)
 AUDIO_TOKENS = (1, 32, 1 << 30)
 
 
-class BuildError(RuntimeError):
+class BuildError(UserError, RuntimeError):
     """TensorRT could not parse a graph or build its engine; the message names the graph."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from engines.backends import Backend, BackendUnavailable, in_batches
 from engines.bundle import Bundle
+from engines.settings import ConfigError
 from engines.triton import DTYPES, MODELS, dims
 
 INSTALL_HINT = "pip install 'tritonclient[http]==2.73.0' (or the [triton] extra)"
@@ -37,7 +38,7 @@ def split_url(url: str) -> tuple[str, bool]:
     if not sep:
         return url, False
     if scheme not in ("http", "https") or not rest:
-        raise ValueError(f"triton_url {url!r}: expected host:port, http://host:port or https://host:port")
+        raise ConfigError(f"triton_url {url!r}: expected host:port, http://host:port or https://host:port")
     return rest.rstrip("/"), scheme == "https"
 
 

@@ -29,7 +29,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engines.backends import BACKENDS, DEVICES
+    from engines.backends import BACKENDS
+    from engines.devices import DEVICES
 
     parser = argparse.ArgumentParser(
         prog="realtime",

@@ -21,6 +21,7 @@ import zmq
 import zmq.asyncio
 from aiohttp import WSMsgType, web
 
+from engines.errors import UserError
 from realtime import protocol
 
 HOST = "127.0.0.1"
@@ -136,7 +137,7 @@ async def start(endpoint: str, port: int) -> tuple[web.AppRunner, int]:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise OSError(f"cannot serve the dashboard on {HOST}:{port}: {exc.strerror or exc}") from exc
+        raise UserError(f"cannot serve the dashboard on {HOST}:{port}: {exc.strerror or exc}") from exc
     bound = runner.addresses[0][1]
     return runner, bound
 

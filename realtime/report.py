@@ -15,13 +15,14 @@ import re
 import time
 from pathlib import Path
 
+from engines.errors import UserError
 from realtime import protocol
 
 WEB = Path(__file__).parent / "web"
 KINDS = ("utterance", "window", "transcript", "status")
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """Input the report cannot be made from; the message says what and where."""
 
 

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from engines.errors import UserError
 from realtime import bus
 from realtime.stage import Stage, StageError
 
 
-class DeviceError(StageError):
+class DeviceError(StageError, UserError):
     """A camera or microphone that cannot be opened; the message says which."""
 
 

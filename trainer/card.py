@@ -15,6 +15,7 @@ from pathlib import Path
 from engines.atomic import replacing_dir, write_file
 from engines.bundle import MANIFEST, open_bundle, write_manifest
 from engines.card import BRANCHES, CARD_JSON, CARD_MD, CARD_VERSION, read_card, summary_line
+from engines.errors import InvalidInput, MissingInput
 
 UNKNOWN = "unknown"
 
@@ -199,7 +200,7 @@ def add_evaluations(card: dict, evaluations: dict[str, dict]) -> dict:
     card = json.loads(json.dumps(card))
     for name, report in evaluations.items():
         if list(report.get("labels", card["labels"])) != card["labels"]:
-            raise ValueError(f"evaluation {name!r}: labels {report.get('labels')} are not the bundle's "
+            raise InvalidInput(f"evaluation {name!r}: labels {report.get('labels')} are not the bundle's "
                              f"{card['labels']}")
         card.setdefault("evaluations", {})[name] = evaluation_entry(report)
     card["licences"] = licences(card)
@@ -331,10 +332,10 @@ def read_report(path: str | Path) -> dict:
     path = Path(path)
     path = path / "report.json" if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; is it a `trainer evaluate --report` directory?")
+        raise MissingInput(f"{path}: missing; is it a `trainer evaluate --report` directory?")
     report = json.loads(path.read_text())
     if "metrics" not in report or "per_class_f1" not in report["metrics"]:
-        raise ValueError(f"{path}: not a `trainer evaluate` report (no metrics.per_class_f1)")
+        raise InvalidInput(f"{path}: not a `trainer evaluate` report (no metrics.per_class_f1)")
     return report
 
 
@@ -365,10 +366,10 @@ def add_reports(bundle: Path, reports: dict[str, str | Path]) -> dict:
                  f"--split {report.get('split')} --report {reports[name]}")
         if report.get("bundle_id") is None:
             scored = report.get("model", report.get("run"))
-            raise ValueError(f"evaluation {name!r} ({reports[name]}): it scored {scored}, not a bundle "
+            raise InvalidInput(f"evaluation {name!r} ({reports[name]}): it scored {scored}, not a bundle "
                              "(or a bundle, before reports named which one); " + again)
         if report["bundle_id"] != this:
-            raise ValueError(f"evaluation {name!r} ({reports[name]}) scored another bundle ({report['bundle_id']}; "
+            raise InvalidInput(f"evaluation {name!r} ({reports[name]}) scored another bundle ({report['bundle_id']}; "
                              f"{bundle} is {this}): its scores are not this model's; " + again)
     card = add_evaluations(card_of_bundle(bundle), read)
     write_card(bundle, card)

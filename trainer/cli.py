@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engines.settings import ConfigError
+    from engines.errors import MissingInput, UserError
     from trainer.config import load_config
 
     try:
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                                               resolve_device)
 
             if args.resume and not (args.out / CHECKPOINT_DIR / STATE_FILE).is_file():  # before any loading
-                raise FileNotFoundError(f"{args.out / CHECKPOINT_DIR / STATE_FILE}: nothing to resume from")
+                raise MissingInput(f"{args.out / CHECKPOINT_DIR / STATE_FILE}: nothing to resume from")
             device = resolve_device(args.device)  # before any loading, too
             corpus = load(args.data, args.media, config.train.dev_fraction, config.train.seed)
             multi = not all(len(u.labels) == 1 for u in corpus.utterances)
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(spec)
                 return 0
             if args.out is None:
-                raise ValueError("--out DIR is required (the directory for every step's output)")
+                raise UserError("--out DIR is required (the directory for every step's output)")
 
             done = real(args.out, config, quick=args.quick, progress=progress,
                         log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             card = add_reports(args.bundle, dict(map(parse_eval, args.evals))) if args.evals else read_card(args.bundle)
             print(summary_line(card) if card else f"{args.bundle}: no model card (export it again)")
         return 0
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except UserError as exc:  # bad input: one line; anything else is a bug and keeps its traceback
         print(f"trainer {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -22,11 +22,12 @@ import numpy as np
 
 from engines.atomic import replacing
 from engines.dialogue import UNKNOWN_SPEAKER, Turn
+from engines.errors import UserError
 from engines.faces import FaceOptions
 from engines.features import Window, decode, media_inputs, pad_spans
 from engines.preprocess import Preprocessing
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data spec or data file that cannot be used; the message says which."""
 
 

@@ -36,8 +36,10 @@ import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 
 from engines.atomic import replacing, write_file
+from engines.errors import MissingInput
 from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
+from trainer.data import DataError
 
 N_BINS = 15
 
@@ -229,7 +231,7 @@ def model_kind(path: Path) -> str:
         return "run"
     if (path / MANIFEST).is_file():
         return "bundle"
-    raise FileNotFoundError(f"{path}: neither a run directory of `trainer fit` (no run.json) nor a model "
+    raise MissingInput(f"{path}: neither a run directory of `trainer fit` (no run.json) nor a model "
                             f"bundle of `trainer export` (no {MANIFEST})")
 
 
@@ -244,7 +246,7 @@ def _corpus(data_spec: str, split: str, media, dev_fraction: float, seed: int, l
     if split == "all":
         corpus = Corpus(corpus.labels, [replace(u, split="all") for u in corpus.utterances])
     if not corpus.split(split):
-        raise ValueError(f"{data_spec}: no utterances in split {split!r}")
+        raise DataError(f"{data_spec}: no utterances in split {split!r}")
     return on_labels(corpus, labels, data_spec)  # the model's label order; Ekman relabelling
 
 

@@ -29,8 +29,10 @@ import torch
 from engines.atomic import replacing_dir, write_file
 from engines.bundle import write_manifest
 from engines.calibration import CALIBRATION, METHODS
+from engines.errors import MissingInput
 from engines.heads import HEADS, MODALITIES
 from engines.preprocess import Preprocessing
+from engines.settings import ConfigError
 from engines.student import INPUTS, ExportedStudent, Student, StudentConfig
 from engines.text import TextTokenizer
 from trainer.card import build_card, write_card_files
@@ -59,7 +61,7 @@ def load_run(run: Path) -> tuple[dict, Student]:
 
     info_path = run / "run.json"
     if not info_path.is_file():
-        raise FileNotFoundError(f"{info_path}: missing; is {run} a run directory of `trainer fit`?")
+        raise MissingInput(f"{info_path}: missing; is {run} a run directory of `trainer fit`?")
     info = json.loads(info_path.read_text())
     model = Student(StudentConfig(**info["student"]), Preprocessing.from_dict(info["preprocessing"]))
     model.load_state_dict(load_file(str(run / "model.safetensors")))
@@ -171,7 +173,7 @@ def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp3
     or is killed leaves the old bundle, or none, never half of one.  calibrated: what
     trainer.calibrate.calibrate_run fitted (None: no calibration, the run's thresholds)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     with replacing_dir(bundle) as tmp:
         return _write_bundle(model, info, tmp, precision, calibrated)
 

@@ -38,13 +38,15 @@ import torch
 from tqdm import tqdm
 
 from engines.atomic import replacing, write_file
+from engines.errors import InvalidInput, MissingInput
 from engines.faces import FaceOptions
 from engines.features import SPEECH_PAD_MS, presence, text_embeddings, text_inputs
 from engines.preprocess import Preprocessing
 from engines.heads import HEADS, MODALITIES
+from engines.settings import ConfigError
 from engines.student import INPUTS, VIDEO_ENCODERS, Student, StudentConfig
 from engines.text import TextTokenizer
-from trainer.data import media_features, targets, text_windows, with_speech_padding
+from trainer.data import DataError, media_features, targets, text_windows, with_speech_padding
 from trainer.losses import LearnableTemperature, LossWeights, total_loss
 from trainer.metrics import multilabel_scores, tune_thresholds
 from trainer.text_encoder import EMBEDDING_VERSION, SentenceEncoder
@@ -252,7 +254,7 @@ def make_teachers(corpus, train: dict, opts: TrainOptions, weights: LossWeights)
         teacher = TextTeacher.load(opts.text_teacher)
         label_map = map_teacher_labels(teacher.config.labels, corpus.labels)
         if not label_map:
-            raise ValueError(f"text teacher {opts.text_teacher}: none of its labels "
+            raise ConfigError(f"text teacher {opts.text_teacher}: none of its labels "
                              f"{teacher.config.labels} is one of the corpus's {corpus.labels}")
         utts = corpus.split("train")
         tqdm.write(f"text teacher: scoring {len(utts)} training utterances")
@@ -272,7 +274,7 @@ def fer_classes(labels: list[str], opts: TrainOptions) -> list[int]:
 
     mapping = {label: fer for fer, label in map_teacher_labels(FER_LABELS, labels).items()}
     if not mapping:
-        raise ValueError(f"video_encoder 'fer': none of the labels {labels} is a FER2013 class")
+        raise ConfigError(f"video_encoder 'fer': none of the labels {labels} is a FER2013 class")
     return [mapping.get(i, -1) for i in range(len(labels))]
 
 
@@ -285,15 +287,15 @@ def text_head_config(labels: list[str], opts: TrainOptions, pre: Preprocessing) 
 
     teacher = Path(opts.text_head)
     if not (teacher / CONFIG_FILE).is_file() or not (teacher / HEAD_FILE).is_file():
-        raise ValueError(f"text_head {teacher}: not a `trainer teach` directory (no {CONFIG_FILE} and {HEAD_FILE})")
+        raise ConfigError(f"text_head {teacher}: not a `trainer teach` directory (no {CONFIG_FILE} and {HEAD_FILE})")
     if Path(opts.text_encoder).resolve() != (teacher / "encoder").resolve() or pre.text_pooling != "mask":
-        raise ValueError(f"text_head {teacher}: its classifier reads its own encoder's mask token, so "
+        raise ConfigError(f"text_head {teacher}: its classifier reads its own encoder's mask token, so "
                          f"[train] text_encoder must be {teacher / 'encoder'} and [features] text_pooling "
                          f"\"mask\" (got {opts.text_encoder}, {pre.text_pooling!r})")
     classes = json.loads((teacher / CONFIG_FILE).read_text())["config"]["labels"]
     mapping = {label: t for t, label in map_teacher_labels(classes, labels).items()}
     if not mapping:
-        raise ValueError(f"text_head {teacher}: none of its classes {classes} is one of the labels {labels}")
+        raise ConfigError(f"text_head {teacher}: none of its classes {classes} is one of the labels {labels}")
     return {"text_classes": [mapping.get(i, -1) for i in range(len(labels))], "text_teacher_classes": len(classes)}
 
 
@@ -493,7 +495,7 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
     weights = loss if loss is not None else LossWeights()
     state_path = out / "last_state.pt"
     if resume and not state_path.is_file():
-        raise FileNotFoundError(f"{state_path}: nothing to resume from")
+        raise MissingInput(f"{state_path}: nothing to resume from")
     torch.manual_seed(opts.seed)
     np.random.seed(opts.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -507,9 +509,9 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
     train = build_inputs(corpus, "train", pre, faces, opts, encoder, progress)
     dev = build_inputs(corpus, "dev", pre, faces, opts, encoder, progress)
     if len(train["targets"]) == 0 or len(dev["targets"]) == 0:
-        raise ValueError(f"{data_spec}: need utterances in both train and dev splits")
+        raise DataError(f"{data_spec}: need utterances in both train and dev splits")
     if not train["present"].any():
-        raise ValueError(
+        raise DataError(
             f"{data_spec}: no training utterance has a transcript, audio or video the student reads "
             f"(modalities {', '.join(opts.modalities)}); precomputed features such as ElderReact's "
             "COVAREP values are not a student input: give the corpus its media "

