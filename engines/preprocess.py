@@ -12,12 +12,16 @@ from functools import lru_cache
 
 import numpy as np
 
+# Hz: the one audio rate of the project, from decoding to the VAD, the ASR and the model;
+# Silero VAD and Whisper hear only this rate, so realtime serves it alone.
+SAMPLE_RATE = 16000
+
 
 @dataclass(frozen=True)
 class Preprocessing:
     """Feature parameters; written into every bundle's manifest."""
 
-    sample_rate: int = 16000  # Hz; every audio stage works at this rate (realtime serves 16000 only:
+    sample_rate: int = SAMPLE_RATE  # Hz; every audio stage works at this rate (realtime serves 16000 only:
     # its VAD and ASR models hear that rate; a bundle at another is refused)
     n_fft: int = 400  # STFT window in samples (25 ms)
     hop: int = 160  # samples between log-mel frames (10 ms)

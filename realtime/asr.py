@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engines.devices import check_device, resolve_device
+from engines.preprocess import SAMPLE_RATE
+
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000  # Whisper's input rate
 WHISPER_WINDOW_S = 30.0  # the audio Whisper was trained to read at once
 FRAMES_PER_SECOND = 100  # log-mel frames (10 ms hop)
 # An utterance gets a window at least this many times its length: Whisper learnt from windows
@@ -30,7 +32,6 @@ WINDOW_PER_UTTERANCE = 2.0
 # Whisper's own test for a looping decode (text that compresses this well repeats itself);
 # a short window makes such loops likelier, so that text is redone in the full window.
 LOOP_COMPRESSION_RATIO = 2.4
-_DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -65,8 +66,7 @@ class AsrOptions:
     # waits, so partials never delay final transcripts
 
     def __post_init__(self) -> None:
-        if self.device not in _DEVICES:
-            raise ValueError(f"device must be one of {', '.join(_DEVICES)}, got {self.device!r}")
+        check_device(self.device, "[asr] device")
         if self.pad_ms < 0:
             raise ValueError(f"pad_ms must be >= 0, got {self.pad_ms}")
         if self.lead_ms < 0:
@@ -88,11 +88,12 @@ def window_seconds(window_s: float, utterance_s: float) -> float:
 
 def pick_device(device: str) -> str:
     """Resolve "auto" to cuda when CTranslate2 sees a GPU, else cpu."""
-    if device != "auto":
-        return device
-    import ctranslate2
+    def has_cuda() -> bool:
+        import ctranslate2  # only where the answer needs it: it loads the CUDA libraries it finds
 
-    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        return ctranslate2.get_cuda_device_count() > 0
+
+    return resolve_device(device, has_cuda, "[asr] device", runtime="CTranslate2")
 
 
 def pick_compute_type(compute_type: str, device: str) -> str:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engines.backends import BACKENDS, DEVICES
+from engines.backends import BACKENDS
+from engines.devices import check_device
 from engines.faces import FaceOptions
 from engines.settings import apply_overrides, build, read_toml
 from realtime.asr import AsrOptions
@@ -73,8 +74,7 @@ class ModelOptions:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
+        check_device(self.device, "[model] device")
         if self.threads < 1:
             raise ValueError("threads must be >= 1")
         if self.faces not in ("bundle", "config"):

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.preprocess import SAMPLE_RATE
 from realtime.sources import CaptureOptions, Microphone, open_video
-
-SAMPLE_RATE = 16000
 
 
 def record(out: str | Path, capture: CaptureOptions, duration_s: float = 0.0, fps: float = 15.0,

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from engines.features import SPEECH_PAD_MS
+from engines.preprocess import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 FRAME = 512   # samples per VAD decision (32 ms); the v6 model's fixed window at 16 kHz
 CONTEXT = 64  # samples of the previous frame that v6 expects in front of each frame
 STATE_SHAPE = (1, 1, 128)  # the LSTM's h and c

@@ -16,7 +16,7 @@ import subprocess
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from engines.preprocess import SAMPLE_RATE
 
 # prosody keyword -> espeak-ng flag (value ranges are espeak-ng's).
 _PROSODY_FLAGS = {

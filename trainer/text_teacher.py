@@ -36,6 +36,7 @@ from torch import nn
 
 from engines.atomic import replacing, replacing_dir
 from engines import devices
+from engines import devices
 from engines.dialogue import UNKNOWN_SPEAKER
 from engines.errors import MissingInput
 from engines.settings import ConfigError
@@ -137,14 +138,10 @@ def _embeddings_module(encoder: nn.Module) -> nn.Module:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto": the GPU when torch sees one, else the CPU; otherwise torch's own names ("cpu",
-    "cuda", "cuda:1").  A GPU asked for and not there is an error, not a silent CPU run."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: this torch sees no CUDA GPU (use cpu or auto)")
-    return resolved
+    """The torch device for a `device` setting: "auto" (the GPU when torch sees one, else the
+    CPU), "cpu", "cuda" or one GPU ("cuda:1"), by the rule of engines.devices.  A GPU asked for
+    and not there is an error, not a silent CPU run."""
+    return torch.device(devices.resolve_device(device, torch.cuda.is_available, gpu_index=True))
 
 
 def set_seed(seed: int) -> None:

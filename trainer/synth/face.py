@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engines.preprocess import SAMPLE_RATE
 from trainer.synth.plan import PlannedLine, Speaker, average
-from trainer.synth.voice import SAMPLE_RATE
 
 FPS = 10
 WIDTH, HEIGHT = 320, 240

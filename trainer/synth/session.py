@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.preprocess import SAMPLE_RATE
 from trainer.synth.face import FACE_FILES, FPS, HEIGHT, WIDTH, load_face, session_frames
 from trainer.synth.plan import LABELS, plan_session
-from trainer.synth.voice import SAMPLE_RATE, espeak, jitter_prosody, mix_session, prosody_for, require_espeak
+from trainer.synth.voice import espeak, jitter_prosody, mix_session, prosody_for, require_espeak
 
 
 def write_mp4(path: Path, audio: np.ndarray, frames) -> None:

@@ -8,9 +8,9 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from engines.preprocess import SAMPLE_RATE
 from trainer.synth.plan import PlannedLine, Speaker, average
 
-SAMPLE_RATE = 16000  # every stage of the project works at 16 kHz mono
 LEAD_IN_S = 0.6
 TRAIL_S = 0.8
 GAP_S = (0.7, 1.5)  # silence between utterances, drawn uniformly
