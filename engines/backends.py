@@ -26,11 +26,13 @@ import numpy as np
 
 from engines.bundle import Bundle, BundleError
 from engines.devices import check_device
+from engines.errors import UserError
+from engines.settings import ConfigError
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch", "triton", "service")
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(UserError, RuntimeError):
     """A backend that cannot run on this machine; the message says what is missing."""
 
 
@@ -74,7 +76,7 @@ def choose_backend(requested: str, device: str, *, has_cuda: bool, has_tensorrt:
     PyTorch on CUDA, else ONNX Runtime on the CPU.
     """
     if requested not in BACKENDS:
-        raise ValueError(f"backend {requested!r}: expected one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"backend {requested!r}: expected one of {', '.join(BACKENDS)}")
     check_device(device)
     gpu_ok = device != "cpu" and has_cuda
     if requested == "auto":
@@ -87,7 +89,7 @@ def choose_backend(requested: str, device: str, *, has_cuda: bool, has_tensorrt:
         return "onnxruntime", "cpu"
     if requested == "tensorrt":
         if device == "cpu":
-            raise ValueError("backend 'tensorrt' runs on CUDA only; use device 'cuda' or 'auto'")
+            raise ConfigError("backend 'tensorrt' runs on CUDA only; use device 'cuda' or 'auto'")
         if not has_tensorrt:
             raise BackendUnavailable(
                 "backend 'tensorrt': the tensorrt package is not importable "
@@ -161,13 +163,13 @@ def open_backend(bundle: Bundle, backend: str = "auto", device: str = "auto", th
         from engines.triton_backend import TritonBackend
 
         if not triton_url:
-            raise ValueError("backend 'triton' needs the server's address: set [model] triton_url (host:port)")
+            raise ConfigError("backend 'triton' needs the server's address: set [model] triton_url (host:port)")
         return TritonBackend(bundle, triton_url, triton_timeout_s)
     if name == "service":
         from engines.service import ServiceBackend
 
         if not service_endpoint:
-            raise ValueError("backend 'service' needs the service's address: set [model] service_endpoint")
+            raise ConfigError("backend 'service' needs the service's address: set [model] service_endpoint")
         return ServiceBackend(bundle, service_endpoint, service_timeout_s)
     if name == "torch":
         return TorchBackend(bundle, device, threads)

@@ -178,8 +178,10 @@ def _dashboard_options(parser: argparse.ArgumentParser, when: str) -> None:
 
 
 def _check_port(port: int) -> None:
+    from engines.errors import UserError
+
     if not 0 <= port <= 65535:
-        raise ValueError(f"port {port}: expected 0-65535")
+        raise UserError(f"port {port}: expected 0-65535")
 
 
 def start_dashboard(config, port: int):
@@ -212,6 +214,7 @@ def format_message(body: dict) -> str:
 
 def load_settings(args, needs_model: bool = False, **flags):
     """config.toml (or --config), then --set, then the command's own flags (KEY=value, None = not given)."""
+    from engines.errors import UserError
     from realtime.config import load_config
 
     overrides = list(args.overrides)
@@ -220,7 +223,7 @@ def load_settings(args, needs_model: bool = False, **flags):
             overrides.append(f"{key.replace('__', '.')}={json.dumps(str(value) if isinstance(value, Path) else value)}")
     config = load_config(args.config, overrides)
     if needs_model and not config.model.bundle:
-        raise ValueError("no model: pass --model BUNDLE or set [model] bundle in config.toml")
+        raise UserError("no model: pass --model BUNDLE or set [model] bundle in config.toml")
     return config
 
 
@@ -236,6 +239,7 @@ def print_results(args):
 
 
 def cmd_replay(args) -> int:
+    from engines.errors import UserError
     from realtime.pipeline import replay
 
     config = load_settings(args, needs_model=True, model__bundle=args.model, stream__endpoint=args.endpoint,
@@ -243,7 +247,7 @@ def cmd_replay(args) -> int:
                            model__triton_url=args.triton_url, model__service_endpoint=args.service_endpoint,
                            stream__wait_subscribers=args.wait_subscribers)
     if args.report and not args.report.parent.is_dir():  # say so now, not after the whole replay
-        raise ValueError(f"--report {args.report}: no such folder {args.report.parent}")
+        raise UserError(f"--report {args.report}: no such folder {args.report.parent}")
     dashboard = start_dashboard(config, args.dashboard_port) if args.dashboard else None
     messages: list[dict] = []
     printer = print_results(args)
@@ -372,6 +376,7 @@ def cmd_listen(args) -> int:
 
     import zmq
 
+    from engines.errors import UserError
     from realtime import protocol
     from realtime.config import load_config
 
@@ -385,7 +390,7 @@ def cmd_listen(args) -> int:
     sock.setsockopt_string(zmq.SUBSCRIBE, args.topic)
     if args.curve_key or args.server_key:
         if not (args.curve_key and args.server_key):
-            raise ValueError("--curve-key and --server-key go together")
+            raise UserError("--curve-key and --server-key go together")
         from realtime.security import client_keys
 
         client_keys(sock, str(args.curve_key), str(args.server_key))
@@ -439,20 +444,14 @@ def main(argv: list[str] | None = None) -> int:
 
         stage_processes()
     args = build_parser().parse_args(argv)
-    from engines.backends import BackendUnavailable
-    from engines.bundle import BundleError
-    from engines.media import MediaError
-    from engines.settings import ConfigError
-    from realtime.pipeline import PipelineError
-    from realtime.sources import DeviceError
+    from engines.errors import UserError
 
     try:
         commands = {"replay": cmd_replay, "serve": cmd_serve, "record": cmd_record, "devices": cmd_devices,
                     "listen": cmd_listen, "describe": cmd_describe, "dashboard": cmd_dashboard, "report": cmd_report,
                     "keys": cmd_keys, "infer": cmd_infer}
         return commands[args.command](args)
-    except (BundleError, BackendUnavailable, MediaError, ConfigError, PipelineError, DeviceError, ValueError,
-            OSError) as exc:
+    except UserError as exc:  # bad input: one line; anything else is a bug and keeps its traceback
         print(f"realtime {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
