@@ -33,7 +33,6 @@ def frozen_logreg(corpus, encoder: str, multi_label: bool, threads: int) -> dict
     from sklearn.metrics import f1_score
     from transformers import AutoTokenizer
 
-    from engines.offline import resolve_text_encoder
     from trainer.text_encoder import SentenceEncoder
 
     enc = SentenceEncoder(encoder)

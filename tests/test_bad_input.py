@@ -2,7 +2,6 @@
 no traceback, and before any stage loads a model.  Real CLI processes throughout."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

@@ -15,7 +15,7 @@ import pytest
 
 import engines
 from engines.bundle import BundleError, open_bundle, write_manifest
-from engines.calibration import CALIBRATION, Calibration, load_calibration
+from engines.calibration import CALIBRATION, load_calibration
 from tests.test_triton import _max_difference, _windows
 from trainer.calibrate import fit_calibration, fit_label
 from trainer.evaluate import per_label_calibration, top_label_calibration

@@ -318,7 +318,7 @@ def test_monitor_errors_say_what_is_wrong(tmp_path, monkeypatch):
         Microphone(options, 32, 16000)
 
 
-def test_serve_follows_a_call_from_screen_and_monitor(bundle, spoken_session, speakers, tmp_path):
+def test_serve_follows_a_call_from_screen_and_monitor(bundle, spoken_session, speakers, tmp_path):  # noqa: F811 (the fixture imported above, asked for by name)
     """The whole point: `realtime serve --camera screen:... --microphone monitor` while a call
     (a held-out session: its face on the screen, its speech on the speakers) plays."""
     import av

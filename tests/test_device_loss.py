@@ -41,8 +41,8 @@ def _lost(got, device: str) -> bool:
     return any(m["type"] == "status" and m["state"] == "lost" and m["detail"].startswith(device) for m in got)
 
 
-def test_lost_sources_are_announced_and_the_other_carries_on(bundle, held_out_session, virtual_microphone,
-                                                             tmp_path):
+def test_lost_sources_are_announced_and_the_other_carries_on(bundle, held_out_session, virtual_microphone,  # noqa: F811
+                                                             tmp_path):  # (F811: the fixture imported above)
     from tests import speech
 
     if not speech.tools_available():

@@ -94,7 +94,7 @@ def test_replay_loses_nothing_when_a_stage_is_killed(stage, bundle, held_out_ses
     _check_session(_messages(out), truth, stage)
 
 
-def test_serve_loses_nothing_when_the_asr_is_killed(bundle, spoken_session, virtual_microphone, tmp_path):
+def test_serve_loses_nothing_when_the_asr_is_killed(bundle, spoken_session, virtual_microphone, tmp_path):  # noqa: F811 (fixtures imported above)
     """The case issue 12 measured: the ASR killed while it transcribes, live."""
     truth, media, wav, duration = spoken_session
     messages, log = tmp_path / "messages.jsonl", tmp_path / "serve.log"

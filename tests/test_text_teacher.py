@@ -196,7 +196,7 @@ def test_kd_pulls_the_student_towards_the_teachers_outputs(tmp_path, tiny_rows):
     from trainer.text_teacher import TeacherConfig, TextTeacher, distil
 
     torch.set_num_threads(2)
-    train, dev = tiny_rows[:30], tiny_rows[30:]
+    train = tiny_rows[:30]
     # A "teacher" whose ranking disagrees with the labels: it must come from KD, not from CE.
     big = TextTeacher.create(TeacherConfig(labels=["neutral", "joy"], max_len=16))
     with torch.no_grad():
