@@ -1,6 +1,10 @@
 """`realtime`: run the emotion pipeline and read its stream.
 
   realtime replay SESSION.mp4 --model BUNDLE --out OUT.jsonl [--realtime] [--report REPORT.html]
+  realtime serve [--model BUNDLE] [--camera CAM] [--microphone MIC] [--endpoint ENDPOINT] [--jsonl FILE]
+  realtime record OUT.mp4 [--camera CAM] [--microphone MIC] [--duration SECONDS]
+  realtime devices
+  realtime keys --out DIR
   realtime infer --model BUNDLE [--endpoint ipc:///tmp/realtime-infer.sock]   (sessions: --backend service)
   realtime listen [--endpoint tcp://127.0.0.1:5555] [--jsonl FILE]
   realtime describe --model BUNDLE [--json]
