@@ -120,6 +120,9 @@ SPECS: dict[str, Spec] = {
     "transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}, optional={"early": bool},  # early: speculative
                        dtype="float32", shape=(None,)),
     "partial_transcript": Spec({**_SPAN, "text": str, "asr_s": NUMBER}),
+    # segmenter -> asr -> fusion, in replay: every utterance ending at or before t is handed
+    # out (StreamingSegmenter.done_until), and, past the ASR, transcribed
+    "progress": Spec({"session": str, "t": NUMBER}),
     # Every face of a frame: `faces` (id, box, motion of each) and its crops stacked in that order.
     "face": Spec({**_AT, "found": bool, "faces": list}, optional={"main": (int, type(None)), "frame": list},
                  dtype="uint8", shape=(None, None, None), array_required=False),
@@ -136,8 +139,8 @@ SPECS: dict[str, Spec] = {
 # What each socket's reader accepts.
 AUDIO_IN = ("audio", "eos")  # segmenter
 VIDEO_IN = ("frame", "eos")  # faces
-UTTERANCES_IN = ("utterance", "partial", "speculative", "eos")  # asr
-FUSION_IN = ("transcript", "partial_transcript", "audio", "face", "eos")
+UTTERANCES_IN = ("utterance", "partial", "speculative", "progress", "eos")  # asr
+FUSION_IN = ("transcript", "partial_transcript", "progress", "audio", "face", "eos")
 RESULTS_IN = ("result", "eos")  # supervisor
 REPORTS = ("ready", "heartbeat", "done", "error")  # supervisor's control channel
 

@@ -113,7 +113,7 @@ class Supervisor:
         self.last_seen[name] = time.monotonic()
 
     def start_processing(self, open_model: Callable[[], Bundle], session: str, paced: bool = True,
-                         source: str = "") -> Bundle:
+                         source: str = "", ordered: bool = False) -> Bundle:
         """Start the processing stages and wait until they are ready; returns the bundle.
 
         open_model opens and verifies the bundle (hashing ~100 MB): the VAD and the ASR read
@@ -121,13 +121,16 @@ class Supervisor:
         media is read.  paced: the media comes at its own speed (serve, replay --realtime).
         Only then does speculative ASR save time; a replay as fast as it goes would
         transcribe some utterances twice (where speech resumes) for nothing.
-        source: the replayed file's name, which the `started` status names ("": live)."""
+        source: the replayed file's name, which the `started` status names ("": live).
+        ordered (replay): fusion publishes in media-time order, the same every run
+        (realtime.fusion); live, each result goes out as soon as it can instead."""
         cfg = self.config
         self.start("segmenter", functools.partial(stages.segmenter, vad_options=cfg.vad,
                                                  partial_every_s=cfg.asr.partial_every_s,
                                                  speculative=cfg.asr.speculative and paced,
-                                                 asr_pad_ms=cfg.asr.pad_ms, asr_lead_ms=cfg.asr.lead_ms))
-        self.start("asr", functools.partial(stages.asr, asr_options=cfg.asr))
+                                                 asr_pad_ms=cfg.asr.pad_ms, asr_lead_ms=cfg.asr.lead_ms,
+                                                 progress=ordered))
+        self.start("asr", functools.partial(stages.asr, asr_options=cfg.asr, ordered=ordered))
         bundle = open_model()
         self.faces = serving_faces(cfg, bundle)
         self.start("faces", functools.partial(stages.faces, face_options=self.faces,
@@ -136,7 +139,7 @@ class Supervisor:
                                                stream_options=cfg.stream,
                                                fusion_options=cfg.fusion, face_options=self.faces,
                                                session=session, local_windows=self.local_windows,
-                                               source=source))
+                                               source=source, ordered=ordered))
         self.wait_ready(PROCESSING)
         return bundle
 
@@ -395,7 +398,7 @@ def replay(
                          local_windows=wants_windows(all_messages, on_message, on_message_types))
         try:
             bundle = sup.start_processing(lambda: announced_bundle(config), session, paced=realtime,
-                                          source=media.name)
+                                          source=media.name, ordered=True)
             # Opened (and so emptied) only once the bundle has passed its checks.
             sink = ResultSink(out_jsonl, on_message, all_types=all_messages)
             sup.start("source", functools.partial(

@@ -269,6 +269,13 @@ class StreamingSegmenter:
         return SpeechSegment(start=self._time(start), end=self._time(end), audio=self._buffer.get(start, end),
                              asr_lead=self._lead(start))
 
+    def done_until(self) -> float:
+        """Media time that every utterance still to come ends after: the speech start of the
+        open utterance (its end, padded or cut, lies past it), else the audio scored so far
+        (the next one's speech starts there at the earliest).  Every utterance ending at or
+        before it has been handed out: what lets the fusion stage order results by media time."""
+        return self._time(self._speech_start if self._speech_start is not None else self._vad_end)
+
     def settled(self) -> SpeechSegment | None:
         """The utterance that closes if the silence now running holds, once the part of it the
         ASR transcribes (up to asr_pad_ms of padding after the speech) is scored; else None.

@@ -102,7 +102,7 @@ def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps
 
 
 def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculative: bool = False,
-              asr_pad_ms: int | None = None, asr_lead_ms: int = 0) -> None:
+              asr_pad_ms: int | None = None, asr_lead_ms: int = 0, progress: bool = False) -> None:
     """Streaming voice activity detection: audio chunks in, utterance windows out.
 
     With partial_every_s > 0 the utterance still being spoken also goes to the ASR,
@@ -110,6 +110,12 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculati
     an utterance whose closing silence has begun goes to the ASR as a `speculative` as
     soon as the audio the ASR reads is heard (asr_pad_ms of padding after the speech), so the
     ASR runs while the silence is still being timed.
+
+    With progress (replay), a `progress` message follows the utterances each chunk closed
+    whenever StreamingSegmenter.done_until moved: through the ASR it tells fusion which
+    transcripts can still come, so fusion publishes in media-time order.  It goes before
+    any speculative or partial of that chunk, whose ends lie past it, so the ASR finds no
+    progress queued behind a speculative and still speculates.
     """
     from realtime.segmenter import StreamingSegmenter
 
@@ -121,6 +127,7 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculati
     seq = 0
     partial_at: tuple[float, float] | None = None  # (start, end) of the last partial sent
     speculated: tuple[float, float] | None = None  # (start, end) of the last speculative sent
+    done_until = -math.inf  # the last progress sent
 
     def emit(kind: str, utt) -> None:
         nonlocal seq
@@ -143,6 +150,9 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculati
         for utt in found:
             emit("utterance", utt)
             partial_at = None
+        if progress and header["type"] == "audio" and vad.done_until() != done_until:
+            done_until = vad.done_until()
+            stage.send(out, {"type": "progress", "session": header["session"], "t": done_until})
         if header["type"] == "eos":
             # Fusion learns that every audio chunk is in (its windows need that), then the ASR passes eos on.
             # A lost microphone is announced from here, not after the ASR has caught up.
@@ -162,8 +172,12 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculati
                 partial_at = (current.start, current.end)
 
 
-def asr(stage: Stage, asr_options) -> None:
-    """faster-whisper on each utterance window; the audio travels on to fusion."""
+def asr(stage: Stage, asr_options, ordered: bool = False) -> None:
+    """faster-whisper on each utterance window; the audio travels on to fusion.
+
+    ordered (replay): the segmenter's `progress` goes on to fusion behind the transcripts
+    before it, and every partial is transcribed: skipping one while newer work waits would
+    make a replay's partial transcripts depend on the machine's speed."""
     from realtime.asr import Speculation, Transcriber
 
     inbox, out = stage.pull(stage.endpoints.utterances), stage.push(stage.endpoints.fusion)
@@ -175,8 +189,12 @@ def asr(stage: Stage, asr_options) -> None:
         if header["type"] == "eos":
             stage.send(out, dict(header, stream="audio"))
             return
-        if header["type"] in ("partial", "speculative") and inbox.poll(0):
-            continue  # newer audio is waiting (a speculative's own final, at worst): do that first
+        if header["type"] == "progress":
+            stage.send(out, header)
+            continue
+        if header["type"] == "speculative" or (header["type"] == "partial" and not ordered):
+            if inbox.poll(0):
+                continue  # newer audio is waiting (a speculative's own final, at worst): do that first
         lead = header.get("asr_lead", 0)  # audio before the utterance, for the ASR only
         heard = audio[: lead + header.get("asr_samples", len(audio) - lead)]  # the trailing silence past it is not read
         audio = audio[lead:]
