@@ -12,6 +12,13 @@ A result is computed only once the video stream has passed its end (or ended),
 so it never misses face crops that were still on their way; timing by media
 time, not arrival, makes replay give the same results every run.
 
+Order: live, each result is published as soon as it can be (a window update once
+audio and video have passed its end, a transcript as it arrives).  In replay
+(`ordered`) the ASR's results and the window updates are merged by media time
+instead, so a replay publishes the same messages in the same order (the same seq)
+however fast each stage runs: a window waits until the ASR has passed its end
+(the segmenter's `progress`, which the ASR passes on behind what it transcribed).
+
 Restarts: every result sent to the supervisor carries the stage's state after it
 (`Fusion.checkpoint`: the next seq, the dialogue history, how far utterances and
 windows are published, and the media time the inputs are needed from).  When any
@@ -193,11 +200,13 @@ class AudioRing:
     def until(self) -> float:
         return self.t0 + self.buffer.end / self.rate
 
-    def add(self, t: float, chunk: np.ndarray) -> None:
+    def add(self, t: float, chunk: np.ndarray, hold_from: float = math.inf) -> None:
+        """hold_from: media time from which audio is kept however old (a window still to score)."""
         if self.buffer.end == 0:
             self.t0 = t
         self.buffer.append(chunk)
-        self.buffer.discard_before(self.buffer.end - self.keep)
+        held = sample_index(hold_from, self.t0, self.rate) if hold_from != math.inf else self.buffer.end
+        self.buffer.discard_before(min(self.buffer.end - self.keep, held))
 
     def span(self, start: float, end: float) -> np.ndarray:
         index = lambda t: min(max(sample_index(t, self.t0, self.rate), self.buffer.start), self.buffer.end)
@@ -209,15 +218,19 @@ class Fusion:
     """The stage's state: what has arrived, and what can be scored."""
 
     def __init__(self, engine, options: FusionOptions, out: Publisher, faces: FaceOptions | None = None,
-                 resume: dict | None = None):
+                 resume: dict | None = None, ordered: bool = False):
         self.engine, self.options, self.out = engine, options, out
+        self.ordered = ordered  # publish in media-time order (replay; module docstring)
+        self.asr_until = -math.inf  # ordered: every ASR result ending at or before this has arrived
         self.faces = faces or FaceOptions()  # the speaker evidence, and the rate frames are sampled at
         # Past utterances of this session, each with the face that spoke it: the text
         # branch's dialogue context (speaker tokens, as training builds them).
         self.history = History(engine.pre.context_turns)
         self.audio = AudioRing(options.keep_s, engine.pre.sample_rate)
         self.frames: list[FaceFrame] = []  # every face of each sampled frame, in time order
-        self.pending: list[tuple[dict, np.ndarray]] = []  # transcripts waiting for their video
+        # Transcripts waiting for their video; ordered, partial ones too (array None), in the
+        # ASR's order, each published when its turn in media time comes.
+        self.pending: list[tuple[dict, np.ndarray | None]] = []
         self.video_until = -math.inf  # media time up to which every sampled frame has arrived
         self.last_frame_t = 0.0  # media time of the last sampled frame (video_until is inf after eos)
         self.frame_size: list[int] | None = None  # the video's width and height, which face boxes are in
@@ -271,16 +284,19 @@ class Fusion:
             pass  # its utterance was published before a restart: sent again, dropped here
         elif kind == "transcript":
             self.pending.append((header, array))
-            if not self._before(header, self.transcribed_until):  # else published before a restart
-                self.transcribed_until = header["end"]
-                self.out.publish({"type": "transcript", "start": round(header["start"], 3),
-                                  "end": round(header["end"], 3), "text": header["text"], "final": True})
+            if not self.ordered:
+                self._announce(header)
         elif kind == "partial_transcript":
-            if not self._before(header, self.transcribed_until):  # else its final is already out
-                self.out.publish({"type": "transcript", "start": round(header["start"], 3),
-                                  "end": round(header["end"], 3), "text": header["text"], "final": False})
+            if self.ordered:
+                self.pending.append((header, None))
+            else:
+                self._announce(header)
+        elif kind == "progress":
+            self.asr_until = max(self.asr_until, header["t"])
         elif kind == "audio":
-            self.audio.add(header["t"], array)
+            # Ordered, a window may wait for the ASR longer than keep_s: its audio is kept.
+            hold = self.next_window - self.options.window_s if self.ordered else math.inf
+            self.audio.add(header["t"], array, hold_from=hold)
         elif kind == "face":
             self.frames.append(FaceFrame(header["t"], [
                 SeenFace(f["id"], tuple(f["box"]), array[i], f["motion"]) for i, f in enumerate(header["faces"])],
@@ -295,6 +311,7 @@ class Fusion:
             stream = header.get("stream")
             if stream == "audio":
                 self.audio_done = True
+                self.asr_until = math.inf
             elif stream == "audio_copy":
                 self.audio_complete = True
             else:
@@ -302,19 +319,60 @@ class Fusion:
         if score:
             self.score_ready()
 
+    def _announce(self, header: dict) -> None:
+        """Publish a transcript, final or partial, unless it was published before a restart
+        (a partial: unless its final is already out)."""
+        if self._before(header, self.transcribed_until):
+            return
+        final = header["type"] == "transcript"
+        if final:
+            self.transcribed_until = header["end"]
+        self.out.publish({"type": "transcript", "start": round(header["start"], 3),
+                          "end": round(header["end"], 3), "text": header["text"], "final": final})
+
+    def _next_window(self) -> None:
+        end = self.next_window
+        self.next_window += self.period  # first: the checkpoint sent with it says what is next
+        self.score_window(end)
+
     def score_ready(self) -> None:
-        while self.pending and self.pending[0][0]["end"] <= self.video_complete():
-            self.score_utterance(*self.pending.pop(0))
-        while self.next_window <= self.window_limit():
-            end = self.next_window
-            self.next_window += self.period  # first: the checkpoint sent with it says what is next
-            self.score_window(end)
+        if self.ordered:
+            self._score_in_order()
+        else:
+            while self.pending and self.pending[0][0]["end"] <= self.video_complete():
+                self.score_utterance(*self.pending.pop(0))
+            while self.next_window <= self.window_limit():
+                self._next_window()
         # Frames are kept from the oldest pending utterance or the next window's start, and
         # keep_s before that for utterances still being transcribed.  With window updates off
         # the next window never comes (its start is infinite): keep_s before the newest frame.
         upcoming = self.next_window - self.options.window_s if self.period != math.inf else self.last_frame_t
         oldest = min([u["start"] for u, _ in self.pending] + [upcoming])
         self.frames = [f for f in self.frames if f.t >= oldest - self.options.keep_s]
+
+    def _score_in_order(self) -> None:
+        """Merge the ASR's results (in its order) and the window updates by media time: the
+        next ASR result goes first when it ends at or before the next window's end, else the
+        window does.  Which comes next is known from what has arrived only, never from when:
+        a window goes before an ASR result still to come only once `progress` says that
+        result ends after it; a final transcript's utterance waits for its video."""
+        while True:
+            # Once every input has ended no window is still to come (rounding could leave a
+            # result's end a hair past the last window's).
+            ended = self.audio_done and self.audio_complete and self.video_until == math.inf
+            windows_over = ended and self.next_window > self.window_limit()
+            if self.pending and (self.pending[0][0]["end"] <= self.next_window or windows_over):
+                header, audio = self.pending[0]
+                self._announce(header)  # once: after it, transcribed_until covers it
+                if header["type"] == "transcript":
+                    if header["end"] > self.video_complete():
+                        return
+                    self.score_utterance(header, audio)
+                self.pending.pop(0)
+            elif self.next_window <= self.window_limit() and (self.pending or self.next_window <= self.asr_until):
+                self._next_window()
+            else:
+                return
 
     def video_complete(self) -> float:
         """Media time up to which every sampled frame is in.  Sources sample at most
@@ -408,13 +466,14 @@ class Fusion:
 
 def fusion(stage: Stage, model_options, stream_options, fusion_options, session: str,
            face_options: FaceOptions | None = None, resume: dict | None = None, bundle=None,
-           local_windows: bool = True, source: str = "") -> None:
+           local_windows: bool = True, source: str = "", ordered: bool = False) -> None:
     """The stage body.  resume (after a restart): `detail` says why, `state` is the last
     checkpoint the supervisor received (None when the stage failed before publishing).
     source: the replayed file's name, for the `started` status ("": live, none sent).
     bundle: the engines.bundle.Bundle the caller opened (and verified: its 100 MB are not
     hashed a second time at every start); None: [model] bundle is opened here.
-    local_windows: the caller reads window updates from the results copy (Publisher)."""
+    local_windows: the caller reads window updates from the results copy (Publisher).
+    ordered: publish in media-time order (replay; the module docstring says how)."""
     import engines
 
     inbox = stage.pull(stage.endpoints.fusion)
@@ -424,7 +483,7 @@ def fusion(stage: Stage, model_options, stream_options, fusion_options, session:
                           service_endpoint=model_options.service_endpoint,
                           service_timeout_s=model_options.service_timeout_s)
     out = Publisher(stage, stream_options, session, local_windows=local_windows)
-    state = Fusion(engine, fusion_options, out, face_options, resume=(resume or {}).get("state"))
+    state = Fusion(engine, fusion_options, out, face_options, resume=(resume or {}).get("state"), ordered=ordered)
     if not resume:  # a restart does not wait: subscribers reconnect by themselves
         out.wait_for_subscribers(stream_options.wait_subscribers, stream_options.wait_timeout_s)
     stage.report("ready")
