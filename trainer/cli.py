@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 
 
+# `trainer teach` flags that are TeacherConfig fields, given only where the user gave them.
+TEACH_FIELDS = ("epochs", "max_turns", "max_len", "lr", "batch_size", "freeze_layers")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from trainer.fetch import BASE_URL as FETCH_BASE_URL  # light: urllib, tqdm
 
@@ -50,14 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--media", type=Path, default=None, metavar="DIR", help="media directory, as for fit")
     tp.add_argument("--out", type=Path, required=True, help="teacher directory to write")
     tp.add_argument("--encoder", default=None, help="text encoder to start from (default [train] text_encoder)")
-    tp.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
-    tp.add_argument("--max-turns", type=int, default=8, help="past turns in the prompt (default 8)")
-    tp.add_argument("--max-len", type=int, default=128, help="tokens per prompt, oldest cut first (default 128)")
-    tp.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate (default 5e-5)")
-    tp.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    tp.add_argument("--freeze-layers", type=int, default=0,
-                    help="keep the embeddings and the lower N encoder layers fixed (default 0: train all); "
-                         "6 halves the cost of all-mpnet-base-v2 on a CPU")
+    # These flags set TeacherConfig's fields of the same names; left out, the field's own default
+    # holds (argparse.SUPPRESS: the flag is then absent from args), so it is written in one place.
+    tp.add_argument("--epochs", type=int, default=argparse.SUPPRESS, help="epochs (default TeacherConfig's)")
+    tp.add_argument("--max-turns", type=int, default=argparse.SUPPRESS,
+                    help="past turns in the prompt (default TeacherConfig's)")
+    tp.add_argument("--max-len", type=int, default=argparse.SUPPRESS,
+                    help="tokens per prompt, oldest cut first (default TeacherConfig's)")
+    tp.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="encoder learning rate (default TeacherConfig's)")
+    tp.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help="batch size (default TeacherConfig's)")
+    tp.add_argument("--freeze-layers", type=int, default=argparse.SUPPRESS,
+                    help="keep the embeddings and the lower N encoder layers fixed (default TeacherConfig's: 0, "
+                         "train all); 6 halves the cost of all-mpnet-base-v2 on a CPU")
     tp.add_argument("--budget-minutes", type=float, default=None,
                     help="bound the training time; the LR schedule is shortened to the steps that fit")
     tp.add_argument("--speakers", choices=("corpus", "anonymous"), default="corpus",
@@ -187,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             multi = not all(len(u.labels) == 1 for u in corpus.utterances)
             teacher = TextTeacher.create(TeacherConfig(
                 labels=list(corpus.labels), encoder=args.encoder or config.train.text_encoder, multi_label=multi,
-                max_turns=args.max_turns, max_len=args.max_len, lr=args.lr, epochs=args.epochs,
-                batch_size=args.batch_size, seed=config.train.seed, freeze_layers=args.freeze_layers,
+                seed=config.train.seed, **{k: getattr(args, k) for k in TEACH_FIELDS if hasattr(args, k)},
                 max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
                 speakers=args.speakers, kd_teacher=str(args.kd_teacher or ""),
                 response_kd=args.response_kd if args.kd_teacher else 0.0,

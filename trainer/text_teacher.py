@@ -59,7 +59,8 @@ class TeacherConfig:
     encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
     multi_label: bool = False
     context: bool = True            # False: the utterance alone (still with the prompt)
-    max_turns: int | None = None    # earlier turns kept before left-truncation (None: all)
+    max_turns: int | None = 8       # earlier turns kept before left-truncation (None: all); 8 is
+    # what `trainer teach` and the recipe always used (the CLI once repeated it), now the one default
     max_len: int = 128
     n_speaker_tokens: int = 16      # <s1>..<sN>; windows with more speakers reuse word pieces
     dropout: float = 0.1
