@@ -62,8 +62,9 @@ class AsrOptions:
     # (tiny.en int8, 1 thread: 104 ms an utterance at 10 s, 502 ms at 30 s) and the WER did not rise
     # (benchmarks/results/asr_window.json)
     partial_every_s: float = 0.0  # > 0: transcribe an open utterance each time this many more
-    # seconds of speech arrived (final: false); 0 = off; a partial is skipped while newer work
-    # waits, so partials never delay final transcripts
+    # seconds of speech arrived (final: false); 0 = off; live, a partial is skipped while newer
+    # work waits, so partials never delay final transcripts; a replay transcribes every one (the
+    # same partials every run)
 
     def __post_init__(self) -> None:
         check_device(self.device, "[asr] device")
