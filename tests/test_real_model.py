@@ -187,7 +187,7 @@ def test_quick_recipe_builds_a_bundle_and_resumes(tmp_path, run_dir):
     from dataclasses import replace
 
     from trainer.config import load_config
-    from trainer.recipe import real
+    from trainer.recipe import QUICK_NOTE, real
 
     meld = need("meld")
     root = tmp_path / "data" / "meld"
@@ -207,7 +207,8 @@ def test_quick_recipe_builds_a_bundle_and_resumes(tmp_path, run_dir):
     assert set(done["reports"]) == {"meld", "synthetic"}
     meld_report = json.loads((done["reports"]["meld"] / "report.json").read_text())
     assert meld_report["single_label"] and meld_report["utterances"] == 119
-    assert [line.split("]")[0] for line in lines] == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    assert [line.split("]")[0] for line in lines if line.startswith("[")] == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    assert QUICK_NOTE in lines  # --quick says plainly what its text branch is, and what does better
     card = json.loads((done["bundle"] / "card.json").read_text())
     assert set(card["evaluations"]) == {"meld", "synthetic"}
     assert card["evaluations"]["meld"]["scores"]["weighted_f1"] == meld_report["metrics"]["weighted_f1"]
@@ -238,6 +239,57 @@ def test_quick_recipe_builds_a_bundle_and_resumes(tmp_path, run_dir):
     for name, report in new["reports"].items():
         assert json.loads((report / "report.json").read_text())["bundle_id"] == model_id
         assert card["evaluations"][name]["bundle_id"] == model_id
+
+
+def _meld_slice(root: Path, train_rows: int = 400, other_rows: int = 120) -> None:
+    meld = need("meld")
+    root.mkdir(parents=True)
+    for split in ("train", "dev", "test"):  # the first rows of each split: whole dialogues
+        lines = (meld / f"{split}_sent_emo.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+        (root / f"{split}_sent_emo.csv").write_text("".join(lines[: {"train": train_rows}.get(split, other_rows)]),
+                                                     encoding="utf-8")
+
+
+def test_full_recipe_trains_its_text_teacher_and_the_bundle_reads_through_it(tmp_path, run_dir):
+    """Without --quick the recipe fine-tunes its own text teacher first (on a slice of MELD
+    here, one epoch, lower layers cached); the bundle's text branch is that teacher's encoder
+    reading the dialogue prompt, its classifier the text head, and the card names the teacher
+    with its data, device and scores.  A second run trains no teacher again."""
+    from trainer.config import load_config
+    from trainer.recipe import real
+    from trainer.text_teacher import CONFIG_FILE
+
+    _meld_slice(tmp_path / "data" / "meld", train_rows=200, other_rows=60)
+    cache = json.loads((run_dir / "run.json").read_text())["options"]["cache_dir"]
+    config = load_config(None, ["recipe.synthetic_sessions=2", "recipe.synthetic_repeat=2", "recipe.epochs=1",
+                                f'recipe.data_root="{tmp_path / "data"}"', "recipe.teacher_epochs=1",
+                                "recipe.teacher_max_len=48", "recipe.teacher_max_turns=2",
+                                "recipe.teacher_batch_size=16", "recipe.teacher_device=\"cpu\"",
+                                "train.dim=32", "train.layers=1", f'train.cache_dir="{cache}"'])
+    lines = []
+    done = real(tmp_path / "out", config, progress=False, log=lines.append)
+    assert [line.split("]")[0] for line in lines if line.startswith("[")] == ["[1/5", "[2/5", "[3/5", "[4/5", "[5/5"]
+    teacher = tmp_path / "out" / "teacher"
+    meta = json.loads((teacher / CONFIG_FILE).read_text())
+    about = meta["about"]
+    assert meta["config"]["freeze_layers"] == 3 and meta["config"]["max_turns"] == 2
+    assert about["data"] == "meld" and about["device"] == "cpu" and about["train_seconds"] > 0
+    assert 0 <= about["test_weighted_f1"] <= 100 and about["epoch_chosen"] == 1
+    assert any(line.startswith("text teacher: MELD dev wF1") for line in lines)
+    manifest = json.loads((done["bundle"] / "manifest.json").read_text())
+    assert manifest["student_config"]["text_classes"]  # the teacher's classifier is the text head
+    assert manifest["preprocessing"]["text_pooling"] == "mask"
+    assert manifest["preprocessing"]["text_context_turns"] == 2
+    card = json.loads((done["bundle"] / "card.json").read_text())
+    text = card["text_encoder"]
+    assert text["fine_tuned_from"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert text["teacher"]["test_weighted_f1"] == about["test_weighted_f1"]
+    assert text["teacher"]["device"] == "cpu"
+    assert "fine-tuned as a TelME text teacher on meld" in (done["bundle"] / "card.md").read_text()
+
+    stamp = (teacher / CONFIG_FILE).stat().st_mtime_ns
+    again = real(tmp_path / "out", config, progress=False, log=lines.append)
+    assert (teacher / CONFIG_FILE).stat().st_mtime_ns == stamp and again["seconds"]["teacher"] < 5
 
 
 def test_the_card_of_a_fer_bundle_says_its_video_branch_is_the_fer_network():

@@ -118,6 +118,39 @@ def test_freeze_layers_fixes_the_embeddings_and_the_lower_layers_only():
         teacher.freeze(layers + 1)
 
 
+def test_cached_lower_layers_train_the_model_the_full_forward_trains():
+    """cache_frozen runs the fixed layers once; without dropout, the run it gives is the run
+    that runs them at every step (up to the float16 the outputs are stored in)."""
+    from trainer.text_teacher import TeacherConfig, TextTeacher
+
+    torch.set_num_threads(2)
+    words = ["great news today", "so tired of this", "what a lovely day", "nothing to say at all, really"]
+    rows = [utt(f"d{i // 4}", i % 4, "Ann" if i % 2 else "Bob", words[i % 4], "joy" if i % 3 else "neutral")
+            for i in range(24)]
+    runs = {}
+    for cached in (True, False):
+        teacher = TextTeacher.create(TeacherConfig(labels=["joy", "neutral"], max_len=32, epochs=1, batch_size=8,
+                                                   lr=1e-3, dropout=0.0, freeze_layers=3, cache_frozen=cached))
+        teacher.encoder.config.hidden_dropout_prob = teacher.encoder.config.attention_probs_dropout_prob = 0.0
+        for module in teacher.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        messages = []
+        teacher.fit(rows[:16], rows[16:], log=messages.append)
+        assert any("run once" in m for m in messages) == cached
+        runs[cached] = (teacher.logits(rows), teacher.state_dict())
+        # From stored lower outputs, the upper layers give what the whole encoder gives.
+        lower = teacher.lower_outputs(teacher.prompts(rows), 3)
+        with torch.no_grad():
+            whole = teacher.features(**teacher.encode(teacher.prompts(rows)))
+            upper = torch.cat([teacher.upper_features(*lower.batch(range(i, min(i + 5, len(rows))), "cpu"), 3)
+                               for i in range(0, len(rows), 5)])
+        assert torch.allclose(whole, upper, atol=5e-3), (whole - upper).abs().max()
+    np.testing.assert_allclose(runs[True][0], runs[False][0], atol=2e-2)
+    moved = runs[True][1]["encoder.encoder.layer.5.output.dense.weight"]
+    assert torch.allclose(moved, runs[False][1]["encoder.encoder.layer.5.output.dense.weight"], atol=1e-3)
+
+
 class _StepClock:
     """A clock for trainer.text_teacher that moves only when a training step computes its loss."""
 

@@ -80,21 +80,30 @@ def encoder_source(name: str) -> dict:
     name = ENCODER_ALIASES.get(name, name)
     if name in ENCODERS:
         return {"name": name, "licence": ENCODERS[name]}
-    teacher = _teacher_config(Path(name).parent)
-    if teacher is not None:
+    meta = _teacher_meta(Path(name).parent)
+    if meta is not None:
+        teacher = meta.get("config", {})
         base = ENCODER_ALIASES.get(teacher.get("encoder", ""), teacher.get("encoder", UNKNOWN))
-        return {"name": name, "fine_tuned_from": base, "licence": ENCODERS.get(base, UNKNOWN),
-                "note": "fine-tuned by `trainer teach`"}
+        out = {"name": name, "fine_tuned_from": base, "licence": ENCODERS.get(base, UNKNOWN),
+               "note": "fine-tuned by `trainer teach`"}
+        if meta.get("about"):  # the recipe's teacher: its data, device, wall time, dev and test scores
+            out["teacher"] = dict(meta["about"])
+        return out
     return {"name": name, "licence": UNKNOWN}
 
 
-def _teacher_config(directory: Path) -> dict | None:
-    path = directory / TEACHER_FILE
+def _teacher_meta(directory: Path) -> dict | None:
+    """The text_teacher.json of a `trainer teach` directory (None: not one)."""
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads((directory / TEACHER_FILE).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return meta.get("config", {}) if isinstance(meta, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def _teacher_config(directory: Path) -> dict | None:
+    meta = _teacher_meta(directory)
+    return None if meta is None else meta.get("config", {})
 
 
 def teacher_source(teacher: dict) -> dict:
@@ -258,6 +267,13 @@ def render_markdown(card: dict) -> str:
         real = {True: "yes", False: "no", None: UNKNOWN}[b.get("real")] if b.get("trained") else "-"
         lines.append(f"| {name} | {'+'.join(b['data']) or 'not trained'} | {', '.join(b['teachers']) or '-'} | "
                      f"{real} | {'-' if b['utterances'] is None else b['utterances']} | {b.get('note') or ''} |")
+    teacher = card.get("text_encoder", {}).get("teacher")
+    if teacher:
+        lines += ["", f"Text branch: {teacher.get('encoder', UNKNOWN)} fine-tuned as a TelME text teacher on "
+                  f"{teacher.get('data', UNKNOWN)} (dialogue prompt) on the {teacher.get('device', UNKNOWN)} in "
+                  f"{teacher.get('train_seconds', 0) / 60:.0f} min; epoch {teacher.get('epoch_chosen')} chosen on dev "
+                  f"(weighted F1 {teacher.get('dev_weighted_f1')}), test weighted F1 {teacher.get('test_weighted_f1')}. "
+                  "Its encoder reads the transcript and its classifier is the text head the fusion adjusts."]
     dev = t.get("dev_weighted_f1") or {}
     if dev:
         lines += ["", "Dev weighted F1 (%, thresholds tuned on dev): "

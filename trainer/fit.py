@@ -453,7 +453,7 @@ def run_settings(data_spec: str, media, speech_pad_ms: int, opts: TrainOptions, 
 
 
 def check_resume(state_path: Path, settings: dict) -> None:
-    """Refuse to resume the run of `state_path` with other settings (a ValueError naming them)."""
+    """Refuse to resume the run of `state_path` with other settings (InvalidInput, naming them)."""
     saved = torch.load(state_path, weights_only=True).get("settings")
     if saved is None:  # a state written before runs kept their settings: nothing to compare
         tqdm.write(f"resume: {state_path} does not record the run's settings; they are not checked")
@@ -462,7 +462,7 @@ def check_resume(state_path: Path, settings: dict) -> None:
     changed = [f"{k}={saved.get(k, 'unset')!r}, now {v!r}" for k, v in settings.items()
                if saved.get(k, "unset") != v]
     if changed:
-        raise ValueError(f"{state_path.parent}: cannot resume a run with other settings or data "
+        raise InvalidInput(f"{state_path.parent}: cannot resume a run with other settings or data "
                          f"({'; '.join(changed)}); start it again (another --out, or without --resume "
                          "after removing the directory)")
 

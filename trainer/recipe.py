@@ -4,11 +4,13 @@ No corpus here has text, voice and face of real people aligned, so each branch l
 from the best real signal there is, and the fusion learns to combine them where they
 do meet:
 
-- text: MELD (TV dialogue), GoEmotions' Ekman grouping (Reddit) and IEMOCAP (acted
-  dialogue, mapped: trainer.datasets.mix), read by the frozen sentence encoder, or, with
-  [recipe] text_teacher, by the encoder `trainer teach` fine-tuned on the dialogue prompt,
-  whose classifier is then the text head: the fusion adjusts its prediction, so the bundle
-  keeps what the teacher learnt instead of re-learning it from the frozen features;
+- text: a text teacher fine-tuned by the recipe itself on MELD's dialogues (TelME 3.2.2:
+  past turns, speaker tokens, "Now <s> feels <mask>"), whose encoder is the text branch and
+  whose classifier is the text head: the fusion adjusts its prediction, so the bundle keeps
+  what the teacher learnt instead of re-learning it from frozen features.  On a CPU the
+  teacher is all-MiniLM-L6-v2 with its lower layers fixed and run once; on a CUDA GPU
+  all-mpnet-base-v2, every layer trained.  --quick (or [recipe] text_teacher = "none") reads
+  the utterance alone with the frozen sentence encoder instead;
 - video: the FER2013 face network inside the student (StudentConfig.video_encoder "fer"):
   its predictions are the video head's, its features the video peer's tokens;
 - audio: no labelled real speech is available offline, so the bundle does not read
@@ -22,6 +24,7 @@ Steps, each skipped when its output is already there, so an interrupted recipe r
 where it stopped (fit itself resumes from its last epoch):
 
   DIR/synthetic/   synthetic sessions for the fusion        (trainer synth)
+  DIR/teacher/     the text teacher, resumed by epoch        (trainer teach; not with --quick)
   DIR/run/         the trained student                       (trainer fit, --resume)
   DIR/bundle/      the bundle realtime runs                  (trainer export)
   DIR/reports/     test scores of every corpus               (trainer evaluate, trainer card)
@@ -47,16 +50,30 @@ CHECKOUT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 class RecipeOptions:
     data_root: str = ""  # folder holding meld/, iemocap/, goemotions/ as the corpora ship them;
     # "" = $EMOTION_DATA, else ../shared/data beside the checkout
-    corpora: list[str] = field(default_factory=lambda: ["meld", "goemotions-ekman", "iemocap"])  # text corpora
-    # (--quick: meld alone)
+    corpora: list[str] = field(default_factory=lambda: ["meld"])  # the text corpora the student's fit
+    # reads, of meld, goemotions-ekman, iemocap (--quick: meld alone); every corpus found is scored
     synthetic_sessions: int = 24  # synthetic sessions (face video + speech): the fusion's only aligned
     # text and face
     synthetic_repeat: int = 10  # each synthetic training utterance counts this often per epoch
     epochs: int = 8  # fit's epochs (--quick: at most 4)
-    text_teacher: str = ""  # a `trainer teach` directory: its fine-tuned encoder becomes the text
-    # branch, reading the dialogue prompt as it learnt to (mask pooling, its max_turns and max_len),
-    # and its classifier the text head ([train] text_head); "" = the frozen sentence encoder on the
-    # utterance alone
+    text_teacher: str = "train"  # the text branch.  "train": the recipe first fine-tunes its own text
+    # teacher on MELD's dialogues (TelME: past turns, speaker tokens, "Now <s> feels <mask>"; the
+    # teacher_* settings) into DIR/teacher; a `trainer teach` directory: that teacher.  Either way its
+    # encoder becomes the text branch, reading the prompt as it learnt to, and its classifier the
+    # text head ([train] text_head), which the fusion adjusts.  "none": the frozen sentence encoder
+    # on the utterance alone (--quick)
+    teacher_encoder: str = ""  # the encoder the teacher starts from; "" = all-mpnet-base-v2 on a CUDA
+    # GPU, all-MiniLM-L6-v2 on the CPU (where mpnet costs several hours)
+    teacher_freeze_layers: int = 3  # the teacher's embeddings and lower N layers stay fixed, run once
+    # (TeacherConfig.cache_frozen); 0 on a GPU, which trains every layer
+    teacher_max_len: int = 96  # tokens per teacher prompt, the oldest context cut first
+    teacher_max_turns: int = 8  # past turns in the teacher's prompt
+    teacher_epochs: int = 3  # the teacher's epochs, the best on MELD dev kept
+    teacher_lr: float = 8e-5  # the teacher's encoder learning rate
+    teacher_batch_size: int = 32  # prompts per teacher step
+    teacher_budget_minutes: float = 45.0  # the teacher's training time at most (its schedule is fitted
+    # to the steps that fit); 0 = no bound
+    teacher_device: str = "auto"  # auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N
 
     def __post_init__(self):
         unknown = sorted(set(self.corpora) - set(FOLDERS))
@@ -64,6 +81,10 @@ class RecipeOptions:
             raise ValueError(f"corpora must be some of {', '.join(FOLDERS)}; got {self.corpora}")
         if self.synthetic_sessions < 2 or self.synthetic_repeat < 1 or self.epochs < 1:
             raise ValueError("synthetic_sessions must be >= 2, synthetic_repeat and epochs >= 1")
+        if self.teacher_epochs < 1 or self.teacher_max_len < 8 or self.teacher_batch_size < 1 \
+                or self.teacher_freeze_layers < 0 or self.teacher_budget_minutes < 0 or self.teacher_lr <= 0:
+            raise ValueError("teacher_epochs, teacher_batch_size >= 1, teacher_max_len >= 8, teacher_lr > 0, "
+                             "teacher_freeze_layers and teacher_budget_minutes >= 0")
 
 
 def data_root(setting: str) -> Path:
@@ -100,8 +121,52 @@ def options(config, quick: bool) -> RecipeOptions:
     opts: RecipeOptions = config.recipe
     if quick:
         opts = replace(opts, corpora=["meld"], epochs=min(opts.epochs, 4),
-                       synthetic_sessions=min(opts.synthetic_sessions, 12))
+                       synthetic_sessions=min(opts.synthetic_sessions, 12),
+                       text_teacher="none" if opts.text_teacher == "train" else opts.text_teacher)
     return opts
+
+
+TEACHER_ENCODERS = {"cuda": "sentence-transformers/all-mpnet-base-v2", "cpu": "sentence-transformers/all-MiniLM-L6-v2"}
+QUICK_NOTE = ("--quick: the text branch is the frozen sentence encoder reading the utterance alone; "
+              "`trainer recipe real --out DIR` (no --quick) fine-tunes a text teacher on MELD's "
+              "dialogues first and builds the better bundle")
+
+
+def teach(out: Path, opts: RecipeOptions, meld: str, seed: int, progress: bool, log) -> Path:
+    """The recipe's own text teacher in `out` (TelME 3.2.2 on MELD's dialogues), trained once
+    and resumed from its last finished epoch when interrupted; its card facts (data, device,
+    wall time, dev and test scores) go into its text_teacher.json."""
+    from trainer.datasets import load
+    from trainer.text_teacher import (CHECKPOINT_DIR, CONFIG_FILE, STATE_FILE, TeacherConfig, TextTeacher,
+                                      resolve_device)
+
+    if (out / CONFIG_FILE).is_file():
+        return out
+    device = resolve_device(opts.teacher_device)
+    encoder = opts.teacher_encoder or TEACHER_ENCODERS["cuda" if device.type == "cuda" else "cpu"]
+    corpus = load(meld)
+    teacher = TextTeacher.create(TeacherConfig(
+        labels=list(corpus.labels), encoder=encoder, max_turns=opts.teacher_max_turns,
+        max_len=opts.teacher_max_len, lr=opts.teacher_lr, epochs=opts.teacher_epochs,
+        batch_size=opts.teacher_batch_size, seed=seed,
+        freeze_layers=0 if device.type == "cuda" else opts.teacher_freeze_layers,
+        max_train_seconds=opts.teacher_budget_minutes * 60 or None)).to(device)
+    checkpoint = out / CHECKPOINT_DIR
+    started = time.perf_counter()
+    teacher.fit(corpus.split("train"), corpus.split("dev"), log=log if progress else (lambda m: None),
+                checkpoint=checkpoint, resume=(checkpoint / STATE_FILE).is_file())
+    test = corpus.split("test")
+    scores = teacher.score(teacher.predict_proba(test), teacher.targets(test))  # once, the chosen epoch
+    best = max(teacher.history, key=lambda h: h["dev_weighted_f1"])
+    about = {"data": "meld", "device": str(device), "encoder": encoder,
+             "train_seconds": round(teacher.history[-1]["seconds"], 1),
+             "wall_seconds_this_run": round(time.perf_counter() - started, 1),
+             "epoch_chosen": best["epoch"], "dev_weighted_f1": round(best["dev_weighted_f1"], 2),
+             **{f"test_{k}": round(v, 2) for k, v in scores.items()}}
+    log(f"text teacher: MELD dev wF1 {about['dev_weighted_f1']}, test wF1 {about['test_weighted_f1']} "
+        f"({encoder}, {device})")
+    teacher.save(out, about=about)
+    return out
 
 
 def text_from_teacher(teacher: Path, train, pre):
@@ -152,7 +217,12 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
     specs = check(config, quick)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    started, total, seconds = time.perf_counter(), 4, {}
+    root = data_root(opts.data_root)
+    training_teacher = opts.text_teacher == "train"
+    started, total, seconds = time.perf_counter(), 4 + training_teacher, {}
+    if opts.text_teacher == "none":
+        log(QUICK_NOTE if quick else "[recipe] text_teacher = \"none\": the text branch is the frozen sentence "
+                                     "encoder reading the utterance alone")
 
     t0 = step(1, total, f"synthetic sessions for the fusion ({opts.synthetic_sessions})", log)
     synthetic, held_out = out / "synthetic", out / "synthetic-test"
@@ -162,28 +232,37 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
         generate(held_out, max(2, opts.synthetic_sessions // 6), config.synth.seed + 1, progress=progress)
     seconds["synthetic"] = time.perf_counter() - t0
 
-    t0 = step(2, total, f"fit on {', '.join(specs)} + synthetic", log)
+    teacher = None if opts.text_teacher == "none" else Path(opts.text_teacher)
+    if training_teacher:
+        t0 = step(2, total, "text teacher: fine-tuned on MELD's dialogues (TelME)", log)
+        meld = specs.get("meld") or corpus_specs(root, ["meld"])["meld"]
+        teacher = teach(out / "teacher", opts, meld, config.train.seed, progress, log)
+        seconds["teacher"] = time.perf_counter() - t0
+
+    t0 = step(2 + training_teacher, total, f"fit on {', '.join(specs)} + synthetic", log)
     mix = "+".join([*specs.values(), f"synthetic:{synthetic}*{opts.synthetic_repeat}"])
     train = replace(config.train, video_encoder="fer", modalities=("text", "video"), epochs=opts.epochs)
     pre = config.preprocessing
-    if opts.text_teacher:
-        train, pre = text_from_teacher(Path(opts.text_teacher), train, pre)
+    if teacher is not None:
+        train, pre = text_from_teacher(teacher, train, pre)
     run = out / "run"
     if not (run / "run.json").is_file():
         fit(mix, run, train, pre, config.faces, progress, loss=config.loss,
             resume=(run / "last_state.pt").is_file(), speech_pad_ms=config.speech_pad_ms)
     seconds["fit"] = time.perf_counter() - t0
 
-    t0 = step(3, total, "export", log)
+    t0 = step(3 + training_teacher, total, "export", log)
     bundle = out / "bundle"
     manifest = bundle / "manifest.json"
     if not manifest.is_file() or manifest.stat().st_mtime < (run / "run.json").stat().st_mtime:
         export(run, bundle)
     seconds["export"] = time.perf_counter() - t0
 
-    t0 = step(4, total, "test scores, into the model card", log)
+    t0 = step(4 + training_teacher, total, "test scores, into the model card", log)
     reports = {}
-    tests = {kind: (spec, "test") for kind, spec in specs.items()}
+    # Every corpus found is scored, the ones the fit did not read too (how the bundle carries over).
+    found = {kind for kind, folder in FOLDERS.items() if (root / folder).is_dir()}
+    tests = {kind: (spec, "test") for kind, spec in {**corpus_specs(root, sorted(found)), **specs}.items()}
     tests["synthetic"] = (f"synthetic:{held_out}", "all")
     this = bundle_id(bundle)
     for name, (spec, split) in tests.items():

@@ -36,7 +36,6 @@ from torch import nn
 
 from engines.atomic import replacing, replacing_dir
 from engines import devices
-from engines import devices
 from engines.dialogue import UNKNOWN_SPEAKER
 from engines.errors import MissingInput
 from engines.settings import ConfigError
@@ -214,7 +213,7 @@ class TextTeacher(nn.Module):
         encoder.resize_token_embeddings(len(tokenizer))
         return cls(config, encoder, tokenizer)
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, about: dict | None = None) -> Path:
         """Write the teacher into a copy of `directory` that then replaces it whole
         (engines.atomic): a kill leaves the old directory.  Files of others in it stay; an
         older teacher's files and the training checkpoint (CHECKPOINT_DIR) go: the run is done."""
@@ -233,7 +232,8 @@ class TextTeacher(nn.Module):
             self.encoder.save_pretrained(tmp / "encoder", safe_serialization=True)
             self.tokenizer.save_pretrained(tmp / "encoder")
             save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / HEAD_FILE))
-            meta = {"config": dataclasses.asdict(self.config), "history": self.history}
+            meta = {"config": dataclasses.asdict(self.config), "history": self.history,
+                    **({"about": about} if about else {})}  # about: its data, device, time, scores
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return directory
 
