@@ -264,7 +264,7 @@ def test_full_recipe_trains_its_text_teacher_and_the_bundle_reads_through_it(tmp
     config = load_config(None, ["recipe.synthetic_sessions=2", "recipe.synthetic_repeat=2", "recipe.epochs=1",
                                 f'recipe.data_root="{tmp_path / "data"}"', "recipe.teacher_epochs=1",
                                 "recipe.teacher_max_len=48", "recipe.teacher_max_turns=2",
-                                "recipe.teacher_batch_size=16", "recipe.teacher_device=\"cpu\"",
+                                "recipe.teacher_batch_size=16", "recipe.teacher_device=\"cpu\"", "recipe.teacher_freeze_layers=3",
                                 "train.dim=32", "train.layers=1", f'train.cache_dir="{cache}"'])
     lines = []
     done = real(tmp_path / "out", config, progress=False, log=lines.append)

@@ -8,8 +8,8 @@ do meet:
   past turns, speaker tokens, "Now <s> feels <mask>"), whose encoder is the text branch and
   whose classifier is the text head: the fusion adjusts its prediction, so the bundle keeps
   what the teacher learnt instead of re-learning it from frozen features.  On a CPU the
-  teacher is all-MiniLM-L6-v2 with its lower layers fixed and run once; on a CUDA GPU
-  all-mpnet-base-v2, every layer trained.  --quick (or [recipe] text_teacher = "none") reads
+  teacher is all-MiniLM-L6-v2, on a CUDA GPU all-mpnet-base-v2 ([recipe] teacher_freeze_layers
+  fixes and caches lower layers where a larger encoder must train on the CPU).  --quick (or [recipe] text_teacher = "none") reads
   the utterance alone with the frozen sentence encoder instead;
 - video: the FER2013 face network inside the student (StudentConfig.video_encoder "fer"):
   its predictions are the video head's, its features the video peer's tokens;
@@ -64,8 +64,9 @@ class RecipeOptions:
     # on the utterance alone (--quick)
     teacher_encoder: str = ""  # the encoder the teacher starts from; "" = all-mpnet-base-v2 on a CUDA
     # GPU, all-MiniLM-L6-v2 on the CPU (where mpnet costs several hours)
-    teacher_freeze_layers: int = 3  # the teacher's embeddings and lower N layers stay fixed, run once
-    # (TeacherConfig.cache_frozen); 0 on a GPU, which trains every layer
+    teacher_freeze_layers: int = 0  # on the CPU, the teacher's embeddings and lower N layers stay fixed
+    # and run once (TeacherConfig.cache_frozen), for an encoder too large to train whole there; 0 = every
+    # layer trained (always on a GPU)
     teacher_max_len: int = 96  # tokens per teacher prompt, the oldest context cut first
     teacher_max_turns: int = 8  # past turns in the teacher's prompt
     teacher_epochs: int = 3  # the teacher's epochs, the best on MELD dev kept
