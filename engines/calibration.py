@@ -64,11 +64,22 @@ class Calibration:
     def is_identity(self) -> bool:
         return bool(np.all(self.scale == 1) and np.all(self.bias == 0))
 
-    def apply(self, probs: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities (B, 4, L) float32 for a graph's outputs (B, 4, L)."""
+    def apply(self, probs: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated probabilities (B, 4, L) float32 for a graph's outputs (B, 4, L).
+
+        present (B, 3): give it for a student whose fused prediction of a lone modality IS that
+        peer's (StudentConfig.peer_base).  Such a row's fused output then takes the peer's
+        calibration too: the fusion's own was fitted where several modalities meet, and
+        per-label scalings of another head could reorder a face's labels."""
         if self.is_identity:
             return probs
-        return sigmoid(self.scale * logit(probs) + self.bias).astype(np.float32)
+        scale, bias = np.broadcast_to(self.scale, probs.shape).copy(), np.broadcast_to(self.bias, probs.shape).copy()
+        if present is not None:
+            present = np.asarray(present) > 0
+            lone = present.sum(1) == 1
+            head = 1 + present.argmax(1)  # the one present peer's row in HEADS
+            scale[lone, 0], bias[lone, 0] = self.scale[head[lone]], self.bias[head[lone]]
+        return sigmoid(scale * logit(probs) + bias).astype(np.float32)
 
     def apply_head(self, probs: np.ndarray, head: str = "fusion") -> np.ndarray:
         """One head's calibrated probabilities (N, L) for its outputs (N, L)."""

@@ -253,3 +253,28 @@ def test_calibration_lowers_the_ece_of_an_overconfident_model(run_dir, held_out_
     assert 0 <= after["ece"] <= 1 and 0 <= before["ece"] <= 1
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| per-label ECE |" in md and "before | after" in md
+
+
+def test_a_lone_modality_s_fused_output_takes_its_peer_s_calibration():
+    """With peer_base the graph's fused output of a face alone IS the video peer's; calibrating
+    it with the fusion's own per-label scalings could reorder the face's labels.  Such a row
+    gets the peer's calibration, so fused and peer still agree; rows with several modalities
+    keep the fusion's."""
+    from engines.calibration import Calibration
+
+    rng = np.random.default_rng(0)
+    labels = 5
+    scale = rng.uniform(0.3, 3.0, (4, labels))
+    bias = rng.uniform(-2, 2, (4, labels))
+    cal = Calibration("platt", scale, bias)
+    peer = rng.uniform(0.01, 0.99, (64, labels))
+    probs = np.stack([peer, rng.uniform(size=(64, labels)), rng.uniform(size=(64, labels)), peer], axis=1)
+    video_only = np.tile([0.0, 0.0, 1.0], (64, 1))
+    out = cal.apply(probs, video_only)
+    np.testing.assert_allclose(out[:, 0], out[:, 3], rtol=1e-6)
+    # Without the presence (an older student, whose fusion is its own), the fusion's scalings
+    # reorder some rows' labels: the case the presence is there for.
+    plain = cal.apply(probs)
+    assert (plain[:, 0].argmax(1) != plain[:, 3].argmax(1)).any()
+    both = np.tile([1.0, 0.0, 1.0], (64, 1))
+    np.testing.assert_allclose(cal.apply(probs, both)[:, 0], plain[:, 0], rtol=1e-6)

@@ -57,10 +57,12 @@ def fit_label(z: np.ndarray, y: np.ndarray, method: str = "platt") -> tuple[floa
 
 
 def fit_calibration(probs: np.ndarray, present: np.ndarray, y: np.ndarray, method: str = "platt",
-                    modalities=("text", "audio", "video")) -> Calibration:
+                    modalities=("text", "audio", "video"), peer_base: bool = False) -> Calibration:
     """The calibration of every head and label from dev probabilities (N, 4, L), presence
-    (N, 3) and targets (N, L).  The fusion is fitted on every row; a peer on the rows where
-    its modality is present, and only when the bundle reads that modality (the engine
+    (N, 3) and targets (N, L).  The fusion is fitted on every row (peer_base: on the rows
+    where more or fewer than one modality is present, since a lone modality's fused output
+    is its peer's and takes the peer's calibration, Calibration.apply); a peer on the rows
+    where its modality is present, and only when the bundle reads that modality (the engine
     publishes no other peer)."""
     if method not in METHODS:
         raise ValueError(f"calibration {method!r}: expected one of {', '.join(METHODS)} (or none)")
@@ -69,8 +71,11 @@ def fit_calibration(probs: np.ndarray, present: np.ndarray, y: np.ndarray, metho
     scale, bias = identity.scale.copy(), identity.bias.copy()
     z = logit(probs)
     for h, head in enumerate(HEADS):
-        rows = np.ones(len(y), bool) if head == "fusion" else np.asarray(present)[:, h - 1] > 0
-        if head != "fusion" and (head not in modalities or rows.sum() < MIN_ROWS):
+        if head == "fusion":
+            rows = (np.asarray(present) > 0).sum(1) != 1 if peer_base else np.ones(len(y), bool)
+        else:
+            rows = np.asarray(present)[:, h - 1] > 0
+        if (head != "fusion" and head not in modalities) or rows.sum() < MIN_ROWS:
             continue
         for j in range(y.shape[1]):
             scale[h, j], bias[h, j] = fit_label(z[rows, h, j], y[rows, j], method)
@@ -91,8 +96,9 @@ def calibrate_run(run: Path, info: dict, method: str = "platt", progress: bool =
         return {"calibration": None, "thresholds": list(info["thresholds"]),
                 "summary": {"method": "none", "why": f"{len(y)} dev utterances, fewer than {MIN_ROWS} to fit on"}}
     modalities = (info.get("student") or {}).get("modalities", HEADS[1:])
-    cal = fit_calibration(probs, present, y, method, modalities)
-    before, after = probs[:, 0], cal.apply(probs)[:, 0]
+    peer_base = bool((info.get("student") or {}).get("peer_base", False))
+    cal = fit_calibration(probs, present, y, method, modalities, peer_base)
+    before, after = probs[:, 0], cal.apply(probs, present if peer_base else None)[:, 0]
     thresholds = tune_thresholds(after, y)
 
     def scores(p, th):
