@@ -290,6 +290,10 @@ def test_full_recipe_trains_its_text_teacher_and_the_bundle_reads_through_it(tmp
     stamp = (teacher / CONFIG_FILE).stat().st_mtime_ns
     again = real(tmp_path / "out", config, progress=False, log=lines.append)
     assert (teacher / CONFIG_FILE).stat().st_mtime_ns == stamp and again["seconds"]["teacher"] < 5
+    # DIR/timings.json keeps what each step cost when it did its work, not the rerun's moment
+    assert again["timings"] == done["timings"] == json.loads((tmp_path / "out" / "timings.json").read_text())
+    assert done["timings"]["teacher"] >= 1 and done["timings"]["total"] == round(
+        sum(v for k, v in done["timings"].items() if k != "total"), 1)
 
 
 def test_the_card_of_a_fer_bundle_says_its_video_branch_is_the_fer_network():

@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from engines.atomic import replacing
 from trainer.data import DataError
 
 # corpus kind -> folder of the data root that holds it
@@ -277,4 +278,26 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
         add_reports(bundle, reports)  # the test scores go into the bundle's model card
     seconds["evaluate"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
-    return {"bundle": bundle, "reports": reports, "seconds": seconds}
+    return {"bundle": bundle, "reports": reports, "seconds": seconds, "timings": record_timings(out, seconds)}
+
+
+TIMINGS = "timings.json"
+
+
+def record_timings(out: Path, seconds: dict[str, float]) -> dict[str, float]:
+    """DIR/timings.json: each step's seconds in the run that did its work.  A resumed recipe
+    skips finished steps in a moment, so the longest time seen is kept for each step and the
+    total is their sum: what the whole recipe cost (a step interrupted and resumed counts its
+    longer part)."""
+    import json
+
+    path = out / TIMINGS
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        kept = {}
+    steps = {k: round(max(float(kept.get(k, 0.0)), v), 1) for k, v in seconds.items() if k != "total"}
+    steps["total"] = round(sum(steps.values()), 1)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(steps, indent=2) + "\n")
+    return steps
