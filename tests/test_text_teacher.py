@@ -135,10 +135,12 @@ def test_cached_lower_layers_train_the_model_the_full_forward_trains():
         for module in teacher.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
+        key = "encoder.encoder.layer.5.output.dense.weight"
+        start = teacher.state_dict()[key].clone()
         messages = []
         teacher.fit(rows[:16], rows[16:], log=messages.append)
         assert any("run once" in m for m in messages) == cached
-        runs[cached] = (teacher.logits(rows), teacher.state_dict())
+        runs[cached] = (teacher.logits(rows), teacher.state_dict()[key] - start)
         # From stored lower outputs, the upper layers give what the whole encoder gives.
         lower = teacher.lower_outputs(teacher.prompts(rows), 3)
         with torch.no_grad():
@@ -147,8 +149,11 @@ def test_cached_lower_layers_train_the_model_the_full_forward_trains():
                                for i in range(0, len(rows), 5)])
         assert torch.allclose(whole, upper, atol=5e-3), (whole - upper).abs().max()
     np.testing.assert_allclose(runs[True][0], runs[False][0], atol=2e-2)
-    moved = runs[True][1]["encoder.encoder.layer.5.output.dense.weight"]
-    assert torch.allclose(moved, runs[False][1]["encoder.encoder.layer.5.output.dense.weight"], atol=1e-3)
+    # The top layer's update is the same step (Adam turns float16-sized gradient differences
+    # into a few elements' sign flips, so the direction is compared, not every element).
+    moved, whole_run = runs[True][1].flatten(), runs[False][1].flatten()
+    assert moved.abs().max() > 1e-4
+    assert torch.nn.functional.cosine_similarity(moved, whole_run, dim=0) > 0.95
 
 
 class _StepClock:
