@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +13,7 @@ import pytest
 import engines
 from engines.bundle import BundleError, open_bundle, write_manifest
 from engines.calibration import CALIBRATION, load_calibration
+from tests.test_service import infer_service
 from tests.test_triton import _max_difference, _windows
 from trainer.calibrate import fit_calibration, fit_label
 from trainer.evaluate import per_label_calibration, top_label_calibration
@@ -131,20 +129,7 @@ def test_export_stores_a_calibration_and_retunes_the_thresholds(calibrated):
 @pytest.fixture(scope="module")
 def service(calibrated, tmp_path_factory):
     """`realtime infer` as a process of its own; yields its endpoint."""
-    work = tmp_path_factory.mktemp("service")
-    endpoint, log = f"ipc://{work}/infer.sock", work / "infer.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "infer", "--model", str(calibrated),
-                                 "--endpoint", endpoint], stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + 60
-        while "inference service for" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield endpoint
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0, log.read_text()
+    yield from infer_service(calibrated, tmp_path_factory.mktemp("service"))
 
 
 @pytest.fixture(scope="module")

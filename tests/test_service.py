@@ -23,15 +23,13 @@ TOLERANCE = 1e-5  # the service gives a local engine's probabilities within this
 GATHER_MS = 50  # generous, so that two clients' requests surely meet on a loaded machine
 
 
-@pytest.fixture(scope="module")
-def service(bundle, tmp_path_factory):
-    """`realtime infer` as a process of its own; yields its endpoint."""
-    work = tmp_path_factory.mktemp("service")
+def infer_service(bundle, work, *extra: str):
+    """`realtime infer` for `bundle` as a process of its own, started and waited for until it
+    serves; a generator that yields its endpoint and checks, at its end, that it stopped cleanly."""
     endpoint, log = f"ipc://{work}/infer.sock", work / "infer.log"
     with log.open("w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "infer", "--model", str(bundle),
-                                 "--endpoint", endpoint, "--set", f"model.service_gather_ms={GATHER_MS}"],
-                                stdout=subprocess.DEVNULL, stderr=err)
+                                 "--endpoint", endpoint, *extra], stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 60
         while "inference service for" not in log.read_text():
@@ -41,6 +39,12 @@ def service(bundle, tmp_path_factory):
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def service(bundle, tmp_path_factory):
+    """`realtime infer` as a process of its own; yields its endpoint."""
+    yield from infer_service(bundle, tmp_path_factory.mktemp("service"), "--set", f"model.service_gather_ms={GATHER_MS}")
 
 
 def test_two_concurrent_clients_get_local_probabilities_in_shared_batches(service, bundle):
