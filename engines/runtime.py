@@ -40,7 +40,7 @@ class Engine:
         self._tokenize = TextTokenizer.for_preprocessing(bundle.file("tokenizer"), self.pre)
         self.calibration = load_calibration(bundle)  # the identity for bundles without one
         # the fused prediction of a lone modality is that peer's (engines.student): so is its calibration
-        self._peer_base = bool(bundle.manifest.get("student_config", {}).get("peer_base", False))
+        self.peer_base = bool(bundle.manifest.get("student_config", {}).get("peer_base", False))
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """Sentence embeddings (N, text_dim) from the bundle's text encoder."""
@@ -63,7 +63,7 @@ class Engine:
         probabilities (what `trainer evaluate` reports as before calibration)."""
         probs = self.backend.run_student(feeds)  # (B, 4, L)
         if calibrated:
-            probs = self.calibration.apply(probs, feeds["present"] if self._peer_base else None)
+            probs = self.calibration.apply(probs, feeds["present"] if self.peer_base else None)
         return [self._prediction(p, feeds["present"][i]) for i, p in enumerate(probs)]
 
     def _prediction(self, probs: np.ndarray, present: np.ndarray) -> Prediction:

@@ -151,7 +151,7 @@ def test_replay_prints_the_model_line_when_it_opens_the_bundle(bundle, held_out_
         def __init__(self, *args, **kwargs):
             pass
 
-        def start_processing(self, open_model, session, paced=True, source=""):
+        def start_processing(self, open_model, session, paced=True, source="", **_):
             open_model()
             raise realtime.pipeline.PipelineError("stages not started in this test")
 

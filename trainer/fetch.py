@@ -26,6 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from engines.atomic import replacing
+from engines.errors import InvalidInput, UserError
 
 # Raw files of public GitHub repositories: BASE_URL + Remote.path.  A mirror (or a test's
 # loopback server) that serves the same paths can stand in for it: `--base-url`.
@@ -35,7 +36,7 @@ ATTEMPTS = 3  # transfers of one file per run; each later one resumes from where
 CHUNK = 1 << 16
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     """A corpus file that could not be fetched or did not check; the message says which and why."""
 
 
@@ -165,9 +166,9 @@ def fetch(corpora: list[str], to: Path, base_url: str = BASE_URL, progress: bool
     A file already there is checked and kept; one that does not check is an error, not replaced."""
     unknown = [name for name in corpora if name not in CORPORA]
     if unknown:
-        raise ValueError(f"cannot fetch {', '.join(unknown)}: the public corpora are {', '.join(CORPORA)}")
+        raise InvalidInput(f"cannot fetch {', '.join(unknown)}: the public corpora are {', '.join(CORPORA)}")
     if not base_url.startswith(("http://", "https://")):
-        raise ValueError(f"--base-url {base_url!r}: expected an http:// or https:// URL")
+        raise InvalidInput(f"--base-url {base_url!r}: expected an http:// or https:// URL")
     base_url = base_url.rstrip("/")
     folders = {}
     for name in corpora:
@@ -201,7 +202,7 @@ def fetch_command(corpora: list[str], to: Path, base_url: str, progress: bool) -
     wanted = corpora or list(CORPORA)
     unknown = sorted(set(wanted) - set(CORPORA) - {"iemocap"})
     if unknown:
-        raise ValueError(f"unknown corpus {', '.join(unknown)}: choose from {', '.join(CORPORA)}, iemocap")
+        raise InvalidInput(f"unknown corpus {', '.join(unknown)}: choose from {', '.join(CORPORA)}, iemocap")
     fetched = fetch([c for c in wanted if c != "iemocap"], to, base_url, progress)
     if fetched:
         print(f"point [recipe] data_root (or $EMOTION_DATA) at {Path(to).resolve()}")
