@@ -262,8 +262,9 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
 
     t0 = step(4 + training_teacher, total, "test scores, into the model card", log)
     reports = {}
-    # Every corpus found is scored, the ones the fit did not read too (how the bundle carries over).
-    found = {kind for kind, folder in FOLDERS.items() if (root / folder).is_dir()}
+    # Every corpus found is scored, the ones the fit did not read too (how the bundle carries over);
+    # --quick, the demo's few minutes, scores only what it read.
+    found = set() if quick else {kind for kind, folder in FOLDERS.items() if (root / folder).is_dir()}
     tests = {kind: (spec, "test") for kind, spec in {**corpus_specs(root, sorted(found)), **specs}.items()}
     tests["synthetic"] = (f"synthetic:{held_out}", "all")
     this = bundle_id(bundle)
