@@ -73,12 +73,14 @@ class Calibration:
         per-label scalings of another head could reorder a face's labels."""
         if self.is_identity:
             return probs
-        scale, bias = np.broadcast_to(self.scale, probs.shape).copy(), np.broadcast_to(self.bias, probs.shape).copy()
+        scale, bias = self.scale, self.bias
         if present is not None:
             present = np.asarray(present) > 0
             lone = present.sum(1) == 1
-            head = 1 + present.argmax(1)  # the one present peer's row in HEADS
-            scale[lone, 0], bias[lone, 0] = self.scale[head[lone]], self.bias[head[lone]]
+            if lone.any():
+                scale, bias = np.repeat(scale[None], len(probs), 0), np.repeat(bias[None], len(probs), 0)
+                head = 1 + present.argmax(1)  # the one present peer's row in HEADS
+                scale[lone, 0], bias[lone, 0] = self.scale[head[lone]], self.bias[head[lone]]
         return sigmoid(scale * logit(probs) + bias).astype(np.float32)
 
     def apply_head(self, probs: np.ndarray, head: str = "fusion") -> np.ndarray:

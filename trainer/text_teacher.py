@@ -331,17 +331,24 @@ class TextTeacher(nn.Module):
 
     @torch.no_grad()
     def _run(self, prompts: list[str], what: str) -> np.ndarray:
+        def compute(idx):
+            feats = self.features(**self.encode([prompts[i] for i in idx]))
+            return feats if what == "embed" else self.head(feats)
+
+        return self._batched([len(p) for p in prompts], compute)
+
+    def _batched(self, lengths: list[int], compute) -> np.ndarray:
+        """compute(rows) of every row in eval mode, in batches of similar lengths (less padding),
+        stacked back in row order."""
         was_training = self.training
         self.eval()
-        order = np.argsort([len(p) for p in prompts])  # similar lengths: less padding
-        out: list[np.ndarray] = [None] * len(prompts)  # type: ignore[list-item]
+        order = np.argsort(lengths)
+        out: list[np.ndarray] = [None] * len(lengths)  # type: ignore[list-item]
         bs = self.config.eval_batch_size
         for start in range(0, len(order), bs):
             idx = order[start:start + bs]
-            batch = self.encode([prompts[i] for i in idx])
             with self._autocast():
-                feats = self.features(**batch)
-                values = feats if what == "embed" else self.head(feats)
+                values = compute(idx)
             for i, row in zip(idx, values.float().cpu().numpy()):
                 out[i] = row
         self.train(was_training)
@@ -376,19 +383,8 @@ class TextTeacher(nn.Module):
     @torch.no_grad()
     def _run_lower(self, lower: LowerOutputs) -> np.ndarray:
         """Head logits (N, labels) from stored lower-layer outputs: _run's, without the lower layers."""
-        was_training = self.training
-        self.eval()
-        order = np.argsort([len(i) for i in lower.ids])
-        out: list[np.ndarray] = [None] * len(lower)  # type: ignore[list-item]
-        bs = self.config.eval_batch_size
-        for start in range(0, len(order), bs):
-            idx = order[start:start + bs]
-            with self._autocast():
-                values = self.head(self.upper_features(*lower.batch(idx, self.device), lower.n_layers))
-            for i, row in zip(idx, values.float().cpu().numpy()):
-                out[i] = row
-        self.train(was_training)
-        return np.stack(out) if out else np.zeros((0, self.head.out_features), np.float32)
+        return self._batched([len(i) for i in lower.ids],
+                             lambda idx: self.head(self.upper_features(*lower.batch(idx, self.device), lower.n_layers)))
 
     def embed(self, utterances: list[Utterance]) -> np.ndarray:
         """Mask-token features (N, hidden) for feature KD."""
