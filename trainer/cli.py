@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {manifest}")
         elif args.command == "teach":
             from trainer.datasets import load
+            from trainer.metrics import is_single_label
             from trainer.text_teacher import (CHECKPOINT_DIR, STATE_FILE, TeacherConfig, TextTeacher, distil,
                                               resolve_device)
 
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise MissingInput(f"{args.out / CHECKPOINT_DIR / STATE_FILE}: nothing to resume from")
             device = resolve_device(args.device)  # before any loading, too
             corpus = load(args.data, args.media, config.train.dev_fraction, config.train.seed)
-            multi = not all(len(u.labels) == 1 for u in corpus.utterances)
+            multi = not is_single_label(corpus)
             teacher = TextTeacher.create(TeacherConfig(
                 labels=list(corpus.labels), encoder=args.encoder or config.train.text_encoder, multi_label=multi,
                 seed=config.train.seed, **{k: getattr(args, k) for k in TEACH_FIELDS if hasattr(args, k)},

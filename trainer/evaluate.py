@@ -40,17 +40,12 @@ from engines.errors import MissingInput
 from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
 from trainer.data import DataError
+from trainer.metrics import argmax_onehot, is_single_label
 
 N_BINS = 15
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def argmax_onehot(probs: np.ndarray) -> np.ndarray:
-    pred = np.zeros_like(probs, dtype=np.float32)
-    pred[np.arange(len(probs)), probs.argmax(1)] = 1
-    return pred
 
 
 def calibration(confidence: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS) -> dict:
@@ -272,7 +267,7 @@ def run_outputs(run: Path, data_spec: str, split: str, media=None, cache_dir: st
     data = build_inputs(corpus, split, pre, FaceOptions(**info["faces"]), opts,
                         SentenceEncoder.for_preprocessing(info["text_encoder"], pre), progress)
     return (predict(model, data), data["present"].numpy(), targets(corpus.split(split), corpus.labels),
-            _single_label(corpus))
+            is_single_label(corpus))
 
 
 def run_scores(run: Path, data_spec: str, split: str, media=None, cache_dir: str | None = None,
@@ -343,7 +338,7 @@ def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress
         flush(bar)
     raw_thresholds = engine.bundle.manifest.get("calibration", {}).get("uncalibrated_thresholds")
     return Scored(probs, targets(utts, corpus.labels), engine.labels, engine.bundle.thresholds,
-                  _single_label(corpus), bundle, "bundle", "onnxruntime", raw,
+                  is_single_label(corpus), bundle, "bundle", "onnxruntime", raw,
                   raw_thresholds if calibrated else None)
 
 
@@ -351,10 +346,6 @@ def bundle_id(bundle: Path) -> str:
     from engines.bundle import MANIFEST, model_id
 
     return model_id(json.loads((Path(bundle) / MANIFEST).read_text()))
-
-
-def _single_label(corpus) -> bool:
-    return all(len(u.labels) == 1 for u in corpus.utterances)
 
 
 def model_scores(model: Path, data_spec: str, split: str, media: str | Path | None = None,

@@ -48,7 +48,7 @@ from engines.student import INPUTS, VIDEO_ENCODERS, Student, StudentConfig
 from engines.text import TextTokenizer
 from trainer.data import DataError, media_features, targets, text_windows, with_speech_padding
 from trainer.losses import LearnableTemperature, LossWeights, total_loss
-from trainer.metrics import multilabel_scores, tune_thresholds
+from trainer.metrics import argmax_onehot, is_single_label, multilabel_scores, tune_thresholds
 from trainer.text_encoder import EMBEDDING_VERSION, SentenceEncoder
 
 
@@ -311,21 +311,10 @@ def load_text_head(model: Student, teacher: str) -> None:
     torch.nn.init.zeros_(model.fusion_head.bias)
 
 
-def is_single_label(corpus) -> bool:
-    """Every utterance has exactly one label: scored with argmax, as their papers do."""
-    return all(len(u.labels) == 1 for u in corpus.utterances)
-
-
-def argmax_predictions(probs: np.ndarray) -> np.ndarray:
-    pred = np.zeros_like(probs)
-    pred[np.arange(len(probs)), probs.argmax(1)] = 1
-    return pred
-
-
 def dev_score(probs: np.ndarray, y: np.ndarray, single_label: bool) -> float:
     """The model-selection score: weighted F1 (argmax for single-label corpora, else at 0.5)."""
     if single_label:
-        return multilabel_scores(argmax_predictions(probs), y, np.full(y.shape[1], 0.5))["weighted_f1"]
+        return multilabel_scores(argmax_onehot(probs), y, np.full(y.shape[1], 0.5))["weighted_f1"]
     return multilabel_scores(probs, y, np.full(y.shape[1], 0.5))["weighted_f1"]
 
 

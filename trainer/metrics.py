@@ -5,6 +5,18 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 
+def is_single_label(corpus) -> bool:
+    """Every utterance has exactly one label: scored with argmax, as their papers do."""
+    return all(len(u.labels) == 1 for u in corpus.utterances)
+
+
+def argmax_onehot(probs: np.ndarray) -> np.ndarray:
+    """(N, L) float32 one-hots of each row's largest probability: the single-label prediction."""
+    pred = np.zeros_like(probs, dtype=np.float32)
+    pred[np.arange(len(probs)), probs.argmax(1)] = 1
+    return pred
+
+
 def tune_thresholds(probs: np.ndarray, y: np.ndarray, grid=np.linspace(0.05, 0.95, 19)) -> np.ndarray:
     """Per-label threshold that maximises that label's F1 (on dev data)."""
     best = np.full(y.shape[1], 0.5)
