@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from engines.backends import BACKENDS
 from engines.devices import check_device
 from engines.faces import FaceOptions
+from engines.service import DEFAULT_ENDPOINT as SERVICE_ENDPOINT
 from engines.settings import apply_overrides, build, read_toml
 from realtime.asr import AsrOptions
 from realtime.fusion import FusionOptions
@@ -63,7 +64,7 @@ class ModelOptions:
     triton_url: str = "localhost:8000"  # backend triton: the server's HTTP endpoint, host:port
     # (or http://host:port, https://host:port); it serves `trainer export --triton` of this bundle
     triton_timeout_s: float = 10.0  # backend triton: longest wait to connect or for one inference
-    service_endpoint: str = "ipc:///tmp/realtime-infer.sock"  # backend service: where `realtime infer`
+    service_endpoint: str = SERVICE_ENDPOINT  # backend service: where `realtime infer`
     # answers (ZeroMQ; ipc, or tcp on loopback: it receives voice and face features), shared by
     # every session of this machine
     service_timeout_s: float = 10.0  # backend service: longest wait for one answer
