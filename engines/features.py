@@ -141,12 +141,16 @@ def text_embeddings(windows: Sequence[Window], pre: Preprocessing, embed: Callab
     return out
 
 
+def media_shapes(pre: Preprocessing) -> dict[str, tuple[int, ...]]:
+    """The shape of one window's row of each media input, in MEDIA_INPUTS order."""
+    return {"mel": (pre.n_mels, pre.audio_frames), "audio_mask": (pre.audio_tokens,),
+            "video": (pre.video_frames, pre.face_size, pre.face_size), "video_mask": (pre.video_frames,)}
+
+
 def media_inputs(windows: Sequence[Window], pre: Preprocessing) -> dict[str, np.ndarray]:
     """mel (N, n_mels, audio_frames), audio_mask, video (N, video_frames, S, S), video_mask."""
     if not windows:
-        shapes = {"mel": (pre.n_mels, pre.audio_frames), "audio_mask": (pre.audio_tokens,),
-                  "video": (pre.video_frames, pre.face_size, pre.face_size), "video_mask": (pre.video_frames,)}
-        return {k: np.zeros((0, *shapes[k]), np.float32) for k in MEDIA_INPUTS}
+        return {k: np.zeros((0, *s), np.float32) for k, s in media_shapes(pre).items()}
     mels, amasks = zip(*(audio_features(w.audio, pre) for w in windows))
     videos, vmasks = zip(*(video_features(w.crops, w.start, w.end, pre) for w in windows))
     return {k: np.stack(v) for k, v in zip(MEDIA_INPUTS, (mels, amasks, videos, vmasks))}

@@ -24,7 +24,7 @@ from engines.atomic import replacing
 from engines.dialogue import UNKNOWN_SPEAKER, Turn
 from engines.errors import UserError
 from engines.faces import FaceOptions
-from engines.features import Window, decode, media_inputs, pad_spans
+from engines.features import Window, decode, media_inputs, media_shapes, pad_spans
 from engines.preprocess import Preprocessing
 
 class DataError(UserError, ValueError):
@@ -160,8 +160,7 @@ def media_features(
     """mel, audio_mask, video, video_mask for each utterance, decoded once per file."""
     by_file = media_files(utterances)
     n = len(utterances)
-    shapes = {"mel": (pre.n_mels, pre.audio_frames), "audio_mask": (pre.audio_tokens,),
-              "video": (pre.video_frames, pre.face_size, pre.face_size), "video_mask": (pre.video_frames,)}
+    shapes = media_shapes(pre)
     if not by_file:
         # A text-only corpus: one shared row of zeros, viewed n times (read-only).  Real
         # arrays would take 335 KB per utterance: 14 GB for GoEmotions.
