@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -101,12 +103,49 @@ def load_corpus(path: Path, dev_fraction: float = 0.2, seed: int = 0) -> Corpus:
         except KeyError as exc:
             raise DataError(f"{manifest}:{n}: missing field {exc}") from exc
     # A session is one conversation: its turns in time order are the text branch's context.
-    from trainer.datasets._common import number_turns  # here: that module imports this one
-
     for u in utterances:
         u.extra["dialogue"] = u.session
     number_turns(utterances, lambda u: (u.start,))
     return Corpus(labels, utterances)
+
+
+# --------------------------------------------------------------------------- dialogue turns
+
+
+def number_turns(utterances: list[Utterance], order: Callable[[Utterance], tuple]) -> None:
+    """Set extra["turn"] = 0, 1, ... within each extra["dialogue"], sorted by `order`.
+
+    The turn index is what `dialogue_windows` uses to keep the text context past-only.
+    """
+    dialogues: dict[str, list[Utterance]] = defaultdict(list)
+    for u in utterances:
+        if "dialogue" in u.extra:
+            dialogues[u.extra["dialogue"]].append(u)
+    for members in dialogues.values():
+        for turn, u in enumerate(sorted(members, key=order)):
+            u.extra["turn"] = turn
+
+
+def dialogue_windows(utterances: list[Utterance], max_turns: int | None = None) -> list[list[Utterance]]:
+    """For each utterance, in order: its earlier turns in the same extra["dialogue"]
+    (earlier = smaller extra["turn"]; at most the latest `max_turns`; None: all), then
+    itself.  Past only, as the live pipeline has it; an utterance without a dialogue
+    gets itself alone."""
+    groups: dict[str, list[Utterance]] = defaultdict(list)
+    for u in utterances:
+        if "dialogue" in u.extra:
+            groups[u.extra["dialogue"]].append(u)
+    for members in groups.values():
+        members.sort(key=lambda u: u.extra["turn"])
+    windows = []
+    for u in utterances:
+        earlier = []
+        if "dialogue" in u.extra:
+            earlier = [v for v in groups[u.extra["dialogue"]] if v.extra["turn"] < u.extra["turn"]]
+            if max_turns is not None:
+                earlier = earlier[max(0, len(earlier) - max_turns):]
+        windows.append(earlier + [u])
+    return windows
 
 
 def targets(utterances: list[Utterance], labels: list[str]) -> np.ndarray:
@@ -137,8 +176,6 @@ def text_windows(utterances: list[Utterance], context_turns: int | None) -> list
     corpus names (the unknown one where it names none).  The fusion stage names turns by
     the face that spoke them; engines.dialogue.prompt turns either kind into the same
     speaker tokens <s1>, <s2>, ... in order of appearance."""
-    from trainer.datasets import dialogue_windows  # here: that package imports this module
-
     speaker = lambda u: u.speaker or UNKNOWN_SPEAKER
     return [Window(start=w[-1].start, end=w[-1].end, text=w[-1].text, speaker=speaker(w[-1]),
                    context=[Turn(speaker(v), v.text) for v in w[:-1]])

@@ -18,11 +18,10 @@ build TelME's past-only context (`dialogue_windows`, `context_prompts`).
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 from engines.dialogue import Turn, prompt
-from trainer.data import Corpus, DataError, Utterance, load_corpus
+from trainer.data import Corpus, DataError, Utterance, dialogue_windows, load_corpus
 from trainer.datasets import cremad, elderreact, goemotions, iemocap, meld, mosei
 
 KINDS = ("meld", "iemocap", "goemotions", "goemotions-ekman", "elderreact", "mosei", "cremad",
@@ -70,28 +69,6 @@ def load(spec: str, media_root: str | Path | None = None, dev_fraction: float = 
 
 
 # --------------------------------------------------------------------------- dialogue context
-
-
-def dialogue_windows(utterances: list[Utterance], max_turns: int | None = None) -> list[list[Utterance]]:
-    """For each utterance, in order: its earlier turns in the same extra["dialogue"]
-    (earlier = smaller extra["turn"]; at most the latest `max_turns`; None: all), then
-    itself.  Past only, as the live pipeline has it; an utterance without a dialogue
-    gets itself alone."""
-    groups: dict[str, list[Utterance]] = defaultdict(list)
-    for u in utterances:
-        if "dialogue" in u.extra:
-            groups[u.extra["dialogue"]].append(u)
-    for members in groups.values():
-        members.sort(key=lambda u: u.extra["turn"])
-    windows = []
-    for u in utterances:
-        earlier = []
-        if "dialogue" in u.extra:
-            earlier = [v for v in groups[u.extra["dialogue"]] if v.extra["turn"] < u.extra["turn"]]
-            if max_turns is not None:
-                earlier = earlier[max(0, len(earlier) - max_turns):]
-        windows.append(earlier + [u])
-    return windows
 
 
 def context_prompts(utterances: list[Utterance], max_turns: int | None = None,

@@ -1,13 +1,13 @@
-"""Helpers shared by the corpus adapters: reading tables, finding media, numbering turns."""
+"""Helpers shared by the corpus adapters: reading tables, finding media (turns are numbered by
+trainer.data.number_turns)."""
 from __future__ import annotations
 
 import csv
 import wave
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
-from trainer.data import DataError, Utterance
+from trainer.data import DataError
 
 SPLITS = ("train", "dev", "test")
 # Names corpora use for the held-out split that selects the model.
@@ -75,17 +75,3 @@ def media_duration(path: Path) -> float:
             return container.duration / 1_000_000  # microseconds
     except av.error.FFmpegError as exc:
         raise DataError(f"{path}: not a readable media file ({exc})") from exc
-
-
-def number_turns(utterances: list[Utterance], order: Callable[[Utterance], tuple]) -> None:
-    """Set extra["turn"] = 0, 1, ... within each extra["dialogue"], sorted by `order`.
-
-    The turn index is what `dialogue_windows` uses to keep the text context past-only.
-    """
-    dialogues: dict[str, list[Utterance]] = defaultdict(list)
-    for u in utterances:
-        if "dialogue" in u.extra:
-            dialogues[u.extra["dialogue"]].append(u)
-    for members in dialogues.values():
-        for turn, u in enumerate(sorted(members, key=order)):
-            u.extra["turn"] = turn

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from trainer.data import Corpus, DataError, Utterance
-from trainer.datasets._common import SPLITS, find_media, number_turns, read_table, require_columns
+from trainer.data import Corpus, DataError, Utterance, number_turns
+from trainer.datasets._common import SPLITS, find_media, read_table, require_columns
 
 CODES = {"ang": "anger", "exc": "excited", "fru": "frustration", "hap": "happiness",
          "neu": "neutral", "sad": "sadness"}

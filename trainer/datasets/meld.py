@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data import Corpus, DataError, Utterance
-from trainer.datasets._common import SPLITS, find_media, number_turns, read_table, require_columns
+from trainer.data import Corpus, DataError, Utterance, number_turns
+from trainer.datasets._common import SPLITS, find_media, read_table, require_columns
 
 LABELS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
 # The folder each split's clips come in, in MELD.Raw's archives.

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data import Corpus, DataError, Utterance
-from trainer.datasets._common import (
-    find_media, media_duration, normalise_split, number_turns, read_table, require_columns,
-)
+from trainer.data import Corpus, DataError, Utterance, number_turns
+from trainer.datasets._common import find_media, media_duration, normalise_split, read_table, require_columns
 
 LABELS = ["happiness", "sadness", "anger", "surprise", "disgust", "fear"]
 # Column names seen for each emotion (the SDK's names first).
