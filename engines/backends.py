@@ -230,11 +230,11 @@ class TorchBackend(Backend):
 
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("backend 'torch' on 'cuda': PyTorch sees no CUDA GPU")
-        if "student_config" not in bundle.manifest:
+        if bundle.entries.student_config is None:
             raise BundleError(f"{bundle.path}: no student_config in the manifest; export the run again")
         # Process-wide: the fusion stage is a process of its own (see ort_session).
         torch.set_num_threads(threads)
-        model = Student(StudentConfig(**bundle.manifest["student_config"]), bundle.preprocessing)
+        model = Student(StudentConfig(**bundle.entries.student_config), bundle.preprocessing)
         model.load_state_dict(load_file(str(bundle.file("student_weights"))))
         self.device = device
         self._torch = torch

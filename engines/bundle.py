@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from engines.atomic import write_file
@@ -35,8 +35,48 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(bundle: Path, manifest: dict) -> Path:
+@dataclass(kw_only=True)
+class Manifest:
+    """manifest.json as a record: the entries `trainer export` writes, in the order it writes
+    them (None: absent, as in a bundle exported before the entry existed).  Any other entry
+    (schema_version, files, TensorRT's `tensorrt`, ...) stays in `extra`, so that
+    Manifest.from_dict(m).to_dict() == m."""
+
+    labels: list[str]
+    thresholds: list[float]
+    preprocessing: dict
+    faces: dict | None = None  # engines.faces.FaceOptions of the run
+    text_dim: int | None = None
+    precision: str  # of the ONNX graphs
+    student_config: dict | None = None  # engines.student.StudentConfig, to rebuild it in PyTorch
+    graphs: dict[str, str]  # key -> file in the bundle
+    inputs: dict | None = None  # graph -> {name: {dtype, shape}}
+    outputs: dict | None = None
+    dynamic_axes: dict | None = None
+    heads: list[str] | None = None
+    modalities: list[str] | None = None  # what the student was trained to read
+    backends: dict | None = None
+    training: dict | None = None  # how training cut and split its corpus, and what it selected
+    parity_max_abs_diff: dict | None = None
+    calibration: dict | None = None  # the calibration's summary (or why there is none)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, manifest: dict) -> Manifest:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in manifest.items() if k in known},
+                   extra={k: v for k, v in manifest.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        """The JSON object: the entries that are set, in field order, then `extra`'s."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**{k: v for k, v in out.items() if v is not None}, **self.extra}
+
+
+def write_manifest(bundle: Path, manifest: dict | Manifest) -> Path:
     """Add the sha256 of every file in the bundle and write manifest.json."""
+    if isinstance(manifest, Manifest):
+        manifest = manifest.to_dict()
     files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = dict(manifest, schema_version=SCHEMA_VERSION)
     manifest["files"] = {p.relative_to(bundle).as_posix(): sha256(p) for p in files}
@@ -66,7 +106,12 @@ def model_id(manifest: dict) -> str:
 @dataclass
 class Bundle:
     path: Path
-    manifest: dict
+    manifest: dict  # manifest.json as read (what model_id and the service's fingerprint hash)
+
+    @property
+    def entries(self) -> Manifest:
+        """The manifest's entries, typed (parsed from `manifest` on each read, so never stale)."""
+        return Manifest.from_dict(self.manifest)
 
     @property
     def labels(self) -> list[str]:

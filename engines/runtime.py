@@ -35,12 +35,12 @@ class Engine:
         self.labels = bundle.labels
         self.pre = bundle.preprocessing
         # Bundles before the manifest named them read every modality.
-        self.modalities = tuple(bundle.manifest.get("modalities", HEADS[1:]))
+        self.modalities = tuple(HEADS[1:] if bundle.entries.modalities is None else bundle.entries.modalities)
         self._allowed = np.array([m in self.modalities for m in HEADS[1:]], dtype=np.float32)
         self._tokenize = TextTokenizer.for_preprocessing(bundle.file("tokenizer"), self.pre)
         self.calibration = load_calibration(bundle)  # the identity for bundles without one
         # the fused prediction of a lone modality is that peer's (engines.student): so is its calibration
-        self.peer_base = bool(bundle.manifest.get("student_config", {}).get("peer_base", False))
+        self.peer_base = bool((bundle.entries.student_config or {}).get("peer_base", False))
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """Sentence embeddings (N, text_dim) from the bundle's text encoder."""
@@ -54,7 +54,7 @@ class Engine:
 
     def features(self, windows: list[Window]) -> dict[str, np.ndarray]:
         """The student's inputs for `windows`: engines.features, the trainer's assembler too."""
-        feeds = student_inputs(windows, self.pre, self.embed_text, self.bundle.manifest["text_dim"])
+        feeds = student_inputs(windows, self.pre, self.embed_text, self.bundle.entries.text_dim)
         feeds["present"] = feeds["present"] * self._allowed  # what the bundle does not read stays hidden
         return feeds
 

@@ -292,7 +292,7 @@ def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress
     from trainer.data import media_files, targets, text_windows
 
     engine = engines.load(bundle, backend="onnxruntime", device="cpu", threads=min(os.cpu_count() or 1, 4))
-    training = engine.bundle.manifest.get("training", {})
+    training = engine.bundle.entries.training or {}
     # Bundles exported before these were recorded: the defaults of `trainer fit`, tight spans.
     corpus = _corpus(data_spec, split, media, training.get("dev_fraction", 0.2), training.get("seed", 0),
                      engine.labels, training.get("speech_pad_ms", 0))
@@ -336,7 +336,7 @@ def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress
             if len(pending) == BUNDLE_BATCH:
                 flush(bar)
         flush(bar)
-    raw_thresholds = engine.bundle.manifest.get("calibration", {}).get("uncalibrated_thresholds")
+    raw_thresholds = (engine.bundle.entries.calibration or {}).get("uncalibrated_thresholds")
     return Scored(probs, targets(utts, corpus.labels), engine.labels, engine.bundle.thresholds,
                   is_single_label(corpus), bundle, "bundle", "onnxruntime", raw,
                   raw_thresholds if calibrated else None)

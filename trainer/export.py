@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from engines.atomic import replacing_dir, write_file
-from engines.bundle import write_manifest
+from engines.bundle import Manifest, write_manifest
 from engines.calibration import CALIBRATION, METHODS
 from engines.errors import MissingInput
 from engines.heads import HEADS, MODALITIES
@@ -191,49 +191,49 @@ def _write_bundle(model: Student, info: dict, bundle: Path, precision: str, cali
     text_io, text_diff = _finish_graph(bundle / "text_encoder.onnx", precision,
                                        lambda s: text_encoder_parity(encoder, s, model.pre))
     shutil.copy(encoder.tokenizer_json, bundle / "tokenizer.json")
-    manifest = {
-        "labels": info["labels"],
-        "thresholds": info["thresholds"],
-        "preprocessing": info["preprocessing"],
-        "faces": info["faces"],
-        "text_dim": info["student"]["text_dim"],
-        "precision": precision,
-        "student_config": info["student"],
-        "graphs": {"student": "student.onnx", "text_encoder": "text_encoder.onnx",
-                   "tokenizer": "tokenizer.json", "student_weights": "student.safetensors"},
-        "inputs": {"student": student_io["inputs"], "text_encoder": text_io["inputs"]},
-        "outputs": {"student": student_io["outputs"], "text_encoder": text_io["outputs"]},
-        "dynamic_axes": dynamic_axes(model.pre),
-        "heads": list(HEADS),
+    manifest = Manifest(
+        labels=info["labels"],
+        thresholds=info["thresholds"],
+        preprocessing=info["preprocessing"],
+        faces=info["faces"],
+        text_dim=info["student"]["text_dim"],
+        precision=precision,
+        student_config=info["student"],
+        graphs={"student": "student.onnx", "text_encoder": "text_encoder.onnx",
+                "tokenizer": "tokenizer.json", "student_weights": "student.safetensors"},
+        inputs={"student": student_io["inputs"], "text_encoder": text_io["inputs"]},
+        outputs={"student": student_io["outputs"], "text_encoder": text_io["outputs"]},
+        dynamic_axes=dynamic_axes(model.pre),
+        heads=list(HEADS),
         # The modalities the student was trained to read; the engine hides the others, so
         # an untrained branch (e.g. audio in a model that never heard real speech) never
         # reaches the fusion.
-        "modalities": list(info.get("options", {}).get("modalities", MODALITIES)),
+        modalities=list(info.get("options", {}).get("modalities", MODALITIES)),
         # What each backend runs.  The bundle has no PyTorch copy of the text
         # encoder, so the torch backend runs text_encoder.onnx in ONNX Runtime.
-        "backends": {
+        backends={
             "onnxruntime": {"student": "student.onnx", "text_encoder": "text_encoder.onnx"},
             "torch": {"student": "student.safetensors", "text_encoder": "text_encoder.onnx (onnxruntime)"},
         },
-        "training": {"data": info["data"], "selected_epoch": info["selected_epoch"],
-                     "dev_weighted_f1": info["dev_weighted_f1"],
-                     # how training cut and split its corpus: `trainer evaluate BUNDLE` does the same
-                     "speech_pad_ms": info.get("speech_pad_ms", 0),
-                     "dev_fraction": info["options"]["dev_fraction"], "seed": info["options"]["seed"]},
-        "parity_max_abs_diff": {"student": student_diff, "text_encoder": text_diff},
-    }
+        training={"data": info["data"], "selected_epoch": info["selected_epoch"],
+                  "dev_weighted_f1": info["dev_weighted_f1"],
+                  # how training cut and split its corpus: `trainer evaluate BUNDLE` does the same
+                  "speech_pad_ms": info.get("speech_pad_ms", 0),
+                  "dev_fraction": info["options"]["dev_fraction"], "seed": info["options"]["seed"]},
+        parity_max_abs_diff={"student": student_diff, "text_encoder": text_diff},
+    )
     if calibrated is not None and calibrated["calibration"] is None:
-        manifest["calibration"] = calibrated["summary"]  # why there is none
+        manifest.calibration = calibrated["summary"]  # why there is none
         info = dict(info, calibration=calibrated["summary"])
     elif calibrated is not None:
         write_file(bundle / CALIBRATION, json.dumps(calibrated["calibration"].to_dict(info["labels"]), indent=2) + "\n")
-        manifest["graphs"]["calibration"] = CALIBRATION
-        manifest["thresholds"] = calibrated["thresholds"]  # tuned on the calibrated probabilities
-        manifest["calibration"] = calibrated["summary"]
+        manifest.graphs["calibration"] = CALIBRATION
+        manifest.thresholds = calibrated["thresholds"]  # tuned on the calibrated probabilities
+        manifest.calibration = calibrated["summary"]
         info = dict(info, thresholds=calibrated["thresholds"], calibration=calibrated["summary"])
     write_card_files(bundle, build_card(info))  # hashed with the rest by write_manifest
     write_manifest(bundle, manifest)
-    return manifest
+    return manifest.to_dict()
 
 
 def export(run: Path, bundle: Path, precision: str = "fp32", tensorrt: bool = False,
