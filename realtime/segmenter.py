@@ -232,8 +232,9 @@ class StreamingSegmenter:
     def feed(self, samples: np.ndarray, t0: float) -> list[SpeechSegment]:
         """Add the next chunk (any length); t0 is the media time of samples[0].
 
-        Chunks are taken as contiguous; t0 only anchors the clock on the first
-        chunk, later ones are checked against it.
+        Chunks are taken as contiguous; t0 anchors the clock on the first chunk, later
+        ones are checked against it.  A gap before a chunk that comes outside any utterance
+        is filled with silence (see _check_clock).
         """
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
@@ -378,11 +379,17 @@ class StreamingSegmenter:
             self._origin = float(t0)
             return
         expected = self._time(self._buffer.end)
-        if abs(t0 - expected) > T0_TOLERANCE_S and not self._warned_t0:
+        gap = t0 - expected
+        if abs(gap) > T0_TOLERANCE_S and not self._warned_t0:
             self._warned_t0 = True
-            logger.warning("chunk t0=%.3f s but %.3f s expected from the samples fed; "
-                           "chunks are treated as contiguous, utterance times follow the samples",
+            logger.warning("chunk t0=%.3f s but %.3f s expected from the samples fed; a gap between "
+                           "utterances is heard as silence, otherwise chunks are treated as contiguous",
                            t0, expected)
+        if gap > T0_TOLERANCE_S and self._speech_start is None:
+            # Audio is missing (a microphone opened again after its source process died): heard
+            # as the silence it was, so that times follow the clock again.  Inside an utterance
+            # the chunks are joined instead, which does not cut it in two.
+            self._buffer.append(np.zeros(round(gap * self.sample_rate), np.float32))
 
     def _time(self, index: int) -> float:
         return self._origin + index / self.sample_rate

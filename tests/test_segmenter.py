@@ -170,6 +170,27 @@ def test_warns_once_when_t0_is_not_contiguous(talk, caplog):
     assert len([r for r in caplog.records if "t0" in r.getMessage()]) == 1
 
 
+def test_a_gap_between_utterances_is_heard_as_silence_and_one_inside_is_joined(talk):
+    """Audio missing from the stream (a microphone reopened after its source process died,
+    issue 25): between utterances the clock jumps with it; inside one, the utterance stays whole
+    (the same count) and the clock jumps once it is over."""
+    audio, spans = talk
+    chunk, gap = 800, 0.7  # longer than the closing silence (500 ms): silence there would cut
+    between = int((spans[0][1] + spans[1][0]) / 2 * SR) // chunk * chunk
+    inside = int((spans[1][0] + spans[1][1]) / 2 * SR) // chunk * chunk
+    for cut, later in ((between, slice(1, None)), (inside, slice(2, None))):
+        segmenter = StreamingSegmenter(VadOptions())
+        got = []
+        for i in range(0, len(audio), chunk):
+            got += segmenter.feed(audio[i:i + chunk], T0 + i / SR + (gap if i >= cut else 0.0))
+        got += segmenter.flush()
+        assert len(got) == len(spans), (cut, [(u.start, u.end) for u in got])
+        # After the gap (inside an utterance: once that utterance is over), times follow the clock.
+        for u, (start, end) in zip(got[later], spans[later]):
+            assert u.start - T0 == pytest.approx(start + gap, abs=0.3)
+        assert got[0].start - T0 == pytest.approx(spans[0][0], abs=0.3)
+
+
 @pytest.mark.parametrize("field, value", [
     ("threshold", 0.0), ("threshold", 1.0), ("neg_threshold", 0.9), ("neg_threshold", 0.0),
     ("min_speech_ms", -1), ("min_silence_ms", -5), ("speech_pad_ms", -1), ("max_utterance_s", 0.3),
