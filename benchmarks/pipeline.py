@@ -95,13 +95,18 @@ def make_session(out: Path, seed: int, utterances: int) -> tuple[Path, Path, lis
     audio, _, _ = read_media(media, SAMPLE_RATE)
     for row, end in zip(rows, speech_ends(audio, rows)):
         row["speech_end"] = end
-    wav = out / "speech.wav"
-    with wave.open(str(wav), "wb") as w:
+    wav = write_wav(out / "speech.wav", audio)
+    return media, wav, rows, len(audio) / SAMPLE_RATE
+
+
+def write_wav(path: Path, audio: np.ndarray) -> Path:
+    """16-bit mono wav at SAMPLE_RATE: what paplay plays into the virtual microphone."""
+    with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(SAMPLE_RATE)
         w.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
-    return media, wav, rows, len(audio) / SAMPLE_RATE
+    return path
 
 
 def speech_ends(audio: np.ndarray, rows: list[dict]) -> list[float]:

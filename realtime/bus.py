@@ -135,12 +135,14 @@ SPECS: dict[str, Spec] = {
     # supervisor -> sources: feed generation `gen` again from media time `t`; end of session
     "rewind": Spec({"gen": int, "t": NUMBER}),
     "finish": Spec(),
+    # supervisor -> fusion: a status to publish as it is (a live source reopened: `restarted`)
+    "status": Spec({"state": str, "detail": str}, optional=_GEN),
 }
 # What each socket's reader accepts.
 AUDIO_IN = ("audio", "eos")  # segmenter
 VIDEO_IN = ("frame", "eos")  # faces
 UTTERANCES_IN = ("utterance", "partial", "speculative", "progress", "eos")  # asr
-FUSION_IN = ("transcript", "partial_transcript", "progress", "audio", "face", "eos")
+FUSION_IN = ("transcript", "partial_transcript", "progress", "audio", "face", "eos", "status")
 RESULTS_IN = ("result", "eos")  # supervisor
 REPORTS = ("ready", "heartbeat", "done", "error")  # supervisor's control channel
 

@@ -60,3 +60,19 @@ def stage_processes() -> multiprocessing.context.BaseContext:
     with stage_environment():
         multiprocessing.forkserver.ensure_running()  # once per process; a no-op when it runs
     return multiprocessing.get_context("forkserver")
+
+
+def restart_if_dead() -> int | None:
+    """Start the fork server again if it has died (and multiprocessing's resource tracker, which
+    it needs), so that stages restarted from now on are forked at once; returns the new server's
+    pid when one was started.  The stages it had forked run on (realtime.processes)."""
+    import multiprocessing.forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    server = multiprocessing.forkserver._forkserver  # private: the only handle on the server's pid
+    before = getattr(server, "_forkserver_pid", None)
+    with stage_environment():
+        multiprocessing.forkserver.ensure_running()  # a waitpid while it runs; else a new server
+    after = getattr(server, "_forkserver_pid", None)
+    return after if before is not None and after != before else None

@@ -79,7 +79,7 @@ class Publisher:
         self.stage, self.session = stage, session
         self.seq = 0  # the session's next message, of any topic
         # Each topic's next message: a subscriber to some topics detects loss from these, as
-        # `seq` also counts what others subscribed to (README: seq and topic_seq).
+        # `seq` also counts what others subscribed to (docs/PROTOCOL.md: Sequence numbers and loss).
         self.topic_seq = dict.fromkeys(protocol.TOPICS.values(), 0)
         self.local_windows = local_windows
         # Topic prefixes subscribed to now.  XPUB passes on a topic's first subscription and its
@@ -304,6 +304,8 @@ class Fusion:
             self.video_until = max(self.video_until, header["t"])
             self.last_frame_t = max(self.last_frame_t, header["t"])
             self.frame_size = header.get("frame", self.frame_size)
+        elif kind == "status":  # from the supervisor: a live source reopened (realtime.pipeline)
+            self.out.publish({"type": "status", "state": header["state"], "detail": header["detail"]})
         elif kind == "eos":
             if header.get("lost") and header["lost"] not in self.lost:
                 self.lost.add(header["lost"])  # said once, though it reaches us on two paths

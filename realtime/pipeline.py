@@ -15,14 +15,18 @@ checkpoint's media time.  Every stage's state (the VAD's open utterance, queued
 utterances, buffered audio and faces, pending transcripts) is made again from that
 media; fusion goes on with the checkpoint's seq and dialogue history and drops what
 it had published already.  One mechanism for all four stages, at the price of
-reloading all four stages' models when one fails.
+reloading all four stages' models when one fails.  Replay's file reader is restarted the
+same way, from the checkpoint.  A live camera or microphone that dies is opened again
+alone (what it would have captured meanwhile is gone; the processing chain is not
+restarted), and a `restarted` status says so.  The fork server the stages are forked
+from may die too: the stages run on (realtime.processes), and a new server is started
+for the stages restarted later.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
-import multiprocessing
 import os
 import signal
 import sys
@@ -40,14 +44,17 @@ from engines.errors import UserError
 from engines.faces import FaceOptions
 from realtime import bus, fusion, protocol, segmenter, sources, stages
 from realtime.config import RealtimeConfig
-from realtime.forkserver import stage_environment, stage_processes
+from realtime.forkserver import restart_if_dead, stage_environment, stage_processes
+from realtime.processes import StageProcess
 from realtime.security import check_server_keys
 from realtime.stage import Endpoints, run_stage
 
 PROCESSING = ["segmenter", "asr", "faces", "fusion"]
 SOURCE_STREAMS = {"source": ("audio", "video"), "camera": ("video",), "microphone": ("audio",)}
+LIVE_SOURCES = ("camera", "microphone")  # reopened alone when they die; replay's "source" restarts the chain
 HEARTBEAT_TIMEOUT_S = 30.0  # silence after which a stage counts as hung (ASR of a long utterance fits)
-MAX_RESTARTS = 3  # per stage, in one serve session
+MAX_RESTARTS = 3  # per stage or source, in one serve session
+HELPER_CHECK_S = 1.0  # how often the fork server is checked (and started again if it died)
 
 
 class PipelineError(UserError, RuntimeError):
@@ -79,7 +86,7 @@ class Supervisor:
         self.ctx = zmq.Context()
         self.control = bus.socket(self.ctx, zmq.PULL, self.endpoints.control, bind=True)
         self.results = bus.socket(self.ctx, zmq.PULL, self.endpoints.results, bind=True)
-        self.procs: dict[str, multiprocessing.Process] = {}
+        self.procs: dict[str, StageProcess] = {}
         self.bodies: dict[str, Callable] = {}
         self.last_seen: dict[str, float] = {}
         self.ready: set[str] = set()  # stages past model loading, which must send heartbeats
@@ -89,6 +96,8 @@ class Supervisor:
         # queued but not read when its peer disconnects, so closing one (even after a linger)
         # could lose the end of stream it sent and hang the stage waiting for it.
         self.eos_senders: list[zmq.Socket] = []
+        self.notices: zmq.Socket | None = None  # supervisor -> fusion: statuses to publish (a reopened source)
+        self._helpers_checked = time.monotonic()
         self.generation = 0  # of the processing chain; a restart makes a new one
         self.checkpoint: dict | None = None  # fusion's state after the last result received
         self.ended_streams: set[str] = set()  # streams whose end of stream this supervisor sent
@@ -108,7 +117,8 @@ class Supervisor:
         )
         with stage_environment():
             proc.start()
-        self.procs[name], self.bodies[name] = proc, body
+        self.procs[name] = StageProcess(proc, forked=self._mp.get_start_method() == "forkserver")
+        self.bodies[name] = body
         self.ready.discard(name)
         self.last_seen[name] = time.monotonic()
 
@@ -161,6 +171,11 @@ class Supervisor:
         if report is not None:
             self._handle(report, restart)
         now = time.monotonic()
+        if now - self._helpers_checked > HELPER_CHECK_S:
+            self._helpers_checked = now
+            if (pid := restart_if_dead()) is not None:
+                print(f"realtime: the fork server died; the stages run on, and a new one (pid {pid}) starts "
+                      "those restarted from now on", file=sys.stderr, flush=True)
         for name, proc in list(self.procs.items()):
             if proc.exitcode not in (None, 0):
                 # Its error report may still be queued behind heartbeats: read those first,
@@ -168,7 +183,7 @@ class Supervisor:
                 while (queued := self._next_report(0)) is not None:
                     self._handle(queued, restart)
                 if self.procs.get(name) is proc:  # not already restarted on its error report
-                    self._failed(name, f"exited with code {proc.exitcode}", restart)
+                    self._failed(name, proc.describe_exit(), restart)
             elif name in self.ready and proc.is_alive() and now - self.last_seen[name] > HEARTBEAT_TIMEOUT_S:
                 self._failed(name, f"no heartbeat for {HEARTBEAT_TIMEOUT_S:.0f} s", restart)
         return report
@@ -190,16 +205,32 @@ class Supervisor:
             self.ready.add(report["stage"])
         if report["type"] == "done":  # its work is over: it may now take a while delivering what it queued
             self.ready.discard(report["stage"])
+            self.procs[report["stage"]].done()
         if report["type"] == "error":
             # A clear error (bad media, missing device) comes without a traceback: its message says it all.
             why = "\n".join(filter(None, (report["message"], report.get("traceback", ""))))
             self._failed(report["stage"], why, restart)
 
     def _failed(self, name: str, why: str, restart: bool) -> None:
-        if not restart or name not in PROCESSING or self.restarts.get(name, 0) >= MAX_RESTARTS:
+        if not restart or name not in (*PROCESSING, *SOURCE_STREAMS) or self.restarts.get(name, 0) >= MAX_RESTARTS:
             raise PipelineError(f"stage {name} failed: {why}")
         self.restarts[name] = self.restarts.get(name, 0) + 1
-        self._restart_chain(name, why.splitlines()[0])
+        if name in LIVE_SOURCES:
+            self._reopen(name, why.splitlines()[0])
+        else:
+            self._restart_chain(name, why.splitlines()[0])
+
+    def _reopen(self, name: str, why: str) -> None:
+        """A live source died: open its device again, and have fusion publish a `restarted` status.
+
+        The chain goes on: what the source had sent is in, what it would have captured since is
+        gone.  A reopened camera or microphone that cannot be opened any more is lost instead."""
+        detail = f"source {name} failed ({why}); reopened ({self.restarts[name]}/{MAX_RESTARTS})"
+        print(f"realtime: {detail}", file=sys.stderr, flush=True)
+        self.start(name, functools.partial(self.bodies[name], reopened=True))
+        if self.notices is None:  # kept open, like eos_senders: see __init__
+            self.notices = bus.socket(self.ctx, zmq.PUSH, self.endpoints.fusion, bind=False)
+        bus.send(self.notices, {"type": "status", "state": "restarted", "detail": detail, "gen": self.generation})
 
     def _restart_chain(self, name: str, why: str) -> None:
         """Replace every processing stage by a new generation fed again from fusion's checkpoint."""
@@ -210,6 +241,8 @@ class Supervisor:
                 self.procs[stage].kill()
         for stage in PROCESSING:
             self.procs[stage].join(5)
+        if name == "source":
+            self.procs.pop(name)  # started again below, once the new chain is ready
         self._drain_results()  # what fusion published before it died: the latest checkpoint
         if self.fusion_finished:
             return  # the session was complete: nothing to do again
@@ -224,6 +257,9 @@ class Supervisor:
             self.start(stage, self.bodies[stage])
         self.wait_ready(PROCESSING)
         bus.send(self.commands, {"type": "rewind", "gen": self.generation, "t": since})
+        if name == "source":  # replay's file reader itself: a new one reads on from the checkpoint
+            # (started after the rewind, which would make it send that media twice)
+            self.start("source", functools.partial(self.bodies["source"], since=since))
         # A source that has ended (a file camera, a lost device, none at all) sends nothing
         # more: its end of stream goes to the new chain from here.
         ended = set(self.ended_streams)

@@ -112,7 +112,13 @@ class Camera:
         self.is_file = not options.camera.isdigit() and "://" not in options.camera
         self.loop = options.camera_loop and self.is_file
         self.file_fps = self.cap.get(cv2.CAP_PROP_FPS) or 25.0
+        self.skip_until = 0.0  # a file's frames before this media time are dropped (skip_to)
         self.size = (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+
+    def skip_to(self, t: float) -> None:
+        """Start a file's frames at media time t (a camera reopened mid-session), its earlier frames
+        read and dropped (seeking is codec-dependent)."""
+        self.skip_until = t
 
     def frames(self):
         n, this_pass = 0, 0
@@ -126,6 +132,9 @@ class Camera:
             if not ok:
                 return  # end of a file, or a camera that went away
             this_pass += 1
+            if self.is_file and n / self.file_fps < self.skip_until:
+                n += 1
+                continue
             if self.is_file:
                 t = n / self.file_fps
                 time.sleep(max(0.0, self.t_start + t - time.time()))
@@ -209,10 +218,28 @@ def open_video(options: CaptureOptions, t_start: float, fps: float | None = None
     return Camera(options, t_start)
 
 
-def camera_source(stage: Stage, options: CaptureOptions, session: str, sample_fps: float, t_start: float) -> None:
-    """Send sampled frames stamped with session time; drop what the faces stage cannot take."""
-    camera = open_video(options, t_start, sample_fps)
+def _lost_on_reopen(stage: Stage, out, session: str, why: str, error: DeviceError, reopened: bool) -> None:
+    """A source that cannot open its device: at the start that is the error (the session does not
+    begin); when reopened after its process died, the device is lost (why) and the session goes on."""
+    if not reopened:
+        raise error
+    stage.report("ready")
+    stage.send(out, {"type": "eos", "session": session, "lost": why, "gen": stage.gen})
+
+
+def camera_source(stage: Stage, options: CaptureOptions, session: str, sample_fps: float, t_start: float,
+                  reopened: bool = False) -> None:
+    """Send sampled frames stamped with session time; drop what the faces stage cannot take.
+
+    reopened: the camera's last source process died (the supervisor starts this one); one that
+    cannot be opened now is lost, and a file plays on from the session's time, not from 0."""
     out = stage.push(stage.endpoints.video)
+    try:
+        camera = open_video(options, t_start, sample_fps)
+    except DeviceError as exc:
+        return _lost_on_reopen(stage, out, session, f"camera {options.camera}: {exc}", exc, reopened)
+    if reopened and isinstance(camera, Camera) and camera.is_file:
+        camera.skip_to(time.time() - t_start)
     out.setsockopt(zmq.SNDHWM, 2)  # at most two frames wait: the rest are stale
     commands = stage.commands()
     stage.report("ready")
@@ -335,12 +362,18 @@ class Microphone:
 
 
 def microphone_source(stage: Stage, options: CaptureOptions, session: str, chunk_ms: int,
-                      sample_rate: int, t_start: float, rewind_s: float = 60.0) -> None:
+                      sample_rate: int, t_start: float, rewind_s: float = 60.0, reopened: bool = False) -> None:
     """Send audio chunks stamped by sample count from the moment the first sample was captured.
 
-    The last rewind_s seconds sent are kept, to be sent again to a restarted chain."""
-    mic = Microphone(options, chunk_ms, sample_rate)
+    The last rewind_s seconds sent are kept, to be sent again to a restarted chain.
+    reopened: the microphone's last source process died (the supervisor starts this one): one
+    that cannot be opened now is lost, and the segmenter hears the gap as silence."""
     out = stage.push(stage.endpoints.audio)
+    try:
+        mic = Microphone(options, chunk_ms, sample_rate)
+    except DeviceError as exc:
+        return _lost_on_reopen(stage, out, session, f"microphone {options.microphone or '(default)'}: {exc}", exc,
+                               reopened)
     commands = stage.commands()
     stage.report("ready")
     sent, seq = 0, 0

@@ -72,8 +72,9 @@ class Stage:
         self._last_beat = 0.0
         # A stage's parent is the supervisor or the fork server the supervisor starts stages
         # from (realtime.forkserver.stage_processes), which exits with the supervisor: either way
-        # the parent changes when the supervisor dies.  The supervisor's own pid is watched
-        # too (with each heartbeat): a stage started just as it died may never have seen it.
+        # the parent changes when the supervisor dies, and that is noticed at once.  The
+        # supervisor's own pid is watched too (with each heartbeat): a stage started just as it
+        # died may never have seen it, and the fork server may die alone (see _orphaned).
         self._supervisor = supervisor_pid if supervisor_pid is not None else os.getppid()
         self._parent = os.getppid()
 
@@ -134,11 +135,23 @@ class Stage:
             if message is not None and message[0].get("gen", self.gen) == self.gen:
                 return message  # (another generation's input was queued for a stage now replaced)
 
+    def _orphaned(self) -> bool:
+        """Whether the supervisor is gone (killed, not stopped): nobody reads our output any more.
+
+        A new parent alone does not say so: the fork server this stage was forked from may have
+        died (killed, or by the OOM killer: it holds every stage's libraries) while the
+        supervisor lives on, and then the stage goes on (issue 25)."""
+        parent = os.getppid()
+        if parent == self._parent:
+            return False
+        if parent == self._supervisor or process_alive(self._supervisor):
+            self._parent = parent  # the fork server died and we were reparented: the supervisor runs
+            return False
+        return True
+
     def heartbeat(self) -> None:
-        if os.getppid() != self._parent:
-            # The supervisor is gone (killed, not stopped): nobody reads our
-            # output any more, so do not linger as an orphan.
-            os._exit(3)
+        if self._orphaned():
+            os._exit(3)  # do not linger as an orphan
         now = time.monotonic()
         if now - self._last_beat >= HEARTBEAT_S:
             if not process_alive(self._supervisor):
@@ -183,7 +196,7 @@ class Stage:
         closing.start()  # the main thread no longer touches the sockets
         while closing.is_alive():
             closing.join(HEARTBEAT_S)
-            if os.getppid() != self._parent:
+            if self._orphaned():
                 os._exit(3)
 
 

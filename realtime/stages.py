@@ -58,7 +58,8 @@ def _media_messages(path: str, session: str, chunk_ms: int, video_fps: float, sa
 
 
 def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps: float,
-                 sample_rate: int, realtime: bool = False, rewindable: bool = False) -> None:
+                 sample_rate: int, realtime: bool = False, rewindable: bool = False,
+                 since: float = -math.inf) -> None:
     """Replay a recorded session: audio in fixed chunks, video frames, as fast as consumers take them.
 
     With realtime, each item waits until its media time has passed on the wall clock
@@ -69,14 +70,16 @@ def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps
     supervisor says `finish`: a `rewind` makes it send the file again, from the rewind's
     media time on and stamped with the new generation, to a restarted processing chain.
     The file is the source's buffer: it is read again, so nothing is held in memory.
+    since: the media time to start from (a source restarted after its predecessor died), as if
+    a rewind to it had come first.
     """
     out = {"audio": stage.push(stage.endpoints.audio), "video": stage.push(stage.endpoints.video)}
     commands = stage.commands() if rewindable else None
     stage.report("ready")
-    clock0 = time.monotonic()
-    if realtime:  # the wall clock of media time 0: what a latency measurement needs (benchmarks/pipeline.py)
+    clock0 = time.monotonic() - max(since, 0.0)  # a restarted source goes on at its pace from `since`
+    if realtime and since == -math.inf:  # the wall clock of media time 0: what a latency measurement needs
+        # (benchmarks/pipeline.py); a restarted source's clock is not the session's
         print_clock(f"replaying {session} at its own pace", time.time())
-    since = -math.inf  # media time from which to send: everything, until a rewind
     while True:
         command = None
         for stream, header, array, complete_at in _media_messages(path, session, chunk_ms, video_fps, sample_rate):

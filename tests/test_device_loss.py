@@ -74,8 +74,15 @@ def test_lost_sources_are_announced_and_the_other_carries_on(bundle, held_out_se
     got = _messages(messages)
     for message in got:
         jsonschema.validate(message, protocol.schema())
-    states = [m["state"] for m in got if m["type"] == "status"]
-    assert states == ["started", "lost", "lost", "finished"], states
+    statuses = [m for m in got if m["type"] == "status"]
+    states = [m["state"] for m in statuses]
+    # PortAudio's read either fails at once when the sound server dies (the microphone is lost),
+    # or, now and then, blocks: the source then stops sending heartbeats, is reopened (issue 25),
+    # and the reopened one finds no server and is lost.  Either way the session ends cleanly.
+    assert states in (["started", "lost", "lost", "finished"],
+                      ["started", "lost", "restarted", "lost", "finished"]), states
+    if "restarted" in states:
+        assert statuses[2]["detail"].startswith("source microphone failed (no heartbeat"), statuses[2]
     assert _lost(got, "camera") and _lost(got, "microphone")
     assert "Traceback" not in log.read_text()
     utterances = [m for m in got if m["type"] == "utterance"]
