@@ -43,6 +43,17 @@ def held_out_session(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def two_people_session(tmp_path_factory) -> Path:
+    """A short `trainer synth --people 2` session: A on the left, B on the right, taking turns."""
+    from trainer.cli import main
+
+    out = tmp_path_factory.mktemp("two_people")
+    assert main(["--no-progress", "synth", "--out", str(out), "--sessions", "1", "--seed", "11",
+                 "--utterances", "8", "--people", "2"]) in (0, None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def run_dir(corpus, tmp_path_factory) -> Path:
     from engines.faces import FaceOptions
     from engines.preprocess import Preprocessing

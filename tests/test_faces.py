@@ -151,17 +151,6 @@ def test_the_speaker_is_the_face_whose_mouth_clearly_moves_most():
     assert speaking_face(_frames([{None: 5.0}, {None: 5.0}]), 0.0, 1.0, opts) is None  # unconfirmed faces
 
 
-@pytest.fixture(scope="module")
-def two_people_session(tmp_path_factory):
-    """A short `trainer synth --people 2` session: A on the left, B on the right, taking turns."""
-    from trainer.cli import main
-
-    out = tmp_path_factory.mktemp("two_people")
-    assert main(["--no-progress", "synth", "--out", str(out), "--sessions", "1", "--seed", "11",
-                 "--utterances", "8", "--people", "2"]) in (0, None)
-    return out
-
-
 def test_replay_names_who_speaks_with_stable_face_ids(bundle, two_people_session, tmp_path):
     from realtime import protocol
 

@@ -1,5 +1,5 @@
 """Replay publishes in media-time order: the same messages, in the same order with the same
-seq, whatever the moments the stages' results reach fusion (README: Ordering).  In process
+seq, whatever the moments the stages' results reach fusion (docs/PROTOCOL.md: Ordering).  In process
 with the real engine for two arrival orders made on purpose, then two real replays of one
 recorded session through real processes while the CPU is busy."""
 from __future__ import annotations
@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.streams import CollectingPublisher
 
@@ -72,12 +73,16 @@ def test_ordered_fusion_publishes_the_same_whenever_the_transcripts_arrive(bundl
     assert _published(engine, ordered=False, asr_late=False) != _published(engine, ordered=False, asr_late=True)
 
 
-def test_two_replays_give_the_same_messages_in_the_same_order_while_the_cpu_is_busy(bundle, held_out_session):
+@pytest.mark.parametrize("people", [1, 2])
+def test_two_replays_give_the_same_messages_in_the_same_order_while_the_cpu_is_busy(
+        bundle, held_out_session, two_people_session, people):
+    """Also with two people in view (`trainer synth --people 2`), where who speaks (`speaker`)
+    follows from the faces' motion as the frames' media times align with the speech."""
     from realtime.config import load_config
     from realtime.pipeline import replay
     from tests.conftest import free_port
 
-    media = next(held_out_session.glob("*.mp4"))
+    media = next((held_out_session if people == 1 else two_people_session).glob("*.mp4"))
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # competes with the stages
     try:
         runs = []
@@ -96,3 +101,6 @@ def test_two_replays_give_the_same_messages_in_the_same_order_while_the_cpu_is_b
     utterances = [i for i, t in enumerate(types) if t == "utterance"]
     assert utterances and "window" in types[utterances[0]:]  # windows and utterances interleave
     assert [m["seq"] for m in first] == list(range(len(first)))
+    if people == 2:  # both people were named as speakers, the same in each run (compared above)
+        speakers = {m.get("speaker") for m in first if m["type"] == "utterance"}
+        assert len(speakers - {None}) == 2, speakers
