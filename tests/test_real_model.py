@@ -241,30 +241,37 @@ def test_quick_recipe_builds_a_bundle_and_resumes(tmp_path, run_dir):
         assert card["evaluations"][name]["bundle_id"] == model_id
 
 
-def _meld_slice(root: Path, train_rows: int = 400, other_rows: int = 120) -> None:
-    meld = need("meld")
+SPLIT_FILES = {"meld": "{split}_sent_emo.csv", "iemocap": "IEMOCAP_{split}.csv"}
+
+
+def _corpus_slice(root: Path, train_rows: int = 400, other_rows: int = 120, kind: str = "meld") -> None:
+    """The first rows of each split of the corpus (MELD or IEMOCAP): whole dialogues but the last."""
+    source = need(kind)
     root.mkdir(parents=True)
-    for split in ("train", "dev", "test"):  # the first rows of each split: whole dialogues
-        lines = (meld / f"{split}_sent_emo.csv").read_text(encoding="utf-8").splitlines(keepends=True)
-        (root / f"{split}_sent_emo.csv").write_text("".join(lines[: {"train": train_rows}.get(split, other_rows)]),
-                                                     encoding="utf-8")
+    for split in ("train", "dev", "test"):
+        name = SPLIT_FILES[kind].format(split=split)
+        lines = (source / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        (root / name).write_text("".join(lines[: {"train": train_rows}.get(split, other_rows)]), encoding="utf-8")
 
 
 def test_full_recipe_trains_its_text_teacher_and_the_bundle_reads_through_it(tmp_path, run_dir):
-    """Without --quick the recipe fine-tunes its own text teacher first (on a slice of MELD
-    here, one epoch, lower layers cached); the bundle's text branch is that teacher's encoder
-    reading the dialogue prompt, its classifier the text head, and the card names the teacher
-    with its data, device and scores.  A second run trains no teacher again."""
+    """Without --quick the recipe fine-tunes its own text teacher first (on slices of MELD and
+    IEMOCAP here, one epoch, lower layers cached); the bundle's text branch is that teacher's
+    encoder reading the dialogue prompt, its classifier the text head, and the card names the
+    teacher with its data, device and scores, each corpus's too.  A second run trains no teacher
+    again."""
     from trainer.config import load_config
     from trainer.recipe import real
     from trainer.text_teacher import CONFIG_FILE
 
-    _meld_slice(tmp_path / "data" / "meld", train_rows=200, other_rows=60)
+    _corpus_slice(tmp_path / "data" / "meld", train_rows=200, other_rows=60)
+    _corpus_slice(tmp_path / "data" / "iemocap", train_rows=120, other_rows=60, kind="iemocap")
     cache = json.loads((run_dir / "run.json").read_text())["options"]["cache_dir"]
     config = load_config(None, ["recipe.synthetic_sessions=2", "recipe.synthetic_repeat=2", "recipe.epochs=1",
                                 f'recipe.data_root="{tmp_path / "data"}"', "recipe.teacher_epochs=1",
                                 "recipe.teacher_max_len=48", "recipe.teacher_max_turns=2",
                                 "recipe.teacher_batch_size=16", "recipe.teacher_device=\"cpu\"", "recipe.teacher_freeze_layers=3",
+                                'recipe.teacher_corpora=["meld", "iemocap"]',
                                 "train.dim=32", "train.layers=1", f'train.cache_dir="{cache}"'])
     lines = []
     done = real(tmp_path / "out", config, progress=False, log=lines.append)
@@ -273,9 +280,12 @@ def test_full_recipe_trains_its_text_teacher_and_the_bundle_reads_through_it(tmp
     meta = json.loads((teacher / CONFIG_FILE).read_text())
     about = meta["about"]
     assert meta["config"]["freeze_layers"] == 3 and meta["config"]["max_turns"] == 2
-    assert about["data"] == "meld" and about["device"] == "cpu" and about["train_seconds"] > 0
+    assert about["data"] == "meld+iemocap" and about["device"] == "cpu" and about["train_seconds"] > 0
     assert 0 <= about["test_weighted_f1"] <= 100 and about["epoch_chosen"] == 1
-    assert any(line.startswith("text teacher: MELD dev wF1") for line in lines)
+    for kind in ("meld", "iemocap"):  # each corpus scored apart as well
+        assert 0 <= about[f"{kind}_dev_weighted_f1"] <= 100 and 0 <= about[f"{kind}_test_weighted_f1"] <= 100
+    assert about["meld_test_weighted_f1"] != about["iemocap_test_weighted_f1"]
+    assert any(line.startswith("text teacher on meld+iemocap: dev wF1") for line in lines)
     manifest = json.loads((done["bundle"] / "manifest.json").read_text())
     assert manifest["student_config"]["text_classes"]  # the teacher's classifier is the text head
     assert manifest["preprocessing"]["text_pooling"] == "mask"
@@ -285,7 +295,7 @@ def test_full_recipe_trains_its_text_teacher_and_the_bundle_reads_through_it(tmp
     assert text["fine_tuned_from"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert text["teacher"]["test_weighted_f1"] == about["test_weighted_f1"]
     assert text["teacher"]["device"] == "cpu"
-    assert "fine-tuned as a TelME text teacher on meld" in (done["bundle"] / "card.md").read_text()
+    assert "fine-tuned as a TelME text teacher on meld+iemocap" in (done["bundle"] / "card.md").read_text()
 
     stamp = (teacher / CONFIG_FILE).stat().st_mtime_ns
     again = real(tmp_path / "out", config, progress=False, log=lines.append)

@@ -58,11 +58,14 @@ class RecipeOptions:
     synthetic_repeat: int = 10  # each synthetic training utterance counts this often per epoch
     epochs: int = 8  # fit's epochs (--quick: at most 4)
     text_teacher: str = "train"  # the text branch.  "train": the recipe first fine-tunes its own text
-    # teacher on MELD's dialogues (TelME: past turns, speaker tokens, "Now <s> feels <mask>"; the
-    # teacher_* settings) into DIR/teacher; a `trainer teach` directory: that teacher.  Either way its
+    # teacher on the dialogues of teacher_corpora (TelME: past turns, speaker tokens, "Now <s> feels
+    # <mask>"; the teacher_* settings) into DIR/teacher; a `trainer teach` directory: that teacher.  Either way its
     # encoder becomes the text branch, reading the prompt as it learnt to, and its classifier the
     # text head ([train] text_head), which the fusion adjusts.  "none": the frozen sentence encoder
     # on the utterance alone (--quick)
+    teacher_corpora: list[str] = field(default_factory=lambda: ["meld"])  # the dialogue corpora the
+    # teacher learns from, of meld and iemocap, on the shared labels (trainer.datasets.mix: IEMOCAP's
+    # frustration is dropped); the epoch kept is the best on their dev splits together
     teacher_encoder: str = ""  # the encoder the teacher starts from; "" = all-mpnet-base-v2 on a CUDA
     # GPU, all-MiniLM-L6-v2 on the CPU (where mpnet costs several hours)
     teacher_freeze_layers: int = 0  # on the CPU, the teacher's embeddings and lower N layers stay fixed
@@ -70,7 +73,7 @@ class RecipeOptions:
     # layer trained (always on a GPU)
     teacher_max_len: int = 96  # tokens per teacher prompt, the oldest context cut first
     teacher_max_turns: int = 8  # past turns in the teacher's prompt
-    teacher_epochs: int = 3  # the teacher's epochs, the best on MELD dev kept
+    teacher_epochs: int = 3  # the teacher's epochs, the best on dev kept
     teacher_lr: float = 8e-5  # the teacher's encoder learning rate
     teacher_batch_size: int = 32  # prompts per teacher step
     teacher_budget_minutes: float = 45.0  # the teacher's training time at most (its schedule is fitted
@@ -81,6 +84,10 @@ class RecipeOptions:
         unknown = sorted(set(self.corpora) - set(FOLDERS))
         if unknown or not self.corpora:
             raise ValueError(f"corpora must be some of {', '.join(FOLDERS)}; got {self.corpora}")
+        dialogues = sorted(set(self.teacher_corpora) - {"meld", "iemocap"})
+        if dialogues or not self.teacher_corpora:
+            raise ValueError(f"teacher_corpora must be some of meld, iemocap (corpora of dialogues); "
+                             f"got {self.teacher_corpora}")
         if self.synthetic_sessions < 2 or self.synthetic_repeat < 1 or self.epochs < 1:
             raise ValueError("synthetic_sessions must be >= 2, synthetic_repeat and epochs >= 1")
         if self.teacher_epochs < 1 or self.teacher_max_len < 8 or self.teacher_batch_size < 1 \
@@ -134,10 +141,11 @@ QUICK_NOTE = ("--quick: the text branch is the frozen sentence encoder reading t
               "dialogues first and builds the better bundle")
 
 
-def teach(out: Path, opts: RecipeOptions, meld: str, seed: int, progress: bool, log) -> Path:
-    """The recipe's own text teacher in `out` (TelME 3.2.2 on MELD's dialogues), trained once
-    and resumed from its last finished epoch when interrupted; its card facts (data, device,
-    wall time, dev and test scores) go into its text_teacher.json."""
+def teach(out: Path, opts: RecipeOptions, specs: dict[str, str], seed: int, progress: bool, log) -> Path:
+    """The recipe's own text teacher in `out` (TelME 3.2.2 on the dialogues of `specs`, kind ->
+    "kind:PATH"), trained once and resumed from its last finished epoch when interrupted; its
+    card facts (data, device, wall time, dev and test scores, each corpus's too) go into its
+    text_teacher.json."""
     from trainer.datasets import load
     from trainer.text_teacher import (CHECKPOINT_DIR, CONFIG_FILE, STATE_FILE, TeacherConfig, TextTeacher,
                                       resolve_device)
@@ -146,7 +154,7 @@ def teach(out: Path, opts: RecipeOptions, meld: str, seed: int, progress: bool, 
         return out
     device = resolve_device(opts.teacher_device)
     encoder = opts.teacher_encoder or TEACHER_ENCODERS["cuda" if device.type == "cuda" else "cpu"]
-    corpus = load(meld)
+    corpus = load("+".join(specs.values()))
     teacher = TextTeacher.create(TeacherConfig(
         labels=list(corpus.labels), encoder=encoder, max_turns=opts.teacher_max_turns,
         max_len=opts.teacher_max_len, lr=opts.teacher_lr, epochs=opts.teacher_epochs,
@@ -157,16 +165,21 @@ def teach(out: Path, opts: RecipeOptions, meld: str, seed: int, progress: bool, 
     started = time.perf_counter()
     teacher.fit(corpus.split("train"), corpus.split("dev"), log=log if progress else (lambda m: None),
                 checkpoint=checkpoint, resume=(checkpoint / STATE_FILE).is_file())
-    test = corpus.split("test")
-    scores = teacher.score(teacher.predict_proba(test), teacher.targets(test))  # once, the chosen epoch
     best = max(teacher.history, key=lambda h: h["dev_weighted_f1"])
-    about = {"data": "meld", "device": str(device), "encoder": encoder,
+    about = {"data": "+".join(specs), "device": str(device), "encoder": encoder,
              "train_seconds": round(teacher.history[-1]["seconds"], 1),
              "wall_seconds_this_run": round(time.perf_counter() - started, 1),
-             "epoch_chosen": best["epoch"], "dev_weighted_f1": round(best["dev_weighted_f1"], 2),
-             **{f"test_{k}": round(v, 2) for k, v in scores.items()}}
-    log(f"text teacher: MELD dev wF1 {about['dev_weighted_f1']}, test wF1 {about['test_weighted_f1']} "
-        f"({encoder}, {device})")
+             "epoch_chosen": best["epoch"], "dev_weighted_f1": round(best["dev_weighted_f1"], 2)}
+    for split in ("dev", "test"):  # test once, with the chosen epoch; each corpus apart when several
+        parts = {"": corpus.split(split)}
+        if len(specs) > 1:
+            parts.update({f"{kind}_": [u for u in parts[""] if u.extra.get("corpus") == kind] for kind in specs})
+        for prefix, rows in parts.items():
+            scores = teacher.score(teacher.predict_proba(rows), teacher.targets(rows))
+            about.update({f"{prefix}{split}_{k}": round(v, 2) for k, v in scores.items()
+                          if split == "test" or prefix})
+    log(f"text teacher on {about['data']}: dev wF1 {about['dev_weighted_f1']}, test wF1 "
+        f"{about['test_weighted_f1']} ({encoder}, {device})")
     teacher.save(out, about=about)
     return out
 
@@ -236,9 +249,10 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
 
     teacher = None if opts.text_teacher == "none" else Path(opts.text_teacher)
     if training_teacher:
-        t0 = step(2, total, "text teacher: fine-tuned on MELD's dialogues (TelME)", log)
-        meld = specs.get("meld") or corpus_specs(root, ["meld"])["meld"]
-        teacher = teach(out / "teacher", opts, meld, config.train.seed, progress, log)
+        t0 = step(2, total, f"text teacher: fine-tuned on the dialogues of {', '.join(opts.teacher_corpora)} "
+                            "(TelME)", log)
+        teacher = teach(out / "teacher", opts, corpus_specs(root, opts.teacher_corpora), config.train.seed,
+                        progress, log)
         seconds["teacher"] = time.perf_counter() - t0
 
     t0 = step(2 + training_teacher, total, f"fit on {', '.join(specs)} + synthetic", log)
