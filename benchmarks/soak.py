@@ -29,7 +29,7 @@ Targets (in `metrics`; `targets` says which are met):
   the wall time the end of speech was played; paplay's start-up counts as latency), its p95
   over the last latency_window_s minus that over the first, in percent of the first; the window
   is ten minutes, or a sixth of a shorter run.  A negative drift (faster at the end) meets it.
-- restarts (0 expected): `status` messages with state `restarted` (README, the emotion stream)
+- restarts (0 expected): `status` messages with state `restarted` (docs/PROTOCOL.md)
   that serve published (its --jsonl); restarts_on_socket: those the subscriber received.
 
 Also: utterances spoken and received, latency p50/p95/p99 overall, the p95 of every window

@@ -42,7 +42,7 @@ KNOWN_SECTIONS = {
     "faces": "face detection (OpenCV Haar cascade) and cropping",
     "model": "the emotion model the pipeline runs",
     "fusion": "the fusion stage",
-    "stream": "the public emotion stream (ZeroMQ PUB, JSON; see README)",
+    "stream": "the public emotion stream (ZeroMQ PUB, JSON; see docs/PROTOCOL.md)",
     "pipeline": "the processes and their queues",
     "synth": "`trainer synth`: the synthetic corpus",
     "train": "`trainer fit`",

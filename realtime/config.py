@@ -18,7 +18,7 @@ from realtime.segmenter import VadOptions
 @dataclass
 class StreamOptions:
     endpoint: str = "tcp://127.0.0.1:5555"  # where the stream is published (PUB, bound); loopback:
-    # emotions are personal data; another address needs the CURVE keys below (README: Security)
+    # emotions are personal data; another address needs the CURVE keys below (docs/PROTOCOL.md: Security)
     wait_subscribers: int = 0  # hold the first message until this many subscribers joined (--dashboard: 1)
     wait_timeout_s: float = 10.0  # ... but no longer than this
     subscriber_queue: int = 1000  # messages held for each subscriber that does not keep up; beyond
@@ -40,7 +40,7 @@ class StreamOptions:
             raise ValueError(
                 f"endpoint {self.endpoint!r}: only loopback addresses are allowed without encryption; "
                 "to publish to other hosts, create keys with `realtime keys --out DIR` and set "
-                "stream.curve_secret_key and stream.curve_clients (README: Security)"
+                "stream.curve_secret_key and stream.curve_clients (docs/PROTOCOL.md: Security)"
             )
         if self.wait_subscribers < 0:
             raise ValueError("wait_subscribers must be >= 0")

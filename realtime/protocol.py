@@ -1,7 +1,7 @@
 """The public emotion stream: topics, message bodies and their JSON Schema.
 
-Documented in README.md and realtime/schema/emotion-stream-v1.json; any program
-with a ZeroMQ binding subscribes with the schema and the README alone.
+Documented in docs/PROTOCOL.md and realtime/schema/emotion-stream-v1.json; any program
+with a ZeroMQ binding subscribes with the schema and that page alone.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 # Major version 1, minor 3: minor versions only add optional fields, values of open lists
-# and message types (the changelog: README.md, The emotion stream, Versions), so a reader of
+# and message types (the changelog: docs/PROTOCOL.md, Versions), so a reader of
 # major 1 reads them all; check the major version with `compatible`, not the whole string.
 PROTOCOL = "emotion-stream/1.3"
 MAJOR = "emotion-stream/1"
@@ -49,7 +49,7 @@ def new_session(name: str) -> str:
 
 
 def stamp(body: dict, session: str, seq: int, topic_seq: int) -> dict:
-    """body with the fields every message starts with (README: seq and topic_seq)."""
+    """body with the fields every message starts with (docs/PROTOCOL.md: Sequence numbers and loss)."""
     return {"protocol": PROTOCOL, "session": session, "seq": seq, "topic_seq": topic_seq, **body}
 
 
