@@ -304,6 +304,12 @@ def test_full_recipe_trains_its_text_teacher_and_the_bundle_reads_through_it(tmp
     assert again["timings"] == done["timings"] == json.loads((tmp_path / "out" / "timings.json").read_text())
     assert done["timings"]["teacher"] >= 1 and done["timings"]["total"] == round(
         sum(v for k, v in done["timings"].items() if k != "total"), 1)
+    # A teacher left there without its facts (`trainer teach --out DIR/teacher`) is kept and described.
+    del meta["about"]
+    (teacher / CONFIG_FILE).write_text(json.dumps(meta))
+    real(tmp_path / "out", config, progress=False, log=lines.append)
+    described = json.loads((teacher / CONFIG_FILE).read_text())["about"]
+    assert described["test_weighted_f1"] == about["test_weighted_f1"] and "wall_seconds_this_run" not in described
 
 
 def test_the_card_of_a_fer_bundle_says_its_video_branch_is_the_fer_network():

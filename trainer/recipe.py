@@ -145,30 +145,38 @@ def teach(out: Path, opts: RecipeOptions, specs: dict[str, str], seed: int, prog
     """The recipe's own text teacher in `out` (TelME 3.2.2 on the dialogues of `specs`, kind ->
     "kind:PATH"), trained once and resumed from its last finished epoch when interrupted; its
     card facts (data, device, wall time, dev and test scores, each corpus's too) go into its
-    text_teacher.json."""
+    text_teacher.json.  A teacher put there by `trainer teach --out DIR/teacher` is kept, and
+    gets its facts now (the device it was trained on taken to be this run's)."""
+    import json
+
     from trainer.datasets import load
     from trainer.text_teacher import (CHECKPOINT_DIR, CONFIG_FILE, STATE_FILE, TeacherConfig, TextTeacher,
                                       resolve_device)
 
-    if (out / CONFIG_FILE).is_file():
+    done = json.loads((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else None
+    if done is not None and done.get("about"):
         return out
     device = resolve_device(opts.teacher_device)
-    encoder = opts.teacher_encoder or TEACHER_ENCODERS["cuda" if device.type == "cuda" else "cpu"]
     corpus = load("+".join(specs.values()))
-    teacher = TextTeacher.create(TeacherConfig(
-        labels=list(corpus.labels), encoder=encoder, max_turns=opts.teacher_max_turns,
-        max_len=opts.teacher_max_len, lr=opts.teacher_lr, epochs=opts.teacher_epochs,
-        batch_size=opts.teacher_batch_size, seed=seed,
-        freeze_layers=0 if device.type == "cuda" else opts.teacher_freeze_layers,
-        max_train_seconds=opts.teacher_budget_minutes * 60 or None)).to(device)
-    checkpoint = out / CHECKPOINT_DIR
     started = time.perf_counter()
-    teacher.fit(corpus.split("train"), corpus.split("dev"), log=log if progress else (lambda m: None),
-                checkpoint=checkpoint, resume=(checkpoint / STATE_FILE).is_file())
+    if done is not None:
+        teacher = TextTeacher.load(out, device)
+        encoder = teacher.config.encoder
+    else:
+        encoder = opts.teacher_encoder or TEACHER_ENCODERS["cuda" if device.type == "cuda" else "cpu"]
+        teacher = TextTeacher.create(TeacherConfig(
+            labels=list(corpus.labels), encoder=encoder, max_turns=opts.teacher_max_turns,
+            max_len=opts.teacher_max_len, lr=opts.teacher_lr, epochs=opts.teacher_epochs,
+            batch_size=opts.teacher_batch_size, seed=seed,
+            freeze_layers=0 if device.type == "cuda" else opts.teacher_freeze_layers,
+            max_train_seconds=opts.teacher_budget_minutes * 60 or None)).to(device)
+        checkpoint = out / CHECKPOINT_DIR
+        teacher.fit(corpus.split("train"), corpus.split("dev"), log=log if progress else (lambda m: None),
+                    checkpoint=checkpoint, resume=(checkpoint / STATE_FILE).is_file())
     best = max(teacher.history, key=lambda h: h["dev_weighted_f1"])
     about = {"data": "+".join(specs), "device": str(device), "encoder": encoder,
              "train_seconds": round(teacher.history[-1]["seconds"], 1),
-             "wall_seconds_this_run": round(time.perf_counter() - started, 1),
+             **({} if done else {"wall_seconds_this_run": round(time.perf_counter() - started, 1)}),
              "epoch_chosen": best["epoch"], "dev_weighted_f1": round(best["dev_weighted_f1"], 2)}
     for split in ("dev", "test"):  # test once, with the chosen epoch; each corpus apart when several
         parts = {"": corpus.split(split)}
