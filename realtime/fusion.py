@@ -234,8 +234,11 @@ class Fusion:
         self.video_until = -math.inf  # media time up to which every sampled frame has arrived
         self.last_frame_t = 0.0  # media time of the last sampled frame (video_until is inf after eos)
         self.frame_size: list[int] | None = None  # the video's width and height, which face boxes are in
-        self.audio_done = False  # the ASR has sent every transcript
-        self.audio_complete = False  # the segmenter has sent every audio chunk
+        # Fusion's one inbox takes five message types from three producers; their ends of stream say
+        # which producer is done (`stream`): the ASR's "transcripts", the segmenter's "audio" (its
+        # copy of every chunk), and the faces stage's (no stream).
+        self.transcripts_done = False  # the ASR has sent every transcript
+        self.audio_done = False  # the segmenter has sent every audio chunk
         self.lost: set[str] = set()  # live sources that went away, already announced
         period = 1.0 / options.window_rate if options.window_rate else math.inf
         self.period, self.next_window = period, period
@@ -275,7 +278,7 @@ class Fusion:
 
     @property
     def finished(self) -> bool:
-        return self.audio_done and self.audio_complete and not self.pending and self.video_until == math.inf
+        return self.transcripts_done and self.audio_done and not self.pending and self.video_until == math.inf
 
     def on_message(self, header: dict, array, score: bool = True) -> None:
         """Take one message; then, unless score is False, publish what it made ready."""
@@ -311,11 +314,11 @@ class Fusion:
                 self.lost.add(header["lost"])  # said once, though it reaches us on two paths
                 self.out.publish({"type": "status", "state": "lost", "detail": header["lost"]})
             stream = header.get("stream")
-            if stream == "audio":
-                self.audio_done = True
+            if stream == "transcripts":
+                self.transcripts_done = True
                 self.asr_until = math.inf
-            elif stream == "audio_copy":
-                self.audio_complete = True
+            elif stream == "audio":
+                self.audio_done = True
             else:
                 self.video_until = math.inf
         if score:
@@ -361,7 +364,7 @@ class Fusion:
         while True:
             # Once every input has ended no window is still to come (rounding could leave a
             # result's end a hair past the last window's).
-            ended = self.audio_done and self.audio_complete and self.video_until == math.inf
+            ended = self.transcripts_done and self.audio_done and self.video_until == math.inf
             windows_over = ended and self.next_window > self.window_limit()
             if self.pending and (self.pending[0][0]["end"] <= self.next_window or windows_over):
                 header, audio = self.pending[0]
@@ -395,7 +398,7 @@ class Fusion:
         # is never scored, however early the video's frames let it be.  Without any audio,
         # only the frames do: then no frame after the last may count, as the stream's end is
         # not known before its end of stream, so there the next frame is waited for.
-        audio = self.audio.until if self.audio.buffer.end or not self.audio_complete else math.inf
+        audio = self.audio.until if self.audio.buffer.end or not self.audio_done else math.inf
         limit = min(audio, self.video_complete() if audio != math.inf else self.video_until)
         if limit == math.inf:
             limit = self.audio.until if self.audio.buffer.end else self.last_frame_t

@@ -159,7 +159,7 @@ def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculati
         if header["type"] == "eos":
             # Fusion learns that every audio chunk is in (its windows need that), then the ASR passes eos on.
             # A lost microphone is announced from here, not after the ASR has caught up.
-            copy_eos = {"type": "eos", "session": header.get("session", ""), "stream": "audio_copy"}
+            copy_eos = {"type": "eos", "session": header.get("session", ""), "stream": "audio"}
             stage.send(audio_copy, dict(copy_eos, lost=header["lost"]) if "lost" in header else copy_eos)
             stage.send(out, header)
             return
@@ -190,7 +190,7 @@ def asr(stage: Stage, asr_options, ordered: bool = False) -> None:
     while True:
         header, audio = stage.recv(inbox, bus.UTTERANCES_IN)
         if header["type"] == "eos":
-            stage.send(out, dict(header, stream="audio"))
+            stage.send(out, dict(header, stream="transcripts"))  # every transcript is out
             return
         if header["type"] == "progress":
             stage.send(out, header)

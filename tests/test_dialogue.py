@@ -170,9 +170,9 @@ def test_fusion_stage_gives_each_utterance_the_session_so_far(context_bundle):
         state.on_message({"type": "transcript", "start": float(i), "end": i + 0.5, "text": text, "asr_s": 0.0},
                          audio)
     state.on_message({"type": "eos", "stream": "video"}, None)
-    state.on_message({"type": "eos", "stream": "audio"}, None)
+    state.on_message({"type": "eos", "stream": "transcripts"}, None)
     assert not state.finished  # the segmenter's audio chunks may still be on their way
-    state.on_message({"type": "eos", "stream": "audio_copy"}, None)
+    state.on_message({"type": "eos", "stream": "audio"}, None)
     assert state.finished
     results = [b for b in out.bodies if b["type"] == "utterance"]
     assert [r["text"] for r in results] == texts

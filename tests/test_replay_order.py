@@ -47,7 +47,7 @@ def _published(engine, ordered: bool, asr_late: bool) -> list[dict]:
     arrivals = media + asr if asr_late else sorted(media + asr, key=lambda m: m[0])  # stable: media first
     for _, header, array in arrivals:
         state.on_message(header, array)
-    for stream in ("video", "audio_copy", "audio"):
+    for stream in ("video", "audio", "transcripts"):
         state.on_message({"type": "eos", "stream": stream}, None)
     assert state.finished
     return [{k: v for k, v in b.items() if k != "timing"} for b in out.bodies]

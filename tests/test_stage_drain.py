@@ -31,7 +31,7 @@ def _producer(stage) -> None:
     stage.report("ready")
     for seq in range(MESSAGES):
         stage.send(out, {"type": "audio", "session": "s", "seq": seq, "t": seq * 0.032})
-    stage.send(out, {"type": "eos", "session": "s", "stream": "audio_copy"})
+    stage.send(out, {"type": "eos", "session": "s", "stream": "audio"})
 
 
 def test_a_finished_stage_delivers_its_queue_to_a_slow_receiver():

@@ -28,7 +28,7 @@ def _windows(bundle, faces_per_frame: int, seconds: float = 3.0):
         state.on_message(header, crops)
     for k in range(int(seconds / 0.1)):
         state.on_message({"type": "audio", "t": k * 0.1}, (rng.standard_normal(1600) * 0.05).astype(np.float32))
-    for stream in ("video", "audio", "audio_copy"):
+    for stream in ("video", "transcripts", "audio"):
         state.on_message({"type": "eos", "stream": stream}, None)
     assert state.finished
     return [b for b in out.bodies if b["type"] == "window"], engine, frames
@@ -89,7 +89,7 @@ def test_window_updates_off_keep_every_crop_an_utterance_needs(bundle):
         state.on_message({"type": "audio", "t": t}, (rng.standard_normal(3200) * 0.05).astype(np.float32))
     audio = state.audio.span(0.5, 2.5)
     state.on_message({"type": "transcript", "start": 0.5, "end": 2.5, "text": "so it goes", "asr_s": 0.1}, audio)
-    for stream in ("video", "audio", "audio_copy"):
+    for stream in ("video", "transcripts", "audio"):
         state.on_message({"type": "eos", "stream": stream}, None)
     assert state.finished
     assert [b["type"] for b in out.bodies] == ["transcript", "utterance"]  # no window update
