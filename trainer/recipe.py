@@ -51,8 +51,9 @@ CHECKOUT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 class RecipeOptions:
     data_root: str = ""  # folder holding meld/, iemocap/, goemotions/ as the corpora ship them;
     # "" = $EMOTION_DATA, else ../shared/data beside the checkout
-    corpora: list[str] = field(default_factory=lambda: ["meld"])  # the text corpora the student's fit
-    # reads, of meld, goemotions-ekman, iemocap (--quick: meld alone); every corpus found is scored
+    corpora: list[str] = field(default_factory=lambda: ["meld", "iemocap"])  # the text corpora the
+    # student's fit reads, of meld, goemotions-ekman, iemocap (--quick: meld alone); every corpus found
+    # is scored
     synthetic_sessions: int = 24  # synthetic sessions (face video + speech): the fusion's only aligned
     # text and face
     synthetic_repeat: int = 10  # each synthetic training utterance counts this often per epoch
@@ -63,9 +64,9 @@ class RecipeOptions:
     # encoder becomes the text branch, reading the prompt as it learnt to, and its classifier the
     # text head ([train] text_head), which the fusion adjusts.  "none": the frozen sentence encoder
     # on the utterance alone (--quick)
-    teacher_corpora: list[str] = field(default_factory=lambda: ["meld"])  # the dialogue corpora the
-    # teacher learns from, of meld and iemocap, on the shared labels (trainer.datasets.mix: IEMOCAP's
-    # frustration is dropped); the epoch kept is the best on their dev splits together
+    teacher_corpora: list[str] = field(default_factory=lambda: ["meld", "iemocap"])  # the dialogue
+    # corpora the teacher learns from, of meld and iemocap, on the shared labels (trainer.datasets.mix:
+    # IEMOCAP's frustration is dropped); the epoch kept is the best on their dev splits together
     teacher_encoder: str = ""  # the encoder the teacher starts from; "" = all-mpnet-base-v2 on a CUDA
     # GPU, all-MiniLM-L6-v2 on the CPU (where mpnet costs several hours)
     teacher_freeze_layers: int = 0  # on the CPU, the teacher's embeddings and lower N layers stay fixed
