@@ -242,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
                 run = live_session(media, wav, duration, rows, Path(args.model), run_dir, mic,
                                    [(kind, args.kill_during)])
                 scored = score(run, rows, live=True)
-                announced = any(kind in detail for detail in scored["restarted"])
+                # A replaced process is announced by name; a helper's death is not announced at all.
+                announced = (any(kind in detail for detail in scored["restarted"]) if KINDS[kind]
+                             else bool(scored["restarted"]))
                 runs.append({"kind": kind, "exit": run["exit"], "killed": run["killed"], "errors": run["errors"],
                              **scored, "announced": announced,
                              "ok": (run["exit"] == 0 and not run["errors"] and scored["lost"] == 0

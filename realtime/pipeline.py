@@ -182,7 +182,9 @@ class Supervisor:
                 # so the failure says why the stage ended, not only that it did.
                 while (queued := self._next_report(0)) is not None:
                     self._handle(queued, restart)
-                if self.procs.get(name) is proc:  # not already restarted on its error report
+                # Not already restarted on its error report, and not a clean end after all: once
+                # its fork server is gone, only its `done` report (just read) tells that apart.
+                if self.procs.get(name) is proc and proc.exitcode not in (None, 0):
                     self._failed(name, proc.describe_exit(), restart)
             elif name in self.ready and proc.is_alive() and now - self.last_seen[name] > HEARTBEAT_TIMEOUT_S:
                 self._failed(name, f"no heartbeat for {HEARTBEAT_TIMEOUT_S:.0f} s", restart)
