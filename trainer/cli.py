@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--report", type=Path, required=True, help="directory for report.json, report.md and PNGs")
 
     rp = sub.add_parser("recipe", help="build a whole bundle from data in one resumable command",
-                        description="real: a text teacher fine-tuned on MELD's dialogues first (TelME; MiniLM "
-                                    "on the CPU, about 15 minutes on 2 cores, mpnet on a CUDA GPU), whose encoder "
+                        description="real: a text teacher fine-tuned on the dialogues of MELD and IEMOCAP "
+                                    "first (TelME; MiniLM on the CPU, about 40 minutes on 2 cores, mpnet on a "
+                                    "CUDA GPU), whose encoder "
                                     "and classifier become the text branch; faces through the FER2013 network; a "
                                     "fusion fitted with synthetic sessions; audio is not used (no real labelled "
                                     "speech offline).  Writes DIR/synthetic, DIR/teacher, DIR/run, DIR/bundle, "
@@ -163,117 +164,138 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def synth(args, config, progress: bool) -> int:
+    from trainer.synth import generate
+
+    manifest = generate(args.out, config.synth.sessions, config.synth.seed,
+                        utterances_per_session=config.synth.utterances_per_session,
+                        people=config.synth.people, progress=progress)
+    print(f"wrote {manifest}")
+    return 0
+
+
+def teach(args, config, progress: bool) -> int:
+    from engines.errors import MissingInput
+    from trainer.datasets import load
+    from trainer.metrics import is_single_label
+    from trainer.text_teacher import CHECKPOINT_DIR, STATE_FILE, TeacherConfig, TextTeacher, distil, resolve_device
+
+    if args.resume and not (args.out / CHECKPOINT_DIR / STATE_FILE).is_file():  # before any loading
+        raise MissingInput(f"{args.out / CHECKPOINT_DIR / STATE_FILE}: nothing to resume from")
+    device = resolve_device(args.device)  # before any loading, too
+    corpus = load(args.data, args.media, config.train.dev_fraction, config.train.seed)
+    multi = not is_single_label(corpus)
+    teacher = TextTeacher.create(TeacherConfig(
+        labels=list(corpus.labels), encoder=args.encoder or config.train.text_encoder, multi_label=multi,
+        seed=config.train.seed, **{k: getattr(args, k) for k in TEACH_FIELDS if hasattr(args, k)},
+        max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
+        speakers=args.speakers, kd_teacher=str(args.kd_teacher or ""),
+        response_kd=args.response_kd if args.kd_teacher else 0.0,
+        feature_kd=args.feature_kd if args.kd_teacher else 0.0)).to(device)
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    train = corpus.split("train")
+    kd = distil(args.kd_teacher, teacher, train, log) if args.kd_teacher else None
+    history = teacher.fit(train, corpus.split("dev"), log=log, kd=kd,
+                          checkpoint=args.out / CHECKPOINT_DIR, resume=args.resume)
+    teacher.save(args.out)
+    key = "dev_macro_f1" if multi else "dev_weighted_f1"
+    print(json.dumps({"teacher": str(args.out), key: max(h[key] for h in history)}, indent=2))
+    return 0
+
+
+def fit(args, config, progress: bool) -> int:
+    from trainer.fit import fit as fit_run
+
+    run = fit_run(args.data, args.out, config.train, config.preprocessing, config.faces, progress,
+                  loss=config.loss, media=args.media, resume=args.resume, speech_pad_ms=config.speech_pad_ms)
+    if "rank" in run:
+        return 0  # a torchrun rank other than 0: rank 0 reports
+    print(json.dumps({"run": str(args.out), "selected_epoch": run["selected_epoch"],
+                      "dev_weighted_f1": run["dev_weighted_f1"]}, indent=2))
+    return 0
+
+
+def evaluate(args, config, progress: bool) -> int:
+    from trainer.evaluate import evaluate as evaluate_run
+
+    report = evaluate_run(args.run, args.data, args.split, args.report, media=args.media,
+                          cache_dir=config.train.cache_dir, progress=progress)
+    print(json.dumps({k: report["metrics"][k] for k in ("weighted_f1", "macro_f1", "accuracy")}, indent=2))
+    print(f"wrote {args.report}/report.json, report.md")
+    return 0
+
+
+def recipe(args, config, progress: bool) -> int:
+    from engines.errors import UserError
+    from trainer.recipe import check, real
+
+    if args.check:
+        for spec in check(config, args.quick).values():
+            print(spec)
+        return 0
+    if args.out is None:
+        raise UserError("--out DIR is required (the directory for every step's output)")
+    done = real(args.out, config, quick=args.quick, progress=progress,
+                log=lambda m: print(m, file=sys.stderr, flush=True))
+    scores = {name: json.loads((path / "report.json").read_text())["metrics"]["weighted_f1"]
+              for name, path in done["reports"].items()}
+    print(json.dumps({"bundle": str(done["bundle"]), "test_weighted_f1": scores,
+                      "seconds": {k: round(v, 1) for k, v in done["seconds"].items()}}, indent=2))
+    print(f"serve it: realtime serve --model {done['bundle']}")
+    return 0
+
+
+def data(args, config, progress: bool) -> int:
+    from trainer.fetch import fetch_command
+
+    return fetch_command(args.corpora, args.to, args.base_url, progress)
+
+
+def export(args, config, progress: bool) -> int:
+    from trainer.export import export as export_run
+
+    manifest = export_run(args.run, args.out, args.precision, args.tensorrt, args.triton, args.calibration, progress)
+    parity = ", ".join(f"{k} {v:.1e}" for k, v in manifest["parity_max_abs_diff"].items())
+    print(f"wrote {args.out} ({manifest['precision']}; max |diff| from PyTorch: {parity})")
+    if "why" in manifest.get("calibration", {}):
+        print(f"no calibration: {manifest['calibration']['why']}")
+    elif "calibration" in manifest:
+        dev = manifest["calibration"]["dev"]
+        print(f"calibration ({manifest['calibration']['method']}, on dev): per-label ECE "
+              f"{dev['before']['per_label_ece']:.3f} -> {dev['after']['per_label_ece']:.3f}, top-label ECE "
+              f"{dev['before']['top_label_ece']:.3f} -> {dev['after']['top_label_ece']:.3f}")
+    if args.triton:
+        print(f"wrote Triton model repository {args.triton}")
+    return 0
+
+
+def card(args, config, progress: bool) -> int:
+    from engines.card import read_card, summary_line
+    from trainer.card import add_reports, parse_eval
+
+    got = add_reports(args.bundle, dict(map(parse_eval, args.evals))) if args.evals else read_card(args.bundle)
+    print(summary_line(got) if got else f"{args.bundle}: no model card (export it again)")
+    return 0
+
+
+COMMANDS = {"synth": synth, "teach": teach, "fit": fit, "evaluate": evaluate, "recipe": recipe, "data": data,
+            "export": export, "card": card}
+# Command-line flags that stand for a setting of the config file: (flag's dest, SECTION.KEY).
+FLAG_SETTINGS = (("sessions", "synth.sessions"), ("seed", "synth.seed"),
+                 ("utterances", "synth.utterances_per_session"), ("people", "synth.people"),
+                 ("epochs", "train.epochs"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engines.errors import MissingInput, UserError
+    from engines.errors import UserError
     from trainer.config import load_config
 
     try:
-        overrides = list(args.overrides)
-        for key, value in (("synth.sessions", getattr(args, "sessions", None)),
-                           ("synth.seed", getattr(args, "seed", None)),
-                           ("synth.utterances_per_session", getattr(args, "utterances", None)),
-                           ("synth.people", getattr(args, "people", None)),
-                           ("train.epochs", getattr(args, "epochs", None))):
-            if value is not None:
-                overrides.append(f"{key}={value}")
-        config = load_config(args.config, overrides)
-        progress = not args.no_progress
-        if args.command == "synth":
-            from trainer.synth import generate
-
-            manifest = generate(args.out, config.synth.sessions, config.synth.seed,
-                                utterances_per_session=config.synth.utterances_per_session,
-                                people=config.synth.people, progress=progress)
-            print(f"wrote {manifest}")
-        elif args.command == "teach":
-            from trainer.datasets import load
-            from trainer.metrics import is_single_label
-            from trainer.text_teacher import (CHECKPOINT_DIR, STATE_FILE, TeacherConfig, TextTeacher, distil,
-                                              resolve_device)
-
-            if args.resume and not (args.out / CHECKPOINT_DIR / STATE_FILE).is_file():  # before any loading
-                raise MissingInput(f"{args.out / CHECKPOINT_DIR / STATE_FILE}: nothing to resume from")
-            device = resolve_device(args.device)  # before any loading, too
-            corpus = load(args.data, args.media, config.train.dev_fraction, config.train.seed)
-            multi = not is_single_label(corpus)
-            teacher = TextTeacher.create(TeacherConfig(
-                labels=list(corpus.labels), encoder=args.encoder or config.train.text_encoder, multi_label=multi,
-                seed=config.train.seed, **{k: getattr(args, k) for k in TEACH_FIELDS if hasattr(args, k)},
-                max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
-                speakers=args.speakers, kd_teacher=str(args.kd_teacher or ""),
-                response_kd=args.response_kd if args.kd_teacher else 0.0,
-                feature_kd=args.feature_kd if args.kd_teacher else 0.0)).to(device)
-            log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
-            train = corpus.split("train")
-            kd = distil(args.kd_teacher, teacher, train, log) if args.kd_teacher else None
-            history = teacher.fit(train, corpus.split("dev"), log=log, kd=kd,
-                                  checkpoint=args.out / CHECKPOINT_DIR, resume=args.resume)
-            teacher.save(args.out)
-            key = "dev_macro_f1" if multi else "dev_weighted_f1"
-            print(json.dumps({"teacher": str(args.out), key: max(h[key] for h in history)}, indent=2))
-        elif args.command == "fit":
-            from trainer.fit import fit
-
-            run = fit(args.data, args.out, config.train, config.preprocessing, config.faces, progress,
-                      loss=config.loss, media=args.media, resume=args.resume,
-                      speech_pad_ms=config.speech_pad_ms)
-            if "rank" in run:
-                return 0  # a torchrun rank other than 0: rank 0 reports
-            print(json.dumps({"run": str(args.out), "selected_epoch": run["selected_epoch"],
-                              "dev_weighted_f1": run["dev_weighted_f1"]}, indent=2))
-        elif args.command == "evaluate":
-            from trainer.evaluate import evaluate
-
-            report = evaluate(args.run, args.data, args.split, args.report, media=args.media,
-                              cache_dir=config.train.cache_dir, progress=progress)
-            print(json.dumps({k: report["metrics"][k] for k in ("weighted_f1", "macro_f1", "accuracy")},
-                             indent=2))
-            print(f"wrote {args.report}/report.json, report.md")
-        elif args.command == "recipe":
-            from trainer.recipe import check, real
-
-            if args.check:
-                for spec in check(config, args.quick).values():
-                    print(spec)
-                return 0
-            if args.out is None:
-                raise UserError("--out DIR is required (the directory for every step's output)")
-
-            done = real(args.out, config, quick=args.quick, progress=progress,
-                        log=lambda m: print(m, file=sys.stderr, flush=True))
-            scores = {name: json.loads((path / "report.json").read_text())["metrics"]["weighted_f1"]
-                      for name, path in done["reports"].items()}
-            print(json.dumps({"bundle": str(done["bundle"]), "test_weighted_f1": scores,
-                              "seconds": {k: round(v, 1) for k, v in done["seconds"].items()}}, indent=2))
-            print(f"serve it: realtime serve --model {done['bundle']}")
-        elif args.command == "data":
-            from trainer.fetch import fetch_command
-
-            return fetch_command(args.corpora, args.to, args.base_url, progress)
-        elif args.command == "export":
-            from trainer.export import export
-
-            manifest = export(args.run, args.out, args.precision, args.tensorrt, args.triton, args.calibration,
-                              progress)
-            parity = ", ".join(f"{k} {v:.1e}" for k, v in manifest["parity_max_abs_diff"].items())
-            print(f"wrote {args.out} ({manifest['precision']}; max |diff| from PyTorch: {parity})")
-            if "why" in manifest.get("calibration", {}):
-                print(f"no calibration: {manifest['calibration']['why']}")
-            elif "calibration" in manifest:
-                dev = manifest["calibration"]["dev"]
-                print(f"calibration ({manifest['calibration']['method']}, on dev): per-label ECE "
-                      f"{dev['before']['per_label_ece']:.3f} -> {dev['after']['per_label_ece']:.3f}, top-label ECE "
-                      f"{dev['before']['top_label_ece']:.3f} -> {dev['after']['top_label_ece']:.3f}")
-            if args.triton:
-                print(f"wrote Triton model repository {args.triton}")
-        elif args.command == "card":
-            from engines.card import read_card, summary_line
-            from trainer.card import add_reports, parse_eval
-
-            card = add_reports(args.bundle, dict(map(parse_eval, args.evals))) if args.evals else read_card(args.bundle)
-            print(summary_line(card) if card else f"{args.bundle}: no model card (export it again)")
-        return 0
+        # Such flags are overrides like --set, given after those: the one mapping onto settings.
+        overrides = [*args.overrides, *(f"{key}={getattr(args, dest)}" for dest, key in FLAG_SETTINGS
+                                        if getattr(args, dest, None) is not None)]
+        return COMMANDS[args.command](args, load_config(args.config, overrides), not args.no_progress)
     except UserError as exc:  # bad input: one line; anything else is a bug and keeps its traceback
         print(f"trainer {args.command}: error: {exc}", file=sys.stderr)
         return 2
