@@ -72,8 +72,8 @@ class RecipeOptions:
     teacher_freeze_layers: int = 0  # on the CPU, the teacher's embeddings and lower N layers stay fixed
     # and run once (TeacherConfig.cache_frozen), for an encoder too large to train whole there; 0 = every
     # layer trained (always on a GPU)
-    teacher_max_len: int = 96  # tokens per teacher prompt, the oldest context cut first
-    teacher_max_turns: int = 8  # past turns in the teacher's prompt
+    teacher_max_len: int = 128  # tokens per teacher prompt, the oldest context cut first
+    teacher_max_turns: int = 12  # past turns in the teacher's prompt
     teacher_epochs: int = 3  # the teacher's epochs, the best on dev kept
     teacher_lr: float = 8e-5  # the teacher's encoder learning rate
     teacher_batch_size: int = 32  # prompts per teacher step
