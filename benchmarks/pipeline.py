@@ -155,7 +155,7 @@ class TreeMonitor:
 
     With rss_every_s, also the tree's resident memory over time: `rss_history` holds
     (wall time, {name: summed VmRSS MB}) every rss_every_s (the soak benchmark's memory growth).
-    Stages name themselves rt-STAGE (realtime.stage.name_process); the root is `main`."""
+    Stages name themselves rt-STAGE (realtime.framework.name_process); the root is `main`."""
 
     def __init__(self, pid: int, every_s: float = 0.1, rss_every_s: float | None = None):
         import psutil

@@ -41,8 +41,8 @@ from engines.dialogue import History, Turn, face_speaker
 from engines.faces import FaceFrame, FaceOptions, SeenFace, face_crops, frames_between
 from engines.features import Window, sample_index, text_inputs, utterance_crops
 from realtime import bus, protocol
+from realtime.framework import Stage, StageError
 from realtime.security import PublicSocket
-from realtime.stage import Stage, StageError
 
 
 @dataclass

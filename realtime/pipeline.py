@@ -45,9 +45,9 @@ from engines.faces import FaceOptions
 from realtime import bus, fusion, protocol, segmenter, sources, stages
 from realtime.config import RealtimeConfig
 from realtime.forkserver import restart_if_dead, stage_environment, stage_processes
+from realtime.framework import Endpoints, run_stage
 from realtime.processes import StageProcess
 from realtime.security import check_server_keys
-from realtime.stage import Endpoints, run_stage
 
 PROCESSING = ["segmenter", "asr", "faces", "fusion"]
 SOURCE_STREAMS = {"source": ("audio", "video"), "camera": ("video",), "microphone": ("audio",)}

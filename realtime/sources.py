@@ -27,7 +27,7 @@ import zmq
 
 from engines.errors import UserError
 from realtime import bus
-from realtime.stage import Stage, StageError
+from realtime.framework import Stage, StageError
 
 
 class DeviceError(StageError, UserError):

@@ -3,7 +3,7 @@
     media source --audio--> segmenter --utterances--> asr --------+
                  --video--> faces -----------crops----------------+--> fusion
 
-Each function is a stage body for `realtime.stage.run_stage`.  End of stream
+Each function is a stage body for `realtime.framework.run_stage`.  End of stream
 travels as an `eos` message so every stage can flush and exit in order.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from realtime import bus
-from realtime.stage import Stage
+from realtime.framework import Stage
 
 
 CLOCK_LINE = "media time 0 is wall clock "  # benchmarks/pipeline.py finds this on stderr

@@ -131,7 +131,7 @@ def test_a_stage_drops_garbage_and_keeps_working(tmp_path):
     from engines.faces import FaceOptions
     from engines.preprocess import Preprocessing
     from realtime import stages
-    from realtime.stage import Endpoints, run_stage
+    from realtime.framework import Endpoints, run_stage
 
     endpoints = Endpoints.in_dir(str(tmp_path))
     ctx = zmq.Context()

@@ -176,7 +176,7 @@ def test_camera_stage_sends_every_grab_at_the_sampling_rate(screen_playing, tmp_
     import zmq
 
     from realtime import bus, sources
-    from realtime.stage import Endpoints, run_stage
+    from realtime.framework import Endpoints, run_stage
 
     _, frames = screen_playing
     endpoints = Endpoints.in_dir(str(tmp_path))

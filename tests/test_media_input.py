@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from realtime import bus, stages
-from realtime.stage import Endpoints, run_stage
+from realtime.framework import Endpoints, run_stage
 
 RATE = 16000
 
