@@ -190,7 +190,7 @@ class AudioRing:
     """
 
     def __init__(self, keep_s: float, sample_rate: int):
-        from realtime.segmenter import SampleBuffer
+        from realtime.stages.segmenter import SampleBuffer
 
         self.rate, self.keep = sample_rate, int(keep_s * sample_rate)
         self.buffer = SampleBuffer()
