@@ -39,7 +39,7 @@ CHUNK = 1600  # samples fed at a time, as the microphone's 100 ms chunks
 def segments(audio: np.ndarray, lead_ms: int, asr_pad_ms: int, vad=None) -> list[np.ndarray]:
     """What the ASR reads of each utterance the segmenter finds in `audio`: lead, then speech.
     vad: VadOptions (default: the defaults)."""
-    from realtime.segmenter import StreamingSegmenter
+    from realtime.stages.segmenter import StreamingSegmenter
 
     segmenter = StreamingSegmenter(vad, asr_pad_ms=asr_pad_ms, asr_lead_ms=lead_ms)
     found = []
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tqdm import tqdm
 
-    from realtime.asr import AsrOptions, Transcriber
+    from realtime.stages.asr import AsrOptions, Transcriber
 
     started = time.perf_counter()
     sessions: dict[tuple[int, str], tuple[np.ndarray, list[str]]] = {}  # (seed, file) -> audio, script

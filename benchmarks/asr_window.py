@@ -3,7 +3,7 @@
   python benchmarks/asr_window.py [--windows 10 15 20] [--sessions 24] [--threads 1]
 
 faster-whisper pads every utterance to Whisper's 30 s window, and on the CPU that encoder pass
-is most of an utterance's ASR time.  realtime.asr.Transcriber reads a shorter window
+is most of an utterance's ASR time.  realtime.stages.asr.Transcriber reads a shorter window
 ([asr] window_s, twice the utterance at least).  This scores each window against faster-whisper's
 own transcription (window_s = 30), on the same utterances, with the same model and threads:
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tqdm import tqdm
 
-    from realtime.asr import AsrOptions, Transcriber
+    from realtime.stages.asr import AsrOptions, Transcriber
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-asr-window-") as tmp:

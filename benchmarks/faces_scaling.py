@@ -141,7 +141,7 @@ def run(n: int, frames, audio, bundle: Path) -> dict:
     import engines
     from engines.faces import FaceOptions, FaceTracker
     from engines.preprocess import Preprocessing
-    from realtime.fusion import Fusion, FusionOptions
+    from realtime.stages.fusion import Fusion, FusionOptions
 
     options, pre = FaceOptions(), Preprocessing()
     engine = Timed(engines.load(bundle, backend="onnxruntime", device="cpu", threads=1))

@@ -155,7 +155,7 @@ class TreeMonitor:
 
     With rss_every_s, also the tree's resident memory over time: `rss_history` holds
     (wall time, {name: summed VmRSS MB}) every rss_every_s (the soak benchmark's memory growth).
-    Stages name themselves rt-STAGE (realtime.stage.name_process); the root is `main`."""
+    Stages name themselves rt-STAGE (realtime.framework.name_process); the root is `main`."""
 
     def __init__(self, pid: int, every_s: float = 0.1, rss_every_s: float | None = None):
         import psutil
@@ -468,8 +468,8 @@ def read_wav(path: Path) -> np.ndarray:
 
 
 def printed_clock(log: str) -> float | None:
-    """The wall clock of media time 0 that serve or replay --realtime printed (realtime.stages.print_clock)."""
-    from realtime.stages import CLOCK_LINE
+    """The wall clock of media time 0 that serve or replay --realtime printed (realtime.stages.source.print_clock)."""
+    from realtime.stages.source import CLOCK_LINE
 
     lines = [l for l in log.splitlines() if CLOCK_LINE in l]
     return float(lines[0].rsplit(CLOCK_LINE, 1)[1]) if lines else None
@@ -585,8 +585,8 @@ def wer_by_phase(audio: np.ndarray, rows: list[dict], sets: list[str], phases: i
     stream's `wer` or `live_wer` is one draw from this spread, and live capture starts the stream
     at a phase of its own."""
     from benchmarks.asr_lead import segments
-    from realtime.asr import Transcriber
     from realtime.config import load_config
+    from realtime.stages.asr import Transcriber
 
     cfg = load_config(None, sets)
     transcriber = Transcriber(cfg.asr)

@@ -24,7 +24,7 @@ from engines.faces import FaceFrame, FaceOptions, face_crops, speaking_face
 from engines.preprocess import Preprocessing, audio_features, video_features
 
 # The live VAD keeps this much audio before and after the speech it finds ([vad]
-# speech_pad_ms, realtime.segmenter.VadOptions).  Training pads manifest spans by the
+# speech_pad_ms, realtime.stages.segmenter.VadOptions).  Training pads manifest spans by the
 # same amount (`pad_spans`), so utterances look alike in both places.
 SPEECH_PAD_MS = 200
 

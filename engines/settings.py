@@ -1,7 +1,7 @@
 """Typed settings read from `config.toml`.
 
 Every stage keeps its options in a dataclass next to the code that uses them
-(`realtime.segmenter.VadOptions`, `realtime.asr.AsrOptions`, ...).  This module
+(`realtime.stages.segmenter.VadOptions`, `realtime.stages.asr.AsrOptions`, ...).  This module
 is the one place that turns a TOML table into such a dataclass: it rejects
 unknown keys and values of the wrong type with an error that names the key,
 so a typo in config.toml never silently falls back to a default.

@@ -103,7 +103,7 @@ class Spec:
 
 
 _AT = {"session": str, "seq": int, "t": NUMBER}
-_GEN = {"gen": int}  # sources: the generation of the processing chain this is for (realtime.stage)
+_GEN = {"gen": int}  # sources: the generation of the processing chain this is for (realtime.framework)
 _SPAN = {"session": str, "seq": int, "start": NUMBER, "end": NUMBER}
 _ASR_CUT = {"asr_samples": int, "asr_lead": int}
 _REPORT = {"stage": str, "pid": int, "time": NUMBER}

@@ -369,7 +369,7 @@ def cmd_describe(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    from realtime.sources import list_devices
+    from realtime.stages.source import list_devices
 
     print(json.dumps(list_devices(), indent=2))
     return 0

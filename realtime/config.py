@@ -8,11 +8,11 @@ from engines.devices import check_device
 from engines.faces import FaceOptions
 from engines.service import DEFAULT_ENDPOINT as SERVICE_ENDPOINT
 from engines.settings import apply_overrides, build, read_toml
-from realtime.asr import AsrOptions
-from realtime.fusion import FusionOptions
 from realtime.security import is_local
-from realtime.sources import CaptureOptions
-from realtime.segmenter import VadOptions
+from realtime.stages.asr import AsrOptions
+from realtime.stages.fusion import FusionOptions
+from realtime.stages.segmenter import VadOptions
+from realtime.stages.source import CaptureOptions
 
 
 @dataclass

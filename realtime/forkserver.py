@@ -38,8 +38,9 @@ def stage_environment():
 # What the stages import, loaded once by the fork server they are started from (see
 # stage_processes).  Not onnxruntime: importing it starts a thread, and a fork keeps only
 # the thread that forks.
-STAGE_PRELOAD = ("realtime.stages", "realtime.segmenter", "realtime.asr", "realtime.fusion", "engines.runtime",
-                 "engines.media", "engines.faces", "cv2", "av", "faster_whisper")
+STAGE_PRELOAD = ("realtime.stages.source", "realtime.stages.segmenter", "realtime.stages.asr", "realtime.stages.faces",
+                 "realtime.stages.fusion", "engines.runtime", "engines.media", "engines.faces", "cv2", "av",
+                 "faster_whisper")
 
 
 def stage_processes() -> multiprocessing.context.BaseContext:

@@ -42,12 +42,14 @@ from engines.bundle import Bundle, BundleError, open_bundle
 from engines.card import model_line
 from engines.errors import UserError
 from engines.faces import FaceOptions
-from realtime import bus, fusion, protocol, segmenter, sources, stages
+from realtime import bus, protocol
 from realtime.config import RealtimeConfig
 from realtime.forkserver import restart_if_dead, stage_environment, stage_processes
+from realtime.framework import Endpoints, run_stage
 from realtime.processes import StageProcess
 from realtime.security import check_server_keys
-from realtime.stage import Endpoints, run_stage
+from realtime.stages import asr, faces, fusion, segmenter
+from realtime.stages.source import CaptureOptions, camera_source, media_source, microphone_source, print_clock
 
 PROCESSING = ["segmenter", "asr", "faces", "fusion"]
 SOURCE_STREAMS = {"source": ("audio", "video"), "camera": ("video",), "microphone": ("audio",)}
@@ -133,17 +135,17 @@ class Supervisor:
         transcribe some utterances twice (where speech resumes) for nothing.
         source: the replayed file's name, which the `started` status names ("": live).
         ordered (replay): fusion publishes in media-time order, the same every run
-        (realtime.fusion); live, each result goes out as soon as it can instead."""
+        (realtime.stages.fusion); live, each result goes out as soon as it can instead."""
         cfg = self.config
-        self.start("segmenter", functools.partial(stages.segmenter, vad_options=cfg.vad,
+        self.start("segmenter", functools.partial(segmenter.segmenter, vad_options=cfg.vad,
                                                  partial_every_s=cfg.asr.partial_every_s,
                                                  speculative=cfg.asr.speculative and paced,
                                                  asr_pad_ms=cfg.asr.pad_ms, asr_lead_ms=cfg.asr.lead_ms,
                                                  progress=ordered))
-        self.start("asr", functools.partial(stages.asr, asr_options=cfg.asr, ordered=ordered))
+        self.start("asr", functools.partial(asr.asr, asr_options=cfg.asr, ordered=ordered))
         bundle = open_model()
         self.faces = serving_faces(cfg, bundle)
-        self.start("faces", functools.partial(stages.faces, face_options=self.faces,
+        self.start("faces", functools.partial(faces.faces, face_options=self.faces,
                                               preprocessing=bundle.preprocessing))
         self.start("fusion", functools.partial(fusion.fusion, model_options=cfg.model, bundle=bundle,
                                                stream_options=cfg.stream,
@@ -440,7 +442,7 @@ def replay(
             # Opened (and so emptied) only once the bundle has passed its checks.
             sink = ResultSink(out_jsonl, on_message, all_types=all_messages)
             sup.start("source", functools.partial(
-                stages.media_source, path=str(media), session=session,
+                media_source, path=str(media), session=session,
                 chunk_ms=config.pipeline.chunk_ms, video_fps=sup.faces.sample_fps,
                 sample_rate=bundle.preprocessing.sample_rate, realtime=realtime, rewindable=True))
             sup.collect(sink)
@@ -456,7 +458,7 @@ def replay(
 
 def serve(
     config: RealtimeConfig,
-    capture: sources.CaptureOptions,
+    capture: CaptureOptions,
     out_jsonl: str | Path | None = None,
     on_message: Callable[[dict], None] | None = None,
     duration_s: float = 0.0,
@@ -487,20 +489,20 @@ def serve(
             if capture.camera:  # opened first: the device most often missing or busy
                 live.append("camera")
                 sup.start("camera", functools.partial(
-                    sources.camera_source, options=capture, session=session,
+                    camera_source, options=capture, session=session,
                     sample_fps=sup.faces.sample_fps, t_start=t_start))
                 sup.wait_ready(live)
             else:
                 sup.end_sources(session, [], streams=("video",))  # no camera: no video
             live.append("microphone")
             sup.start("microphone", functools.partial(
-                sources.microphone_source, options=capture, session=session, chunk_ms=config.pipeline.chunk_ms,
+                microphone_source, options=capture, session=session, chunk_ms=config.pipeline.chunk_ms,
                 sample_rate=bundle.preprocessing.sample_rate, t_start=t_start,
                 rewind_s=config.pipeline.rewind_s))
             sup.wait_ready(["microphone"])
             print(f"realtime: serving session {session} on {config.stream.endpoint} (Ctrl-C to stop)",
                   file=sys.stderr)
-            stages.print_clock(f"session {session}", t_start)
+            print_clock(f"session {session}", t_start)
             finished = sup.collect(sink, stop=lambda: stopping["now"] or time.monotonic() > t_end)
             if not finished:
                 sup.end_sources(session, live)

@@ -5,7 +5,7 @@ ended from the server: it writes the stage's exit code on a socket.  When the se
 dies (killed, or by the kernel's OOM killer: it holds every stage's libraries), that socket
 closes, and multiprocessing then reports every stage it forked as ended with code 255 and no
 longer signals them (it signals only processes it still believes to run), although the
-stages run on (realtime.stage.Stage._orphaned).  StageProcess then watches the stage by its
+stages run on (realtime.framework.Stage._orphaned).  StageProcess then watches the stage by its
 pid instead.  A stage that ends after its fork server has gone is not our child, so its exit
 code is lost: a `done` report (done()) says it ended cleanly.
 """

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.preprocess import SAMPLE_RATE
-from realtime.sources import CaptureOptions, Microphone, open_video
+from realtime.stages.source import CaptureOptions, Microphone, open_video
 
 
 def record(out: str | Path, capture: CaptureOptions, duration_s: float = 0.0, fps: float = 15.0,

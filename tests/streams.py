@@ -88,7 +88,7 @@ class SessionStream:
 
 
 class CollectingPublisher:
-    """Stands in for realtime.fusion.Publisher in a fusion stage run in process: what it
+    """Stands in for realtime.stages.fusion.Publisher in a fusion stage run in process: what it
     publishes goes to `bodies`, and it reads every type (the sockets: test_end_to_end)."""
 
     def __init__(self):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import speech
-from realtime import asr
-from realtime.asr import AsrOptions, Transcriber
-from realtime.segmenter import StreamingSegmenter, VadOptions
+from realtime.stages import asr
+from realtime.stages.asr import AsrOptions, Transcriber
+from realtime.stages.segmenter import StreamingSegmenter, VadOptions
 
 pytestmark = pytest.mark.skipif(not speech.tools_available(), reason="needs espeak-ng and sox")
 
@@ -79,7 +79,7 @@ def test_bad_options_name_the_field(field, value):
 def test_speculation_is_used_when_the_silence_holds_and_dropped_when_speech_resumes(transcriber):
     """Speculative ASR as the asr stage runs it: transcribe each settled segment early, and
     take the early text only for the utterance with the same samples."""
-    from realtime.asr import Speculation
+    from realtime.stages.asr import Speculation
 
     first, second = speech.say("please close the door"), speech.say("when you leave")
     rate = speech.SAMPLE_RATE

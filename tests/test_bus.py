@@ -130,15 +130,15 @@ def test_a_stage_drops_garbage_and_keeps_working(tmp_path):
 
     from engines.faces import FaceOptions
     from engines.preprocess import Preprocessing
-    from realtime import stages
-    from realtime.stage import Endpoints, run_stage
+    from realtime.framework import Endpoints, run_stage
+    from realtime.stages import faces
 
     endpoints = Endpoints.in_dir(str(tmp_path))
     ctx = zmq.Context()
     try:
         control = bus.socket(ctx, zmq.PULL, endpoints.control, bind=True)
         crops = bus.socket(ctx, zmq.PULL, endpoints.fusion, bind=True)
-        body = functools.partial(stages.faces, face_options=FaceOptions(), preprocessing=Preprocessing())
+        body = functools.partial(faces.faces, face_options=FaceOptions(), preprocessing=Preprocessing())
         proc = multiprocessing.get_context("spawn").Process(
             target=run_stage, args=("faces", body, endpoints, 16, os.getpid()), daemon=True)
         proc.start()

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from realtime.sources import CaptureOptions, DeviceError, Microphone, open_video
+from realtime.stages.source import CaptureOptions, DeviceError, Microphone, open_video
 from tests.conftest import free_port
 from tests.desktop import pulse_daemon, xvfb
 from tests.test_end_to_end import _normalise
@@ -99,7 +99,7 @@ def _grab(spec: str, n: int, fps: float = FPS) -> list[tuple[float, np.ndarray]]
 def test_camera_file_loops_with_media_time_going_on(face_video):
     """--camera-loop: a file camera starts again at its end, its frames' times going on (the soak
     benchmark's hour-long camera from one short file); without it the file ends."""
-    from realtime.sources import Camera
+    from realtime.stages.source import Camera
 
     path, _ = face_video
     past = time.time() - 1000  # the file's pace is long due: no waiting
@@ -175,15 +175,16 @@ def test_camera_stage_sends_every_grab_at_the_sampling_rate(screen_playing, tmp_
 
     import zmq
 
-    from realtime import bus, sources
-    from realtime.stage import Endpoints, run_stage
+    from realtime import bus
+    from realtime.framework import Endpoints, run_stage
+    from realtime.stages.source import camera_source
 
     _, frames = screen_playing
     endpoints = Endpoints.in_dir(str(tmp_path))
     ctx = zmq.Context()
     control = bus.socket(ctx, zmq.PULL, endpoints.control, bind=True)
     video = bus.socket(ctx, zmq.PULL, endpoints.video, bind=True)
-    body = functools.partial(sources.camera_source, options=CaptureOptions(camera=f"screen:{AT[0]},{AT[1]},{W},{H}"),
+    body = functools.partial(camera_source, options=CaptureOptions(camera=f"screen:{AT[0]},{AT[1]},{W},{H}"),
                              session="s", sample_fps=5.0, t_start=time.time())
     stage = multiprocessing.get_context("spawn").Process(
         target=run_stage, args=("camera", body, endpoints, 64, os.getpid()), daemon=True)

@@ -159,7 +159,7 @@ def test_fusion_stage_gives_each_utterance_the_session_so_far(context_bundle):
     goes to a list instead of a socket (the sockets are exercised in test_end_to_end)."""
     import engines
     from engines.runtime import Window
-    from realtime.fusion import Fusion, FusionOptions
+    from realtime.stages.fusion import Fusion, FusionOptions
     from tests.streams import CollectingPublisher
 
     engine, out = engines.load(context_bundle), CollectingPublisher()

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import zmq
 
-from realtime import bus, stages
-from realtime.stage import Endpoints, run_stage
+from realtime import bus
+from realtime.framework import Endpoints, run_stage
+from realtime.stages import source
 
 RATE = 16000
 
@@ -72,7 +73,7 @@ def _run_source(tmp_path, media, video_fps: float = 5.0) -> dict:
         control = bus.socket(ctx, zmq.PULL, endpoints.control, bind=True)
         audio_in = bus.socket(ctx, zmq.PULL, endpoints.audio, bind=True)
         video_in = bus.socket(ctx, zmq.PULL, endpoints.video, bind=True)
-        body = functools.partial(stages.media_source, path=str(media), session="s", chunk_ms=32,
+        body = functools.partial(source.media_source, path=str(media), session="s", chunk_ms=32,
                                  video_fps=video_fps, sample_rate=RATE)
         proc = multiprocessing.get_context("spawn").Process(
             target=run_stage, args=("source", body, endpoints, 64, os.getpid()), daemon=True)

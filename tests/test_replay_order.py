@@ -39,7 +39,7 @@ def _inputs(size: int):
 def _published(engine, ordered: bool, asr_late: bool) -> list[dict]:
     """What fusion publishes when the ASR's results arrive as it goes (asr_late False) or
     only after all the media (a slow ASR)."""
-    from realtime.fusion import Fusion, FusionOptions
+    from realtime.stages.fusion import Fusion, FusionOptions
 
     out = CollectingPublisher()
     state = Fusion(engine, FusionOptions(window_rate=4.0, window_s=2.0), out, ordered=ordered)

@@ -18,9 +18,9 @@ from zmq.utils.monitor import recv_monitor_message
 
 from realtime import protocol
 from realtime.config import StreamOptions
+from realtime.framework import Endpoints
 from realtime.pipeline import private_workdir
 from realtime.security import PublicSocket, generate_keys
-from realtime.stage import Endpoints
 from tests.conftest import free_port
 
 

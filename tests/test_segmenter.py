@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import speech
-from realtime.segmenter import FRAME, SileroVad, StreamingSegmenter, VadOptions
+from realtime.stages.segmenter import FRAME, SileroVad, StreamingSegmenter, VadOptions
 
 pytestmark = pytest.mark.skipif(not speech.tools_available(), reason="needs espeak-ng and sox")
 
@@ -163,7 +163,7 @@ def test_flush_closes_open_utterance_and_resets(talk):
 def test_warns_once_when_t0_is_not_contiguous(talk, caplog):
     audio, _ = talk
     segmenter = StreamingSegmenter(VadOptions())
-    with caplog.at_level(logging.WARNING, logger="realtime.segmenter"):
+    with caplog.at_level(logging.WARNING, logger="realtime.stages.segmenter"):
         segmenter.feed(audio[:8000], 0.0)
         segmenter.feed(audio[8000:16000], 5.0)  # should have been 0.5
         segmenter.feed(audio[16000:24000], 9.0)

@@ -11,7 +11,7 @@ def _windows(bundle, faces_per_frame: int, seconds: float = 3.0):
     """Fusion fed `seconds` of audio and 5 fps frames holding `faces_per_frame` faces (ids 1, 2, ...;
     face 1 the main face throughout); its window messages, the engine and the frames' crops."""
     import engines
-    from realtime.fusion import Fusion, FusionOptions
+    from realtime.stages.fusion import Fusion, FusionOptions
 
     engine, out = engines.load(bundle), CollectingPublisher()
     state = Fusion(engine, FusionOptions(window_rate=4.0, window_s=2.0), out)
@@ -73,7 +73,7 @@ def test_window_updates_off_keep_every_crop_an_utterance_needs(bundle):
     """[fusion] window_rate = 0: no window update, and an utterance whose transcript comes after
     its frames and audio (as the ASR's always does) still reads every crop of its span."""
     import engines
-    from realtime.fusion import Fusion, FusionOptions
+    from realtime.stages.fusion import Fusion, FusionOptions
 
     engine, out = engines.load(bundle), CollectingPublisher()
     state = Fusion(engine, FusionOptions(window_rate=0), out)

@@ -9,17 +9,23 @@ Whisper reads audio in 30 s windows, and faster-whisper pads every utterance to 
 CPU that encoder pass is most of the time an utterance takes.  A short utterance is read in
 a shorter window instead (AsrOptions.window_s), decoded as faster-whisper decodes a window;
 a decode that loops there is redone in the full window.
+
+The ASR stage (`asr`, a stage body for realtime.framework.run_stage) transcribes the
+segmenter's utterance windows and sends the transcripts, with their audio, on to fusion.
 """
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from engines.devices import check_device, resolve_device
 from engines.preprocess import SAMPLE_RATE
+from realtime import bus
+from realtime.framework import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -208,3 +214,47 @@ class Speculation:
         if kept is None or (kept[0], kept[1]) != (start, end) or not np.array_equal(kept[2], audio):
             return None
         return kept[3], kept[4]
+
+
+def asr(stage: Stage, asr_options, ordered: bool = False) -> None:
+    """faster-whisper on each utterance window; the audio travels on to fusion.
+
+    ordered (replay): the segmenter's `progress` goes on to fusion behind the transcripts
+    before it, and every partial is transcribed: skipping one while newer work waits would
+    make a replay's partial transcripts depend on the machine's speed."""
+    inbox, out = stage.pull(stage.endpoints.utterances), stage.push(stage.endpoints.fusion)
+    transcriber = Transcriber(asr_options)
+    speculation = Speculation()
+    stage.report("ready")
+    while True:
+        header, audio = stage.recv(inbox, bus.UTTERANCES_IN)
+        if header["type"] == "eos":
+            stage.send(out, dict(header, stream="transcripts"))  # every transcript is out
+            return
+        if header["type"] == "progress":
+            stage.send(out, header)
+            continue
+        if header["type"] == "speculative" or (header["type"] == "partial" and not ordered):
+            if inbox.poll(0):
+                continue  # newer audio is waiting (a speculative's own final, at worst): do that first
+        lead = header.get("asr_lead", 0)  # audio before the utterance, for the ASR only
+        heard = audio[: lead + header.get("asr_samples", len(audio) - lead)]  # the trailing silence past it is not read
+        audio = audio[lead:]
+        if header["type"] == "speculative":
+            t0 = time.perf_counter()
+            speculation.keep(header["start"], header["end"], heard, transcriber.transcribe(heard),
+                             time.perf_counter() - t0)
+            continue
+        early = speculation.take(header["start"], header["end"], heard) if header["type"] == "utterance" else None
+        if early is not None:
+            text, asr_s = early  # transcribed while the closing silence was still being timed
+        else:
+            t0 = time.perf_counter()
+            text = transcriber.transcribe(heard)
+            asr_s = time.perf_counter() - t0
+        fields = {k: header[k] for k in ("session", "seq", "start", "end")}
+        if header["type"] == "partial":
+            stage.send(out, {"type": "partial_transcript", **fields, "text": text, "asr_s": asr_s})
+        else:
+            stage.send(out, {"type": "transcript", **fields, "text": text, "asr_s": asr_s,
+                             "early": early is not None}, audio)

@@ -41,8 +41,8 @@ from engines.dialogue import History, Turn, face_speaker
 from engines.faces import FaceFrame, FaceOptions, SeenFace, face_crops, frames_between
 from engines.features import Window, sample_index, text_inputs, utterance_crops
 from realtime import bus, protocol
+from realtime.framework import Stage, StageError
 from realtime.security import PublicSocket
-from realtime.stage import Stage, StageError
 
 
 @dataclass
@@ -190,7 +190,7 @@ class AudioRing:
     """
 
     def __init__(self, keep_s: float, sample_rate: int):
-        from realtime.segmenter import SampleBuffer
+        from realtime.stages.segmenter import SampleBuffer
 
         self.rate, self.keep = sample_rate, int(keep_s * sample_rate)
         self.buffer = SampleBuffer()

@@ -1,19 +1,25 @@
-"""Live sources: a camera (OpenCV) or the screen (FFmpeg's x11grab through PyAV), and a
-microphone or what the computer plays (PyAudio), stamped with session time.
+"""The sources: a session's media, as audio chunks and video frames stamped with media time.
 
-Both send the same messages as the replay source (`audio` chunks at 16 kHz mono,
-`frame` images), so every later stage is shared by replay and serve.  Live
-sources never wait for a slow consumer: a frame that cannot be queued is
-dropped (stale video is worse than missing video), and audio is queued deeply
-because the segmenter and ASR need every sample.
+Replay (`media_source`) reads a recorded session: audio in fixed chunks and video frames, as
+fast as the consumers take them (or at the pace it was recorded).  Live, a camera (OpenCV) or
+the screen (FFmpeg's x11grab through PyAV), and a microphone or what the computer plays
+(PyAudio), stamped with session time (`camera_source`, `microphone_source`); `list_devices`
+says what can be captured here.
+
+All send the same messages (`audio` chunks at 16 kHz mono, `frame` images), so every later
+stage is shared by replay and serve.  Live sources never wait for a slow consumer: a frame
+that cannot be queued is dropped (stale video is worse than missing video), and audio is
+queued deeply because the segmenter and ASR need every sample.
 
 After a processing stage fails, the supervisor restarts the processing chain and
-sends a `rewind`: the microphone sends its last `rewind_s` seconds of audio again
-from the checkpoint's media time (it keeps them for that), so no utterance is lost;
-the camera only moves on to the new generation (resent video would be stale).
+sends a `rewind`: replay's source reads its file again from the checkpoint's media time;
+the microphone sends its last `rewind_s` seconds of audio again from there (it keeps them
+for that), so no utterance is lost; the camera only moves on to the new generation (resent
+video would be stale).
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -27,7 +33,94 @@ import zmq
 
 from engines.errors import UserError
 from realtime import bus
-from realtime.stage import Stage, StageError
+from realtime.framework import Stage, StageError
+
+
+CLOCK_LINE = "media time 0 is wall clock "  # benchmarks/pipeline.py finds this on stderr
+
+
+def print_clock(doing: str, wall: float) -> None:
+    """The wall clock of media time 0 on stderr (sources stamp media time m as wall + m): what
+    a latency measurement needs (benchmarks/pipeline.py)."""
+    print(f"realtime: {doing}; {CLOCK_LINE}{wall:.6f}", file=sys.stderr, flush=True)
+
+
+def _media_messages(path: str, session: str, chunk_ms: int, video_fps: float, sample_rate: int):
+    """A recording as the source sends it: (stream, header, array, media time it is complete).
+
+    Deterministic: every pass over the same file gives the same chunks with the same
+    seq, so a rewind resends exactly what was sent before.
+    """
+    from engines.media import AudioChunk, iter_media
+
+    chunk = sample_rate * chunk_ms // 1000
+    pending = np.zeros(0, np.float32)
+    pending_t = 0.0
+    seq = 0
+    for item in iter_media(path, sample_rate, video_fps):
+        if isinstance(item, AudioChunk):
+            if pending.size == 0:
+                pending_t = item.t
+            pending = np.concatenate([pending, item.samples])
+            while pending.size >= chunk:
+                yield ("audio", {"type": "audio", "session": session, "seq": seq, "t": pending_t}, pending[:chunk],
+                       pending_t + chunk / sample_rate)
+                pending, pending_t, seq = pending[chunk:], pending_t + chunk / sample_rate, seq + 1
+        else:
+            yield "video", {"type": "frame", "session": session, "seq": seq, "t": item.t}, item.image, item.t
+            seq += 1
+    if pending.size:
+        yield ("audio", {"type": "audio", "session": session, "seq": seq, "t": pending_t}, pending,
+               pending_t + pending.size / sample_rate)
+    for stream in ("audio", "video"):
+        yield stream, {"type": "eos", "session": session}, None, math.inf
+
+
+def media_source(stage: Stage, path: str, session: str, chunk_ms: int, video_fps: float,
+                 sample_rate: int, realtime: bool = False, rewindable: bool = False,
+                 since: float = -math.inf) -> None:
+    """Replay a recorded session: audio in fixed chunks, video frames, as fast as consumers take them.
+
+    With realtime, each item waits until its media time has passed on the wall clock
+    since the first one, so the stream comes out at the pace it was recorded (a
+    dashboard, or a listener, sees the session as it would have seen it live).
+
+    With rewindable (under a supervisor that restarts stages), the source stays until the
+    supervisor says `finish`: a `rewind` makes it send the file again, from the rewind's
+    media time on and stamped with the new generation, to a restarted processing chain.
+    The file is the source's buffer: it is read again, so nothing is held in memory.
+    since: the media time to start from (a source restarted after its predecessor died), as if
+    a rewind to it had come first.
+    """
+    out = {"audio": stage.push(stage.endpoints.audio), "video": stage.push(stage.endpoints.video)}
+    commands = stage.commands() if rewindable else None
+    stage.report("ready")
+    clock0 = time.monotonic() - max(since, 0.0)  # a restarted source goes on at its pace from `since`
+    if realtime and since == -math.inf:  # the wall clock of media time 0: what a latency measurement needs
+        # (benchmarks/pipeline.py); a restarted source's clock is not the session's
+        print_clock(f"replaying {session} at its own pace", time.time())
+    while True:
+        command = None
+        for stream, header, array, complete_at in _media_messages(path, session, chunk_ms, video_fps, sample_rate):
+            # A rewind resends what the chain still needs: each audio chunk that ends after
+            # `since` (so the one holding it is whole) and each frame from `since` on.
+            if complete_at < since or (header["type"] == "audio" and complete_at == since):
+                continue
+            if realtime:
+                # An audio chunk is complete only at its end; a frame exists at its own time.
+                while (wait := clock0 + complete_at - time.monotonic()) > 0 and complete_at < math.inf:
+                    time.sleep(min(wait, 0.5))
+                    stage.heartbeat()
+            stage.send(out[stream], dict(header, gen=stage.gen), array)
+            if commands is not None and (command := stage.command(commands)) is not None:
+                break
+        if commands is None:
+            return
+        while command is None:  # all sent: wait for a rewind or the end of the session
+            command = stage.command(commands, timeout_s=60.0)
+        if command["type"] == "finish":
+            return
+        stage.gen, since = command["gen"], command["t"]
 
 
 class DeviceError(StageError, UserError):

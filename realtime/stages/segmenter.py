@@ -7,11 +7,15 @@ closing silence is heard rather than at the end of a file.
 The decisions are made once per 512-sample VAD frame and depend only on the
 samples, never on how they were chunked by the caller: feeding the same audio
 in 160- or 4000-sample chunks gives identical utterances.
+
+The segmenter stage (`segmenter`, a stage body for realtime.framework.run_stage) runs it on
+the source's audio chunks and sends the utterance windows to the ASR.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +23,8 @@ import numpy as np
 
 from engines.features import SPEECH_PAD_MS
 from engines.preprocess import SAMPLE_RATE
+from realtime import bus
+from realtime.framework import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -393,3 +399,72 @@ class StreamingSegmenter:
 
     def _time(self, index: int) -> float:
         return self._origin + index / self.sample_rate
+
+
+def segmenter(stage: Stage, vad_options, partial_every_s: float = 0.0, speculative: bool = False,
+              asr_pad_ms: int | None = None, asr_lead_ms: int = 0, progress: bool = False) -> None:
+    """Streaming voice activity detection: audio chunks in, utterance windows out.
+
+    With partial_every_s > 0 the utterance still being spoken also goes to the ASR,
+    as a `partial`, each time that much more speech has been heard.  With speculative,
+    an utterance whose closing silence has begun goes to the ASR as a `speculative` as
+    soon as the audio the ASR reads is heard (asr_pad_ms of padding after the speech), so the
+    ASR runs while the silence is still being timed.
+
+    With progress (replay), a `progress` message follows the utterances each chunk closed
+    whenever StreamingSegmenter.done_until moved: through the ASR it tells fusion which
+    transcripts can still come, so fusion publishes in media-time order.  It goes before
+    any speculative or partial of that chunk, whose ends lie past it, so the ASR finds no
+    progress queued behind a speculative and still speculates.
+    """
+    inbox, out = stage.pull(stage.endpoints.audio), stage.push(stage.endpoints.utterances)
+    # Fusion also gets every chunk, for its window updates between utterances.
+    audio_copy = stage.push(stage.endpoints.fusion)
+    vad = StreamingSegmenter(vad_options, asr_pad_ms=asr_pad_ms, asr_lead_ms=asr_lead_ms)
+    stage.report("ready")
+    seq = 0
+    partial_at: tuple[float, float] | None = None  # (start, end) of the last partial sent
+    speculated: tuple[float, float] | None = None  # (start, end) of the last speculative sent
+    done_until = -math.inf  # the last progress sent
+
+    def emit(kind: str, utt) -> None:
+        nonlocal seq
+        asr = {} if utt.asr_samples is None else {"asr_samples": utt.asr_samples}
+        audio = utt.audio
+        if utt.asr_lead.size:  # the audio before the utterance that only the ASR reads travels in front
+            asr["asr_lead"] = utt.asr_lead.size
+            audio = np.concatenate([utt.asr_lead, utt.audio])
+        stage.send(out, {"type": kind, "session": header["session"], "seq": seq,
+                         "start": utt.start, "end": utt.end, **asr}, audio)
+        seq += 1
+
+    while True:
+        header, samples = stage.recv(inbox, bus.AUDIO_IN)
+        if header["type"] == "audio":
+            stage.send(audio_copy, {k: header[k] for k in ("type", "session", "seq", "t")}, samples)
+            found = vad.feed(samples, header["t"])
+        else:  # eos
+            found = vad.flush()
+        for utt in found:
+            emit("utterance", utt)
+            partial_at = None
+        if progress and header["type"] == "audio" and vad.done_until() != done_until:
+            done_until = vad.done_until()
+            stage.send(out, {"type": "progress", "session": header["session"], "t": done_until})
+        if header["type"] == "eos":
+            # Fusion learns that every audio chunk is in (its windows need that), then the ASR passes eos on.
+            # A lost microphone is announced from here, not after the ASR has caught up.
+            copy_eos = {"type": "eos", "session": header.get("session", ""), "stream": "audio"}
+            stage.send(audio_copy, dict(copy_eos, lost=header["lost"]) if "lost" in header else copy_eos)
+            stage.send(out, header)
+            return
+        settled = vad.settled() if speculative else None
+        if settled is not None and (settled.start, settled.end) != speculated:
+            emit("speculative", settled)
+            speculated = (settled.start, settled.end)
+        current = vad.open_utterance() if partial_every_s > 0 else None
+        if current is not None:
+            last = partial_at if partial_at and partial_at[0] == current.start else (current.start, current.start)
+            if current.end - last[1] >= partial_every_s:
+                emit("partial", current)
+                partial_at = (current.start, current.end)
