@@ -381,7 +381,8 @@ class MicrophoneTap:
 
 
 class VirtualMicrophone:
-    """A PulseAudio daemon with a null sink whose monitor is the source `virtmic` (tests/test_live.py).
+    """A PulseAudio daemon with a null sink whose monitor is the source `virtmic` (as the fixture
+    virtual_microphone of tests/conftest.py).
 
     The sink runs at the wav's 16 kHz and serve records the pulse device at its default 44.1 kHz,
     so PulseAudio upsamples what the microphone hears, a step no real microphone has.  Its default

@@ -175,6 +175,7 @@ class FaceTracker:
 
     def __init__(self, options: FaceOptions, preprocessing: Preprocessing):
         import cv2
+        import cv2.data  # cv2 imports it too; named here for its stubs, which leave it out
 
         path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
         self._cascade = cv2.CascadeClassifier(path)
@@ -212,7 +213,7 @@ class FaceTracker:
             scaleFactor=self.options.scale_factor,
             minNeighbors=self.options.min_neighbors,
             minSize=(side, side),
-            **({} if max_side is None else {"maxSize": (int(round(max_side)),) * 2}),
+            maxSize=(0, 0) if max_side is None else (int(round(max_side)),) * 2,  # (0, 0): OpenCV's default, no bound
         )
         return np.round(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale) + [x, y, 0, 0]
 
@@ -265,15 +266,21 @@ class FaceTracker:
         boxes = self._find(frame_bgr, grey)
         self._previous_grey = grey
         self._tracks = [tr for tr in self._tracks if t - tr.last_t <= self.options.track_ttl_s]
-        tracks = self._associate(boxes)
-        for i, box in enumerate(boxes):
-            if tracks[i] is None:
-                tracks[i] = _Track(box, t)
-                self._tracks.append(tracks[i])
-        int_boxes = [tuple(int(v) for v in box) for box in boxes]
+        tracks: list[_Track] = []
+        for box, track in zip(boxes, self._associate(boxes)):
+            if track is None:
+                track = _Track(box, t)
+                self._tracks.append(track)
+            tracks.append(track)
+        int_boxes: list[Box] = [(int(x), int(y), int(w), int(h)) for x, y, w, h in boxes]
         crops = [face_crop(grey, b, self.preprocessing) for b in int_boxes]
-        moving = [i for i, tr in enumerate(tracks) if tr.crop is not None and tr.last_t == self._previous_t]
-        raw = mouth_motions([crops[i] for i in moving], [tracks[i].crop for i in moving])
+        moving: list[int] = []  # faces seen in the previous frame too, and their crops there
+        previous_crops: list[np.ndarray] = []
+        for i, tr in enumerate(tracks):
+            if tr.crop is not None and tr.last_t == self._previous_t:
+                moving.append(i)
+                previous_crops.append(tr.crop)
+        raw = mouth_motions([crops[i] for i in moving], previous_crops)
         motions: list[float | None] = [None] * len(boxes)
         for i, m in zip(moving, raw):
             motions[i] = tracks[i].motion(float(m))

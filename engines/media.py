@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 
@@ -138,9 +138,13 @@ def iter_media(
 
 def read_media(path: str | Path, sample_rate: int = 16000, video_fps: float = 5.0):
     """Whole file: (audio float32 array, audio start time, list of VideoFrame)."""
-    chunks, frames = [], []
+    chunks: list[AudioChunk] = []
+    frames: list[VideoFrame] = []
     for item in iter_media(path, sample_rate, video_fps):
-        (chunks if isinstance(item, AudioChunk) else frames).append(item)
+        if isinstance(item, AudioChunk):
+            chunks.append(item)
+        else:
+            frames.append(item)
     audio = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
     start = chunks[0].t if chunks else 0.0
     return audio, start, frames
@@ -158,7 +162,7 @@ class MediaWriter:
 
         self.fps, self.rate = fps, sample_rate
         self.container = av.open(str(path), "w")
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        codec: Literal["libx264", "mpeg4"] = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         self.video_stream = self.container.add_stream(codec, rate=int(round(fps)))
         self.video_stream.width, self.video_stream.height = width, height
         self.video_stream.pix_fmt = "yuv420p"

@@ -234,7 +234,7 @@ def installed_part_files(packages: list[str] | tuple[str, ...], file_pattern: st
         except metadata.PackageNotFoundError:
             missing.append(package)
             continue
-        files = [Path(dist.locate_file(f)) for f in (dist.files or []) if Path(str(f)).name == wanted]
+        files = [Path(str(dist.locate_file(f))) for f in (dist.files or []) if Path(str(f)).name == wanted]
         files = [f for f in files if f.is_file()]
         if not files:
             missing.append(f"{package} (installed, but without its file {wanted})")

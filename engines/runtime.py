@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.backends import Backend, open_backend
-from engines.bundle import Bundle, open_bundle
+from engines.bundle import MANIFEST, Bundle, BundleError, open_bundle
 from engines.calibration import load_calibration
 from engines.features import Window, student_inputs  # Window: the input type of Engine.infer
 from engines.heads import HEADS
@@ -54,7 +54,10 @@ class Engine:
 
     def features(self, windows: list[Window]) -> dict[str, np.ndarray]:
         """The student's inputs for `windows`: engines.features, the trainer's assembler too."""
-        feeds = student_inputs(windows, self.pre, self.embed_text, self.bundle.entries.text_dim)
+        text_dim = self.bundle.entries.text_dim
+        if text_dim is None:  # every bundle `trainer export` writes has it
+            raise BundleError(f"{self.bundle.path / MANIFEST}: no 'text_dim' entry (export the run again)")
+        feeds = student_inputs(windows, self.pre, self.embed_text, text_dim)
         feeds["present"] = feeds["present"] * self._allowed  # what the bundle does not read stays hidden
         return feeds
 

@@ -47,7 +47,7 @@ def fingerprint(bundle: Bundle) -> str:
 def pack(header: dict, arrays: dict[str, np.ndarray]) -> list:
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     header = dict(header, arrays={k: [v.dtype.str, list(v.shape)] for k, v in arrays.items()})
-    return [json.dumps(header).encode(), *(memoryview(v).cast("B") if v.size else b"" for v in arrays.values())]
+    return [json.dumps(header).encode(), *(v.data.cast("B") if v.size else b"" for v in arrays.values())]
 
 
 def unpack(frames: list) -> tuple[dict, dict[str, np.ndarray]]:
@@ -73,8 +73,8 @@ class InferenceService:
         self.endpoint, self.gather_s, self.max_batch = endpoint, gather_ms / 1000, max_batch
         self.fingerprint = fingerprint(self.bundle)
         # Per op, per execution: how many requests, and how many rows, it held.
-        self.batches = {op: Counter() for op in GRAPH_OPS}
-        self.rows = {op: Counter() for op in GRAPH_OPS}
+        self.batches: dict[str, Counter[int]] = {op: Counter() for op in GRAPH_OPS}
+        self.rows: dict[str, Counter[int]] = {op: Counter() for op in GRAPH_OPS}
         self._seen: dict[bytes, float] = {}  # client identity -> when it last sent
         self._stop = threading.Event()
         self.ctx = zmq.Context()
@@ -188,7 +188,7 @@ class ServiceBackend(Backend):
 
     def __init__(self, bundle: Bundle, endpoint: str, timeout_s: float = 10.0):
         self.endpoint, self.timeout_ms = endpoint, int(timeout_s * 1000)
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._local = threading.local()
         self._ids = iter(range(1 << 62))
         hello = self.call("hello")

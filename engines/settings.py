@@ -25,11 +25,14 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 from engines.errors import UserError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance  # the stubs' protocol of a dataclass; no runtime module
+
+T = TypeVar("T", bound="DataclassInstance")
 
 # The config file is shared by the runtime and the trainer.  Each side reads its
 # own sections; this table lets either side reject a section nobody reads.  It is
@@ -174,9 +177,12 @@ def field_docs(cls: type) -> dict[str, str]:
                               tokenize.ENDMARKER):
             code.update(range(tok.start[0], tok.end[0] + 1))
     docs = {}
-    for node in ast.parse(source).body[0].body:
+    class_def = ast.parse(source).body[0]  # the source of a class is its class statement
+    assert isinstance(class_def, ast.ClassDef), f"{cls!r} is not a class"
+    for node in class_def.body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             line = node.end_lineno
+            assert line is not None  # ast.parse sets every node's positions
             doc = [comments[line]] if line in comments else []
             while doc and line + 1 in comments and line + 1 not in code:
                 line += 1
@@ -185,8 +191,12 @@ def field_docs(cls: type) -> dict[str, str]:
     return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
 
 
-def field_default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+def field_default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is dataclasses.MISSING:
+        raise TypeError(f"field {f.name!r} has no default")
+    return f.default_factory()
 
 
 def toml_value(value: Any) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -172,6 +173,10 @@ class ModalityShift(nn.Module):
 
 
 class Student(nn.Module):
+    # Buffers (register_buffer below, when the config has them), typed for nn.Module's __getattr__.
+    text_classes: torch.Tensor
+    fer_classes: torch.Tensor
+
     def __init__(self, cfg: StudentConfig, pre: Preprocessing):
         super().__init__()
         self.cfg, self.pre = cfg, pre
@@ -254,7 +259,8 @@ class Student(nn.Module):
         """What a branch that is not built gives: a zero token, masked, and zero logits.
         Computed from its inputs times 0, so the exported graph keeps them as inputs."""
         b = inputs[0].shape[0]
-        zero = sum(x.reshape(b, -1)[:, :1] for x in inputs) * 0.0  # (B, 1)
+        # sum starts from the int 0, which its first tensor turns into a tensor.
+        zero = cast(torch.Tensor, sum(x.reshape(b, -1)[:, :1] for x in inputs)) * 0.0  # (B, 1)
         return zero[:, :, None].expand(b, 1, self.cfg.dim), zero, zero.expand(b, self.cfg.n_labels)
 
     def encode(self, text_emb, mel, audio_mask, video, video_mask, present, fer=None):

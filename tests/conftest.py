@@ -1,4 +1,6 @@
-"""Shared fixtures: one small synthetic corpus, one trained run and its bundle per test session.
+"""Shared fixtures: one small synthetic corpus, one trained run and its bundle per test session;
+a virtual microphone and a spoken session for the tests of live capture (per test).  Shared
+helpers that are not fixtures are in tests/helpers.py.
 
 They are real (espeak-ng speech, face video, a trained student, ONNX export), only small.
 """
@@ -79,3 +81,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def virtual_microphone(tmp_path):
+    """A PulseAudio daemon with a null sink `virtmic_sink` whose monitor is the source `virtmic`."""
+    from tests.desktop import pulse_daemon
+
+    with pulse_daemon(tmp_path / "pulse", "module-null-sink sink_name=virtmic_sink rate=16000 channels=1",
+                      "module-remap-source master=virtmic_sink.monitor source_name=virtmic") as env:
+        yield dict(env, PULSE_SOURCE="virtmic")
+
+
+@pytest.fixture
+def spoken_session(held_out_session, tmp_path):
+    """The held-out session's manifest, its mp4 (the camera) and its speech as a wav (the microphone)."""
+    import json
+
+    from engines.media import read_media
+    from tests.helpers import write_pcm_wav
+
+    truth = [json.loads(l) for l in (held_out_session / "manifest.jsonl").read_text().splitlines()]
+    media = held_out_session / truth[0]["file"]
+    audio, _, _ = read_media(media, 16000)
+    wav = tmp_path / "speech.wav"
+    write_pcm_wav(wav, audio, 16000)
+    return truth, media, wav, len(audio) / 16000

@@ -13,8 +13,7 @@ import pytest
 import engines
 from engines.bundle import BundleError, open_bundle, write_manifest
 from engines.calibration import CALIBRATION, load_calibration
-from tests.test_service import infer_service
-from tests.test_triton import _max_difference, _windows
+from tests.helpers import infer_service, max_difference, sample_windows
 from trainer.calibrate import fit_calibration, fit_label
 from trainer.evaluate import per_label_calibration, top_label_calibration
 
@@ -147,12 +146,12 @@ def triton(calibrated, tmp_path_factory):
 
 def test_every_backend_publishes_the_same_calibrated_probabilities(calibrated, service, triton):
     bundle = calibrated
-    windows = _windows(12)
+    windows = sample_windows(12)
     local = engines.load(bundle, "onnxruntime", "cpu")
     feeds = local.features(windows)
     calibrated, raw = local.predict(feeds), local.predict(feeds, calibrated=False)
     # The calibration changes what is published, by the bundle's numbers.
-    assert _max_difference(calibrated, raw) > 1e-2
+    assert max_difference(calibrated, raw) > 1e-2
     graph = local.backend.run_student(feeds)
     expected = local.calibration.apply(graph, feeds["present"] if local.peer_base else None)
     assert np.allclose([list(p.probabilities.values()) for p in calibrated], expected[:, 0], atol=1e-6)
@@ -161,7 +160,7 @@ def test_every_backend_publishes_the_same_calibrated_probabilities(calibrated, s
               "triton": engines.load(bundle, "triton", triton_url=triton)}
     for name, engine in others.items():
         assert engine.backend.name == name
-        worst = _max_difference(engine.infer(windows), calibrated)
+        worst = max_difference(engine.infer(windows), calibrated)
         assert worst < TOLERANCE, (name, worst)
 
 
@@ -207,9 +206,9 @@ def test_a_bundle_without_calibration_runs_with_the_identity(calibrated, copy):
     _rewrite(copy, uncalibrated)
     old = engines.load(copy, "onnxruntime", "cpu")
     assert old.calibration.is_identity
-    windows = _windows(6)
+    windows = sample_windows(6)
     reference = engines.load(bundle, "onnxruntime", "cpu")
-    assert _max_difference(old.infer(windows), reference.predict(reference.features(windows), calibrated=False)) == 0
+    assert max_difference(old.infer(windows), reference.predict(reference.features(windows), calibrated=False)) == 0
     # A calibration.json the manifest does not list was not written by the export.
     shutil.copy(bundle / CALIBRATION, copy / CALIBRATION)
     with pytest.raises(BundleError, match="calibration.json: not listed"):

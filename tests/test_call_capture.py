@@ -22,8 +22,7 @@ import pytest
 from realtime.stages.source import CaptureOptions, DeviceError, Microphone, open_video
 from tests.conftest import free_port
 from tests.desktop import pulse_daemon, xvfb
-from tests.test_end_to_end import _normalise
-from tests.test_live import _wait_for, _write_wav, spoken_session  # noqa: F401 (a fixture)
+from tests.helpers import normalise_text, wait_for_text, write_pcm_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS, W, H = 10, 200, 150  # the played video
@@ -258,7 +257,7 @@ def test_record_the_call_from_screen_and_monitor(screen_playing, speakers, tmp_p
     env = dict(speakers, DISPLAY=screen_playing[0]["DISPLAY"])
     frames = screen_playing[1]
     sound = tmp_path / "chirp.wav"
-    _write_wav(sound, _chirp(48000), 48000)
+    write_pcm_wav(sound, _chirp(48000), 48000)
     out, log = tmp_path / "call.mp4", tmp_path / "record.log"
     with log.open("w") as err:
         launched = time.monotonic()
@@ -319,7 +318,7 @@ def test_monitor_errors_say_what_is_wrong(tmp_path, monkeypatch):
         Microphone(options, 32, 16000)
 
 
-def test_serve_follows_a_call_from_screen_and_monitor(bundle, spoken_session, speakers, tmp_path):  # noqa: F811 (the fixture imported above, asked for by name)
+def test_serve_follows_a_call_from_screen_and_monitor(bundle, spoken_session, speakers, tmp_path):
     """The whole point: `realtime serve --camera screen:... --microphone monitor` while a call
     (a held-out session: its face on the screen, its speech on the speakers) plays."""
     import av
@@ -337,7 +336,7 @@ def test_serve_follows_a_call_from_screen_and_monitor(bundle, spoken_session, sp
              "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--jsonl", str(messages),
              "--duration", str(duration + 8), "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            _wait_for(log, "serving session", 120, serve)
+            wait_for_text(log, "serving session", 120, serve)
             with playing(media, env, AT):  # the call starts: face and voice together
                 subprocess.run(["paplay", str(wav)], env=env, check=True, timeout=duration + 30)
                 assert serve.wait(timeout=120) == 0, log.read_text()
@@ -348,8 +347,8 @@ def test_serve_follows_a_call_from_screen_and_monitor(bundle, spoken_session, sp
     got = [json.loads(line) for line in messages.read_text().splitlines()]
     utterances = [m for m in got if m["type"] == "utterance"]
     assert len(utterances) == len(truth), [u["text"] for u in utterances]
-    wer = jiwer.wer(_normalise(" ".join(u["text"] for u in truth)),
-                    _normalise(" ".join(u["text"] for u in utterances)))
+    wer = jiwer.wer(normalise_text(" ".join(u["text"] for u in truth)),
+                    normalise_text(" ".join(u["text"] for u in utterances)))
     assert wer < 0.30, (wer, [u["text"] for u in utterances])
     # The face was found on the screen for every utterance.
     assert all(u["modalities"] == ["text", "audio", "video"] for u in utterances), utterances

@@ -18,7 +18,7 @@ import numpy as np
 
 from realtime import protocol
 from tests.conftest import free_port
-from tests.test_live import _write_wav, virtual_microphone  # noqa: F401 (a fixture)
+from tests.helpers import write_pcm_wav
 
 
 def _messages(path) -> list[dict]:
@@ -41,8 +41,8 @@ def _lost(got, device: str) -> bool:
     return any(m["type"] == "status" and m["state"] == "lost" and m["detail"].startswith(device) for m in got)
 
 
-def test_lost_sources_are_announced_and_the_other_carries_on(bundle, held_out_session, virtual_microphone,  # noqa: F811
-                                                             tmp_path):  # (F811: the fixture imported above)
+def test_lost_sources_are_announced_and_the_other_carries_on(bundle, held_out_session, virtual_microphone,
+                                                             tmp_path):
     from tests import speech
 
     if not speech.tools_available():
@@ -51,7 +51,7 @@ def test_lost_sources_are_announced_and_the_other_carries_on(bundle, held_out_se
         pytest.skip("espeak-ng and sox are needed to speak the test phrases")
     audio, _ = speech.session(["We did it, this is amazing!", "I cannot believe it."], gap_s=1.0)
     wav = tmp_path / "speech.wav"
-    _write_wav(wav, np.concatenate([audio, np.zeros(16000, np.float32)]), 16000)
+    write_pcm_wav(wav, np.concatenate([audio, np.zeros(16000, np.float32)]), 16000)
     camera = f"file://{next(held_out_session.glob('*.mp4'))}"
     messages, log = tmp_path / "messages.jsonl", tmp_path / "serve.log"
     with log.open("w") as err:

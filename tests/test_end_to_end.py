@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jiwer
 import jsonschema
@@ -15,30 +14,7 @@ import jsonschema
 from engines.atomic import process_alive
 from realtime import protocol
 from tests.conftest import free_port
-
-
-def _normalise(text: str) -> str:
-    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
-
-
-def _replay(media, bundle, out, endpoint, *extra):
-    return subprocess.run(
-        [sys.executable, "-m", "realtime.cli", "replay", str(media), "--model", str(bundle),
-         "--out", str(out), "--endpoint", endpoint, "--quiet", *extra],
-        capture_output=True, text=True, timeout=300,
-    )
-
-
-def wait_for_status(jsonl: Path, state: str, timeout_s: float = 30.0) -> None:
-    """Wait until a `realtime listen --jsonl` file holds the `state` status message (the
-    listener writes and flushes one line per message, so only whole lines are read)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        lines = jsonl.read_text().split("\n")[:-1] if jsonl.exists() else []
-        if any(m["type"] == "status" and m["state"] == state for m in map(json.loads, lines)):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{jsonl}: no {state!r} status after {timeout_s} s")
+from tests.helpers import normalise_text, process_descendants, run_replay, stage_pids, wait_for_status
 
 
 def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp_path):
@@ -52,7 +28,7 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
     )
     try:
         out = tmp_path / "out.jsonl"
-        result = _replay(media, bundle, out, endpoint, "--wait-subscribers", "1")
+        result = run_replay(media, bundle, out, endpoint, "--wait-subscribers", "1")
         assert result.returncode == 0, result.stderr
         wait_for_status(heard, "finished")  # the last message has reached the subscriber
         listener.send_signal(signal.SIGINT)  # a subscriber exits cleanly on Ctrl-C
@@ -67,8 +43,8 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
     assert len(lines) == len(truth)
     for got, want in zip(lines, truth):
         assert got["start"] < want["end"] and want["start"] < got["end"], (got, want)
-    wer = jiwer.wer(_normalise(" ".join(u["text"] for u in truth)),
-                    _normalise(" ".join(l["text"] for l in lines)))
+    wer = jiwer.wer(normalise_text(" ".join(u["text"] for u in truth)),
+                    normalise_text(" ".join(l["text"] for l in lines)))
     assert wer < 0.30, wer
     labels = json.loads((bundle / "manifest.json").read_text())["labels"]
     for line in lines:
@@ -99,7 +75,7 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
     # here, add messages but change no result.  (Speculative ASR, which would not change them
     # either, is off in any replay not paced in real time: see test_dashboard for a paced one.)
     again = tmp_path / "again.jsonl"
-    result = _replay(media, bundle, again, f"tcp://127.0.0.1:{free_port()}", "--all-messages",
+    result = run_replay(media, bundle, again, f"tcp://127.0.0.1:{free_port()}", "--all-messages",
                      "--set", "asr.partial_every_s=0.5", "--set", "asr.speculative=false")
     assert result.returncode == 0, result.stderr
     messages = [json.loads(l) for l in again.read_text().splitlines()]
@@ -121,36 +97,6 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
 
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below pid: stages are forked from multiprocessing's fork server, a child
-    of the supervisor (realtime.forkserver.stage_processes), so they are its grandchildren."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited while we looked
-        parents[int(stat.parent.name)] = int(fields[1])  # fields: state, ppid, ...
-    found, frontier = [], {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier}
-        found += sorted(frontier)
-    return found
-
-
-def _stages(pid: int) -> dict[int, str]:
-    """The stage processes below pid, by the name each gives itself (`rt-<stage>`)."""
-    names = {}
-    for p in _descendants(pid):
-        try:
-            name = Path(f"/proc/{p}/comm").read_text().strip()
-        except OSError:
-            continue
-        if name.startswith("rt-"):
-            names[p] = name[3:]
-    return names
-
-
 def test_stages_exit_when_the_replay_is_killed(bundle, held_out_session):
     """SIGKILL leaves the supervisor no chance to stop its stages: they must notice alone,
     even when the kill comes while they are still starting up."""
@@ -162,10 +108,10 @@ def test_stages_exit_when_the_replay_is_killed(bundle, held_out_session):
     stages: dict[int, str] = {}
     # Kill as soon as the processing stages are started: they are still loading their models then.
     while len(stages) < 4 and time.monotonic() < deadline:
-        stages = _stages(proc.pid)
+        stages = stage_pids(proc.pid)
         time.sleep(0.02)
     assert len(stages) >= 4, stages
-    below = _descendants(proc.pid)  # the stages, and the fork server they came from
+    below = process_descendants(proc.pid)  # the stages, and the fork server they came from
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 90

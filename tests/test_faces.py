@@ -15,7 +15,7 @@ import pytest
 from engines.faces import FaceFrame, FaceOptions, FaceTracker, SeenFace, speaking_face
 from engines.preprocess import Preprocessing
 from tests.conftest import free_port
-from tests.test_end_to_end import _replay
+from tests.helpers import run_replay
 from trainer.synth.face import ASSETS
 
 SIZE = 100  # face photo side in the test frames, pixels
@@ -156,7 +156,7 @@ def test_replay_names_who_speaks_with_stable_face_ids(bundle, two_people_session
 
     truth = [json.loads(line) for line in (two_people_session / "manifest.jsonl").read_text().splitlines()]
     out = tmp_path / "out.jsonl"
-    result = _replay(two_people_session / truth[0]["file"], bundle, out, f"tcp://127.0.0.1:{free_port()}",
+    result = run_replay(two_people_session / truth[0]["file"], bundle, out, f"tcp://127.0.0.1:{free_port()}",
                      "--all-messages")
     assert result.returncode == 0, result.stderr
     messages = [json.loads(line) for line in out.read_text().splitlines()]

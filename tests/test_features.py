@@ -14,7 +14,7 @@ from engines.faces import FaceFrame, FaceOptions, SeenFace
 from engines.features import Recording, pad_spans
 from engines.preprocess import Preprocessing
 from tests.conftest import free_port
-from tests.test_end_to_end import _replay
+from tests.helpers import run_replay
 
 
 def test_pad_spans_pads_like_the_vad_and_never_overlaps_the_previous_span():
@@ -78,7 +78,7 @@ def test_fit_computes_the_features_the_pipeline_scored(run_dir, bundle, held_out
     truth = [json.loads(line) for line in (held_out_session / "manifest.jsonl").read_text().splitlines()]
     media = held_out_session / truth[0]["file"]
     dumps = tmp_path / "features"
-    result = _replay(media, bundle, tmp_path / "out.jsonl", f"tcp://127.0.0.1:{free_port()}",
+    result = run_replay(media, bundle, tmp_path / "out.jsonl", f"tcp://127.0.0.1:{free_port()}",
                      "--set", f'fusion.dump_features="{dumps}"')
     assert result.returncode == 0, result.stderr
     served = []

@@ -7,58 +7,13 @@ import re
 import subprocess
 import sys
 import threading
-import time
-import wave
 
 import jiwer
 import jsonschema
-import numpy as np
-import pytest
 
 from realtime import protocol
 from tests.conftest import free_port
-from tests.desktop import pulse_daemon
-from tests.test_end_to_end import _normalise
-
-
-@pytest.fixture
-def virtual_microphone(tmp_path):
-    """A PulseAudio daemon with a null sink `virtmic_sink` whose monitor is the source `virtmic`."""
-    with pulse_daemon(tmp_path / "pulse", "module-null-sink sink_name=virtmic_sink rate=16000 channels=1",
-                      "module-remap-source master=virtmic_sink.monitor source_name=virtmic") as env:
-        yield dict(env, PULSE_SOURCE="virtmic")
-
-
-def _write_wav(path, audio: np.ndarray, rate: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
-
-
-@pytest.fixture
-def spoken_session(held_out_session, tmp_path):
-    """The held-out session's manifest, its mp4 (the camera) and its speech as a wav (the microphone)."""
-    from engines.media import read_media
-
-    truth = [json.loads(l) for l in (held_out_session / "manifest.jsonl").read_text().splitlines()]
-    media = held_out_session / truth[0]["file"]
-    audio, _, _ = read_media(media, 16000)
-    wav = tmp_path / "speech.wav"
-    _write_wav(wav, audio, 16000)
-    return truth, media, wav, len(audio) / 16000
-
-
-def _wait_for(path, text: str, timeout: float, proc) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited early:\n{path.read_text()}")
-        time.sleep(0.2)
-    raise AssertionError(f"no {text!r} after {timeout} s:\n{path.read_text()}")
+from tests.helpers import normalise_text, wait_for_text
 
 
 def _watch_dashboard(url: str, seen: list[dict], opened: threading.Event) -> None:
@@ -93,7 +48,7 @@ def test_serve_publishes_live_results(bundle, spoken_session, virtual_microphone
              "--duration", str(duration + 8), "--quiet", "--dashboard", "--dashboard-port", "0"],
             env=virtual_microphone, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            _wait_for(log, "serving session", 120, serve)
+            wait_for_text(log, "serving session", 120, serve)
             url = re.search(r"dashboard on (http://127\.0\.0\.1:\d+/)", log.read_text()).group(1)
             opened = threading.Event()
             watcher = threading.Thread(target=_watch_dashboard, args=(url, seen, opened), daemon=True)
@@ -112,8 +67,8 @@ def test_serve_publishes_live_results(bundle, spoken_session, virtual_microphone
         jsonschema.validate(message, protocol.schema())
     utterances = [m for m in got if m["type"] == "utterance"]
     assert len(utterances) == len(truth), [u["text"] for u in utterances]
-    wer = jiwer.wer(_normalise(" ".join(u["text"] for u in truth)),
-                    _normalise(" ".join(u["text"] for u in utterances)))
+    wer = jiwer.wer(normalise_text(" ".join(u["text"] for u in truth)),
+                    normalise_text(" ".join(u["text"] for u in utterances)))
     assert wer < 0.30, (wer, [u["text"] for u in utterances])
     assert all(u["modalities"] == ["text", "audio", "video"] for u in utterances)
     windows = [m for m in got if m["type"] == "window"]
@@ -145,7 +100,7 @@ def test_record_then_replay(bundle, spoken_session, virtual_microphone, tmp_path
              "--microphone", "pulse", "--duration", str(duration + 3)],
             env=virtual_microphone, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            _wait_for(log, "recording to", 60, rec)
+            wait_for_text(log, "recording to", 60, rec)
             subprocess.run(["paplay", "--device=virtmic_sink", str(wav)], env=virtual_microphone,
                            check=True, timeout=120)
             assert rec.wait(timeout=60) == 0, log.read_text()
@@ -163,5 +118,5 @@ def test_record_then_replay(bundle, spoken_session, virtual_microphone, tmp_path
     assert result.returncode == 0, result.stderr
     lines = [json.loads(l) for l in out.read_text().splitlines()]
     assert len(lines) == len(truth)
-    wer = jiwer.wer(_normalise(" ".join(u["text"] for u in truth)), _normalise(" ".join(l["text"] for l in lines)))
+    wer = jiwer.wer(normalise_text(" ".join(u["text"] for u in truth)), normalise_text(" ".join(l["text"] for l in lines)))
     assert wer < 0.30, (wer, [l["text"] for l in lines])

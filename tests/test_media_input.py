@@ -21,48 +21,9 @@ import zmq
 from realtime import bus
 from realtime.framework import Endpoints, run_stage
 from realtime.stages import source
+from tests.helpers import write_media
 
 RATE = 16000
-
-
-def _write(path, seconds: float, rate: int = 16000, channels: int = 1, tone_hz: float = 440.0,
-           video: tuple[int, int, int] | None = None, audio: bool = True) -> None:
-    """A file of `seconds`: a tone at `rate` Hz with `channels` and/or video (width, height, fps)."""
-    with av.open(str(path), "w") as container:
-        vstream = astream = None
-        if video:
-            width, height, fps = video
-            vstream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
-            vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-            if vstream.codec_context.name == "libx264":
-                vstream.options = {"preset": "ultrafast"}
-        if audio:
-            astream = container.add_stream("aac", rate=rate, layout="mono" if channels == 1 else "stereo")
-        block = 1024
-        n_audio = int(seconds * rate) if audio else 0
-        n_video = int(seconds * video[2]) if video else 0
-        a = v = 0
-        rng = np.random.default_rng(0)
-        while a < n_audio or v < n_video:
-            # Interleave by time, as a real recording is: the muxer never holds much.
-            if a < n_audio and (v >= n_video or a / rate <= v / video[2]):
-                n = min(block, n_audio - a)
-                t = (a + np.arange(n)) / rate
-                tone = (0.3 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
-                frame = av.AudioFrame.from_ndarray(np.repeat(tone[None], channels, 0), format="fltp",
-                                                   layout=astream.layout.name)
-                frame.sample_rate, frame.pts = rate, a
-                container.mux(astream.encode(frame))
-                a += n
-            else:
-                image = rng.integers(0, 255, (video[1], video[0], 3), np.uint8)  # noise: frames never repeat
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                frame.pts = v
-                container.mux(vstream.encode(frame))
-                v += 1
-        for stream in (astream, vstream):
-            if stream is not None:
-                container.mux(stream.encode(None))
 
 
 def _run_source(tmp_path, media, video_fps: float = 5.0) -> dict:
@@ -109,7 +70,7 @@ def _run_source(tmp_path, media, video_fps: float = 5.0) -> dict:
 @pytest.mark.parametrize("rate, channels", [(8000, 1), (48000, 1), (44100, 2)])
 def test_source_delivers_16k_mono_at_any_rate(tmp_path, rate, channels):
     media = tmp_path / f"tone_{rate}_{channels}.m4a"
-    _write(media, 3.0, rate=rate, channels=channels, tone_hz=440.0)
+    write_media(media, 3.0, rate=rate, channels=channels, tone_hz=440.0)
     got = _run_source(tmp_path, media)
     audio = got["audio"]
     assert audio.dtype == np.float32 and audio.ndim == 1
@@ -137,7 +98,7 @@ def test_long_files_stream_in_bounded_memory(tmp_path):
     peaks = {}
     for seconds in (15, 150):
         media = tmp_path / f"long_{seconds}.mp4"
-        _write(media, seconds, rate=48000, channels=2, video=(320, 240, 5))
+        write_media(media, seconds, rate=48000, channels=2, video=(320, 240, 5))
         (tmp_path / f"run{seconds}").mkdir()
         got = _run_source(tmp_path / f"run{seconds}", media)
         assert abs(got["audio"].size / RATE - seconds) < 0.2

@@ -8,12 +8,9 @@ stage failed, and seq increasing by one over everything published.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jiwer
 import jsonschema
@@ -23,28 +20,7 @@ import pytest
 from realtime import protocol
 from realtime.pipeline import PROCESSING
 from tests.conftest import free_port
-from tests.test_end_to_end import _normalise, _stages
-from tests.test_live import spoken_session, virtual_microphone  # noqa: F401 (fixtures)
-
-
-def _messages(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
-
-
-def _utterances(path: Path) -> int:
-    return sum(m["type"] == "utterance" for m in _messages(path))
-
-
-def _kill_stage_after_first_utterance(proc, stage: str, out: Path, log: Path, timeout: float = 180) -> None:
-    """SIGKILL the stage once the session is under way: the first utterance is out, more are to come."""
-    deadline = time.monotonic() + timeout
-    while _utterances(out) < 1:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"no utterance before the kill (exit {proc.poll()}):\n{log.read_text()}")
-        time.sleep(0.1)
-    pids = [p for p, name in _stages(proc.pid).items() if name == stage]
-    assert len(pids) == 1, (stage, pids)
-    os.kill(pids[0], signal.SIGKILL)
+from tests.helpers import kill_stage_after_first_utterance, normalise_text, read_messages
 
 
 def _check_session(got: list[dict], truth: list[dict], stage: str, live: bool = False) -> None:
@@ -65,8 +41,8 @@ def _check_session(got: list[dict], truth: list[dict], stage: str, live: bool = 
         assert got_u["start"] - offset < want["end"] and want["start"] < got_u["end"] - offset, (got_u, want, offset)
     finals = [m["text"] for m in got if m["type"] == "transcript" and m["final"]]
     assert finals == [u["text"] for u in utterances]
-    wer = jiwer.wer(_normalise(" ".join(u["text"] for u in truth)),
-                    _normalise(" ".join(u["text"] for u in utterances)))
+    wer = jiwer.wer(normalise_text(" ".join(u["text"] for u in truth)),
+                    normalise_text(" ".join(u["text"] for u in utterances)))
     assert wer < 0.30, (wer, [u["text"] for u in utterances])
     # Window updates go on where they were: none repeated, none skipped.
     ends = [m["end"] for m in got if m["type"] == "window"]
@@ -85,16 +61,16 @@ def test_replay_loses_nothing_when_a_stage_is_killed(stage, bundle, held_out_ses
              "--out", str(out), "--all-messages", "--realtime", "--endpoint", f"tcp://127.0.0.1:{free_port()}",
              "--quiet"], stdout=subprocess.DEVNULL, stderr=err)
         try:
-            _kill_stage_after_first_utterance(proc, stage, out, log)
+            kill_stage_after_first_utterance(proc, stage, out, log)
             assert proc.wait(timeout=240) == 0, log.read_text()
         finally:
             if proc.poll() is None:
                 proc.kill()
     assert f"stage {stage} failed" in log.read_text()
-    _check_session(_messages(out), truth, stage)
+    _check_session(read_messages(out), truth, stage)
 
 
-def test_serve_loses_nothing_when_the_asr_is_killed(bundle, spoken_session, virtual_microphone, tmp_path):  # noqa: F811 (fixtures imported above)
+def test_serve_loses_nothing_when_the_asr_is_killed(bundle, spoken_session, virtual_microphone, tmp_path):
     """The case issue 12 measured: the ASR killed while it transcribes, live."""
     truth, media, wav, duration = spoken_session
     messages, log = tmp_path / "messages.jsonl", tmp_path / "serve.log"
@@ -110,10 +86,10 @@ def test_serve_loses_nothing_when_the_asr_is_killed(bundle, spoken_session, virt
                 assert serve.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
             player = subprocess.Popen(["paplay", "--device=virtmic_sink", str(wav)], env=virtual_microphone)
-            _kill_stage_after_first_utterance(serve, "asr", messages, log)
+            kill_stage_after_first_utterance(serve, "asr", messages, log)
             assert player.wait(timeout=duration + 30) == 0
             assert serve.wait(timeout=120) == 0, log.read_text()
         finally:
             if serve.poll() is None:
                 serve.kill()
-    _check_session(_messages(messages), truth, "asr", live=True)
+    _check_session(read_messages(messages), truth, "asr", live=True)

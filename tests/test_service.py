@@ -17,28 +17,10 @@ import engines
 from engines.backends import BackendUnavailable, open_backend
 from engines.bundle import open_bundle
 from tests.conftest import free_port
-from tests.test_triton import _windows
+from tests.helpers import infer_service, sample_windows
 
 TOLERANCE = 1e-5  # the service gives a local engine's probabilities within this
 GATHER_MS = 50  # generous, so that two clients' requests surely meet on a loaded machine
-
-
-def infer_service(bundle, work, *extra: str):
-    """`realtime infer` for `bundle` as a process of its own, started and waited for until it
-    serves; a generator that yields its endpoint and checks, at its end, that it stopped cleanly."""
-    endpoint, log = f"ipc://{work}/infer.sock", work / "infer.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "infer", "--model", str(bundle),
-                                 "--endpoint", endpoint, *extra], stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + 60
-        while "inference service for" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield endpoint
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0, log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +39,7 @@ def test_two_concurrent_clients_get_local_probabilities_in_shared_batches(servic
     def client(i: int) -> None:
         try:
             for r in range(rounds):
-                feeds = clients[i].features(_windows(3 + i, seed=10 * r + i))  # texts batched too
+                feeds = clients[i].features(sample_windows(3 + i, seed=10 * r + i))  # texts batched too
                 barrier.wait()  # both send now: the service should run them as one batch
                 got[i, r] = (feeds, clients[i].backend.run_student(feeds))
         except Exception as exc:  # noqa: BLE001 - reported below
@@ -72,8 +54,8 @@ def test_two_concurrent_clients_get_local_probabilities_in_shared_batches(servic
     assert not errors, errors
     worst = max(float(np.abs(probs - local.backend.run_student(feeds)).max()) for feeds, probs in got.values())
     for i in range(2):  # the text encoder's embeddings, padded beside other clients' texts
-        feeds = local.features(_windows(3 + i, seed=i))
-        worst = max(worst, float(np.abs(clients[i].features(_windows(3 + i, seed=i))["text_emb"]
+        feeds = local.features(sample_windows(3 + i, seed=i))
+        worst = max(worst, float(np.abs(clients[i].features(sample_windows(3 + i, seed=i))["text_emb"]
                                         - feeds["text_emb"]).max()))
     print(f"service vs local ONNX Runtime: max |dp| = {worst:.2e}")
     assert worst < TOLERANCE

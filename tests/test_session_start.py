@@ -14,8 +14,7 @@ from pathlib import Path
 import zmq
 
 from tests.conftest import free_port
-from tests.test_media_input import _write
-from tests.test_restart import _kill_stage_after_first_utterance, _messages
+from tests.helpers import kill_stage_after_first_utterance, read_messages, write_media
 
 
 class Subscriber:
@@ -61,7 +60,7 @@ def _statuses(messages: list[dict]) -> list[str]:
 
 def test_a_subscriber_joining_after_the_start_hears_started_first(bundle, tmp_path):
     media, out, log = tmp_path / "tone.mp4", tmp_path / "out.jsonl", tmp_path / "replay.log"
-    _write(media, 6.0, video=(160, 120, 5))  # window updates all along (no speech needed)
+    write_media(media, 6.0, video=(160, 120, 5))  # window updates all along (no speech needed)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with log.open("w") as err:
         proc = _replay(media, bundle, out, err, endpoint)
@@ -69,7 +68,7 @@ def test_a_subscriber_joining_after_the_start_hears_started_first(bundle, tmp_pa
         try:
             # Join once the session has published past its start (to nobody).
             deadline = time.monotonic() + 120
-            while len(_messages(out)) < 3:
+            while len(read_messages(out)) < 3:
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.05)
             subscriber = Subscriber(endpoint)
@@ -79,7 +78,7 @@ def test_a_subscriber_joining_after_the_start_hears_started_first(bundle, tmp_pa
             if proc.poll() is None:
                 proc.kill()
             heard = subscriber.stop() if subscriber else []
-    published = _messages(out)
+    published = read_messages(out)
     assert len(published) > 10 and heard, (len(published), len(heard))
     # Its first message is the session's start, as published (seq 0: it knows what it missed) ...
     assert heard[0] == published[0] and published[0]["state"] == "started", heard[0]
@@ -99,7 +98,7 @@ def test_a_restarted_fusion_tells_its_reconnected_subscribers(bundle, held_out_s
         with log.open("w") as err:
             proc = _replay(media, bundle, out, err, endpoint, "--wait-subscribers", "1")
             try:
-                _kill_stage_after_first_utterance(proc, "fusion", out, log)
+                kill_stage_after_first_utterance(proc, "fusion", out, log)
                 assert proc.wait(timeout=240) == 0, log.read_text()
             finally:
                 if proc.poll() is None:
@@ -107,7 +106,7 @@ def test_a_restarted_fusion_tells_its_reconnected_subscribers(bundle, held_out_s
         subscriber.wait_for("finished")
     finally:
         heard = subscriber.stop()
-    published = _messages(out)
+    published = read_messages(out)
     assert _statuses(published) == ["started", "restarted", "finished"]
     # The subscriber reconnected by itself to the new fusion stage, and heard it say so.
     assert _statuses(heard) == ["started", "restarted", "finished"], _statuses(heard)

@@ -21,8 +21,7 @@ import zmq
 from realtime import protocol
 
 from tests.conftest import free_port
-from tests.test_end_to_end import _stages, wait_for_status
-from tests.test_media_input import _write
+from tests.helpers import stage_pids, wait_for_status, write_media
 
 MEDIA_S = 60.0
 QUEUE = 10  # [stream] subscriber_queue for both runs: far fewer than the ~240 messages of 60 s
@@ -36,7 +35,7 @@ def _replay(media, bundle, out: Path, endpoint: str, *extra) -> tuple[float, int
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None and time.monotonic() - t0 < 300:
-        for pid in [p for p, name in _stages(proc.pid).items() if name == "fusion"]:
+        for pid in [p for p, name in stage_pids(proc.pid).items() if name == "fusion"]:
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
@@ -53,7 +52,7 @@ def _replay(media, bundle, out: Path, endpoint: str, *extra) -> tuple[float, int
 
 def test_a_stalled_subscriber_slows_nothing_and_grows_nothing(bundle, tmp_path):
     media = tmp_path / "long.mp4"
-    _write(media, MEDIA_S, video=(160, 120, 5))  # a tone (no speech: the time goes to the stream) and video
+    write_media(media, MEDIA_S, video=(160, 120, 5))  # a tone (no speech: the time goes to the stream) and video
     base_s, base_kb = _replay(media, bundle, tmp_path / "base.jsonl", f"tcp://127.0.0.1:{free_port()}")
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"

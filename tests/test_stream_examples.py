@@ -21,7 +21,7 @@ from realtime import protocol
 from realtime.config import load_config
 from realtime.pipeline import replay
 from tests.conftest import free_port
-from tests.test_restart import _kill_stage_after_first_utterance, _messages
+from tests.helpers import kill_stage_after_first_utterance, read_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_EXAMPLE = ROOT / "examples" / "subscriber.js"
@@ -217,7 +217,7 @@ def test_a_failed_session_ends_with_failed_then_finished(bundle, held_out_sessio
                  "--out", str(out), "--all-messages", "--realtime", "--endpoint", endpoint,
                  "--wait-subscribers", "3", "--quiet"], stdout=subprocess.DEVNULL, stderr=err)
             try:
-                _kill_stage_after_first_utterance(proc, "source", out, log)
+                kill_stage_after_first_utterance(proc, "source", out, log)
                 assert proc.wait(timeout=60) != 0, log.read_text()
             finally:
                 if proc.poll() is None:
@@ -233,7 +233,7 @@ def test_a_failed_session_ends_with_failed_then_finished(bundle, held_out_sessio
     lines = py_out.splitlines()  # the utterances before the source died, and no loss
     assert lines and all(re.fullmatch(r'\S+s \S+ \S+ ".*"', line) for line in lines), py_out
 
-    written = _messages(out)
+    written = read_messages(out)
     statuses = [m for m in written if m["type"] == "status"]
     assert [m["state"] for m in statuses] == ["started", "failed", "finished"]
     assert "stage source failed" in statuses[1]["detail"]

@@ -16,8 +16,8 @@ import pytest
 import engines
 from engines.backends import BackendUnavailable, open_backend
 from engines.bundle import open_bundle
-from engines.features import Window
 from engines.triton import MAX_BATCH, MODELS, write_model_repository
+from tests.helpers import max_difference, sample_windows
 
 pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install -e '.[triton]'")
 
@@ -42,39 +42,12 @@ def server(server_installed, bundle, tmp_path_factory):
         yield url
 
 
-def _windows(n: int, seed: int = 5) -> list[Window]:
-    """n windows of every kind the pipeline makes: utterances with text, audio and faces,
-    audio-only window updates, text alone (texts of several token lengths)."""
-    rng = np.random.default_rng(seed)
-    texts = ["What a wonderful surprise!", "I told you to stop doing that.", "okay",
-             "Everything is gone, all of it, and nobody even called me to say so."]
-    windows = []
-    for i in range(n):
-        start = float(i)
-        crops = [(start + 0.2, rng.integers(0, 255, (64, 64), dtype=np.uint8))] if i % 3 != 1 else []
-        audio = rng.standard_normal(16000 * (1 + i % 3)).astype(np.float32) * 0.1 if i % 4 != 3 else None
-        windows.append(Window(start, start + 1.5, text=texts[i % 4] if i % 2 == 0 or audio is None else None,
-                              audio=audio, crops=crops))
-    return windows
-
-
-def _max_difference(a: list, b: list) -> float:
-    worst = 0.0
-    for x, y in zip(a, b, strict=True):
-        assert x.modalities == y.modalities
-        for m in ("fused", *x.peers):
-            px = x.probabilities if m == "fused" else x.peers[m]
-            py = y.probabilities if m == "fused" else y.peers[m]
-            worst = max(worst, max(abs(px[k] - py[k]) for k in px))
-    return worst
-
-
 def test_engine_through_triton_matches_onnxruntime(server, bundle):
     remote = engines.load(bundle, "triton", triton_url=server)
     local = engines.load(bundle, "onnxruntime", "cpu")
     assert remote.backend.name == "triton"
-    windows = _windows(MAX_BATCH + 8)  # more than the server takes at once: sent in two requests
-    worst = _max_difference(remote.infer(windows), local.infer(windows))
+    windows = sample_windows(MAX_BATCH + 8)  # more than the server takes at once: sent in two requests
+    worst = max_difference(remote.infer(windows), local.infer(windows))
     print(f"engine through Triton: {len(windows)} windows, max |p_triton - p_ort| = {worst:.2e}")
     assert worst < TOLERANCE
     texts = ["hi", "That was not what I meant at all, and you know it."]
@@ -86,7 +59,7 @@ def test_dynamic_batching_gathers_requests_of_several_clients(server, bundle):
     import tritonclient.http as http
 
     engine = engines.load(bundle, "triton", triton_url=server)
-    feeds = engine.features(_windows(16, seed=9))
+    feeds = engine.features(sample_windows(16, seed=9))
     rows = [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(16)]
     stats = http.InferenceServerClient(server)
     before = stats.get_inference_statistics(MODELS["student"])["model_stats"][0]
