@@ -369,3 +369,18 @@ def test_recipe_text_teacher_sets_the_prompt_the_encoder_was_tuned_on(tmp_path):
                                                                       "context": True}}))
     _, pre = text_from_teacher(teacher, config.train, config.preprocessing)
     assert pre.text_context_turns == -1 and pre.context_turns is None
+
+
+def test_the_recipe_reads_iemocap_where_it_is_found_and_goes_on_without_it(tmp_path):
+    """IEMOCAP is licensed on request (trainer data fetch cannot get it): a data root without it
+    still makes the recipe, from the other corpora; one without MELD is refused with its path."""
+    from trainer.data import DataError
+    from trainer.recipe import corpus_specs
+
+    (tmp_path / "meld").mkdir()
+    assert corpus_specs(tmp_path, ["meld", "iemocap"]) == {"meld": f"meld:{tmp_path / 'meld'}"}
+    (tmp_path / "iemocap").mkdir()
+    assert set(corpus_specs(tmp_path, ["meld", "iemocap"])) == {"meld", "iemocap"}
+    (tmp_path / "meld").rmdir()
+    with pytest.raises(DataError, match=str(tmp_path / "meld")):
+        corpus_specs(tmp_path, ["meld", "iemocap"])

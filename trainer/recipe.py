@@ -52,8 +52,8 @@ class RecipeOptions:
     data_root: str = ""  # folder holding meld/, iemocap/, goemotions/ as the corpora ship them;
     # "" = $EMOTION_DATA, else ../shared/data beside the checkout
     corpora: list[str] = field(default_factory=lambda: ["meld", "iemocap"])  # the text corpora the
-    # student's fit reads, of meld, goemotions-ekman, iemocap (--quick: meld alone); every corpus found
-    # is scored
+    # student's fit reads, of meld, goemotions-ekman, iemocap (iemocap where found: it is licensed on
+    # request; --quick: meld alone); every corpus found is scored
     synthetic_sessions: int = 24  # synthetic sessions (face video + speech): the fusion's only aligned
     # text and face
     synthetic_repeat: int = 10  # each synthetic training utterance counts this often per epoch
@@ -65,7 +65,7 @@ class RecipeOptions:
     # text head ([train] text_head), which the fusion adjusts.  "none": the frozen sentence encoder
     # on the utterance alone (--quick)
     teacher_corpora: list[str] = field(default_factory=lambda: ["meld", "iemocap"])  # the dialogue
-    # corpora the teacher learns from, of meld and iemocap, on the shared labels (trainer.datasets.mix:
+    # corpora the teacher learns from, of meld and iemocap (where found), on the shared labels (trainer.datasets.mix:
     # IEMOCAP's frustration is dropped); the epoch kept is the best on their dev splits together
     teacher_encoder: str = ""  # the encoder the teacher starts from; "" = all-mpnet-base-v2 on a CUDA
     # GPU, all-MiniLM-L6-v2 on the CPU (where mpnet costs several hours)
@@ -107,16 +107,22 @@ def data_root(setting: str) -> Path:
     return CHECKOUT_DATA.resolve()
 
 
+# Licensed to researchers on request (`trainer data fetch` cannot get it): read where it is found,
+# left out (and the recipe says so) where it is not.
+LICENSED = ("iemocap",)
+
+
 def corpus_specs(root: Path, corpora: list[str]) -> dict[str, str]:
-    """kind -> "kind:PATH" for every corpus, or a DataError naming the ones missing."""
+    """kind -> "kind:PATH" for every corpus found, or a DataError naming the ones missing (a
+    LICENSED one that is missing is left out)."""
     specs, missing = {}, []
     for kind in corpora:
         path = root / FOLDERS[kind]
         if path.is_dir():
             specs[kind] = f"{kind}:{path}"
-        else:
+        elif kind not in LICENSED:
             missing.append(str(path))
-    if missing:
+    if missing or not specs:
         raise DataError(f"the real recipe needs {', '.join(missing)}; set [recipe] data_root "
                         "(or $EMOTION_DATA) to the folder that holds meld/, iemocap/ and goemotions/")
     return specs
@@ -244,6 +250,11 @@ def real(out: Path, config, quick: bool = False, progress: bool = True, log=prin
     root = data_root(opts.data_root)
     training_teacher = opts.text_teacher == "train"
     started, total, seconds = time.perf_counter(), 4 + training_teacher, {}
+    absent = [kind for kind in LICENSED if kind in {*opts.corpora, *opts.teacher_corpora} and kind not in specs
+              and not (root / FOLDERS[kind]).is_dir()]
+    if absent and not quick:
+        log(f"{', '.join(absent)} not found under {root} (licensed: its owners give it on request): "
+            "the recipe reads the other corpora without it")
     if opts.text_teacher == "none":
         log(QUICK_NOTE if quick else "[recipe] text_teacher = \"none\": the text branch is the frozen sentence "
                                      "encoder reading the utterance alone")
