@@ -105,6 +105,8 @@ class PipelineOptions:
     stage_start_timeout_s: float = 60.0  # a stage not ready by then stops the pipeline
     rewind_s: float = 60.0  # serve: seconds of microphone audio kept to feed a restarted processing
     # chain again from its last checkpoint (an utterance in progress when a stage failed is not lost)
+    max_restarts: int = 3  # how often each stage or source is restarted in one session, after which
+    # the session ends with a `failed` status; 0 = the first failure ends it
 
     def __post_init__(self):
         if not 10 <= self.chunk_ms <= 1000:
@@ -115,6 +117,8 @@ class PipelineOptions:
             raise ValueError("stage_start_timeout_s must be > 0")
         if self.rewind_s < 0:
             raise ValueError("rewind_s must be >= 0")
+        if self.max_restarts < 0:
+            raise ValueError("max_restarts must be >= 0")
 
 
 @dataclass

@@ -55,7 +55,6 @@ PROCESSING = ["segmenter", "asr", "faces", "fusion"]
 SOURCE_STREAMS = {"source": ("audio", "video"), "camera": ("video",), "microphone": ("audio",)}
 LIVE_SOURCES = ("camera", "microphone")  # reopened alone when they die; replay's "source" restarts the chain
 HEARTBEAT_TIMEOUT_S = 30.0  # silence after which a stage counts as hung (ASR of a long utterance fits)
-MAX_RESTARTS = 3  # per stage or source, in one serve session
 HELPER_CHECK_S = 1.0  # how often the fork server is checked (and started again if it died)
 
 
@@ -216,7 +215,7 @@ class Supervisor:
             self._failed(report["stage"], why, restart)
 
     def _failed(self, name: str, why: str, restart: bool) -> None:
-        if not restart or name not in (*PROCESSING, *SOURCE_STREAMS) or self.restarts.get(name, 0) >= MAX_RESTARTS:
+        if not restart or name not in (*PROCESSING, *SOURCE_STREAMS) or self.restarts.get(name, 0) >= self.config.pipeline.max_restarts:
             raise PipelineError(f"stage {name} failed: {why}")
         self.restarts[name] = self.restarts.get(name, 0) + 1
         if name in LIVE_SOURCES:
@@ -229,7 +228,7 @@ class Supervisor:
 
         The chain goes on: what the source had sent is in, what it would have captured since is
         gone.  A reopened camera or microphone that cannot be opened any more is lost instead."""
-        detail = f"source {name} failed ({why}); reopened ({self.restarts[name]}/{MAX_RESTARTS})"
+        detail = f"source {name} failed ({why}); reopened ({self.restarts[name]}/{self.config.pipeline.max_restarts})"
         print(f"realtime: {detail}", file=sys.stderr, flush=True)
         self.start(name, functools.partial(self.bodies[name], reopened=True))
         if self.notices is None:  # kept open, like eos_senders: see __init__
@@ -252,7 +251,7 @@ class Supervisor:
             return  # the session was complete: nothing to do again
         since = self.checkpoint["resume_from"] if self.checkpoint else 0.0
         detail = (f"stage {name} failed ({why}); processing restarted "
-                  f"({self.restarts[name]}/{MAX_RESTARTS}), media again from {max(since, 0.0):.2f} s")
+                  f"({self.restarts[name]}/{self.config.pipeline.max_restarts}), media again from {max(since, 0.0):.2f} s")
         print(f"realtime: {detail}", file=sys.stderr, flush=True)
         self.generation += 1
         self.bodies["fusion"] = functools.partial(self.bodies["fusion"],

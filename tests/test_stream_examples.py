@@ -201,8 +201,9 @@ def test_the_examples_follow_a_replay_beside_a_subscriber_to_everything(bundle, 
 
 
 def test_a_failed_session_ends_with_failed_then_finished(bundle, held_out_session, tmp_path):
-    """The media source dies mid-session: the replay gives up (a source is not restarted) and
-    says so on the stream, where the README's subscriber stops at the `finished` after it."""
+    """The media source dies mid-session with restarts off ([pipeline] max_restarts = 0): the
+    replay gives up and says so on the stream, where the README's subscriber stops at the
+    `finished` after it."""
     media = next(held_out_session.glob("*.mp4"))
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     out, log = tmp_path / "out.jsonl", tmp_path / "replay.log"
@@ -215,7 +216,8 @@ def test_a_failed_session_ends_with_failed_then_finished(bundle, held_out_sessio
             proc = subprocess.Popen(
                 [sys.executable, "-m", "realtime.cli", "replay", str(media), "--model", str(bundle),
                  "--out", str(out), "--all-messages", "--realtime", "--endpoint", endpoint,
-                 "--wait-subscribers", "3", "--quiet"], stdout=subprocess.DEVNULL, stderr=err)
+                 "--wait-subscribers", "3", "--set", "pipeline.max_restarts=0", "--quiet"],
+                stdout=subprocess.DEVNULL, stderr=err)
             try:
                 kill_stage_after_first_utterance(proc, "source", out, log)
                 assert proc.wait(timeout=60) != 0, log.read_text()
