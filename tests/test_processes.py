@@ -21,14 +21,18 @@ def _server_pid() -> int:
     return multiprocessing.forkserver._forkserver._forkserver_pid  # (the only handle on it)
 
 
-@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
-def test_a_forked_stage_outlives_its_fork_server_and_is_watched_by_pid():
-    ctx = multiprocessing.get_context("forkserver")
-    proc = ctx.Process(target=_sleep, args=(60,), daemon=True)
+def _forked_then_server_killed(seconds: float) -> tuple[multiprocessing.Process, StageProcess, int]:
+    """A process forked by the fork server, sleeping `seconds`; then the server gets SIGKILL."""
+    proc = multiprocessing.get_context("forkserver").Process(target=_sleep, args=(seconds,), daemon=True)
     proc.start()
-    stage = StageProcess(proc, forked=True)
     server = _server_pid()
     os.kill(server, signal.SIGKILL)
+    return proc, StageProcess(proc, forked=True), server
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
+def test_a_forked_stage_outlives_its_fork_server_and_is_watched_by_pid():
+    proc, stage, server = _forked_then_server_killed(60)
     deadline = time.monotonic() + 10
     while proc.exitcode is None:  # multiprocessing alone: the server's socket closed, "exited 255"
         assert time.monotonic() < deadline
@@ -37,7 +41,7 @@ def test_a_forked_stage_outlives_its_fork_server_and_is_watched_by_pid():
     assert stage.is_alive() and stage.by_pid  # it runs on, watched by pid
     new = restart_if_dead()
     assert new is not None and new != server and restart_if_dead() is None  # once
-    later = ctx.Process(target=_sleep, args=(0,), daemon=True)  # forked by the new server
+    later = multiprocessing.get_context("forkserver").Process(target=_sleep, args=(0,), daemon=True)  # forked by the new server
     later.start()
     later.join(10)
     assert later.exitcode == 0
@@ -49,11 +53,7 @@ def test_a_forked_stage_outlives_its_fork_server_and_is_watched_by_pid():
 
 @pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
 def test_a_stage_that_reported_done_ended_cleanly_though_its_code_is_lost():
-    ctx = multiprocessing.get_context("forkserver")
-    proc = ctx.Process(target=_sleep, args=(0.5,), daemon=True)
-    proc.start()
-    stage = StageProcess(proc, forked=True)
-    os.kill(_server_pid(), signal.SIGKILL)
+    _, stage, _ = _forked_then_server_killed(0.5)
     stage.done()  # the supervisor read its `done` report
     stage.join(10)
     assert stage.exitcode == 0
