@@ -122,7 +122,7 @@ def corpus_specs(root: Path, corpora: list[str]) -> dict[str, str]:
             specs[kind] = f"{kind}:{path}"
         elif kind not in LICENSED:
             missing.append(str(path))
-    if missing or not specs:
+    if missing or (corpora and not specs):
         raise DataError(f"the real recipe needs {', '.join(missing)}; set [recipe] data_root "
                         "(or $EMOTION_DATA) to the folder that holds meld/, iemocap/ and goemotions/")
     return specs
