@@ -316,3 +316,25 @@ def test_device_auto_takes_the_gpu_only_where_torch_sees_one():
         pytest.skip("this machine has a GPU: asking for one is no error here")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         resolve_device("cuda")
+
+
+def test_precision_auto_runs_in_bf16_where_the_cpu_has_bf16_units_and_float32_stays_float32(teacher):
+    from trainer.placement import has_bf16_units
+    from trainer.text_teacher import TeacherConfig
+
+    batch = teacher.encode(teacher.prompts([utt("d", 0, "Ann", "so happy today")]))
+    with torch.no_grad(), teacher._autocast():
+        auto = teacher.head(teacher.features(**batch))
+    assert auto.dtype == (torch.bfloat16 if has_bf16_units(torch.device("cpu")) else torch.float32)
+    old = teacher.config
+    teacher.config = dataclasses.replace(old, precision="float32")
+    try:
+        with torch.no_grad(), teacher._autocast():
+            exact = teacher.head(teacher.features(**batch))
+    finally:
+        teacher.config = old
+    assert exact.dtype == torch.float32
+    # bf16 keeps about 3 significant digits: the same logits, to that precision.
+    assert torch.allclose(auto.float(), exact, atol=0.1, rtol=0.05)
+    with pytest.raises(ValueError, match="precision"):
+        TeacherConfig(labels=["joy"], precision="fp16")

@@ -81,6 +81,15 @@ class Placement:
                 dist.destroy_process_group()
 
 
+def has_bf16_units(device: torch.device) -> bool:
+    """Whether bfloat16 matrix maths is fast on `device`: a CUDA GPU that supports it, or a
+    CPU with AMX tiles or AVX-512 BF16 (there oneDNN runs bf16 matmuls at about twice the
+    float32 rate; elsewhere bf16 is emulated and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
 def place(device: str = "auto", mixed_precision: bool = True) -> Placement:
     cuda = resolve_device(device, torch.cuda.is_available, "[train] device") == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))

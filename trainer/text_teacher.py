@@ -79,6 +79,9 @@ class TeacherConfig:
     # them again at every step.  The same model and maths, less the dropout inside the fixed
     # layers; a step then costs what the upper layers cost.
     cache_frozen: bool = True
+    precision: str = "auto"         # "auto": train and predict under bfloat16 autocast where the
+    # device has bf16 matrix units (CUDA; a CPU with AMX or AVX-512 BF16), float32 elsewhere;
+    # "float32": always float32 (how every CPU teacher before this setting was trained)
     select: str = "auto"            # dev metric: weighted_f1 (single) / macro_f1 (multi)
     # "corpus": the speakers the corpus names; "anonymous": every turn one unknown speaker, as
     # the live pipeline hears them (no diarization) -- for an encoder a bundle serves with.
@@ -91,6 +94,8 @@ class TeacherConfig:
     kd_tau: float = 2.0             # DIST temperature (TelME)
 
     def __post_init__(self):
+        if self.precision not in ("auto", "float32"):
+            raise ValueError(f"precision must be auto or float32, got {self.precision!r}")
         if self.speakers not in ("corpus", "anonymous"):
             raise ValueError(f"speakers must be corpus or anonymous, got {self.speakers!r}")
         if self.response_kd < 0 or self.feature_kd < 0 or self.kd_tau <= 0:
@@ -189,11 +194,12 @@ class TextTeacher(nn.Module):
         return self.head.weight.device
 
     def _autocast(self):
-        """bf16 autocast on a GPU (TF32 and bf16 matrix units, the usual fine-tuning
-        precision); on the CPU, plain float32, as every CPU result so far was measured."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        """bfloat16 autocast where the device has bf16 matrix units (`precision` "auto"),
+        the precision the teachers were fine-tuned in on a GPU; float32 elsewhere."""
+        from trainer.placement import has_bf16_units
+
+        fast = self.config.precision == "auto" and has_bf16_units(self.device)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=fast)
 
     # ------------------------------------------------------------------ construction
 
