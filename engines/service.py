@@ -16,7 +16,8 @@ attention mask 0, which the encoder ignores), and sends each client its rows.  I
 how many requests and rows each execution held (`stats`), so batching can be checked.
 
 Wire format, both ways: [header JSON, *raw array buffers]; the header names each array's
-dtype and shape (no JSON of floats: the client gets the bits the graph wrote).
+dtype and shape (engines/arrays.py, the bus's codec: the client gets the bits the graph wrote,
+and either side checks what it receives).
   request  {"op": "student" | "text" | "hello" | "stats", "id": n, "arrays": {name: [dtype, shape]}}
   reply    {"ok": true, "id": n, "arrays": ...} or {"ok": false, "id": n, "error": "..."}
 """
@@ -31,11 +32,13 @@ from collections import Counter
 import numpy as np
 import zmq
 
+from engines import arrays
 from engines.backends import Backend, BackendUnavailable, OnnxRuntimeBackend
 from engines.bundle import Bundle, open_bundle
 
 DEFAULT_ENDPOINT = "ipc:///tmp/realtime-infer.sock"
 GRAPH_OPS = ("student", "text")
+MAX_RANK = 4  # the student's video input, (batch, frames, height, width), has the most axes
 ACTIVE_S = 2.0  # a client that sent within this is a session whose requests a batch waits for
 
 
@@ -44,20 +47,25 @@ def fingerprint(bundle: Bundle) -> str:
     return hashlib.sha256(json.dumps(bundle.manifest, sort_keys=True).encode()).hexdigest()
 
 
-def pack(header: dict, arrays: dict[str, np.ndarray]) -> list:
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    header = dict(header, arrays={k: [v.dtype.str, list(v.shape)] for k, v in arrays.items()})
-    return [json.dumps(header).encode(), *(v.data.cast("B") if v.size else b"" for v in arrays.values())]
+def pack(header: dict, named: dict[str, np.ndarray]) -> list:
+    header = dict(header, arrays={k: arrays.spec(v) for k, v in named.items()})
+    return [json.dumps(header).encode(), *(arrays.payload(v) for v in named.values())]
 
 
 def unpack(frames: list) -> tuple[dict, dict[str, np.ndarray]]:
-    header = json.loads(bytes(frames[0]))
-    specs = header.get("arrays", {})
+    """Header and named arrays; ValueError (ArrayFormatError for an array) for anything that
+    is not exactly this format."""
+    try:
+        header = json.loads(bytes(frames[0]))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"header is not JSON: {exc}") from exc
+    specs = header.get("arrays", {}) if isinstance(header, dict) else None
+    if not isinstance(specs, dict) or not all(isinstance(s, list) and len(s) == 2 for s in specs.values()):
+        raise ValueError("header must be a JSON object whose 'arrays' maps names to [dtype, shape]")
     if len(frames) - 1 != len(specs):
         raise ValueError(f"{len(specs)} arrays named, {len(frames) - 1} sent")
-    arrays = {name: np.frombuffer(frame, dtype=np.dtype(dtype)).reshape(shape)
-              for (name, (dtype, shape)), frame in zip(specs.items(), frames[1:])}
-    return header, arrays
+    return header, {name: arrays.decode(dtype, shape, frame, max_rank=MAX_RANK)
+                    for (name, (dtype, shape)), frame in zip(specs.items(), frames[1:])}
 
 
 # --------------------------------------------------------------------------- the service

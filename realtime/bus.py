@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 import zmq
+
+from engines import arrays
 
 
 logger = logging.getLogger(__name__)
@@ -33,9 +34,9 @@ def send(sock: zmq.Socket, header: dict[str, Any], array: np.ndarray | None = No
     if array is None:
         sock.send(json.dumps(header).encode(), flags=flags)
         return
-    array = np.ascontiguousarray(array)
-    header = dict(header, dtype=array.dtype.str, shape=list(array.shape))
-    sock.send_multipart([json.dumps(header).encode(), memoryview(array)], flags=flags, copy=False)
+    dtype, shape = arrays.spec(array)
+    sock.send_multipart([json.dumps(dict(header, dtype=dtype, shape=shape)).encode(), arrays.payload(array)],
+                        flags=flags, copy=False)
 
 
 def send_nowait(sock: zmq.Socket, header: dict[str, Any], array: np.ndarray | None = None) -> None:
@@ -70,24 +71,12 @@ def decode(frames: list[bytes], kinds: Iterable[str] | None = None) -> tuple[dic
 
 
 def _array(header: dict, data: bytes) -> np.ndarray:
-    dtype, shape = header.get("dtype"), header.get("shape")
-    # Plain numbers only, named by a short string: np.dtype() also accepts structured and
-    # object types, which have no business on the bus.
-    if not isinstance(dtype, str) or not _DTYPE.fullmatch(dtype):
-        raise MessageError(f"array dtype must be a numeric type such as '<f4', got {dtype!r}")
-    if (not isinstance(shape, list) or len(shape) > 4
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-        raise MessageError(f"array shape must be a list of at most 4 sizes >= 0, got {shape!r}")
     try:
-        dtype = np.dtype(dtype)
-    except TypeError as exc:  # e.g. 'f1': the pattern allows sizes no type has
-        raise MessageError(f"array dtype {dtype!r}: {exc}") from exc
-    if math.prod(shape) * dtype.itemsize != len(data):
-        raise MessageError(f"array frame has {len(data)} bytes, its header says {shape} of {dtype}")
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+        return arrays.decode(header.get("dtype"), header.get("shape"), data, max_rank=4)
+    except arrays.ArrayFormatError as exc:
+        raise MessageError(str(exc)) from exc
 
 
-_DTYPE = re.compile(r"[<>|=]?[biuf][1248]")
 NUMBER = (int, float)
 
 

@@ -110,3 +110,31 @@ def test_the_service_and_its_clients_import_neither_torch_nor_trainer(service, b
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize("frames, error", [
+    ([b"{not json"], "header is not JSON"),
+    ([json.dumps({"op": "text", "id": 1, "arrays": {"ids": ["|O", [1]]}}).encode(), b"x" * 8], "numeric type"),
+    ([json.dumps({"op": "text", "id": 1, "arrays": {"ids": ["<i8", [2, 3]]}}).encode(), b"\0" * 40], "40 bytes"),
+    ([json.dumps({"op": "text", "id": 1, "arrays": {"ids": ["<i8", [1, 1, 1, 1, 1]]}}).encode(), b"\0" * 8],
+     "at most 4 sizes"),
+    ([json.dumps({"op": "text", "id": 1, "arrays": {"ids": ["<i8", [1]]}}).encode()], "1 arrays named, 0 sent"),
+])
+def test_a_malformed_request_is_answered_with_its_fault_and_the_service_serves_on(service, bundle, frames, error):
+    import zmq
+
+    from engines.service import unpack
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.connect(service)
+        sock.send_multipart(frames)
+        assert sock.poll(10_000), "no answer to a malformed request"
+        header, _ = unpack(sock.recv_multipart())
+        assert header["ok"] is False and "malformed request" in header["error"] and error in header["error"]
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    # The same service still answers a well-formed client.
+    assert engines.load(bundle, "service", service_endpoint=service).embed_text(["still here"]).shape[0] == 1
