@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if not has_cuda():
                 parser.error("--gpu: PyTorch sees no CUDA GPU here")
-            from engines.offline import resolve_text_encoder
+            from common.offline import resolve_text_encoder
             from trainer.fit import TrainOptions
 
             text_path = str(resolve_text_encoder(args.text_encoder or TrainOptions().text_encoder))

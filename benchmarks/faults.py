@@ -91,7 +91,7 @@ class Killer:
             self.seen.update(dict.fromkeys(pids, kind))
 
     def _alive(self, kind: str) -> list[int]:
-        from engines.atomic import process_alive
+        from common.atomic import process_alive
 
         return [pid for pid, k in self.seen.items() if k == kind and process_alive(pid)
                 and process_kind(pid) == kind]

@@ -72,7 +72,7 @@ ENERGY_FRAME = 160  # 10 ms frames for the end-of-speech search
 BARE_WHISPER = r"""
 import sys, time
 from faster_whisper import WhisperModel
-from engines.offline import resolve_whisper_model
+from common.offline import resolve_whisper_model
 model = WhisperModel(resolve_whisper_model(sys.argv[2]), device="cpu", compute_type="int8",
                      cpu_threads=int(sys.argv[3]), num_workers=1)
 segments, _ = model.transcribe(sys.argv[1], language="en", beam_size=1, temperature=0.0,

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from engines.atomic import write_file
+from common.atomic import write_file
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLOW_DIRTY = "BENCH_ALLOW_DIRTY"

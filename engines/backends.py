@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from engines.bundle import Bundle, BundleError
-from engines.devices import check_device
-from engines.errors import UserError
-from engines.settings import ConfigError
+from common.devices import check_device
+from common.errors import UserError
+from common.settings import ConfigError
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch", "triton", "service")
 

@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from engines.atomic import write_file
-from engines.errors import UserError
+from common.atomic import write_file
+from common.errors import UserError
 from engines.preprocess import Preprocessing
 
 SCHEMA_VERSION = 2  # 2: precision, student weights + config, io dtypes, TensorRT plans

@@ -13,7 +13,7 @@ card.json (card_version 1):
   branches    {text|audio|video|fusion: {trained, data [names], real (true/false/null),
                teachers [descriptions], utterances (int or null), note}}
   teachers    [{name, source, heads, licence, data}]
-  text_encoder {name, licence[, fine_tuned_from, teacher {data, device, encoder, train_seconds,
+  text_encoder {name, licence[, fine_tuned_from, teacher {data, device, precision, encoder, train_seconds,
                epoch_chosen, dev_weighted_f1, test_weighted_f1, ...}]}
   licences    [{what, licence}]   data and weights, "unknown" where this project does not know
   calibration {method, file, fitted_on "dev", dev_utterances, uncalibrated_thresholds,

@@ -11,7 +11,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from engines.errors import UserError
+from common.errors import UserError
 
 
 class MediaError(UserError, RuntimeError):

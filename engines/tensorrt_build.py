@@ -18,10 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from engines.atomic import replacing_dir, write_file
+from common.atomic import replacing_dir, write_file
 from engines.backends import BackendUnavailable
 from engines.bundle import BundleError, open_bundle, write_manifest
-from engines.errors import UserError
+from common.errors import UserError
 
 GRAPHS = ("student", "text_encoder")
 # (min, opt, max).  Live replay scores one utterance at a time; a server batches up to 32.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from engines.atomic import replacing, replacing_dir, write_file
+from common.atomic import replacing, replacing_dir, write_file
 from engines.bundle import open_bundle
 
 MODELS = {"student": "emotion_student", "text_encoder": "emotion_text_encoder"}

@@ -18,7 +18,7 @@ import numpy as np
 
 from engines.backends import Backend, BackendUnavailable, in_batches
 from engines.bundle import Bundle
-from engines.settings import ConfigError
+from common.settings import ConfigError
 from engines.triton import DTYPES, MODELS, dims
 
 INSTALL_HINT = "pip install 'tritonclient[http]==2.73.0' (or the [triton] extra)"

@@ -34,7 +34,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from engines.backends import BACKENDS
-    from engines.devices import DEVICES
+    from common.devices import DEVICES
 
     parser = argparse.ArgumentParser(
         prog="realtime",
@@ -182,7 +182,7 @@ def _dashboard_options(parser: argparse.ArgumentParser, when: str) -> None:
 
 
 def _check_port(port: int) -> None:
-    from engines.errors import UserError
+    from common.errors import UserError
 
     if not 0 <= port <= 65535:
         raise UserError(f"port {port}: expected 0-65535")
@@ -218,7 +218,7 @@ def format_message(body: dict) -> str:
 
 def load_settings(args, needs_model: bool = False, **flags):
     """config.toml (or --config), then --set, then the command's own flags (KEY=value, None = not given)."""
-    from engines.errors import UserError
+    from common.errors import UserError
     from realtime.config import load_config
 
     overrides = list(args.overrides)
@@ -243,7 +243,7 @@ def print_results(args):
 
 
 def cmd_replay(args) -> int:
-    from engines.errors import UserError
+    from common.errors import UserError
     from realtime.pipeline import replay
 
     config = load_settings(args, needs_model=True, model__bundle=args.model, stream__endpoint=args.endpoint,
@@ -380,7 +380,7 @@ def cmd_listen(args) -> int:
 
     import zmq
 
-    from engines.errors import UserError
+    from common.errors import UserError
     from realtime import protocol
     from realtime.config import load_config
 
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
 
         stage_processes()
     args = build_parser().parse_args(argv)
-    from engines.errors import UserError
+    from common.errors import UserError
 
     try:
         commands = {"replay": cmd_replay, "serve": cmd_serve, "record": cmd_record, "devices": cmd_devices,

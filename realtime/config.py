@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engines.backends import BACKENDS
-from engines.devices import check_device
+from common.devices import check_device
 from engines.faces import FaceOptions
 from engines.service import DEFAULT_ENDPOINT as SERVICE_ENDPOINT
-from engines.settings import apply_overrides, build, read_toml
+from common.settings import apply_overrides, build, read_toml
 from realtime.security import is_local
 from realtime.stages.asr import AsrOptions
 from realtime.stages.fusion import FusionOptions

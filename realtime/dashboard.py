@@ -21,7 +21,7 @@ import zmq
 import zmq.asyncio
 from aiohttp import WSMsgType, web
 
-from engines.errors import UserError
+from common.errors import UserError
 from realtime import protocol
 
 HOST = "127.0.0.1"

@@ -25,7 +25,7 @@ from typing import Callable
 
 import zmq
 
-from engines.atomic import process_alive
+from common.atomic import process_alive
 from realtime import bus
 
 HEARTBEAT_S = 1.0  # a stage reports at least this often while it is alive

@@ -40,7 +40,7 @@ import zmq
 
 from engines.bundle import Bundle, BundleError, open_bundle
 from engines.card import model_line
-from engines.errors import UserError
+from common.errors import UserError
 from engines.faces import FaceOptions
 from realtime import bus, protocol
 from realtime.config import RealtimeConfig

@@ -16,7 +16,7 @@ import os
 import signal
 import time
 
-from engines.atomic import process_alive
+from common.atomic import process_alive
 
 SERVER_GONE = 255  # what multiprocessing reports for a forked process whose fork server died
 

@@ -15,7 +15,7 @@ import re
 import time
 from pathlib import Path
 
-from engines.errors import UserError
+from common.errors import UserError
 from realtime import protocol
 
 WEB = Path(__file__).parent / "web"

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import zmq
 import zmq.auth
 
-from engines.settings import ConfigError
+from common.settings import ConfigError
 
 KEY_NAMES = ("server", "client")
 

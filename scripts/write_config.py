@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the checkout
 
-from engines.settings import DEFAULT_CONFIG, render_config  # noqa: E402
+from common.settings import DEFAULT_CONFIG, render_config  # noqa: E402
 from realtime.config import SECTIONS as RUNTIME_SECTIONS  # noqa: E402
 from trainer.config import SECTIONS as TRAINER_SECTIONS  # noqa: E402
 

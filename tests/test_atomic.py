@@ -1,4 +1,4 @@
-"""engines.atomic: a writer killed with SIGKILL mid-write leaves the old file (or bundle), or none,
+"""common.atomic: a writer killed with SIGKILL mid-write leaves the old file (or bundle), or none,
 never half of one; a failed writer changes nothing; the next write clears what a dead one left."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.atomic import replacing, replacing_dir, write_file
+from common.atomic import replacing, replacing_dir, write_file
 from engines.bundle import open_bundle, write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Writes 64 KiB blocks (up to 640 MiB, slowly) through the helper, saying when it has begun.
 SLOW_FILE = """
 import sys, time
-from engines.atomic import replacing
+from common.atomic import replacing
 with replacing(sys.argv[1]) as tmp, open(tmp, "wb") as out:
     for i in range(10000):
         out.write(bytes([i % 251]) * 65536)
@@ -33,7 +33,7 @@ with replacing(sys.argv[1]) as tmp, open(tmp, "wb") as out:
 SLOW_BUNDLE = """
 import sys, time
 from pathlib import Path
-from engines.atomic import replacing_dir
+from common.atomic import replacing_dir
 with replacing_dir(sys.argv[1]) as tmp:
     for i in range(10000):
         (tmp / f"part{i}.bin").write_bytes(b"new" * 10000)

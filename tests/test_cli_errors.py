@@ -1,4 +1,4 @@
-"""The command-line tools tell bad input from bugs: a project error (engines.errors.UserError)
+"""The command-line tools tell bad input from bugs: a project error (common.errors.UserError)
 is one line and exit 2; anything else, such as an error raised inside numpy or torch, keeps
 its traceback and exits 1, never passing for the user's mistake.  Real CLI processes; the
 bug is planted by replacing one function the command calls, as no honest input causes one."""

@@ -1,8 +1,8 @@
-"""engines.devices: the one rule by which every `device` setting is read."""
+"""common.devices: the one rule by which every `device` setting is read."""
 import pytest
 
-from engines.devices import DEVICES, check_device, resolve_device
-from engines.settings import ConfigError
+from common.devices import DEVICES, check_device, resolve_device
+from common.settings import ConfigError
 
 
 def test_auto_is_the_gpu_only_where_the_runtime_sees_one():

@@ -11,7 +11,7 @@ import time
 import jiwer
 import jsonschema
 
-from engines.atomic import process_alive
+from common.atomic import process_alive
 from realtime import protocol
 from tests.conftest import free_port
 from tests.helpers import normalise_text, process_descendants, run_replay, stage_pids, wait_for_status

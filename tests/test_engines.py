@@ -241,7 +241,7 @@ def test_bad_backend_or_device_name_is_an_error(bundle):
 
 
 def test_realtime_accepts_every_backend():
-    from engines.settings import ConfigError
+    from common.settings import ConfigError
     from realtime.cli import build_parser
     from realtime.config import load_config
 

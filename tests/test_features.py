@@ -27,7 +27,7 @@ def test_pad_spans_pads_like_the_vad_and_never_overlaps_the_previous_span():
 def test_training_pads_by_the_vads_own_setting():
     import pytest
 
-    from engines.settings import ConfigError
+    from common.settings import ConfigError
     from realtime.config import load_config as runtime_config
     from trainer.config import load_config as trainer_config
 

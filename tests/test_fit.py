@@ -63,7 +63,7 @@ def test_full_recipe_reduces_the_training_loss(run_dir, corpus, tmp_path):
 
 
 def test_resume_continues_where_the_run_stopped(run_dir, corpus, tmp_path, monkeypatch):
-    import trainer.fit as fit_module
+    import trainer.loop as loop_module  # writes the resume point
 
     spec, pre, faces = f"synthetic:{corpus}", Preprocessing(), FaceOptions()
     fit(spec, tmp_path / "whole", _opts(run_dir, epochs=3), pre, faces, progress=False)
@@ -71,7 +71,7 @@ def test_resume_continues_where_the_run_stopped(run_dir, corpus, tmp_path, monke
 
     # The same run, killed at the end of its third epoch: its row logged, its state not yet
     # written (two epochs were saved).  The epoch runs again and is logged once.
-    real_replacing, states = fit_module.replacing, []
+    real_replacing, states = loop_module.replacing, []
 
     def dying_replacing(path):
         if path.name == "last_state.pt":
@@ -80,7 +80,7 @@ def test_resume_continues_where_the_run_stopped(run_dir, corpus, tmp_path, monke
             states.append(path)
         return real_replacing(path)
 
-    monkeypatch.setattr(fit_module, "replacing", dying_replacing)
+    monkeypatch.setattr(loop_module, "replacing", dying_replacing)
     with pytest.raises(KeyboardInterrupt):
         fit(spec, tmp_path / "part", _opts(run_dir, epochs=3), pre, faces, progress=False)
     monkeypatch.undo()

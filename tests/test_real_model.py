@@ -261,7 +261,7 @@ def test_full_recipe_trains_its_text_teacher_and_the_bundle_reads_through_it(tmp
     teacher with its data, device and scores, each corpus's too.  A second run trains no teacher
     again."""
     from trainer.config import load_config
-    from trainer.recipe import real
+    from trainer.recipe import MINILM, real
     from trainer.text_teacher import CONFIG_FILE
 
     _corpus_slice(tmp_path / "data" / "meld", train_rows=200, other_rows=60)
@@ -269,6 +269,7 @@ def test_full_recipe_trains_its_text_teacher_and_the_bundle_reads_through_it(tmp
     cache = json.loads((run_dir / "run.json").read_text())["options"]["cache_dir"]
     config = load_config(None, ["recipe.synthetic_sessions=2", "recipe.synthetic_repeat=2", "recipe.epochs=1",
                                 f'recipe.data_root="{tmp_path / "data"}"', "recipe.teacher_epochs=1",
+                                f'recipe.teacher_encoder="{MINILM}"',
                                 "recipe.teacher_max_len=48", "recipe.teacher_max_turns=2",
                                 "recipe.teacher_batch_size=16", "recipe.teacher_device=\"cpu\"", "recipe.teacher_freeze_layers=3",
                                 'recipe.teacher_corpora=["meld", "iemocap"]',

@@ -57,7 +57,7 @@ def test_a_public_endpoint_needs_keys(tmp_path, command):
 
 
 def test_missing_key_files_are_named(tmp_path):
-    from engines.settings import ConfigError
+    from common.settings import ConfigError
     from realtime.security import check_server_keys
 
     options = StreamOptions(endpoint="tcp://0.0.0.0:5555", curve_secret_key=str(tmp_path / "nope.key_secret"),

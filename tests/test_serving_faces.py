@@ -10,7 +10,7 @@ import pytest
 
 from engines.bundle import open_bundle, write_manifest
 from engines.faces import FaceOptions
-from engines.settings import ConfigError
+from common.settings import ConfigError
 from realtime.config import load_config
 
 

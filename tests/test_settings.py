@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from engines.settings import ConfigError, DEFAULT_CONFIG
+from common.settings import ConfigError, DEFAULT_CONFIG
 from realtime.config import load_config as load_realtime
 from trainer.config import load_config as load_trainer
 

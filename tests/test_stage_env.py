@@ -77,7 +77,7 @@ def test_process_alive_tells_running_exited_and_unreaped_processes_apart():
     import sys
     import time
 
-    from engines.atomic import process_alive
+    from common.atomic import process_alive
 
     assert process_alive(os.getpid())
     child = subprocess.Popen([sys.executable, "-c", "pass"])

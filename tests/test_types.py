@@ -1,4 +1,4 @@
-"""engines/ is clean under mypy (pyproject.toml [tool.mypy]); a finding fails CI by this test."""
+"""engines/ and common/ are clean under mypy (pyproject.toml [tool.mypy]); a finding fails CI by this test."""
 import importlib.util
 import subprocess
 import sys

@@ -12,11 +12,11 @@ import json
 import re
 from pathlib import Path
 
-from engines.atomic import replacing_dir, write_file
+from common.atomic import replacing_dir, write_file
 from engines.bundle import MANIFEST, open_bundle, write_manifest
 from engines.card import BRANCHES, CARD_JSON, CARD_MD, CARD_VERSION, read_card, summary_line
-from engines.errors import InvalidInput, MissingInput
-from engines.offline import ENCODER_ALIASES
+from common.errors import InvalidInput, MissingInput
+from common.offline import ENCODER_ALIASES
 
 UNKNOWN = "unknown"
 
@@ -269,7 +269,8 @@ def render_markdown(card: dict) -> str:
     teacher = card.get("text_encoder", {}).get("teacher")
     if teacher:
         lines += ["", f"Text branch: {teacher.get('encoder', UNKNOWN)} fine-tuned as a TelME text teacher on "
-                  f"{teacher.get('data', UNKNOWN)} (dialogue prompt) on the {teacher.get('device', UNKNOWN)} in "
+                  f"{teacher.get('data', UNKNOWN)} (dialogue prompt) on the {teacher.get('device', UNKNOWN)}"
+                  f"{' in ' + teacher['precision'] if teacher.get('precision') else ''} in "
                   f"{teacher.get('train_seconds', 0) / 60:.0f} min; epoch {teacher.get('epoch_chosen')} chosen on dev "
                   f"(weighted F1 {teacher.get('dev_weighted_f1')}), test weighted F1 {teacher.get('test_weighted_f1')}. "
                   "Its encoder reads the transcript and its classifier is the text head the fusion adjusts."]

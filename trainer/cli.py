@@ -15,11 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
-
-
-# `trainer teach` flags that are TeacherConfig fields, given only where the user gave them.
-TEACH_FIELDS = ("epochs", "max_turns", "max_len", "lr", "batch_size", "freeze_layers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,31 +51,33 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--media", type=Path, default=None, metavar="DIR", help="media directory, as for fit")
     tp.add_argument("--out", type=Path, required=True, help="teacher directory to write")
     tp.add_argument("--encoder", default=None, help="text encoder to start from (default [train] text_encoder)")
-    # These flags set TeacherConfig's fields of the same names; left out, the field's own default
-    # holds (argparse.SUPPRESS: the flag is then absent from args), so it is written in one place.
-    tp.add_argument("--epochs", type=int, default=argparse.SUPPRESS, help="epochs (default TeacherConfig's)")
-    tp.add_argument("--max-turns", type=int, default=argparse.SUPPRESS,
-                    help="past turns in the prompt (default TeacherConfig's)")
-    tp.add_argument("--max-len", type=int, default=argparse.SUPPRESS,
-                    help="tokens per prompt, oldest cut first (default TeacherConfig's)")
-    tp.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="encoder learning rate (default TeacherConfig's)")
-    tp.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help="batch size (default TeacherConfig's)")
-    tp.add_argument("--freeze-layers", type=int, default=argparse.SUPPRESS,
-                    help="keep the embeddings and the lower N encoder layers fixed (default TeacherConfig's: 0, "
-                         "train all); 6 halves the cost of all-mpnet-base-v2 on a CPU")
+    # These flags stand for [teach] settings (FLAG_SETTINGS), whose defaults are TeacherConfig's.
+    tp.add_argument("--epochs", type=int, default=None, help="epochs (default [teach] epochs)")
+    tp.add_argument("--max-turns", type=int, default=None, help="past turns in the prompt (default [teach] max_turns)")
+    tp.add_argument("--max-len", type=int, default=None,
+                    help="tokens per prompt, oldest cut first (default [teach] max_len)")
+    tp.add_argument("--lr", type=float, default=None, help="encoder learning rate (default [teach] lr)")
+    tp.add_argument("--batch-size", type=int, default=None, help="batch size (default [teach] batch_size)")
+    tp.add_argument("--freeze-layers", type=int, default=None,
+                    help="keep the embeddings and the lower N encoder layers fixed (default [teach] "
+                         "freeze_layers: 0, train all)")
     tp.add_argument("--budget-minutes", type=float, default=None,
-                    help="bound the training time; the LR schedule is shortened to the steps that fit")
-    tp.add_argument("--speakers", choices=("corpus", "anonymous"), default="corpus",
-                    help="speaker tokens of the prompt: the corpus's speakers (default), or every turn one "
-                         "unknown speaker as the live pipeline hears them (for an encoder a bundle serves with)")
+                    help="bound the training time; the LR schedule is shortened to the steps that fit "
+                         "(default [teach] max_train_seconds: no bound)")
+    tp.add_argument("--speakers", choices=("corpus", "anonymous"), default=None,
+                    help="speaker tokens of the prompt: the corpus's speakers, or every turn one unknown "
+                         "speaker as the live pipeline hears them, for an encoder a bundle serves with "
+                         "(default [teach] speakers: corpus)")
     tp.add_argument("--kd-teacher", type=Path, default=None, metavar="TEACHER",
                     help="distil a stronger teacher of `trainer teach` (same corpus) into this one with "
                          "TelME's response and feature KD")
-    tp.add_argument("--response-kd", type=float, default=1.0, help="weight of the response KD (DIST; default 1)")
-    tp.add_argument("--feature-kd", type=float, default=1.0, help="weight of the feature KD (default 1)")
+    tp.add_argument("--response-kd", type=float, default=None,
+                    help="weight of the response KD (DIST; default [teach] response_kd)")
+    tp.add_argument("--feature-kd", type=float, default=None, help="weight of the feature KD (default [teach] feature_kd)")
     tp.add_argument("--device", default="auto",
                     help="where to train: auto (a CUDA GPU when torch sees one, else the CPU; default), cpu, "
-                         "cuda or cuda:N.  On a GPU the steps run under bf16 autocast")
+                         "cuda or cuda:N.  The steps run under bf16 autocast where the device has bf16 "
+                         "matrix units ([teach] precision)")
     tp.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its last finished epoch (TEACHER/.checkpoint, "
                          "written after every epoch); give the same options")
@@ -175,23 +174,19 @@ def synth(args, config, progress: bool) -> int:
 
 
 def teach(args, config, progress: bool) -> int:
-    from engines.errors import MissingInput
+    from common.errors import MissingInput
     from trainer.datasets import load
     from trainer.metrics import is_single_label
-    from trainer.text_teacher import CHECKPOINT_DIR, STATE_FILE, TeacherConfig, TextTeacher, distil, resolve_device
+    from trainer.text_teacher import CHECKPOINT_DIR, STATE_FILE, TextTeacher, distil, resolve_device
 
     if args.resume and not (args.out / CHECKPOINT_DIR / STATE_FILE).is_file():  # before any loading
         raise MissingInput(f"{args.out / CHECKPOINT_DIR / STATE_FILE}: nothing to resume from")
     device = resolve_device(args.device)  # before any loading, too
     corpus = load(args.data, args.media, config.train.dev_fraction, config.train.seed)
     multi = not is_single_label(corpus)
-    teacher = TextTeacher.create(TeacherConfig(
-        labels=list(corpus.labels), encoder=args.encoder or config.train.text_encoder, multi_label=multi,
-        seed=config.train.seed, **{k: getattr(args, k) for k in TEACH_FIELDS if hasattr(args, k)},
-        max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
-        speakers=args.speakers, kd_teacher=str(args.kd_teacher or ""),
-        response_kd=args.response_kd if args.kd_teacher else 0.0,
-        feature_kd=args.feature_kd if args.kd_teacher else 0.0)).to(device)
+    teacher = TextTeacher.create(replace(
+        config.teach, labels=list(corpus.labels), encoder=args.encoder or config.train.text_encoder,
+        multi_label=multi, seed=config.train.seed, kd_teacher=str(args.kd_teacher or ""))).to(device)
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     train = corpus.split("train")
     kd = distil(args.kd_teacher, teacher, train, log) if args.kd_teacher else None
@@ -226,7 +221,7 @@ def evaluate(args, config, progress: bool) -> int:
 
 
 def recipe(args, config, progress: bool) -> int:
-    from engines.errors import UserError
+    from common.errors import UserError
     from trainer.recipe import check, real
 
     if args.check:
@@ -280,21 +275,37 @@ def card(args, config, progress: bool) -> int:
 
 COMMANDS = {"synth": synth, "teach": teach, "fit": fit, "evaluate": evaluate, "recipe": recipe, "data": data,
             "export": export, "card": card}
-# Command-line flags that stand for a setting of the config file: (flag's dest, SECTION.KEY).
-FLAG_SETTINGS = (("sessions", "synth.sessions"), ("seed", "synth.seed"),
-                 ("utterances", "synth.utterances_per_session"), ("people", "synth.people"),
-                 ("epochs", "train.epochs"))
+# Per command, the flags that stand for a setting of the config file: (flag's dest, SECTION.KEY,
+# and the factor from the flag's unit to the setting's where they differ).
+FLAG_SETTINGS = {
+    "synth": (("sessions", "synth.sessions"), ("seed", "synth.seed"),
+              ("utterances", "synth.utterances_per_session"), ("people", "synth.people")),
+    "teach": (("epochs", "teach.epochs"), ("max_turns", "teach.max_turns"), ("max_len", "teach.max_len"),
+              ("lr", "teach.lr"), ("batch_size", "teach.batch_size"), ("freeze_layers", "teach.freeze_layers"),
+              ("budget_minutes", "teach.max_train_seconds", 60), ("speakers", "teach.speakers"),
+              ("response_kd", "teach.response_kd"), ("feature_kd", "teach.feature_kd")),
+    "fit": (("epochs", "train.epochs"),),
+}
+
+
+def flag_overrides(args) -> list[str]:
+    """The flags of FLAG_SETTINGS[args.command] that were given, as --set overrides."""
+    out = []
+    for dest, key, *factor in FLAG_SETTINGS.get(args.command, ()):
+        value = getattr(args, dest, None)
+        if value is not None:
+            out.append(f"{key}={value * factor[0] if factor else value}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engines.errors import UserError
+    from common.errors import UserError
     from trainer.config import load_config
 
     try:
         # Such flags are overrides like --set, given after those: the one mapping onto settings.
-        overrides = [*args.overrides, *(f"{key}={getattr(args, dest)}" for dest, key in FLAG_SETTINGS
-                                        if getattr(args, dest, None) is not None)]
+        overrides = [*args.overrides, *flag_overrides(args)]
         return COMMANDS[args.command](args, load_config(args.config, overrides), not args.no_progress)
     except UserError as exc:  # bad input: one line; anything else is a bug and keeps its traceback
         print(f"trainer {args.command}: error: {exc}", file=sys.stderr)

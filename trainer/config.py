@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from engines.faces import FaceOptions
 from engines.features import SPEECH_PAD_MS
 from engines.preprocess import Preprocessing
-from engines.settings import ConfigError, apply_overrides, build, read_toml
+from common.settings import ConfigError, apply_overrides, build, read_toml
 from trainer.fit import TrainOptions
 from trainer.losses import LossWeights
 from trainer.recipe import RecipeOptions
+from trainer.text_teacher import TeacherConfig
 
 
 @dataclass
@@ -30,6 +31,7 @@ class SynthOptions:
 @dataclass
 class TrainerConfig:
     synth: SynthOptions = field(default_factory=SynthOptions)
+    teach: TeacherConfig = field(default_factory=TeacherConfig)
     train: TrainOptions = field(default_factory=TrainOptions)
     loss: LossWeights = field(default_factory=LossWeights)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
@@ -50,6 +52,7 @@ def speech_pad_ms(data: dict) -> int:
 
 SECTIONS = {
     "synth": SynthOptions,
+    "teach": TeacherConfig,
     "train": TrainOptions,
     "loss": LossWeights,
     "features": Preprocessing,
@@ -61,6 +64,6 @@ SECTIONS = {
 def load_config(path=None, overrides: list[str] = ()) -> TrainerConfig:
     data = apply_overrides(read_toml(path), list(overrides))
     built = {name: build(cls, data.get(name), name) for name, cls in SECTIONS.items()}
-    return TrainerConfig(synth=built["synth"], train=built["train"], loss=built["loss"],
+    return TrainerConfig(synth=built["synth"], teach=built["teach"], train=built["train"], loss=built["loss"],
                          preprocessing=built["features"], faces=built["faces"],
                          recipe=built["recipe"], speech_pad_ms=speech_pad_ms(data))

@@ -22,9 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from engines.atomic import replacing
+from common.atomic import replacing
 from engines.dialogue import UNKNOWN_SPEAKER, Turn
-from engines.errors import UserError
+from common.errors import UserError
 from engines.faces import FaceOptions
 from engines.features import Window, decode, media_inputs, media_shapes, pad_spans
 from engines.preprocess import Preprocessing

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 
-from engines.atomic import replacing, write_file
-from engines.errors import MissingInput
+from common.atomic import replacing, write_file
+from common.errors import MissingInput
 from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
 from trainer.data import DataError

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.atomic import replacing_dir, write_file
+from common.atomic import replacing_dir, write_file
 from engines.bundle import Manifest, write_manifest
 from engines.calibration import CALIBRATION, METHODS
-from engines.errors import MissingInput
+from common.errors import MissingInput
 from engines.heads import HEADS, MODALITIES
 from engines.preprocess import Preprocessing
-from engines.settings import ConfigError
+from common.settings import ConfigError
 from engines.student import INPUTS, ExportedStudent, Student, StudentConfig
 from engines.text import TextTokenizer
 from trainer.card import build_card, write_card_files
@@ -169,7 +169,7 @@ def _finish_graph(path: Path, precision: str, parity) -> tuple[dict, float]:
 def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp32",
                  calibrated: dict | None = None) -> dict:
     """The bundle of a student and the run info (run.json) it came with, built in a temporary
-    sibling that replaces `bundle` only when complete (engines.atomic): an export that fails
+    sibling that replaces `bundle` only when complete (common.atomic): an export that fails
     or is killed leaves the old bundle, or none, never half of one.  calibrated: what
     trainer.calibrate.calibrate_run fitted (None: no calibration, the run's thresholds)."""
     if precision not in PRECISIONS:

@@ -9,7 +9,7 @@ PROVENANCE.md), so its SHA-256 must be the one recorded here; any other is refus
 the file and both hashes named, and nothing is written.  A download grows a hidden
 `.NAME.download` beside its target: an interrupted transfer (a dropped connection, a killed
 run) continues from its end with an HTTP Range request, or starts again where the server
-ignores ranges; only a complete, checked file is renamed into place (engines.atomic).
+ignores ranges; only a complete, checked file is renamed into place (common.atomic).
 IEMOCAP cannot be fetched: its licence requires a request to its owners (IEMOCAP_NOTE).
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engines.atomic import replacing
-from engines.errors import InvalidInput, UserError
+from common.atomic import replacing
+from common.errors import InvalidInput, UserError
 
 # Raw files of public GitHub repositories: BASE_URL + Remote.path.  A mirror (or a test's
 # loopback server) that serves the same paths can stand in for it: `--base-url`.

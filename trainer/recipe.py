@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from engines.atomic import replacing
+from common.atomic import replacing
 from trainer.data import DataError
 
 # corpus kind -> folder of the data root that holds it
@@ -67,17 +67,20 @@ class RecipeOptions:
     teacher_corpora: list[str] = field(default_factory=lambda: ["meld", "iemocap"])  # the dialogue
     # corpora the teacher learns from, of meld and iemocap (where found), on the shared labels (trainer.datasets.mix:
     # IEMOCAP's frustration is dropped); the epoch kept is the best on their dev splits together
-    teacher_encoder: str = ""  # the encoder the teacher starts from; "" = all-mpnet-base-v2 on a CUDA
-    # GPU, all-MiniLM-L6-v2 on the CPU (where mpnet costs several hours)
+    teacher_encoder: str = ""  # the encoder the teacher starts from; "" = all-mpnet-base-v2 where the
+    # device has bf16 matrix units (a CUDA GPU; a CPU with AMX or AVX-512 BF16), all-MiniLM-L6-v2 on
+    # other CPUs (where mpnet in float32 costs several hours)
     teacher_freeze_layers: int = 0  # on the CPU, the teacher's embeddings and lower N layers stay fixed
     # and run once (TeacherConfig.cache_frozen), for an encoder too large to train whole there; 0 = every
     # layer trained (always on a GPU)
     teacher_max_len: int = 128  # tokens per teacher prompt, the oldest context cut first
     teacher_max_turns: int = 12  # past turns in the teacher's prompt
-    teacher_epochs: int = 3  # the teacher's epochs, the best on dev kept
-    teacher_lr: float = 8e-5  # the teacher's encoder learning rate
+    teacher_epochs: int = 0  # the teacher's epochs, the best on dev kept; 0 = its encoder's
+    # (TEACHER_DEFAULTS: mpnet 2, MiniLM 3)
+    teacher_lr: float = 0.0  # the teacher's encoder learning rate; 0 = its encoder's (mpnet 4e-5,
+    # MiniLM 8e-5)
     teacher_batch_size: int = 32  # prompts per teacher step
-    teacher_budget_minutes: float = 45.0  # the teacher's training time at most (its schedule is fitted
+    teacher_budget_minutes: float = 75.0  # the teacher's training time at most (its schedule is fitted
     # to the steps that fit); 0 = no bound
     teacher_device: str = "auto"  # auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N
 
@@ -91,9 +94,9 @@ class RecipeOptions:
                              f"got {self.teacher_corpora}")
         if self.synthetic_sessions < 2 or self.synthetic_repeat < 1 or self.epochs < 1:
             raise ValueError("synthetic_sessions must be >= 2, synthetic_repeat and epochs >= 1")
-        if self.teacher_epochs < 1 or self.teacher_max_len < 8 or self.teacher_batch_size < 1 \
-                or self.teacher_freeze_layers < 0 or self.teacher_budget_minutes < 0 or self.teacher_lr <= 0:
-            raise ValueError("teacher_epochs, teacher_batch_size >= 1, teacher_max_len >= 8, teacher_lr > 0, "
+        if self.teacher_epochs < 0 or self.teacher_max_len < 8 or self.teacher_batch_size < 1 \
+                or self.teacher_freeze_layers < 0 or self.teacher_budget_minutes < 0 or self.teacher_lr < 0:
+            raise ValueError("teacher_batch_size >= 1, teacher_max_len >= 8, teacher_epochs, teacher_lr, "
                              "teacher_freeze_layers and teacher_budget_minutes >= 0")
 
 
@@ -142,7 +145,28 @@ def options(config, quick: bool) -> RecipeOptions:
     return opts
 
 
-TEACHER_ENCODERS = {"cuda": "sentence-transformers/all-mpnet-base-v2", "cpu": "sentence-transformers/all-MiniLM-L6-v2"}
+MPNET, MINILM = "sentence-transformers/all-mpnet-base-v2", "sentence-transformers/all-MiniLM-L6-v2"
+# Each encoder's epochs and learning rate where [recipe] leaves them 0, chosen on dev
+# (docs/TRAINING.md): mpnet's 2 epochs at 4e-5 fit 2 CPU cores with bf16 units in about an hour.
+TEACHER_DEFAULTS = {MPNET: {"epochs": 2, "lr": 4e-5}, MINILM: {"epochs": 3, "lr": 8e-5}}
+
+
+def teacher_encoder(opts: RecipeOptions, device, log) -> str:
+    """[recipe] teacher_encoder, or mpnet where `device` has bf16 matrix units and mpnet can be
+    found (the hub, or its offline part packages), else MiniLM, saying why."""
+    from common.offline import ModelNotFoundError, resolve_text_encoder
+    from trainer.placement import has_bf16_units
+
+    if opts.teacher_encoder:
+        return opts.teacher_encoder
+    if not has_bf16_units(device):
+        return MINILM
+    try:
+        resolve_text_encoder(MPNET)
+    except ModelNotFoundError as exc:
+        log(f"text teacher: all-MiniLM-L6-v2, as {MPNET} is not here ({exc})")
+        return MINILM
+    return MPNET
 QUICK_NOTE = ("--quick: the text branch is the frozen sentence encoder reading the utterance alone; "
               "`trainer recipe real --out DIR` (no --quick) fine-tunes a text teacher on MELD's "
               "dialogues first and builds the better bundle")
@@ -170,10 +194,11 @@ def teach(out: Path, opts: RecipeOptions, specs: dict[str, str], seed: int, prog
         teacher = TextTeacher.load(out, device)
         encoder = teacher.config.encoder
     else:
-        encoder = opts.teacher_encoder or TEACHER_ENCODERS["cuda" if device.type == "cuda" else "cpu"]
+        encoder = teacher_encoder(opts, device, log)
+        own = TEACHER_DEFAULTS.get(encoder, TEACHER_DEFAULTS[MINILM])
         teacher = TextTeacher.create(TeacherConfig(
             labels=list(corpus.labels), encoder=encoder, max_turns=opts.teacher_max_turns,
-            max_len=opts.teacher_max_len, lr=opts.teacher_lr, epochs=opts.teacher_epochs,
+            max_len=opts.teacher_max_len, lr=opts.teacher_lr or own["lr"], epochs=opts.teacher_epochs or own["epochs"],
             batch_size=opts.teacher_batch_size, seed=seed,
             freeze_layers=0 if device.type == "cuda" else opts.teacher_freeze_layers,
             max_train_seconds=opts.teacher_budget_minutes * 60 or None)).to(device)
@@ -181,7 +206,7 @@ def teach(out: Path, opts: RecipeOptions, specs: dict[str, str], seed: int, prog
         teacher.fit(corpus.split("train"), corpus.split("dev"), log=log if progress else (lambda m: None),
                     checkpoint=checkpoint, resume=(checkpoint / STATE_FILE).is_file())
     best = max(teacher.history, key=lambda h: h["dev_weighted_f1"])
-    about = {"data": "+".join(specs), "device": str(device), "encoder": encoder,
+    about = {"data": "+".join(specs), "device": str(device), "precision": teacher.precision, "encoder": encoder,
              "train_seconds": round(teacher.history[-1]["seconds"], 1),
              **({} if done else {"wall_seconds_this_run": round(time.perf_counter() - started, 1)}),
              "epoch_chosen": best["epoch"], "dev_weighted_f1": round(best["dev_weighted_f1"], 2)}

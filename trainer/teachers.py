@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from engines.errors import InvalidInput, MissingInput
+from common.errors import InvalidInput, MissingInput
 from engines.face_net import (FER_LABELS, INPUT_SIZE, MiniXception, ResidualBlock,  # noqa: F401 (re-exported)
                               SeparableConv, max_pool_same, same_pad)
 

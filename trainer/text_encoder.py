@@ -25,7 +25,7 @@ class SentenceEncoder(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        from engines.offline import resolve_text_encoder
+        from common.offline import resolve_text_encoder
 
         self.path = Path(resolve_text_encoder(name_or_path))
         self.encoder = AutoModel.from_pretrained(str(self.path))

@@ -27,19 +27,20 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from engines.atomic import replacing, replacing_dir
-from engines import devices
+from common.atomic import replacing, replacing_dir
+from common import devices
 from engines.dialogue import UNKNOWN_SPEAKER
-from engines.errors import MissingInput
-from engines.settings import ConfigError
+from common.errors import MissingInput
+from common.settings import ConfigError, per_run
 from trainer.data import Utterance
+from trainer.loop import ResumePoint, lr_factor
 
 logger = logging.getLogger(__name__)
 
@@ -54,44 +55,47 @@ BEST_FILE = "best.pt"
 
 @dataclass
 class TeacherConfig:
-    labels: list[str] = field(default_factory=list)
-    encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
-    multi_label: bool = False
-    context: bool = True            # False: the utterance alone (still with the prompt)
-    max_turns: int | None = 8       # earlier turns kept before left-truncation (None: all); 8 is
-    # what `trainer teach` and the recipe always used (the CLI once repeated it), now the one default
-    max_len: int = 128
-    n_speaker_tokens: int = 16      # <s1>..<sN>; windows with more speakers reuse word pieces
-    dropout: float = 0.1
-    lr: float = 5e-5                # encoder
-    head_lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup: float = 0.1             # fraction of the optimizer steps
-    epochs: int = 3
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    clip: float = 1.0
-    seed: int = 0
-    max_train_seconds: float | None = None  # stop after the epoch/step that passes this
-    freeze_layers: int = 0          # >0: embeddings + the lower N transformer layers stay fixed
-    # With freeze_layers: run the fixed lower layers once over the training and dev prompts and
-    # train the upper layers from their stored outputs (float16, in memory), instead of running
-    # them again at every step.  The same model and maths, less the dropout inside the fixed
-    # layers; a step then costs what the upper layers cost.
-    cache_frozen: bool = True
-    precision: str = "auto"         # "auto": train and predict under bfloat16 autocast where the
-    # device has bf16 matrix units (CUDA; a CPU with AMX or AVX-512 BF16), float32 elsewhere;
-    # "float32": always float32 (how every CPU teacher before this setting was trained)
-    select: str = "auto"            # dev metric: weighted_f1 (single) / macro_f1 (multi)
-    # "corpus": the speakers the corpus names; "anonymous": every turn one unknown speaker, as
-    # the live pipeline hears them (no diarization) -- for an encoder a bundle serves with.
-    speakers: str = "corpus"
-    # TelME 3.2.3 from a stronger teacher of `trainer teach` (distil()): loss = CE
-    # + response_kd * DIST(logits) + feature_kd * feature KD(projected mask-token state).
-    kd_teacher: str = ""            # the teacher's directory (a record; its outputs are passed to fit)
-    response_kd: float = 0.0
-    feature_kd: float = 0.0
-    kd_tau: float = 2.0             # DIST temperature (TelME)
+    """A text teacher's settings.  Those that are settings are the [teach] section of
+    config.toml (`trainer teach` flags set them too); the per_run fields come from the data
+    and the command line of each run.  Saved beside the teacher (text_teacher.json)."""
+    labels: list[str] = per_run(default_factory=list)  # the corpus's labels, in order
+    encoder: str = per_run(default="sentence-transformers/all-MiniLM-L6-v2")  # the encoder it starts
+    # from (`trainer teach --encoder`, default [train] text_encoder)
+    multi_label: bool = per_run(default=False)  # the corpus has several labels per utterance (sigmoid, BCE)
+    seed: int = per_run(default=0)  # [train] seed
+    kd_teacher: str = per_run(default="")  # the stronger teacher distilled into this one (`--kd-teacher`);
+    # a record: its outputs are passed to fit
+    context: bool = True  # the prompt holds the past turns; false: the utterance alone (still in the prompt)
+    max_turns: int | None = 8  # earlier turns kept before left-truncation (None, which only Python can
+    # give: all)
+    max_len: int = 128  # tokens per prompt, the oldest context cut first
+    n_speaker_tokens: int = 16  # <s1>..<sN>; windows with more speakers reuse word pieces
+    dropout: float = 0.1  # on the mask token's state, before the head
+    lr: float = 5e-5  # the encoder's learning rate
+    head_lr: float = 1e-3  # the head's learning rate
+    weight_decay: float = 0.01  # AdamW's
+    warmup: float = 0.1  # fraction of the optimizer steps with a rising learning rate
+    epochs: int = 3  # epochs; the best on dev is kept
+    batch_size: int = 32  # prompts per step
+    eval_batch_size: int = 64  # prompts per batch when predicting
+    clip: float = 1.0  # gradient norm clipping
+    max_train_seconds: float | None = None  # stop after the step that passes this (the learning rate
+    # schedule is shortened to the steps that fit); None: no bound
+    freeze_layers: int = 0  # >0: the embeddings and the lower N transformer layers stay fixed
+    cache_frozen: bool = True  # with freeze_layers: run the fixed lower layers once over the training
+    # and dev prompts and train the upper layers from their stored outputs (float16, in memory),
+    # instead of running them again at every step.  The same model and maths, less the dropout
+    # inside the fixed layers; a step then costs what the upper layers cost
+    precision: str = "auto"  # "auto": train and predict under bfloat16 autocast where the device has
+    # bf16 matrix units (CUDA; a CPU with AMX or AVX-512 BF16), float32 elsewhere; "float32": always
+    # float32 (how every CPU teacher before this setting was trained)
+    select: str = "auto"  # the dev metric that picks the epoch: auto is weighted_f1 for a single-label
+    # corpus, macro_f1 for a multi-label one
+    speakers: str = "corpus"  # "corpus": the speakers the corpus names; "anonymous": every turn one
+    # unknown speaker, as the live pipeline hears them (no diarization), for an encoder a bundle serves with
+    response_kd: float = 1.0  # with kd_teacher, TelME 3.2.3: weight of the DIST response KD on the logits
+    feature_kd: float = 1.0  # with kd_teacher: weight of the feature KD on the projected mask-token state
+    kd_tau: float = 2.0  # DIST temperature (TelME)
 
     def __post_init__(self):
         if self.precision not in ("auto", "float32"):
@@ -144,7 +148,7 @@ def _embeddings_module(encoder: nn.Module) -> nn.Module:
 
 def resolve_device(device: str) -> torch.device:
     """The torch device for a `device` setting: "auto" (the GPU when torch sees one, else the
-    CPU), "cpu", "cuda" or one GPU ("cuda:1"), by the rule of engines.devices.  A GPU asked for
+    CPU), "cpu", "cuda" or one GPU ("cuda:1"), by the rule of common.devices.  A GPU asked for
     and not there is an error, not a silent CPU run."""
     return torch.device(devices.resolve_device(device, torch.cuda.is_available, gpu_index=True))
 
@@ -193,13 +197,16 @@ class TextTeacher(nn.Module):
     def device(self) -> torch.device:
         return self.head.weight.device
 
-    def _autocast(self):
-        """bfloat16 autocast where the device has bf16 matrix units (`precision` "auto"),
-        the precision the teachers were fine-tuned in on a GPU; float32 elsewhere."""
+    @property
+    def precision(self) -> str:
+        """"bfloat16" (autocast) where the device has bf16 matrix units and the config's
+        `precision` is "auto", the precision the teachers were fine-tuned in on a GPU; else "float32"."""
         from trainer.placement import has_bf16_units
 
-        fast = self.config.precision == "auto" and has_bf16_units(self.device)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=fast)
+        return "bfloat16" if self.config.precision == "auto" and has_bf16_units(self.device) else "float32"
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
 
     # ------------------------------------------------------------------ construction
 
@@ -207,7 +214,7 @@ class TextTeacher(nn.Module):
     def create(cls, config: TeacherConfig) -> "TextTeacher":
         from transformers import AutoModel, AutoTokenizer
 
-        from engines.offline import resolve_text_encoder
+        from common.offline import resolve_text_encoder
 
         set_seed(config.seed)
         path = resolve_text_encoder(config.encoder)
@@ -221,7 +228,7 @@ class TextTeacher(nn.Module):
 
     def save(self, directory: str | Path, about: dict | None = None) -> Path:
         """Write the teacher into a copy of `directory` that then replaces it whole
-        (engines.atomic): a kill leaves the old directory.  Files of others in it stay; an
+        (common.atomic): a kill leaves the old directory.  Files of others in it stay; an
         older teacher's files and the training checkpoint (CHECKPOINT_DIR) go: the run is done."""
         import shutil
 
@@ -497,30 +504,21 @@ class TextTeacher(nn.Module):
         ]
         opt = torch.optim.AdamW(groups)
 
-        plan = {"total": total, "warmup": warmup}
-
-        def factor(step: int) -> float:  # counted in optimizer steps
-            if step < plan["warmup"]:
-                return (step + 1) / max(1, plan["warmup"])
-            return max(0.0, (plan["total"] - step) / max(1, plan["total"] - plan["warmup"]))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        plan = {"total": total, "warmup": warmup}  # a time budget shortens both
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, plan["total"], plan["warmup"], "linear"))
         key = cfg.select if cfg.select != "auto" else ("macro_f1" if cfg.multi_label else "weighted_f1")
         best, best_state = -1.0, None
         started = time.perf_counter()
         step, first, done = 0, 1, False
         self.history = []
         checkpoint = Path(checkpoint) if checkpoint is not None else None
+        point = None if checkpoint is None else ResumePoint(
+            checkpoint / STATE_FILE, {**dataclasses.asdict(cfg), "train_size": len(prompts)})
         if resume:
-            if checkpoint is None or not (checkpoint / STATE_FILE).is_file():
-                raise MissingInput(f"{checkpoint and checkpoint / STATE_FILE}: nothing to resume from")
-            state = torch.load(checkpoint / STATE_FILE, weights_only=True, map_location=self.device)
-            saved = json.loads(state["config"])
-            changed = [f"{k}={saved.get(k)!r}, now {v!r}" for k, v in dataclasses.asdict(cfg).items()
-                       if saved.get(k) != v]
-            if changed or state["train_size"] != len(prompts):
-                raise ConfigError(f"{checkpoint}: cannot resume a run with other settings or data "
-                                 f"({'; '.join(changed) or 'the training split changed'}); start it again")
+            if point is None:
+                raise MissingInput("no checkpoint directory: nothing to resume from")
+            state = point.load(self.device)
             self.load_state_dict(state["model"])
             if kd_terms:
                 kd_terms["project"].load_state_dict(state["kd_project"])
@@ -588,12 +586,11 @@ class TextTeacher(nn.Module):
             if improved:
                 best, best_state = scores[key], copy.deepcopy(self.state_dict())
             done = stopped or step >= plan["total"]
-            if checkpoint is not None:
-                self._save_checkpoint(checkpoint, improved, {
+            if point is not None:
+                self._save_checkpoint(point, improved, {
                     "epoch": epoch, "step": step, "done": done, "best": best,
                     "best_epoch": epoch if improved else int(self._best_epoch(key)),
-                    "history": json.dumps(self.history), "config": json.dumps(dataclasses.asdict(cfg)),
-                    "train_size": len(prompts), "seconds": time.perf_counter() - started,
+                    "history": json.dumps(self.history), "seconds": time.perf_counter() - started,
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "plan": dict(plan),
                     "numpy_generator": json.dumps(gen.bit_generator.state), "torch_rng": torch.get_rng_state(),
                     **({"kd_project": kd_terms["project"].state_dict()} if kd_terms else {})})
@@ -611,13 +608,12 @@ class TextTeacher(nn.Module):
         scores = [h[f"dev_{key}"] for h in self.history]
         return self.history[scores.index(max(scores))]["epoch"]
 
-    def _save_checkpoint(self, directory: Path, improved: bool, state: dict) -> None:
+    def _save_checkpoint(self, point: ResumePoint, improved: bool, state: dict) -> None:
         """STATE_FILE with the current weights, then (improved) BEST_FILE with the same: a kill
         between the two leaves a state whose best epoch is its own, read from its weights."""
-        with replacing(directory / STATE_FILE) as tmp:
-            torch.save({"model": self.state_dict(), **state}, tmp)
+        point.save({"model": self.state_dict(), **state})
         if improved:
-            with replacing(directory / BEST_FILE) as tmp:
+            with replacing(point.path.parent / BEST_FILE) as tmp:
                 torch.save(self.state_dict(), tmp)
 
     def _kd_terms(self, kd: dict[str, np.ndarray] | None, n: int) -> dict | None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.devices import check_device, resolve_device
+from common.devices import check_device, resolve_device
 from engines.preprocess import SAMPLE_RATE
 from realtime import bus
 from realtime.framework import Stage
@@ -45,7 +45,7 @@ class AsrOptions:
     """Which Whisper model runs where."""
 
     model: str = "tiny.en"  # a Whisper size name ("tiny.en", "base", ...) or a local CTranslate2
-    # model directory; offline: the bundled tiny.en (engines.offline.resolve_whisper_model)
+    # model directory; offline: the bundled tiny.en (common.offline.resolve_whisper_model)
     device: str = "auto"  # auto (CUDA when CTranslate2 sees a GPU), cpu or cuda
     compute_type: str = "auto"  # CTranslate2 compute type; auto: int8 on the CPU, float16 on CUDA
     language: str | None = "en"  # spoken language code; English-only models need "en" (None,
@@ -116,7 +116,7 @@ class Transcriber:
     def __init__(self, options: AsrOptions | None = None):
         from faster_whisper import WhisperModel
 
-        from engines.offline import resolve_whisper_model
+        from common.offline import resolve_whisper_model
 
         self.options = options or AsrOptions()
         self.model_path = resolve_whisper_model(self.options.model)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
-from engines.errors import UserError
+from common.errors import UserError
 from realtime import bus
 from realtime.framework import Stage, StageError
 

@@ -28,7 +28,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-from engines.errors import UserError
+from common.errors import UserError
 
 logger = logging.getLogger(__name__)
 

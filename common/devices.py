@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from engines.settings import ConfigError
+from common.settings import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 _ONE_GPU = re.compile(r"cuda:\d+")

@@ -27,7 +27,7 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
-from engines.errors import UserError
+from common.errors import UserError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance  # the stubs' protocol of a dataclass; no runtime module
@@ -48,6 +48,7 @@ KNOWN_SECTIONS = {
     "stream": "the public emotion stream (ZeroMQ PUB, JSON; see docs/PROTOCOL.md)",
     "pipeline": "the processes and their queues",
     "synth": "`trainer synth`: the synthetic corpus",
+    "teach": "`trainer teach`: the text teacher (TelME 3.2.2), fine-tuned on a corpus's dialogues",
     "train": "`trainer fit`",
     "loss": "`trainer fit`: weight of each term of trainer.losses.total_loss (0 removes it)",
     "recipe": "`trainer recipe real`: the default bundle from real data",
@@ -109,11 +110,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def per_run(**field_args: Any) -> Any:
+    """A dataclass field that each run fills in (from its data or its command line), not a
+    setting: config.toml has no key for it, and a section that names one is an error."""
+    return dataclasses.field(metadata={"per_run": True}, **field_args)
+
+
+def setting_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of an option dataclass that are settings of its section."""
+    return [f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("per_run")]
+
+
 def build(cls: type[T], table: Mapping[str, Any] | None, section: str) -> T:
     """Build dataclass `cls` from a TOML table, checking keys and value types."""
     table = dict(table or {})
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name for f in setting_fields(cls)}
     for key, value in table.items():
         if key not in fields:
             raise ConfigError(
@@ -227,7 +239,7 @@ def render_config(classes: Mapping[str, type]) -> str:
         cls = classes[section]
         docs = field_docs(cls)
         out += _commented(f"[{section}]", about)
-        for f in dataclasses.fields(cls):
+        for f in setting_fields(cls):
             if not docs[f.name]:
                 raise ValueError(f"{cls.__name__}.{f.name} ([{section}]) has no doc comment")
             default = field_default(f)
