@@ -284,8 +284,7 @@ class LossWeights:
     feature_kd: float = 1.0  # TelME beta: feature KD from a teacher (only with a teacher)
     sdt: float = 1.0  # SDT: the fusion's soft labels teach each peer (not tuned)
     mdl_temperature: float = 1.0  # MDL's temperature: the learnable one's start (fixed when none is passed)
-    nce_temperature: float = 0.5  # InfoNCE temperature, chosen on synthetic dev (0.1: 72.2, 0.5: 75.9,
-    # 1.0: 75.6; benchmarks/results/nce_temperature_sweep)
+    nce_temperature: float = 0.5  # InfoNCE temperature, chosen on synthetic dev (docs/BENCHMARKS.md)
     response_tau: float = 2.0  # DIST temperature; TelME uses 2 and 4 (appendix A.3 swaps which is which)
     feature_tau: float = 1.0  # feature KD temperature (TelME appendix A.3)
     sdt_tau: float = 1.0  # softness of the fusion's soft labels in SDT

@@ -57,16 +57,15 @@ class AsrOptions:
     lead_ms: int = 200  # audio before an utterance's padded start ([vad] speech_pad_ms) that the ASR
     # reads too, never reaching into the previous utterance's speech: the VAD finds a soft onset
     # late, and Whisper mishears a word it hears begun; the utterance itself does not change
-    # (dev WER 0.112 -> 0.101 at 200 ms, 95% CI of the change -0.021..-0.002: benchmarks/results/asr_lead.json)
+    # (how 200 was chosen: docs/BENCHMARKS.md)
     speculative: bool = True  # transcribe an utterance as soon as the audio the ASR reads is
     # heard, while the VAD still waits for its closing silence (min_silence_ms - pad_ms earlier);
     # the text is used if the silence holds and dropped if speech resumes; same text either way;
     # live only (serve, replay --realtime): a replay as fast as it goes gains nothing from it
     window_s: float = 10.0  # the shortest stretch of audio Whisper's encoder reads per utterance: the
     # utterance, then silence; an utterance longer than half of it gets twice its length, at most 30 s,
-    # Whisper's own window (30: Whisper's exact result); the encoder's time grows faster than its input
-    # (tiny.en int8, 1 thread: 104 ms an utterance at 10 s, 502 ms at 30 s) and the WER did not rise
-    # (benchmarks/results/asr_window.json)
+    # Whisper's own window (30: Whisper's exact result); the encoder's time grows faster than its
+    # input (how 10 was chosen: docs/BENCHMARKS.md)
     partial_every_s: float = 0.0  # > 0: transcribe an open utterance each time this many more
     # seconds of speech arrived (final: false); 0 = off; live, a partial is skipped while newer
     # work waits, so partials never delay final transcripts; a replay transcribes every one (the
