@@ -115,8 +115,7 @@ def test_text_encoder_graph_matches_pytorch(bundle, run_dir):
     texts = ["I am so happy today!", "Please put the files on my desk.", "no"]
     engine = engines.load(bundle)
     info = json.loads((run_dir / "run.json").read_text())
-    expected = embed_texts(SentenceEncoder.for_preprocessing(info["text_encoder"], engine.pre), texts, engine.pre,
-                           bf16=False)
+    expected = embed_texts(SentenceEncoder.for_preprocessing(info["text_encoder"], engine.pre), texts, engine.pre)
     assert np.abs(engine.embed_text(texts) - expected).max() < 1e-4
 
 

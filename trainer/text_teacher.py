@@ -86,9 +86,10 @@ class TeacherConfig:
     # and dev prompts and train the upper layers from their stored outputs (float16, in memory),
     # instead of running them again at every step.  The same model and maths, less the dropout
     # inside the fixed layers; a step then costs what the upper layers cost
-    precision: str = "auto"  # "auto": train and predict under bfloat16 autocast where the device has
-    # bf16 matrix units (CUDA; a CPU with AMX or AVX-512 BF16), float32 elsewhere; "float32": always
-    # float32 (how every CPU teacher before this setting was trained)
+    precision: str = "auto"  # "auto": the training steps run under bfloat16 autocast where the
+    # device has bf16 matrix units (CUDA; a CPU with AMX or AVX-512 BF16), float32 elsewhere;
+    # "float32": always float32 (how every CPU teacher before this setting was trained).  Predictions
+    # (dev scores, embed, predict_proba) are float32 either way, as the bundle's graphs compute
     select: str = "auto"  # the dev metric that picks the epoch: auto is weighted_f1 for a single-label
     # corpus, macro_f1 for a multi-label one
     speakers: str = "corpus"  # "corpus": the speakers the corpus names; "anonymous": every turn one
@@ -199,8 +200,8 @@ class TextTeacher(nn.Module):
 
     @property
     def precision(self) -> str:
-        """"bfloat16" (autocast) where the device has bf16 matrix units and the config's
-        `precision` is "auto", the precision the teachers were fine-tuned in on a GPU; else "float32"."""
+        """The training steps': "bfloat16" (autocast) where the device has bf16 matrix units and
+        the config's `precision` is "auto", as the teachers were fine-tuned on a GPU; else "float32"."""
         from trainer.placement import has_bf16_units
 
         return "bfloat16" if self.config.precision == "auto" and has_bf16_units(self.device) else "float32"
@@ -360,9 +361,8 @@ class TextTeacher(nn.Module):
         bs = self.config.eval_batch_size
         for start in range(0, len(order), bs):
             idx = order[start:start + bs]
-            with self._autocast():
-                values = compute(idx)
-            for i, row in zip(idx, values.float().cpu().numpy()):
+            values = compute(idx)  # float32: what is scored here is what a bundle would serve
+            for i, row in zip(idx, values.cpu().numpy()):
                 out[i] = row
         self.train(was_training)
         return np.stack(out) if out else np.zeros((0, self.head.out_features), np.float32)
