@@ -97,6 +97,19 @@ def test_resume_continues_where_the_run_stopped(run_dir, corpus, tmp_path, monke
         fit(spec, tmp_path / "nothing", _opts(run_dir), pre, faces, progress=False, resume=True)
 
 
+def test_a_time_budget_stops_after_the_epoch_that_passes_it_and_a_resume_trains_no_more(run_dir, corpus, tmp_path):
+    spec, out = f"synthetic:{corpus}", tmp_path / "bounded"
+    opts = _opts(run_dir, epochs=5, max_train_seconds=1e-3)  # passed within the first epoch
+    run = fit(spec, out, opts, Preprocessing(), FaceOptions(), progress=False)
+    assert [r["epoch"] for r in _rows(out)] == [1] and run["selected_epoch"] == 1
+    state = torch.load(out / "last_state.pt", weights_only=True)
+    # the schedule was shortened to the fewest epochs it may have (one more than done), not 5
+    steps = state["scheduler"]["last_epoch"]
+    assert state["stopped"] and state["plan"]["total"] == 2 * steps
+    again = fit(spec, out, opts, Preprocessing(), FaceOptions(), progress=False, resume=True)
+    assert [r["epoch"] for r in _rows(out)] == [1] and again["selected_epoch"] == 1
+
+
 def test_resume_refuses_other_settings_or_data_and_names_what_changed(run_dir, corpus, tmp_path):
     """A resumed run must be the run that was interrupted: the recipe resumes by itself, so
     another learning rate, face setting or corpus would otherwise train a mix of two runs."""
@@ -189,7 +202,8 @@ def test_text_teacher_teaches_and_its_encoder_reads_the_context(run_dir, corpus,
 
 def test_torchrun_trains_data_parallel_on_the_cpu(run_dir, corpus, tmp_path):
     """Two ranks over gloo: each takes half of every batch, DDP averages the gradients, and
-    fit checks at the end that both hold the same weights; rank 0 alone writes."""
+    fit checks at the end that both hold the same weights; rank 0 alone writes.  A time
+    budget passed in epoch 1 stops both ranks there (rank 0's clock decides for both)."""
     import shutil
     import subprocess
     import sys
@@ -203,7 +217,7 @@ def test_torchrun_trains_data_parallel_on_the_cpu(run_dir, corpus, tmp_path):
         [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "trainer.cli", "--no-progress",
          "--set", "train.dim=32", "--set", "train.layers=1", "--set", "train.heads=2",
          "--set", "train.batch_size=8", "--set", f"train.cache_dir='{cache}'",
-         "fit", "--data", f"synthetic:{corpus}", "--out", str(out), "--epochs", "2"],
+         "fit", "--data", f"synthetic:{corpus}", "--out", str(out), "--epochs", "4", "--budget-minutes", "1e-5"],
         capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
     )
     # DDP's per-step warning about find_unused_parameters would push the cause out of view
@@ -211,7 +225,8 @@ def test_torchrun_trains_data_parallel_on_the_cpu(run_dir, corpus, tmp_path):
     assert result.returncode == 0, cause[-4000:]
     info = json.loads((out / "run.json").read_text())
     assert info["world_size"] == 2 and info["device"] == "cpu" and info["mixed_precision"] is None
-    assert len(_rows(out)) == 2  # one line per epoch: only rank 0 logs
+    assert len(_rows(out)) == 1  # one line per epoch: only rank 0 logs; the budget ended epoch 1 of 4
+    assert "stopped after epoch 1/4" in result.stdout + result.stderr
     assert result.stdout.count('"selected_epoch"') == 1  # only rank 0 reports
 
 

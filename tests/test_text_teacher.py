@@ -178,14 +178,14 @@ def tiny_rows():
 
 
 def _budget_fit(monkeypatch, rows, budget, seconds_per_step):
-    from trainer import text_teacher
+    from trainer import loop
     from trainer.text_teacher import TeacherConfig, TextTeacher
 
     torch.set_num_threads(2)
     teacher = TextTeacher.create(TeacherConfig(labels=["joy", "neutral"], max_len=16, epochs=2, batch_size=1,
                                                max_train_seconds=budget))
     clock = _StepClock(seconds_per_step)
-    monkeypatch.setattr(text_teacher, "time", clock)
+    monkeypatch.setattr(loop, "time", clock)  # the time budget's clock (trainer.loop.TimeBudget)
     loss = teacher.loss
     monkeypatch.setattr(teacher, "loss", lambda *a: (clock.step(), loss(*a))[1])
     messages = []
@@ -269,7 +269,7 @@ def test_a_time_budget_run_resumed_after_a_kill_ends_as_the_uninterrupted_one(mo
     and resumed, the run stops at the same step with the same losses as the run never killed."""
     import copy
 
-    from trainer import text_teacher
+    from trainer import loop
     from trainer.text_teacher import TeacherConfig, TextTeacher
 
     torch.set_num_threads(2)
@@ -280,7 +280,7 @@ def test_a_time_budget_run_resumed_after_a_kill_ends_as_the_uninterrupted_one(mo
     def run(checkpoint=None, resume=False, die_at=None):
         teacher = copy.deepcopy(fresh)
         clock = _StepClock(lambda s: 10.0)
-        monkeypatch.setattr(text_teacher, "time", clock)
+        monkeypatch.setattr(loop, "time", clock)  # the time budget's clock (trainer.loop.TimeBudget)
         loss = teacher.loss
 
         def step(*a):

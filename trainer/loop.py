@@ -1,5 +1,6 @@
 """What the epochs of `trainer fit` and `trainer teach` share: the resume point, the check
-that a resumed run brings the settings it started with, and the learning-rate schedule.
+that a resumed run brings the settings it started with, the learning-rate schedule, and the
+time budget that shortens it.
 
 After every epoch a run writes one state file (weights, optimizer, scheduler, random
 generators, history, and the settings it started with), atomically; then, when the epoch is
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -39,8 +41,9 @@ class ResumePoint:
             tqdm.write(f"resume: {self.path} does not record the run's settings; they are not checked")
             return
         saved = json.loads(saved)
+        # A setting added since the state was written, and off (None) now, changes nothing.
         changed = [f"{k}={saved.get(k, 'unset')!r}, now {v!r}" for k, v in self.settings.items()
-                   if saved.get(k, "unset") != v]
+                   if saved.get(k, "unset") != v and not (k not in saved and v is None)]
         if changed:
             raise InvalidInput(f"{self.path.parent}: cannot resume a run with other settings or data "
                                f"({'; '.join(changed)}); start it again (another --out, or without --resume "
@@ -67,3 +70,31 @@ def lr_factor(step: int, total: int, warmup: int, decay: str = "cosine") -> floa
     if decay == "linear":
         return max(0.0, 1.0 - done)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+
+class TimeBudget:
+    """A bound on a run's training seconds, counted across resumes, and how much of a
+    schedule fits in it.  A bounded run re-plans its learning-rate schedule to the steps
+    (teach) or epochs (fit) that fit at the mean time per unit so far, so that it ends
+    with a decayed learning rate, and stops after the unit that passes the bound."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds or None  # None (or 0): no bound
+        self._start = time.perf_counter()
+
+    def resume(self, spent: float) -> None:
+        """Count the `spent` seconds of the units finished before a resume."""
+        self._start = time.perf_counter() - spent
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+    def over(self) -> bool:
+        return self.seconds is not None and self.elapsed() > self.seconds
+
+    def fits(self, done: int, total: int) -> int:
+        """Of `total` units, how many the budget allows at the mean time of the `done` so far:
+        never more than `total`, never fewer than done + 1 (the stop is over()'s to call)."""
+        if self.seconds is None or done <= 0:
+            return total
+        return min(total, max(done + 1, int(self.seconds / (self.elapsed() / done))))

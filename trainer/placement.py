@@ -64,6 +64,17 @@ class Placement:
         dist.all_gather(gathered, total.to(self.device))
         return all(torch.allclose(g, gathered[0], rtol=1e-9, atol=0.0) for g in gathered)
 
+    def from_main(self, *values: float) -> list[float]:
+        """Rank 0's `values` on every rank (a collective where there are several): decisions
+        taken from one rank's clock must be the same on all of them."""
+        if self.world == 1:
+            return [float(v) for v in values]
+        import torch.distributed as dist
+
+        shared = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        dist.broadcast(shared, src=0)
+        return shared.tolist()
+
     def close(self) -> None:
         """End the process group together, after a run that succeeded on this rank.
 

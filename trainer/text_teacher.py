@@ -40,7 +40,7 @@ from engines.dialogue import UNKNOWN_SPEAKER
 from common.errors import MissingInput
 from common.settings import ConfigError, per_run
 from trainer.data import Utterance
-from trainer.loop import ResumePoint, lr_factor
+from trainer.loop import ResumePoint, TimeBudget, lr_factor
 
 logger = logging.getLogger(__name__)
 
@@ -509,7 +509,7 @@ class TextTeacher(nn.Module):
             opt, lambda step: lr_factor(step, plan["total"], plan["warmup"], "linear"))
         key = cfg.select if cfg.select != "auto" else ("macro_f1" if cfg.multi_label else "weighted_f1")
         best, best_state = -1.0, None
-        started = time.perf_counter()
+        budget = TimeBudget(cfg.max_train_seconds)
         step, first, done = 0, 1, False
         self.history = []
         checkpoint = Path(checkpoint) if checkpoint is not None else None
@@ -529,7 +529,7 @@ class TextTeacher(nn.Module):
             torch.set_rng_state(state["torch_rng"].cpu())
             step, first, done = int(state["step"]), int(state["epoch"]) + 1, bool(state["done"])
             self.history, best = json.loads(state["history"]), float(state["best"])
-            started -= float(state["seconds"])  # a time budget counts the finished epochs' time too
+            budget.resume(float(state["seconds"]))  # a time budget counts the finished epochs' time too
             best_state = (state["model"] if state["best_epoch"] == state["epoch"]
                           else torch.load(checkpoint / BEST_FILE, weights_only=True, map_location=self.device))
             log(f"resume: {first - 1} epochs done" + (", training had ended" if done else
@@ -557,28 +557,24 @@ class TextTeacher(nn.Module):
                 step += 1
                 running += loss.item() * len(b)
                 seen += len(b)
-                if cfg.max_train_seconds and (step == 10 or (step > 10 and step % 25 == 0)):
-                    # Time-bounded: fit the schedule (warmup + decay to 0) to the steps the budget
-                    # allows at the mean step time so far, so the run ends with a decayed learning
-                    # rate.  Re-estimated every 25 steps: a shared machine's speed changes.
-                    fit = int(cfg.max_train_seconds / ((time.perf_counter() - started) / step))
-                    new_total = min(total, max(step + 1, fit))
+                if budget.seconds and (step == 10 or (step > 10 and step % 25 == 0)):
+                    # Re-estimated every 25 steps: a shared machine's speed changes.
+                    new_total = budget.fits(step, total)
                     if new_total != plan["total"]:
                         plan["total"] = new_total
                         plan["warmup"] = min(warmup, int(cfg.warmup * new_total))
                         log(f"time budget: schedule set to {plan['total']} of {total} steps")
                 if step % 50 == 0 or step == 10:
                     log(f"epoch {epoch} step {step}/{plan['total']} loss {running / seen:.4f} "
-                        f"{time.perf_counter() - started:.0f}s")
-                if step >= plan["total"] or (cfg.max_train_seconds
-                                             and time.perf_counter() - started > cfg.max_train_seconds):
+                        f"{budget.elapsed():.0f}s")
+                if step >= plan["total"] or budget.over():
                     stopped = step < total
                     break
             dev_logits = self._run_lower(dev_lower) if dev_lower is not None else self._run(dev_prompts, "logits")
             probs = self.probabilities(torch.from_numpy(dev_logits)).numpy()
             scores = self.score(probs, dev_y)
             record = {"epoch": epoch, "steps": step, "train_loss": running / max(1, seen),
-                      "seconds": time.perf_counter() - started, "stopped_early": stopped,
+                      "seconds": budget.elapsed(), "stopped_early": stopped,
                       **{f"dev_{k}": v for k, v in scores.items()}}
             self.history.append(record)
             log(json.dumps(record))
@@ -590,7 +586,7 @@ class TextTeacher(nn.Module):
                 self._save_checkpoint(point, improved, {
                     "epoch": epoch, "step": step, "done": done, "best": best,
                     "best_epoch": epoch if improved else int(self._best_epoch(key)),
-                    "history": json.dumps(self.history), "seconds": time.perf_counter() - started,
+                    "history": json.dumps(self.history), "seconds": budget.elapsed(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "plan": dict(plan),
                     "numpy_generator": json.dumps(gen.bit_generator.state), "torch_rng": torch.get_rng_state(),
                     **({"kd_project": kd_terms["project"].state_dict()} if kd_terms else {})})
