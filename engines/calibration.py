@@ -83,13 +83,6 @@ class Calibration:
                 scale[lone, 0], bias[lone, 0] = self.scale[head[lone]], self.bias[head[lone]]
         return sigmoid(scale * logit(probs) + bias).astype(np.float32)
 
-    def apply_head(self, probs: np.ndarray, head: str = "fusion") -> np.ndarray:
-        """One head's calibrated probabilities (N, L) for its outputs (N, L)."""
-        h = HEADS.index(head)
-        if self.is_identity:
-            return probs
-        return sigmoid(self.scale[h] * logit(probs) + self.bias[h]).astype(np.float32)
-
     def to_dict(self, labels: list[str]) -> dict:
         return {"method": self.method, "heads": list(HEADS), "labels": list(labels),
                 "scale": self.scale.tolist(), "bias": self.bias.tolist()}

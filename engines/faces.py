@@ -119,12 +119,6 @@ QUIET_FRAMES = 50  # a face's recent motions its quiet level is taken from (10 s
 QUIET_PERCENTILE = 25  # the quiet level: this percentile of them
 
 
-def mouth_motion(crop: np.ndarray, previous: np.ndarray) -> float:
-    """Mean absolute grey change of the mouth region between two crops of one face
-    (mouth_motions of one pair)."""
-    return float(mouth_motions([crop], [previous])[0])
-
-
 def mouth_motions(crops: Sequence[np.ndarray], previous: Sequence[np.ndarray]) -> np.ndarray:
     """Mouth motion of each face between its crop and its previous one, all faces at once.
 

@@ -116,7 +116,7 @@ def _looped_mouth_motion(crop: np.ndarray, previous: np.ndarray) -> float:
 
 
 def test_batched_mouth_motion_is_each_faces_own_and_looks_past_a_shift():
-    from engines.faces import mouth_motion, mouth_motions
+    from engines.faces import mouth_motions
 
     face = cv2.resize(cv2.cvtColor(cv2.imread(str(ASSETS / "face_a.jpg")), cv2.COLOR_BGR2GRAY), (64, 64))
     open_mouth = face.copy()
@@ -126,7 +126,7 @@ def test_batched_mouth_motion_is_each_faces_own_and_looks_past_a_shift():
     batched = mouth_motions([a for a, _ in pairs], [b for _, b in pairs])
     assert batched == pytest.approx([_looped_mouth_motion(a, b) for a, b in pairs], abs=1e-4)
     assert batched[0] > 5 * max(batched[1], 0.5) and batched[2] == pytest.approx(0.0, abs=1e-6)
-    assert mouth_motion(open_mouth, face) == pytest.approx(batched[0], abs=1e-6)
+    assert mouth_motions([open_mouth], [face])[0] == pytest.approx(batched[0], abs=1e-6)  # alone as in a batch
     assert mouth_motions([], []).shape == (0,)
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from trainer import teachers
-from trainer.teachers import FER_LABELS, load_face_teacher, map_teacher_labels, prepare_faces
+from trainer.teachers import FER_LABELS, INPUT_SIZE, load_face_teacher, map_teacher_labels
 
 ASSETS = Path(teachers.__file__).resolve().parent / "assets"
 # Face boxes (x, y, side) in the 200x200 photos, as the project's Haar cropper finds them.
@@ -26,6 +26,21 @@ TFLITE = np.array([
     [0.0470, 0.0002, 0.0212, 0.6654, 0.1898, 0.0163, 0.0601],  # face_b (smiling): happy
     [0.0373, 0.0000, 0.0451, 0.2535, 0.6482, 0.0019, 0.0140],
 ])
+
+
+def prepare_faces(crops: np.ndarray) -> torch.Tensor:
+    """Grey uint8 face crops (N, H, W) or (H, W) -> (N, 1, 64, 64) in [-1, 1], the FER
+    network's input as its weights were trained (the student feeds it video * 0.5 instead)."""
+    import cv2
+
+    crops = np.asarray(crops)
+    if crops.ndim == 2:
+        crops = crops[None]
+    if crops.shape[1:] != (INPUT_SIZE, INPUT_SIZE):
+        size = (INPUT_SIZE, INPUT_SIZE)
+        crops = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_AREA) for c in crops])
+    x = (crops.astype(np.float32) / 255.0 - 0.5) * 2.0
+    return torch.from_numpy(x)[:, None]
 
 
 @pytest.fixture(scope="module")

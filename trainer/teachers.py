@@ -155,20 +155,6 @@ def load_face_teacher(path: str | Path | None = None) -> MiniXception:
 # --------------------------------------------------------------------------- inputs and labels
 
 
-def prepare_faces(crops: np.ndarray) -> Tensor:
-    """Grey uint8 face crops (N, H, W) or (H, W) -> (N, 1, 64, 64) in [-1, 1]."""
-    import cv2
-
-    crops = np.asarray(crops)
-    if crops.ndim == 2:
-        crops = crops[None]
-    if crops.shape[1:] != (INPUT_SIZE, INPUT_SIZE):
-        size = (INPUT_SIZE, INPUT_SIZE)
-        crops = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_AREA) for c in crops])
-    x = (crops.astype(np.float32) / 255.0 - 0.5) * 2.0
-    return torch.from_numpy(x)[:, None]
-
-
 # Names a dataset may use for each FER class (lower case).
 SYNONYMS = {
     "angry": ("angry", "anger", "ang"),
