@@ -483,7 +483,6 @@ class TextTeacher(nn.Module):
         steps_per_epoch = math.ceil(len(prompts) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
         warmup = int(cfg.warmup * total)
-        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
         kd_terms = self._kd_terms(kd, len(train))
         frozen = self.freeze(cfg.freeze_layers)
         if frozen:
@@ -495,14 +494,7 @@ class TextTeacher(nn.Module):
             dev_lower = self.lower_outputs(dev_prompts, cfg.freeze_layers, "lower layers, dev")
             log(f"lower {cfg.freeze_layers} layers run once over {len(prompts) + len(dev_prompts)} prompts "
                 f"in {time.perf_counter() - t0:.0f}s; the steps train the layers above")
-        enc = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
-        heads = [*self.head.parameters(), *(kd_terms["project"].parameters() if kd_terms else [])]
-        groups = [
-            {"params": [p for n, p in enc if not n.endswith(no_decay)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-            {"params": [p for n, p in enc if n.endswith(no_decay)], "lr": cfg.lr, "weight_decay": 0.0},
-            {"params": heads, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
-        ]
-        opt = torch.optim.AdamW(groups)
+        opt = self._optimizer(kd_terms)
 
         plan = {"total": total, "warmup": warmup}  # a time budget shortens both
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -540,15 +532,7 @@ class TextTeacher(nn.Module):
             self.train()
             running, seen, stopped = 0.0, 0, False
             for b in batches():
-                with self._autocast():
-                    if lower is not None:
-                        feats = self.upper_features(*lower.batch(b, self.device), lower.n_layers)
-                    else:
-                        feats = self.features(**self.encode([prompts[i] for i in b]))
-                    logits = self.head(self.dropout(feats))
-                    loss = self.loss(logits.float(), y[b])
-                    if kd_terms:
-                        loss = loss + self._kd_loss(kd_terms, b, feats.float(), logits.float())
+                loss = self._step_loss(b, prompts, y, lower, kd_terms)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.parameters(), cfg.clip)
@@ -570,9 +554,7 @@ class TextTeacher(nn.Module):
                 if step >= plan["total"] or budget.over():
                     stopped = step < total
                     break
-            dev_logits = self._run_lower(dev_lower) if dev_lower is not None else self._run(dev_prompts, "logits")
-            probs = self.probabilities(torch.from_numpy(dev_logits)).numpy()
-            scores = self.score(probs, dev_y)
+            scores = self._dev_scores(dev_prompts, dev_y, dev_lower)
             record = {"epoch": epoch, "steps": step, "train_loss": running / max(1, seen),
                       "seconds": budget.elapsed(), "stopped_early": stopped,
                       **{f"dev_{k}": v for k, v in scores.items()}}
@@ -598,6 +580,39 @@ class TextTeacher(nn.Module):
             self.load_state_dict(best_state)
         self.eval()
         return self.history
+
+    def _optimizer(self, kd_terms: dict | None) -> torch.optim.AdamW:
+        """AdamW over the trainable encoder weights (no weight decay on biases and norms, as
+        TelME's fine-tuning) at lr, and the head (and the feature-KD projection) at head_lr."""
+        cfg = self.config
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+        enc = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
+        heads = [*self.head.parameters(), *(kd_terms["project"].parameters() if kd_terms else [])]
+        return torch.optim.AdamW([
+            {"params": [p for n, p in enc if not n.endswith(no_decay)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+            {"params": [p for n, p in enc if n.endswith(no_decay)], "lr": cfg.lr, "weight_decay": 0.0},
+            {"params": heads, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
+        ])
+
+    def _step_loss(self, b: np.ndarray, prompts: list[str], y: torch.Tensor, lower: LowerOutputs | None,
+                   kd_terms: dict | None) -> torch.Tensor:
+        """The loss of batch `b` (indices into prompts), under the training precision: from the
+        stored lower-layer outputs where there are any, else the whole encoder."""
+        with self._autocast():
+            if lower is not None:
+                feats = self.upper_features(*lower.batch(b, self.device), lower.n_layers)
+            else:
+                feats = self.features(**self.encode([prompts[i] for i in b]))
+            logits = self.head(self.dropout(feats))
+            loss = self.loss(logits.float(), y[b])
+            if kd_terms:
+                loss = loss + self._kd_loss(kd_terms, b, feats.float(), logits.float())
+        return loss
+
+    def _dev_scores(self, prompts: list[str], y: np.ndarray, lower: LowerOutputs | None) -> dict[str, float]:
+        """This model's scores on the dev split (float32), from its stored lower-layer outputs where kept."""
+        logits = self._run_lower(lower) if lower is not None else self._run(prompts, "logits")
+        return self.score(self.probabilities(torch.from_numpy(logits)).numpy(), y)
 
     def _best_epoch(self, key: str) -> int:
         """The first epoch of the history with the best dev score (as fit selects it)."""
