@@ -2,7 +2,7 @@
 
   trainer synth  --out DIR --sessions N --seed S
   trainer teach  --data KIND:PATH --out TEACHER [--epochs N] [--max-turns N] [--resume]
-  trainer fit    --data KIND:PATH --out RUN [--epochs N] [--media DIR] [--resume]
+  trainer fit    --data KIND:PATH --out RUN [--epochs N] [--media DIR] [--resume] [--budget-minutes M]
   torchrun --nproc_per_node N -m trainer.cli fit ...     data parallel (gloo on CPU, NCCL on GPUs)
   trainer evaluate RUN|BUNDLE --data KIND:PATH [--split test] --report OUT
   trainer export RUN --out BUNDLE [--precision fp32|fp16] [--tensorrt] [--triton DIR] [--calibration platt|temperature|none]
