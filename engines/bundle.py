@@ -67,6 +67,14 @@ class Manifest:
         return cls(**{k: v for k, v in manifest.items() if k in known},
                    extra={k: v for k, v in manifest.items() if k not in known})
 
+    def io(self, graph: str) -> tuple[dict, dict]:
+        """(inputs, outputs) of `graph`, each {name: {dtype, shape}}, for the backends that must
+        declare them (Triton, TensorRT); BundleError where the export recorded none."""
+        if graph not in (self.inputs or {}) or graph not in (self.outputs or {}):
+            raise BundleError(f"the manifest records no inputs and outputs of {graph!r} (a bundle exported "
+                              "before they were recorded): export the run again")
+        return (self.inputs or {})[graph], (self.outputs or {})[graph]
+
     def to_dict(self) -> dict:
         """The JSON object: the entries that are set, in field order, then `extra`'s."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common.atomic import replacing_dir, write_file
 from engines.backends import BackendUnavailable
-from engines.bundle import BundleError, open_bundle, write_manifest
+from engines.bundle import BundleError, Manifest, open_bundle, write_manifest
 from common.errors import UserError
 
 GRAPHS = ("student", "text_encoder")
@@ -37,26 +37,27 @@ class BuildError(UserError, RuntimeError):
     """TensorRT could not parse a graph or build its engine; the message names the graph."""
 
 
-def profile_shapes(manifest: dict, graph: str) -> dict[str, tuple[tuple[int, ...], ...]]:
+def profile_shapes(manifest: Manifest, graph: str) -> dict[str, tuple[tuple[int, ...], ...]]:
     """(min, opt, max) shape of every input of `graph`, from the shapes the manifest records.
 
     Named axes take BATCH / TOKENS / AUDIO_TOKENS, clamped to the range the ONNX graph
     was exported for (manifest `dynamic_axes`); an axis that is a multiple of one
     ("8*audio_tokens": log-mel frames) takes that multiple; fixed axes are fixed.
     """
-    text_max = manifest["preprocessing"]["text_max_tokens"]
+    text_max = manifest.preprocessing["text_max_tokens"]
+    axes = manifest.dynamic_axes or {}
     wanted = {"batch": BATCH, "tokens": (TOKENS[0], TOKENS[1], max(TOKENS[2], text_max)), "audio_tokens": AUDIO_TOKENS}
     shapes = {}
-    for name, spec in manifest["inputs"][graph].items():
+    for name, spec in manifest.io(graph)[0].items():
         dims = []
         for dim in spec["shape"]:
             if isinstance(dim, int):
                 dims.append((dim, dim, dim))
                 continue
             factor, _, axis = dim.rpartition("*")
-            if axis not in wanted or axis not in manifest["dynamic_axes"]:
+            if axis not in wanted or axis not in axes:
                 raise BuildError(f"{graph}: input {name!r} has axis {dim!r} with no profile range")
-            bounds = manifest["dynamic_axes"][axis]
+            bounds = axes[axis]
             dims.append(tuple(int(factor or 1) * min(max(v, bounds["min"]), bounds["max"]) for v in wanted[axis]))
         shapes[name] = tuple(tuple(d[i] for d in dims) for i in range(3))
     return shapes
@@ -101,7 +102,7 @@ def build_engines(bundle_path: str | Path, workspace_gib: float = 4.0) -> dict:
     for graph in GRAPHS:
         source = bundle.file(graph)
         onnx_bytes = source.read_bytes() if bundle.precision == "fp16" else fp16_bytes(source)
-        shapes = profile_shapes(manifest, graph)
+        shapes = profile_shapes(bundle.entries, graph)
         plan = build_plan(trt, onnx_bytes, shapes, graph, int(workspace_gib * (1 << 30)))
         plans[f"{graph}.plan"] = plan
         manifest["graphs"][f"{graph}_plan"] = f"{graph}.plan"

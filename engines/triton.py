@@ -63,7 +63,6 @@ def write_model_repository(bundle_path: str | Path, out: str | Path) -> list[Pat
             (tmp / "1").mkdir(exist_ok=True)
             with replacing(tmp / "1" / "model.onnx") as onnx:
                 shutil.copy(bundle.file(graph), onnx)
-            write_file(tmp / "config.pbtxt", model_config(model, bundle.manifest["inputs"][graph],
-                                                          bundle.manifest["outputs"][graph]))
+            write_file(tmp / "config.pbtxt", model_config(model, *bundle.entries.io(graph)))
         written += [out / model / "config.pbtxt", out / model / "1" / "model.onnx"]
     return written

@@ -110,10 +110,9 @@ class TritonBackend(Backend):
                                      "[model] triton_url") from exc
         if not live:
             raise BackendUnavailable(f"Triton at {url} answers but is not live")
-        manifest = bundle.manifest
-        self._student, self._text = (
-            _Model(http, self._connection, url, MODELS[graph], manifest["inputs"][graph], manifest["outputs"][graph])
-            for graph in ("student", "text_encoder"))
+        entries = bundle.entries
+        self._student, self._text = (_Model(http, self._connection, url, MODELS[graph], *entries.io(graph))
+                                     for graph in ("student", "text_encoder"))
 
     def _connection(self):
         # tritonclient's HTTP client runs on gevent, whose connections belong to the thread

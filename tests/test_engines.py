@@ -15,7 +15,7 @@ import torch
 
 import engines
 from engines.backends import BackendUnavailable, choose_backend, has_cuda, has_tensorrt
-from engines.bundle import open_bundle
+from engines.bundle import BundleError, Manifest, open_bundle
 from engines.runtime import Window
 from engines.student import INPUTS, ExportedStudent
 
@@ -303,7 +303,7 @@ def test_bundle_carries_weights_and_config_for_the_torch_backend(bundle, run_dir
 def test_tensorrt_profiles_come_from_the_manifest(bundle):
     from engines.tensorrt_build import profile_shapes
 
-    manifest = open_bundle(bundle).manifest
+    manifest = open_bundle(bundle).entries
     student = profile_shapes(manifest, "student")
     assert set(student) == set(INPUTS)
     # The log-mel's length is audio_patch frames per audio token, up to all max_audio_s holds.
@@ -313,10 +313,14 @@ def test_tensorrt_profiles_come_from_the_manifest(bundle):
     text = profile_shapes(manifest, "text_encoder")
     assert text == {name: ((1, 2), (8, 32), (32, 128)) for name in ("input_ids", "attention_mask")}
     # Never outside what the graph was exported for, and always room for the tokenizer's longest.
-    narrow = json.loads(json.dumps(manifest))
+    narrow = json.loads(json.dumps(manifest.to_dict()))
     narrow["dynamic_axes"]["batch"]["max"] = 16
     narrow["preprocessing"]["text_max_tokens"] = 256
-    assert profile_shapes(narrow, "text_encoder")["input_ids"] == ((1, 2), (8, 32), (16, 256))
+    assert profile_shapes(Manifest.from_dict(narrow), "text_encoder")["input_ids"] == ((1, 2), (8, 32), (16, 256))
+    # A bundle whose export recorded no inputs is told to export again, not a KeyError.
+    older = {k: v for k, v in manifest.to_dict().items() if k not in ("inputs", "outputs")}
+    with pytest.raises(BundleError, match="export the run again"):
+        profile_shapes(Manifest.from_dict(older), "student")
 
 
 @pytest.mark.skipif(has_tensorrt(), reason="checks the error of a machine without TensorRT")
