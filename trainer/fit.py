@@ -21,12 +21,13 @@ draws the same batches and dropout it would have drawn.  The state also holds th
 settings (run_settings: data, [train], [features], [faces], [loss], the training split), and
 a resume with any of them changed is refused, naming what changed: it would train a mix of
 two runs (the recipe resumes by itself, so a changed config would otherwise go unnoticed).
-metrics.jsonl loses the rows of epochs past the state.  A time budget ([train]
-max_train_seconds, --budget-minutes; trainer.loop.TimeBudget, as teach's) shortens the
-schedule to the epochs that fit and stops after the epoch that passes it; the state keeps
-the schedule, the seconds spent and that the run stopped.  It is written with torch.save of state dicts (tensors,
-numbers, lists and dicts only) and read back with torch.load(weights_only=True), which
-refuses any pickled code.
+metrics.jsonl loses the rows of epochs past the state.  The state is written with torch.save
+of state dicts (tensors, numbers, lists and dicts only) and read back with
+torch.load(weights_only=True), which refuses any pickled code.
+
+A time budget ([train] max_train_seconds, --budget-minutes; trainer.loop.TimeBudget, as
+teach's) shortens the schedule to the epochs that fit and stops after the epoch that passes
+it; the state keeps the schedule, the seconds spent and that the run stopped.
 """
 from __future__ import annotations
 

@@ -89,7 +89,8 @@ class TeacherConfig:
     precision: str = "auto"  # "auto": the training steps run under bfloat16 autocast where the
     # device has bf16 matrix units (CUDA; a CPU with AMX or AVX-512 BF16), float32 elsewhere;
     # "float32": always float32 (how every CPU teacher before this setting was trained).  Predictions
-    # (dev scores, embed, predict_proba) are float32 either way, as the bundle's graphs compute
+    # (dev scores, embed, predict_proba) are float32 either way, as the bundle's graphs compute; only
+    # cache_frozen's stored lower-layer outputs, float16 in memory, are computed at the training precision
     select: str = "auto"  # the dev metric that picks the epoch: auto is weighted_f1 for a single-label
     # corpus, macro_f1 for a multi-label one
     speakers: str = "corpus"  # "corpus": the speakers the corpus names; "anonymous": every turn one
