@@ -99,7 +99,8 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
     import torch
 
     from trainer.datasets import load
-    from trainer.text_teacher import TeacherConfig, TextTeacher, resolve_device
+    from trainer.placement import training_device
+    from trainer.text_teacher import TeacherConfig, TextTeacher
 
     torch.set_num_threads(args.threads)
     corpus = load(args.data)
@@ -123,7 +124,7 @@ def run(name: str, default_data: str, argv=None, multi_label: bool = False, cont
                         freeze_layers=args.freeze_layers, max_train_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
                         speakers=args.speakers, kd_teacher=str(args.kd_teacher or ""),
                         response_kd=1.0 if args.kd_teacher else 0.0, feature_kd=1.0 if args.kd_teacher else 0.0)
-    device = resolve_device(args.device)
+    device = training_device(args.device, "--device")
     teacher = TextTeacher.create(cfg).to(device)
     fit_train = train
     if args.subsample and args.subsample < len(train):

@@ -64,7 +64,7 @@ def test_teach_killed_mid_epoch_resumes_from_its_last_finished_epoch(manifest, t
     assert killed.returncode == -signal.SIGKILL, err
     assert _epochs_logged(err) == [1]
     saved = torch.load(state, weights_only=True)
-    assert saved["epoch"] == 1 and not saved["done"]
+    assert saved["epoch"] == 1 and not saved["stopped"]
     assert not (out / "text_teacher.json").exists()  # no teacher: the run never finished
 
     # Other settings cannot resume it (in this process: a subprocess's start costs seconds).

@@ -308,14 +308,14 @@ def test_a_time_budget_run_resumed_after_a_kill_ends_as_the_uninterrupted_one(mo
 
 
 def test_device_auto_takes_the_gpu_only_where_torch_sees_one():
-    from trainer.text_teacher import resolve_device
+    from trainer.placement import training_device
 
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert training_device("cpu") == torch.device("cpu")
+    assert training_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: asking for one is no error here")
     with pytest.raises(ValueError, match="no CUDA GPU"):
-        resolve_device("cuda")
+        training_device("cuda")
 
 
 def test_precision_auto_runs_in_bf16_where_the_cpu_has_bf16_units_and_float32_stays_float32(teacher):

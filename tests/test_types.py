@@ -1,4 +1,4 @@
-"""engines/ and common/ are clean under mypy (pyproject.toml [tool.mypy]); a finding fails CI by this test."""
+"""engines/, common/ and the training loop (trainer/loop.py, trainer/placement.py) are clean under mypy (pyproject.toml [tool.mypy]); a finding fails CI by this test."""
 import importlib.util
 import subprocess
 import sys

@@ -180,21 +180,23 @@ def teach(args, config, progress: bool) -> int:
     from common.errors import MissingInput
     from trainer.datasets import load
     from trainer.metrics import is_single_label
-    from trainer.text_teacher import CHECKPOINT_DIR, STATE_FILE, TextTeacher, distil, resolve_device
+    from trainer.loop import note
+    from trainer.placement import training_device
+    from trainer.text_teacher import CHECKPOINT_DIR, STATE_FILE, TextTeacher, distil
 
     if args.resume and not (args.out / CHECKPOINT_DIR / STATE_FILE).is_file():  # before any loading
         raise MissingInput(f"{args.out / CHECKPOINT_DIR / STATE_FILE}: nothing to resume from")
-    device = resolve_device(args.device)  # before any loading, too
+    device = training_device(args.device, "--device")  # before any loading, too
     corpus = load(args.data, args.media, config.train.dev_fraction, config.train.seed)
     multi = not is_single_label(corpus)
     teacher = TextTeacher.create(replace(
         config.teach, labels=list(corpus.labels), encoder=args.encoder or config.train.text_encoder,
         multi_label=multi, seed=config.train.seed, kd_teacher=str(args.kd_teacher or ""))).to(device)
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    log = note if progress else (lambda m: None)  # note: beside the progress bar, not into it
     train = corpus.split("train")
     kd = distil(args.kd_teacher, teacher, train, log) if args.kd_teacher else None
     history = teacher.fit(train, corpus.split("dev"), log=log, kd=kd,
-                          checkpoint=args.out / CHECKPOINT_DIR, resume=args.resume)
+                          checkpoint=args.out / CHECKPOINT_DIR, resume=args.resume, progress=progress)
     teacher.save(args.out)
     key = "dev_macro_f1" if multi else "dev_weighted_f1"
     print(json.dumps({"teacher": str(args.out), key: max(h[key] for h in history)}, indent=2))
@@ -225,6 +227,7 @@ def evaluate(args, config, progress: bool) -> int:
 
 def recipe(args, config, progress: bool) -> int:
     from common.errors import UserError
+    from trainer.loop import note
     from trainer.recipe import check, real
 
     if args.check:
@@ -233,8 +236,7 @@ def recipe(args, config, progress: bool) -> int:
         return 0
     if args.out is None:
         raise UserError("--out DIR is required (the directory for every step's output)")
-    done = real(args.out, config, quick=args.quick, progress=progress,
-                log=lambda m: print(m, file=sys.stderr, flush=True))
+    done = real(args.out, config, quick=args.quick, progress=progress, log=note)
     scores = {name: json.loads((path / "report.json").read_text())["metrics"]["weighted_f1"]
               for name, path in done["reports"].items()}
     print(json.dumps({"bundle": str(done["bundle"]), "test_weighted_f1": scores,

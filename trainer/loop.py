@@ -1,19 +1,26 @@
-"""What the epochs of `trainer fit` and `trainer teach` share: the resume point, the check
-that a resumed run brings the settings it started with, the learning-rate schedule, and the
-time budget that shortens it.
+"""The training loop of `trainer fit` and `trainer teach`: the epochs, the progress bar, the
+resume point, the check that a resumed run brings the settings it started with, the
+learning-rate schedule, the time budget that shortens it, and the choice of the epoch on dev.
 
-After every epoch a run writes one state file (weights, optimizer, scheduler, random
-generators, history, and the settings it started with), atomically; then, when the epoch is
-the best on dev so far, the selected weights.  A kill between the two is repaired on resume:
-the state names its best epoch.  A resume reads the state back only when every setting
-equals the saved one, and names each that differs.
+A run (an EpochJob: trainer.fit's _FitRun, trainer.text_teacher's _TeachRun) brings what
+differs: one epoch's training, its dev scores, its state, and where it keeps the selected
+weights.  EpochLoop brings the rest.  After every epoch the loop writes one state file (the
+job's weights, optimizer, scheduler and random generators; the history of rows, the seconds
+spent, whether the time budget ended training; and the settings the run started with),
+atomically; then, when the epoch is the best on dev so far, the job saves the selected
+weights.  A kill between the two is repaired on resume: the history names the best epoch.  A
+resume reads the state back only when every setting equals the saved one, and names each
+that differs.
 """
 from __future__ import annotations
 
+import abc
 import json
 import math
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -35,10 +42,12 @@ class ResumePoint:
 
     def check(self, state: dict | None = None) -> None:
         """Refuse a resume with other settings (InvalidInput naming each one)."""
+        if state is None:
+            self.require()
         state = torch.load(self.path, weights_only=True, map_location="cpu") if state is None else state
         saved = state.get("settings")
         if saved is None:  # a state written before runs kept their settings: nothing to compare
-            tqdm.write(f"resume: {self.path} does not record the run's settings; they are not checked")
+            note(f"resume: {self.path} does not record the run's settings; they are not checked")
             return
         saved = json.loads(saved)
         # A setting added since the state was written, and off (None) now, changes nothing.
@@ -98,3 +107,107 @@ class TimeBudget:
         if self.seconds is None or done <= 0:
             return total
         return min(total, max(done + 1, int(self.seconds / (self.elapsed() / done))))
+
+
+def note(message: str) -> None:
+    """A line on stderr that leaves a progress bar whole."""
+    tqdm.write(message, file=sys.stderr)
+
+
+class EpochJob(abc.ABC):
+    """What one kind of run brings to EpochLoop.  `budget` is its time budget: the job decides
+    where it re-plans and stops (fit after an epoch, teach within one), the loop counts the
+    seconds of a resumed run's finished epochs into it."""
+
+    budget: TimeBudget
+
+    @abc.abstractmethod
+    def train_epoch(self, epoch: int) -> tuple[dict, bool]:
+        """Train epoch `epoch` (counted from 1): the training figures of its row, and whether
+        the time budget ends training with it (the same answer on every rank)."""
+
+    @abc.abstractmethod
+    def score(self) -> dict[str, float]:
+        """The dev scores of the weights now, for the epoch's row (rank 0 only)."""
+
+    @abc.abstractmethod
+    def state(self) -> dict:
+        """What continues the run: weights, optimizer, schedule, random generators."""
+
+    @abc.abstractmethod
+    def load_state(self, state: dict) -> None:
+        """state()'s objects back, from a resume point."""
+
+    @abc.abstractmethod
+    def save_best(self, epoch: int) -> None:
+        """Keep the weights now as the selected ones, those of epoch `epoch` (rank 0 only)."""
+
+    def record(self, history: list[dict]) -> None:
+        """The rows so far, after each epoch and on resume (rank 0), for a job that logs them."""
+
+
+class EpochLoop:
+    """The epochs of one run, from its resume point when resumed: train, score on dev, log the
+    epoch's row (one JSON line), write the resume point, keep the best epoch's weights (the
+    first with the highest `select` of its row); a progress bar over the epochs.  `main`:
+    this process scores and writes (rank 0 of a torchrun; the other ranks only train).
+    point None: no resume point (nothing written)."""
+
+    def __init__(self, epochs: int, select: str, point: ResumePoint | None = None,
+                 log: Callable[[str], None] = note, progress: bool = False, main: bool = True):
+        self.epochs, self.select, self.point = epochs, select, point
+        self.log, self.progress, self.main = log, progress, main
+
+    def run(self, job: EpochJob, resume: bool = False) -> tuple[list[dict], dict | None]:
+        """Train the epochs not done yet: (every epoch's row, the selected row); rank 0 only
+        has rows, the other ranks ([], None)."""
+        done, history, stopped = self._restore(job) if resume else (0, [], False)
+        with tqdm(total=self.epochs, initial=done, desc="training", unit="epoch",
+                  disable=not (self.progress and self.main)) as bar:
+            for epoch in range(done + 1, self.epochs + 1):
+                if stopped:
+                    break
+                figures, stopped = job.train_epoch(epoch)
+                if self.main:
+                    history.append({"epoch": epoch, **figures, **job.score()})
+                    self.log(json.dumps(history[-1]))
+                    job.record(history)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items()
+                                     if k == self.select or k.endswith("loss") or k.startswith("loss_")})
+                    self._save(job, epoch, history, stopped)
+                bar.update()
+        return history, self.selected(history)
+
+    def selected(self, history: list[dict]) -> dict | None:
+        """The first row with the highest score."""
+        return max(history, key=lambda row: row[self.select]) if history else None
+
+    def _save(self, job: EpochJob, epoch: int, history: list[dict], stopped: bool) -> None:
+        if self.point is not None:
+            self.point.save({**job.state(), "epoch": epoch, "history": json.dumps(history),
+                             "seconds": job.budget.elapsed(), "stopped": stopped})
+        best = self.selected(history)
+        if best is not None and best["epoch"] == epoch:
+            job.save_best(epoch)
+
+    def _restore(self, job: EpochJob) -> tuple[int, list[dict], bool]:
+        """(epochs done, their rows, whether the time budget ended training) of the resume point,
+        whose objects go back into `job`."""
+        if self.point is None:
+            raise MissingInput("no checkpoint directory: nothing to resume from")
+        state = self.point.load()
+        if "history" not in state:
+            raise InvalidInput(f"{self.point.path}: written by an older trainer, whose state this one does not "
+                               "read; start the run again (another --out, or without --resume)")
+        job.load_state(state)
+        done, history, stopped = int(state["epoch"]), json.loads(state["history"]), bool(state["stopped"])
+        job.budget.resume(float(state["seconds"]))
+        if self.main:
+            job.record(history)  # rows logged past the state (a kill between the two) go
+            best = self.selected(history)
+            if best is not None and best["epoch"] == done:
+                job.save_best(done)  # killed before it saved them
+            self.log(f"resume: {done} epochs done, " + (
+                "training had ended" + (" (the time budget ended it)" if stopped else "")
+                if stopped or done >= self.epochs else f"continuing with epoch {done + 1}"))
+        return done, history, stopped

@@ -101,12 +101,23 @@ def has_bf16_units(device: torch.device) -> bool:
     return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
+def training_device(device: str, setting: str = "device") -> torch.device:
+    """The torch device for a training `device` setting: "auto" (the GPU when torch sees one,
+    else the CPU), "cpu", "cuda" or one GPU ("cuda:1"), by the rule of common.devices.  A GPU
+    asked for and not there is an error, not a silent CPU run."""
+    return torch.device(resolve_device(device, torch.cuda.is_available, setting, gpu_index=True))
+
+
 def place(device: str = "auto", mixed_precision: bool = True) -> Placement:
-    cuda = resolve_device(device, torch.cuda.is_available, "[train] device") == "cuda"
+    """Where this process trains: training_device(device), one GPU per rank under torchrun
+    (its LOCAL_RANK), and the mixed precision of CUDA."""
+    chosen = training_device(device, "[train] device")
+    cuda = chosen.type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    where = torch.device("cuda", local) if cuda else torch.device("cpu")
+    gpu = local if world > 1 or chosen.index is None else chosen.index
+    where = torch.device("cuda", gpu) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(where)
     if world > 1:

@@ -181,13 +181,13 @@ def teach(out: Path, opts: RecipeOptions, specs: dict[str, str], seed: int, prog
     import json
 
     from trainer.datasets import load
-    from trainer.text_teacher import (CHECKPOINT_DIR, CONFIG_FILE, STATE_FILE, TeacherConfig, TextTeacher,
-                                      resolve_device)
+    from trainer.placement import training_device
+    from trainer.text_teacher import CHECKPOINT_DIR, CONFIG_FILE, STATE_FILE, TeacherConfig, TextTeacher
 
     done = json.loads((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else None
     if done is not None and done.get("about"):
         return out
-    device = resolve_device(opts.teacher_device)
+    device = training_device(opts.teacher_device, "[recipe] teacher_device")
     corpus = load("+".join(specs.values()))
     started = time.perf_counter()
     if done is not None:
@@ -204,7 +204,7 @@ def teach(out: Path, opts: RecipeOptions, specs: dict[str, str], seed: int, prog
             max_train_seconds=opts.teacher_budget_minutes * 60 or None)).to(device)
         checkpoint = out / CHECKPOINT_DIR
         teacher.fit(corpus.split("train"), corpus.split("dev"), log=log if progress else (lambda m: None),
-                    checkpoint=checkpoint, resume=(checkpoint / STATE_FILE).is_file())
+                    checkpoint=checkpoint, resume=(checkpoint / STATE_FILE).is_file(), progress=progress)
     best = max(teacher.history, key=lambda h: h["dev_weighted_f1"])
     about = {"data": "+".join(specs), "device": str(device), "precision": teacher.precision, "encoder": encoder,
              "train_seconds": round(teacher.history[-1]["seconds"], 1),

@@ -35,12 +35,10 @@ import torch
 from torch import nn
 
 from common.atomic import replacing, replacing_dir
-from common import devices
 from engines.dialogue import UNKNOWN_SPEAKER
-from common.errors import MissingInput
 from common.settings import ConfigError, per_run
 from trainer.data import Utterance
-from trainer.loop import ResumePoint, TimeBudget, lr_factor
+from trainer.loop import EpochJob, EpochLoop, ResumePoint, TimeBudget, lr_factor
 
 logger = logging.getLogger(__name__)
 
@@ -146,13 +144,6 @@ def _only_layers(encoder: nn.Module, part: slice):
 
 def _embeddings_module(encoder: nn.Module) -> nn.Module:
     return getattr(encoder, "embeddings", None) or encoder.get_input_embeddings()
-
-
-def resolve_device(device: str) -> torch.device:
-    """The torch device for a `device` setting: "auto" (the GPU when torch sees one, else the
-    CPU), "cpu", "cuda" or one GPU ("cuda:1"), by the rule of common.devices.  A GPU asked for
-    and not there is an error, not a silent CPU run."""
-    return torch.device(devices.resolve_device(device, torch.cuda.is_available, gpu_index=True))
 
 
 def set_seed(seed: int) -> None:
@@ -451,7 +442,7 @@ class TextTeacher(nn.Module):
 
     def fit(self, train: list[Utterance], dev: list[Utterance], log=print,
             kd: dict[str, np.ndarray] | None = None, checkpoint: str | Path | None = None,
-            resume: bool = False) -> list[dict]:
+            resume: bool = False, progress: bool = False) -> list[dict]:
         """Fine-tune; keep the weights of the epoch with the best dev score (never test).
 
         kd: a stronger teacher's outputs on `train` (distil()): "logits" (N, labels) in this
@@ -459,126 +450,19 @@ class TextTeacher(nn.Module):
         checkpoint: a directory for the resume point, written atomically after every epoch
         (a kill mid-epoch loses that epoch only); resume: continue from it, with the same
         config and data, the schedule (time budget included), batches and dropout going on
-        as they would have.
+        as they would have.  The epochs are trainer.loop.EpochLoop's, as fit's; progress: its
+        bar over the epochs.
         """
         cfg = self.config
-        set_seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-        gen = np.random.default_rng(cfg.seed)
-        prompts, y = self.prompts(train), torch.from_numpy(self.targets(train)).to(self.device)
-        dev_prompts, dev_y = self.prompts(dev), self.targets(dev)
-        lengths = np.array([len(self.tokenizer.tokenize(p)) for p in prompts])
-
-        def batches() -> list[np.ndarray]:
-            # Length-bucketed batches (sort within chunks of 50 batches), batch order shuffled.
-            perm = gen.permutation(len(prompts))
-            chunk = cfg.batch_size * 50
-            out = []
-            for s in range(0, len(perm), chunk):
-                part = perm[s:s + chunk]
-                part = part[np.argsort(lengths[part], kind="stable")]
-                out += [part[i:i + cfg.batch_size] for i in range(0, len(part), cfg.batch_size)]
-            gen.shuffle(out)
-            return out
-
-        steps_per_epoch = math.ceil(len(prompts) / cfg.batch_size)
-        total = steps_per_epoch * cfg.epochs
-        warmup = int(cfg.warmup * total)
-        kd_terms = self._kd_terms(kd, len(train))
-        frozen = self.freeze(cfg.freeze_layers)
-        if frozen:
-            log(f"frozen: embeddings + lower {cfg.freeze_layers} layers ({len(frozen)} tensors)")
-        lower = dev_lower = None
-        if frozen and cfg.cache_frozen:
-            t0 = time.perf_counter()
-            lower = self.lower_outputs(prompts, cfg.freeze_layers, "lower layers, train")
-            dev_lower = self.lower_outputs(dev_prompts, cfg.freeze_layers, "lower layers, dev")
-            log(f"lower {cfg.freeze_layers} layers run once over {len(prompts) + len(dev_prompts)} prompts "
-                f"in {time.perf_counter() - t0:.0f}s; the steps train the layers above")
-        opt = self._optimizer(kd_terms)
-
-        plan = {"total": total, "warmup": warmup}  # a time budget shortens both
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_factor(step, plan["total"], plan["warmup"], "linear"))
-        key = cfg.select if cfg.select != "auto" else ("macro_f1" if cfg.multi_label else "weighted_f1")
-        best, best_state = -1.0, None
-        budget = TimeBudget(cfg.max_train_seconds)
-        step, first, done = 0, 1, False
-        self.history = []
+        run = _TeachRun(self, train, dev, kd, log)
         checkpoint = Path(checkpoint) if checkpoint is not None else None
         point = None if checkpoint is None else ResumePoint(
-            checkpoint / STATE_FILE, {**dataclasses.asdict(cfg), "train_size": len(prompts)})
-        if resume:
-            if point is None:
-                raise MissingInput("no checkpoint directory: nothing to resume from")
-            state = point.load(self.device)
-            self.load_state_dict(state["model"])
-            if kd_terms:
-                kd_terms["project"].load_state_dict(state["kd_project"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            plan.update(state["plan"])
-            gen.bit_generator.state = json.loads(state["numpy_generator"])
-            torch.set_rng_state(state["torch_rng"].cpu())
-            step, first, done = int(state["step"]), int(state["epoch"]) + 1, bool(state["done"])
-            self.history, best = json.loads(state["history"]), float(state["best"])
-            budget.resume(float(state["seconds"]))  # a time budget counts the finished epochs' time too
-            best_state = (state["model"] if state["best_epoch"] == state["epoch"]
-                          else torch.load(checkpoint / BEST_FILE, weights_only=True, map_location=self.device))
-            log(f"resume: {first - 1} epochs done" + (", training had ended" if done else
-                                                       f", continuing with epoch {first}"))
-        for epoch in range(first, cfg.epochs + 1):
-            if done:
-                break
-            self.train()
-            running, seen, stopped = 0.0, 0, False
-            for b in batches():
-                loss = self._step_loss(b, prompts, y, lower, kd_terms)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.parameters(), cfg.clip)
-                opt.step()
-                sched.step()
-                step += 1
-                running += loss.item() * len(b)
-                seen += len(b)
-                if budget.seconds and (step == 10 or (step > 10 and step % 25 == 0)):
-                    # Re-estimated every 25 steps: a shared machine's speed changes.
-                    new_total = budget.fits(step, total)
-                    if new_total != plan["total"]:
-                        plan["total"] = new_total
-                        plan["warmup"] = min(warmup, int(cfg.warmup * new_total))
-                        log(f"time budget: schedule set to {plan['total']} of {total} steps")
-                if step % 50 == 0 or step == 10:
-                    log(f"epoch {epoch} step {step}/{plan['total']} loss {running / seen:.4f} "
-                        f"{budget.elapsed():.0f}s")
-                if step >= plan["total"] or budget.over():
-                    stopped = step < total
-                    break
-            scores = self._dev_scores(dev_prompts, dev_y, dev_lower)
-            record = {"epoch": epoch, "steps": step, "train_loss": running / max(1, seen),
-                      "seconds": budget.elapsed(), "stopped_early": stopped,
-                      **{f"dev_{k}": v for k, v in scores.items()}}
-            self.history.append(record)
-            log(json.dumps(record))
-            improved = scores[key] > best
-            if improved:
-                best, best_state = scores[key], copy.deepcopy(self.state_dict())
-            done = stopped or step >= plan["total"]
-            if point is not None:
-                self._save_checkpoint(point, improved, {
-                    "epoch": epoch, "step": step, "done": done, "best": best,
-                    "best_epoch": epoch if improved else int(self._best_epoch(key)),
-                    "history": json.dumps(self.history), "seconds": budget.elapsed(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "plan": dict(plan),
-                    "numpy_generator": json.dumps(gen.bit_generator.state), "torch_rng": torch.get_rng_state(),
-                    **({"kd_project": kd_terms["project"].state_dict()} if kd_terms else {})})
-            if done:
-                if stopped:
-                    log(f"time budget {cfg.max_train_seconds}s: stopped after step {step}/{total}")
-                break
-        if best_state is not None:
-            self.load_state_dict(best_state)
+            checkpoint / STATE_FILE, {**dataclasses.asdict(cfg), "train_size": len(run.prompts)})
+        key = cfg.select if cfg.select != "auto" else ("macro_f1" if cfg.multi_label else "weighted_f1")
+        loop = EpochLoop(cfg.epochs, f"dev_{key}", point, log=log, progress=progress)
+        run.best_file = None if checkpoint is None else checkpoint / BEST_FILE
+        self.history, _ = loop.run(run, resume)
+        self.load_state_dict(run.best_weights())
         self.eval()
         return self.history
 
@@ -615,19 +499,6 @@ class TextTeacher(nn.Module):
         logits = self._run_lower(lower) if lower is not None else self._run(prompts, "logits")
         return self.score(self.probabilities(torch.from_numpy(logits)).numpy(), y)
 
-    def _best_epoch(self, key: str) -> int:
-        """The first epoch of the history with the best dev score (as fit selects it)."""
-        scores = [h[f"dev_{key}"] for h in self.history]
-        return self.history[scores.index(max(scores))]["epoch"]
-
-    def _save_checkpoint(self, point: ResumePoint, improved: bool, state: dict) -> None:
-        """STATE_FILE with the current weights, then (improved) BEST_FILE with the same: a kill
-        between the two leaves a state whose best epoch is its own, read from its weights."""
-        point.save({"model": self.state_dict(), **state})
-        if improved:
-            with replacing(point.path.parent / BEST_FILE) as tmp:
-                torch.save(self.state_dict(), tmp)
-
     def _kd_terms(self, kd: dict[str, np.ndarray] | None, n: int) -> dict | None:
         """The teacher's outputs as tensors and, for feature KD, the projection of this
         model's mask-token state into the teacher's size (TelME: a linear map, used only
@@ -655,6 +526,126 @@ class TextTeacher(nn.Module):
             loss = loss + cfg.feature_kd * feature_kd(terms["project"](feats), terms["features"][rows])
         return loss
 
+
+
+class _TeachRun(EpochJob):
+    """One fine-tune of a TextTeacher, as trainer.loop.EpochLoop runs it: the prompts, the
+    stored lower-layer outputs where layers are fixed, the optimizer and its schedule, the
+    batch order, and the selected weights (in memory, and in best_file where there is a
+    checkpoint)."""
+
+    def __init__(self, teacher: TextTeacher, train: list[Utterance], dev: list[Utterance],
+                 kd: dict[str, np.ndarray] | None, log):
+        self.teacher, self.log = teacher, log
+        cfg = self.cfg = teacher.config
+        set_seed(cfg.seed)
+        self.gen = np.random.default_rng(cfg.seed)
+        self.prompts, self.y = teacher.prompts(train), torch.from_numpy(teacher.targets(train)).to(teacher.device)
+        self.dev_prompts, self.dev_y = teacher.prompts(dev), teacher.targets(dev)
+        self.lengths = np.array([len(teacher.tokenizer.tokenize(p)) for p in self.prompts])
+        self.total = math.ceil(len(self.prompts) / cfg.batch_size) * cfg.epochs
+        self.warmup = int(cfg.warmup * self.total)
+        self.kd_terms = teacher._kd_terms(kd, len(train))
+        frozen = teacher.freeze(cfg.freeze_layers)
+        if frozen:
+            log(f"frozen: embeddings + lower {cfg.freeze_layers} layers ({len(frozen)} tensors)")
+        self.lower = self.dev_lower = None
+        if frozen and cfg.cache_frozen:
+            t0 = time.perf_counter()
+            self.lower = teacher.lower_outputs(self.prompts, cfg.freeze_layers, "lower layers, train")
+            self.dev_lower = teacher.lower_outputs(self.dev_prompts, cfg.freeze_layers, "lower layers, dev")
+            log(f"lower {cfg.freeze_layers} layers run once over {len(self.prompts) + len(self.dev_prompts)} "
+                f"prompts in {time.perf_counter() - t0:.0f}s; the steps train the layers above")
+        self.opt = teacher._optimizer(self.kd_terms)
+        self.plan = {"total": self.total, "warmup": self.warmup}  # a time budget shortens both
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda step: lr_factor(step, self.plan["total"], self.plan["warmup"], "linear"))
+        self.budget = TimeBudget(cfg.max_train_seconds)
+        self.step = 0
+        self.best_file: Path | None = None
+        self._best: dict | None = None
+
+    def batches(self) -> list[np.ndarray]:
+        """Length-bucketed batches (sorted within chunks of 50 batches), in shuffled order."""
+        perm, bs = self.gen.permutation(len(self.prompts)), self.cfg.batch_size
+        out = []
+        for s in range(0, len(perm), bs * 50):
+            part = perm[s:s + bs * 50]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            out += [part[i:i + bs] for i in range(0, len(part), bs)]
+        self.gen.shuffle(out)
+        return out
+
+    def train_epoch(self, epoch: int) -> tuple[dict, bool]:
+        """The epoch's steps, up to the end of a schedule a time budget may have shortened:
+        the steps so far, the epoch's mean loss, the seconds so far and whether the budget
+        stopped it."""
+        teacher, cfg, plan, budget, log = self.teacher, self.cfg, self.plan, self.budget, self.log
+        teacher.train()
+        running, seen, stopped = 0.0, 0, False
+        for b in self.batches():
+            loss = teacher._step_loss(b, self.prompts, self.y, self.lower, self.kd_terms)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(teacher.parameters(), cfg.clip)
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            running += loss.item() * len(b)
+            seen += len(b)
+            step = self.step
+            if budget.seconds and (step == 10 or (step > 10 and step % 25 == 0)):
+                # Re-estimated every 25 steps: a shared machine's speed changes.
+                new_total = budget.fits(step, self.total)
+                if new_total != plan["total"]:
+                    plan["total"] = new_total
+                    plan["warmup"] = min(self.warmup, int(cfg.warmup * new_total))
+                    log(f"time budget: schedule set to {plan['total']} of {self.total} steps")
+            if step % 50 == 0 or step == 10:
+                log(f"epoch {epoch} step {step}/{plan['total']} loss {running / seen:.4f} {budget.elapsed():.0f}s")
+            if step >= plan["total"] or budget.over():
+                stopped = step < self.total
+                break
+        if stopped:
+            log(f"time budget {cfg.max_train_seconds}s: stopped after step {self.step}/{self.total}")
+        # seconds: of the whole run to the end of this epoch's steps, across resumes (the card's)
+        return {"steps": self.step, "train_loss": running / max(1, seen), "seconds": budget.elapsed(),
+                "stopped_early": stopped}, stopped
+
+    def score(self) -> dict[str, float]:
+        scores = self.teacher._dev_scores(self.dev_prompts, self.dev_y, self.dev_lower)
+        return {f"dev_{k}": v for k, v in scores.items()}
+
+    def state(self) -> dict:
+        return {"model": self.teacher.state_dict(), "step": self.step, "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "plan": dict(self.plan),
+                "numpy_generator": json.dumps(self.gen.bit_generator.state), "torch_rng": torch.get_rng_state(),
+                **({"kd_project": self.kd_terms["project"].state_dict()} if self.kd_terms else {})}
+
+    def load_state(self, state: dict) -> None:
+        self.teacher.load_state_dict(state["model"])
+        if self.kd_terms:
+            self.kd_terms["project"].load_state_dict(state["kd_project"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.plan.update(state["plan"])
+        self.gen.bit_generator.state = json.loads(state["numpy_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+
+    def save_best(self, epoch: int) -> None:
+        self._best = copy.deepcopy(self.teacher.state_dict())
+        if self.best_file is not None:
+            with replacing(self.best_file) as tmp:
+                torch.save(self._best, tmp)
+
+    def best_weights(self) -> dict:
+        """The selected epoch's weights: kept in memory since this process selected them, else
+        (a resumed run whose best epoch came before the resume) read from best_file."""
+        if self._best is not None:
+            return self._best
+        assert self.best_file is not None  # a run without a checkpoint cannot have resumed
+        return torch.load(self.best_file, weights_only=True, map_location=self.teacher.device)
 
 def distil(teacher_dir: str | Path, student: TextTeacher, train: list[Utterance], log=print) -> dict[str, np.ndarray]:
     """A stronger teacher's outputs on `train` for student.fit(kd=...): its logits in the
