@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common.atomic import write_file
 from common.errors import UserError
+from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
 
 SCHEMA_VERSION = 2  # 2: precision, student weights + config, io dtypes, TensorRT plans
@@ -137,10 +138,6 @@ class Bundle:
     def faces(self):
         """The engines.faces.FaceOptions the model was trained with ([faces] of its run): what
         `trainer evaluate BUNDLE` scores with, and what the pipeline runs by default."""
-        from dataclasses import fields
-
-        from engines.faces import FaceOptions
-
         if "faces" not in self.manifest:
             raise BundleError(f"{self.path / MANIFEST}: no 'faces' entry (export the run again)")
         known = {f.name for f in fields(FaceOptions)}  # a setting since removed is not one

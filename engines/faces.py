@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from engines.preprocess import Preprocessing, face_crop
 
@@ -128,7 +129,6 @@ def mouth_motions(crops: Sequence[np.ndarray], previous: Sequence[np.ndarray]) -
     face is one array operation (the faces of a frame share the crop size), so the cost
     of a face is a few small blurs, not a Python loop over the shifts."""
     import cv2
-    from numpy.lib.stride_tricks import sliding_window_view
 
     if not len(crops):
         return np.zeros(0)

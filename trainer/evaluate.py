@@ -29,17 +29,22 @@ All scores are in percent except Hamming loss and ECE (fractions in [0, 1]).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss
+from tqdm import tqdm
 
 from common.atomic import replacing, write_file
 from common.errors import MissingInput
+from engines.bundle import MANIFEST, model_id
 from engines.faces import FaceOptions
 from engines.preprocess import Preprocessing
-from trainer.data import DataError
+from trainer.data import Corpus, DataError, media_files, targets, text_windows, with_speech_padding
+from trainer.datasets import load
+from trainer.datasets.mix import on_labels
 from trainer.metrics import argmax_onehot, is_single_label
 
 N_BINS = 15
@@ -220,8 +225,6 @@ class Scored:
 
 def model_kind(path: Path) -> str:
     """"run" (a `trainer fit` directory) or "bundle" (a `trainer export` directory)."""
-    from engines.bundle import MANIFEST
-
     if (path / "run.json").is_file():
         return "run"
     if (path / MANIFEST).is_file():
@@ -233,10 +236,6 @@ def model_kind(path: Path) -> str:
 def _corpus(data_spec: str, split: str, media, dev_fraction: float, seed: int, labels: list[str],
             speech_pad_ms: int):
     """The utterances of `split`, cut as the model's training cut them."""
-    from trainer.data import Corpus, with_speech_padding
-    from trainer.datasets import load
-    from trainer.datasets.mix import on_labels
-
     corpus = with_speech_padding(load(data_spec, media, dev_fraction, seed), speech_pad_ms)
     if split == "all":
         corpus = Corpus(corpus.labels, [replace(u, split="all") for u in corpus.utterances])
@@ -250,7 +249,6 @@ def run_outputs(run: Path, data_spec: str, split: str, media=None, cache_dir: st
     """The run's student in PyTorch on the trainer's inputs (trainer.fit.build_inputs) of
     `split`: every head's probabilities (N, 4, L), presence (N, 3), targets (N, L), and
     whether the corpus is single-label."""
-    from trainer.data import targets
     from trainer.export import load_run
     from trainer.fit import TrainOptions, build_inputs, predict
     from trainer.text_encoder import SentenceEncoder
@@ -283,13 +281,8 @@ def run_scores(run: Path, data_spec: str, split: str, media=None, cache_dir: str
 def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress: bool = True) -> Scored:
     """The bundle as the pipeline runs it: ONNX Runtime, Engine.infer on the Windows the
     trainer builds for the fusion stage's view of each utterance (engines.features)."""
-    import os
-
-    from tqdm import tqdm
-
     import engines
     from engines.features import decode
-    from trainer.data import media_files, targets, text_windows
 
     engine = engines.load(bundle, backend="onnxruntime", device="cpu", threads=min(os.cpu_count() or 1, 4))
     training = engine.bundle.entries.training or {}
@@ -343,8 +336,6 @@ def bundle_scores(bundle: Path, data_spec: str, split: str, media=None, progress
 
 
 def bundle_id(bundle: Path) -> str:
-    from engines.bundle import MANIFEST, model_id
-
     return model_id(json.loads((Path(bundle) / MANIFEST).read_text()))
 
 

@@ -20,15 +20,19 @@ thresholds are the ones tuned on the calibrated probabilities.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from common.atomic import replacing_dir, write_file
 from engines.bundle import Manifest, write_manifest
 from engines.calibration import CALIBRATION, METHODS
+from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
 from common.errors import MissingInput
 from engines.heads import HEADS, MODALITIES
 from engines.preprocess import Preprocessing
@@ -57,8 +61,6 @@ def dynamic_axes(pre: Preprocessing) -> dict:
 
 
 def load_run(run: Path) -> tuple[dict, Student]:
-    from safetensors.torch import load_file
-
     info_path = run / "run.json"
     if not info_path.is_file():
         raise MissingInput(f"{info_path}: missing; is {run} a run directory of `trainer fit`?")
@@ -86,9 +88,6 @@ def _dim(name: str, axes: dict = DYNAMIC_AXES) -> torch.export.Dim:
 
 def _onnx_export(module, inputs, path: Path, input_names, output_names, dynamic_shapes) -> None:
     """torch.onnx's dynamo exporter, without its progress lines and known-harmless warnings."""
-    import logging
-    import warnings
-
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # axis-renaming notices of dynamic shapes
@@ -142,8 +141,6 @@ def student_parity(model: Student, session) -> float:
 
 
 def text_encoder_parity(encoder: SentenceEncoder, session, pre: Preprocessing) -> float:
-    from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
-
     turns = [Turn(UNKNOWN_SPEAKER, t) for t in PARITY_TEXTS]
     texts = [text_input(pre, turns[:i], turn) for i, turn in enumerate(turns)]
     tokens = TextTokenizer.for_preprocessing(encoder.tokenizer_json, pre)(texts)
@@ -179,8 +176,6 @@ def write_bundle(model: Student, info: dict, bundle: Path, precision: str = "fp3
 
 
 def _write_bundle(model: Student, info: dict, bundle: Path, precision: str, calibrated: dict | None) -> dict:
-    from safetensors.torch import save_file
-
     export_student(model, bundle / "student.onnx")
     student_io, student_diff = _finish_graph(bundle / "student.onnx", precision,
                                              lambda s: student_parity(model, s))

@@ -14,7 +14,9 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from common.devices import resolve_device
 
@@ -47,8 +49,6 @@ class Placement:
     def wrap(self, module: nn.Module) -> nn.Module:
         if self.world == 1:
             return module
-        from torch.nn.parallel import DistributedDataParallel
-
         # Some heads get no gradient in a step (a term with weight 0, an absent teacher).
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
@@ -57,8 +57,6 @@ class Placement:
         """Whether every rank holds the same weights (they must, after each step)."""
         if self.world == 1:
             return True
-        import torch.distributed as dist
-
         total = torch.stack([p.detach().double().sum() for p in module.parameters()]).sum().reshape(1)
         gathered = [torch.zeros_like(total) for _ in range(self.world)]
         dist.all_gather(gathered, total.to(self.device))
@@ -69,8 +67,6 @@ class Placement:
         taken from one rank's clock must be the same on all of them."""
         if self.world == 1:
             return [float(v) for v in values]
-        import torch.distributed as dist
-
         shared = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
         dist.broadcast(shared, src=0)
         return shared.tolist()
@@ -84,12 +80,9 @@ class Placement:
         active exception"). After an error nothing collective is tried: the other ranks may be
         inside a step, where a barrier or a destroy would hang; torchrun ends them instead.
         """
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.barrier()
-                dist.destroy_process_group()
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
 
 def has_bf16_units(device: torch.device) -> bool:
@@ -120,11 +113,8 @@ def place(device: str = "auto", mixed_precision: bool = True) -> Placement:
     where = torch.device("cuda", gpu) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(where)
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
     amp = None
     if cuda and mixed_precision:
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

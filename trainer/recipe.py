@@ -34,12 +34,14 @@ bundle than DIR/bundle (engines.bundle.model_id) is scored again.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.atomic import replacing
+from common.offline import ModelNotFoundError, resolve_text_encoder
 from trainer.data import DataError
 
 # corpus kind -> folder of the data root that holds it
@@ -154,7 +156,6 @@ TEACHER_DEFAULTS = {MPNET: {"epochs": 2, "lr": 4e-5}, MINILM: {"epochs": 3, "lr"
 def teacher_encoder(opts: RecipeOptions, device, log) -> str:
     """[recipe] teacher_encoder, or mpnet where `device` has bf16 matrix units and mpnet can be
     found (the hub, or its offline part packages), else MiniLM, saying why."""
-    from common.offline import ModelNotFoundError, resolve_text_encoder
     from trainer.placement import has_bf16_units
 
     if opts.teacher_encoder:
@@ -178,8 +179,6 @@ def teach(out: Path, opts: RecipeOptions, specs: dict[str, str], seed: int, prog
     card facts (data, device, wall time, dev and test scores, each corpus's too) go into its
     text_teacher.json.  A teacher put there by `trainer teach --out DIR/teacher` is kept, and
     gets its facts now (the device it was trained on taken to be this run's)."""
-    import json
-
     from trainer.datasets import load
     from trainer.placement import training_device
     from trainer.text_teacher import CHECKPOINT_DIR, CONFIG_FILE, STATE_FILE, TeacherConfig, TextTeacher
@@ -228,8 +227,6 @@ def text_from_teacher(teacher: Path, train, pre):
     """[train] and [features] for a text branch that is the fine-tuned encoder of `trainer
     teach`: the same prompt (past turns, speaker tokens, mask token) and length it was tuned on,
     and its classifier as the text head ([train] text_head)."""
-    import json
-
     from trainer.text_teacher import CONFIG_FILE
 
     meta = teacher / CONFIG_FILE
@@ -245,8 +242,6 @@ def text_from_teacher(teacher: Path, train, pre):
 
 def scored_bundle(report: Path) -> str | None:
     """The bundle_id a `trainer evaluate` report directory scored; None: no report yet."""
-    import json
-
     try:
         return json.loads((report / "report.json").read_text()).get("bundle_id")
     except (OSError, ValueError):
@@ -349,8 +344,6 @@ def record_timings(out: Path, seconds: dict[str, float]) -> dict[str, float]:
     skips finished steps in a moment, so the longest time seen is kept for each step and the
     total is their sum: what the whole recipe cost (a step interrupted and resumed counts its
     longer part)."""
-    import json
-
     path = out / TIMINGS
     try:
         kept = json.loads(path.read_text())

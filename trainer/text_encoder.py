@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.offline import resolve_text_encoder
+from engines.text import TextTokenizer
+
 # Part of the key of cached embeddings (trainer.fit.embed_texts): raised when the same
 # encoder and texts give other embeddings (2: mask pooling no longer L2-normalised).
 EMBEDDING_VERSION = 2
@@ -25,16 +28,12 @@ class SentenceEncoder(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        from common.offline import resolve_text_encoder
-
         self.path = Path(resolve_text_encoder(name_or_path))
         self.encoder = AutoModel.from_pretrained(str(self.path))
         self.encoder.eval()
         self.pooling = pooling
         self.mask_id = -1
         if pooling == "mask":
-            from engines.text import TextTokenizer
-
             # An empty mask_token: the encoder's own (trainer fit then records it).
             self.mask_id = TextTokenizer(self.tokenizer_json, 8).token_id(mask_token or self.special_tokens()[1])
 

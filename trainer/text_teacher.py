@@ -26,19 +26,28 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
+from tqdm import tqdm
 
 from common.atomic import replacing, replacing_dir
-from engines.dialogue import UNKNOWN_SPEAKER
+from common.offline import resolve_text_encoder
 from common.settings import ConfigError, per_run
+from engines.dialogue import UNKNOWN_SPEAKER
 from trainer.data import Utterance
+from trainer.datasets import context_prompts
+from trainer.losses import dist_response_kd, feature_kd
 from trainer.loop import EpochJob, EpochLoop, ResumePoint, TimeBudget, lr_factor
+from trainer.metrics import multilabel_scores, tune_thresholds
+from trainer.placement import has_bf16_units
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +203,6 @@ class TextTeacher(nn.Module):
     def precision(self) -> str:
         """The training steps': "bfloat16" (autocast) where the device has bf16 matrix units and
         the config's `precision` is "auto", as the teachers were fine-tuned on a GPU; else "float32"."""
-        from trainer.placement import has_bf16_units
-
         return "bfloat16" if self.config.precision == "auto" and has_bf16_units(self.device) else "float32"
 
     def _autocast(self):
@@ -206,8 +213,6 @@ class TextTeacher(nn.Module):
     @classmethod
     def create(cls, config: TeacherConfig) -> "TextTeacher":
         from transformers import AutoModel, AutoTokenizer
-
-        from common.offline import resolve_text_encoder
 
         set_seed(config.seed)
         path = resolve_text_encoder(config.encoder)
@@ -223,10 +228,6 @@ class TextTeacher(nn.Module):
         """Write the teacher into a copy of `directory` that then replaces it whole
         (common.atomic): a kill leaves the old directory.  Files of others in it stay; an
         older teacher's files and the training checkpoint (CHECKPOINT_DIR) go: the run is done."""
-        import shutil
-
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         with replacing_dir(directory, keep=True) as tmp:
             # Removed, not overwritten: the copy's files are hard links to the old ones.
@@ -245,7 +246,6 @@ class TextTeacher(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TextTeacher":
-        from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
         directory = Path(directory)
@@ -264,8 +264,6 @@ class TextTeacher(nn.Module):
 
     def prompts(self, utterances: list[Utterance]) -> list[str]:
         """TelME prompts from the past of each utterance's dialogue (within `utterances`)."""
-        from trainer.datasets import context_prompts
-
         tok = self.tokenizer
         max_turns = self.config.max_turns if self.config.context else 0
         if self.config.speakers == "anonymous":
@@ -362,8 +360,6 @@ class TextTeacher(nn.Module):
     @torch.no_grad()
     def lower_outputs(self, prompts: list[str], n_layers: int, desc: str = "lower layers") -> LowerOutputs:
         """The fixed lower `n_layers` layers' outputs for every prompt, computed once."""
-        from tqdm import tqdm
-
         was_training = self.training
         self.eval()
         order = np.argsort([len(p) for p in prompts])
@@ -428,10 +424,6 @@ class TextTeacher(nn.Module):
         return names
 
     def score(self, probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        from sklearn.metrics import accuracy_score, f1_score
-
-        from trainer.metrics import multilabel_scores, tune_thresholds
-
         if self.config.multi_label:
             scores = multilabel_scores(probs, y, tune_thresholds(probs, y))
             return {k: float(v) for k, v in scores.items()}
@@ -516,8 +508,6 @@ class TextTeacher(nn.Module):
                 "project": project}
 
     def _kd_loss(self, terms: dict, rows, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        from trainer.losses import dist_response_kd, feature_kd
-
         cfg = self.config
         loss = logits.new_zeros(())
         if cfg.response_kd and len(rows) > 1:  # DIST's class-wise term needs two samples
