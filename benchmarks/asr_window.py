@@ -35,8 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.pipeline import normalise  # noqa: E402
 from benchmarks.report import check_tree, result_json, write  # noqa: E402
+from benchmarks.transcripts import normalise  # noqa: E402
 
 SAMPLE_RATE = 16000
 DEV_SEEDS = (101, 202)

@@ -63,6 +63,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
 
+from benchmarks import transcripts  # noqa: E402
 from benchmarks.report import check_tree, result_json, write  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -568,14 +569,9 @@ def sessions_metrics(n: int, rows: list[dict], result: dict) -> dict:
 # --------------------------------------------------------------------------- scoring
 
 
-def normalise(text: str) -> str:
-    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
-
-
 def wer(rows: list[dict], texts: list[str]) -> float:
-    import jiwer
-
-    return float(jiwer.wer(normalise(" ".join(r["text"] for r in rows)), normalise(" ".join(texts))))
+    """The word error rate of `texts` against the session's script `rows`."""
+    return transcripts.wer([r["text"] for r in rows], texts)
 
 
 def wer_by_phase(audio: np.ndarray, rows: list[dict], sets: list[str], phases: int) -> dict:

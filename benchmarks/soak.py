@@ -56,8 +56,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
 
 from benchmarks.pipeline import (  # noqa: E402
-    VirtualMicrophone, free_port, live_run, make_session, media_offset, median, normalise, pct)
+    VirtualMicrophone, free_port, live_run, make_session, media_offset, median, pct)
 from benchmarks.report import check_tree, result_json, write  # noqa: E402
+from benchmarks.transcripts import normalise  # noqa: E402
 
 TARGETS = {"lost_utterances": ("==", 0), "rss_growth_mb": ("<=", 50.0), "latency_p95_drift_percent": ("<=", 10.0)}
 HOLD_TOLERANCE_S = 0.1  # a message holds an end of speech up to this far past its own end (as pipeline.py)

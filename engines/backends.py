@@ -14,7 +14,9 @@
                `realtime infer`), shared by every session on it and batched across them.
 
 `choose_backend` is the decision behind backend="auto", a pure function of what
-this machine and this bundle have, so it is tested without the hardware.
+this machine and this bundle have, so it is tested without the hardware;
+engines.runtime.open_backend acts on it.  The backends of other modules (TensorRT, Triton,
+the service) build on this one's Backend and are imported only where chosen.
 """
 from __future__ import annotations
 
@@ -143,37 +145,6 @@ def in_batches(run, feeds: dict[str, np.ndarray], max_batch: int | None) -> np.n
     if max_batch is None or n <= max_batch:
         return run(feeds)
     return np.concatenate([run({k: v[i : i + max_batch] for k, v in feeds.items()}) for i in range(0, n, max_batch)])
-
-
-def open_backend(bundle: Bundle, backend: str = "auto", device: str = "auto", threads: int = 1,
-                 triton_url: str = "", triton_timeout_s: float = 10.0, service_endpoint: str = "",
-                 service_timeout_s: float = 10.0) -> Backend:
-    """The backend that runs `bundle` here; probes only what the request needs."""
-    wants_gpu = device != "cpu" and backend in ("auto", "torch", "tensorrt")
-    cuda = has_cuda() if wants_gpu else False
-    engines_built = bundle.has_tensorrt_engines
-    trt = has_tensorrt() if backend == "tensorrt" or (backend == "auto" and cuda and engines_built) else False
-    name, device = choose_backend(backend, device, has_cuda=cuda, has_tensorrt=trt,
-                                  has_torch=has_torch(), bundle_has_engines=engines_built)
-    if name == "tensorrt":
-        from engines.tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(bundle)
-    if name == "triton":
-        from engines.triton_backend import TritonBackend
-
-        if not triton_url:
-            raise ConfigError("backend 'triton' needs the server's address: set [model] triton_url (host:port)")
-        return TritonBackend(bundle, triton_url, triton_timeout_s)
-    if name == "service":
-        from engines.service import ServiceBackend
-
-        if not service_endpoint:
-            raise ConfigError("backend 'service' needs the service's address: set [model] service_endpoint")
-        return ServiceBackend(bundle, service_endpoint, service_timeout_s)
-    if name == "torch":
-        return TorchBackend(bundle, device, threads)
-    return OnnxRuntimeBackend(bundle, device, threads)
 
 
 def ort_session(path: Path, device: str, threads: int):

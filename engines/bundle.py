@@ -22,6 +22,9 @@ from engines.preprocess import Preprocessing
 
 SCHEMA_VERSION = 2  # 2: precision, student weights + config, io dtypes, TensorRT plans
 MANIFEST = "manifest.json"
+# The model card's files in a bundle (engines.card reads them, trainer.card writes them).
+CARD_JSON = "card.json"
+CARD_MD = "card.md"
 
 
 class BundleError(UserError, RuntimeError):
@@ -98,8 +101,6 @@ def model_id(manifest: dict) -> str:
     records.  Adding test scores to the card or TensorRT plans keeps it; another export of
     another run changes it.  A `trainer evaluate` report records it, so a report is put only
     on the card of the bundle it scored."""
-    from engines.card import CARD_JSON, CARD_MD  # that module reads bundles: imported here
-
     # Left out: the model card (`trainer card` adds test scores to it) and the TensorRT
     # plans (engines.tensorrt_build builds them later from the same ONNX graphs).
     graphs = {k: v for k, v in manifest.get("graphs", {}).items() if not k.endswith("_plan")}

@@ -28,11 +28,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engines.bundle import MANIFEST, Bundle, BundleError, open_bundle, sha256
+from engines.bundle import CARD_JSON, MANIFEST, Bundle, BundleError, open_bundle, sha256
 
 CARD_VERSION = 1
-CARD_JSON = "card.json"
-CARD_MD = "card.md"
 BRANCHES = ("text", "audio", "video")
 # What "real data" means for each branch, in the one-line summary.
 REAL_WHAT = {"text": "real text", "audio": "real speech", "video": "real faces", "fusion": "real data"}

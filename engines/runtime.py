@@ -2,8 +2,8 @@
 
 `load()` is the entry point.  The Engine does the preprocessing and the
 bookkeeping; a backend (engines.backends: ONNX Runtime, PyTorch, TensorRT, Triton, the
-inference service)
-runs the two graphs, so every backend gives the same Window -> Prediction.  The bundle's
+inference service; open_backend picks and opens it) runs the two graphs, so every backend
+gives the same Window -> Prediction.  The bundle's
 per-label calibration (engines.calibration) is applied here, to every backend's outputs.
 """
 from __future__ import annotations
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.backends import Backend, open_backend
+from common.settings import ConfigError
+from engines.backends import (Backend, OnnxRuntimeBackend, TorchBackend, choose_backend, has_cuda, has_tensorrt,
+                              has_torch)
 from engines.bundle import MANIFEST, Bundle, BundleError, open_bundle
 from engines.calibration import load_calibration
 from engines.features import Window, student_inputs  # Window: the input type of Engine.infer
@@ -77,6 +79,37 @@ class Engine:
             peers={m: as_dict(probs[1 + HEADS[1:].index(m)]) for m in used},
             modalities=used,
         )
+
+
+def open_backend(bundle: Bundle, backend: str = "auto", device: str = "auto", threads: int = 1,
+                 triton_url: str = "", triton_timeout_s: float = 10.0, service_endpoint: str = "",
+                 service_timeout_s: float = 10.0) -> Backend:
+    """The backend that runs `bundle` here; probes only what the request needs."""
+    wants_gpu = device != "cpu" and backend in ("auto", "torch", "tensorrt")
+    cuda = has_cuda() if wants_gpu else False
+    engines_built = bundle.has_tensorrt_engines
+    trt = has_tensorrt() if backend == "tensorrt" or (backend == "auto" and cuda and engines_built) else False
+    name, device = choose_backend(backend, device, has_cuda=cuda, has_tensorrt=trt,
+                                  has_torch=has_torch(), bundle_has_engines=engines_built)
+    if name == "tensorrt":
+        from engines.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(bundle)
+    if name == "triton":
+        from engines.triton_backend import TritonBackend
+
+        if not triton_url:
+            raise ConfigError("backend 'triton' needs the server's address: set [model] triton_url (host:port)")
+        return TritonBackend(bundle, triton_url, triton_timeout_s)
+    if name == "service":
+        from engines.service import ServiceBackend
+
+        if not service_endpoint:
+            raise ConfigError("backend 'service' needs the service's address: set [model] service_endpoint")
+        return ServiceBackend(bundle, service_endpoint, service_timeout_s)
+    if name == "torch":
+        return TorchBackend(bundle, device, threads)
+    return OnnxRuntimeBackend(bundle, device, threads)
 
 
 def load(bundle: str | Path | Bundle, backend: str = "auto", device: str = "auto", threads: int = 1,

@@ -22,11 +22,6 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- text
 
 
-def normalise_text(text: str) -> str:
-    """Lower case, letters, digits and single spaces only: a transcript as WER compares it."""
-    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
-
-
 # --------------------------------------------------------------------------- media files
 
 

@@ -97,7 +97,8 @@ def test_replay_refuses_a_bundle_at_a_rate_the_pipeline_cannot_hear(damaged, tmp
 
 def test_onnxruntime_matches_pytorch(bundle, run_dir):
     from engines.student import INPUTS, ExportedStudent
-    from trainer.export import example_inputs, load_run
+    from trainer.export import example_inputs
+    from trainer.fit import load_run
 
     _, model = load_run(run_dir)
     engine = engines.load(bundle, backend="onnxruntime")

@@ -22,7 +22,8 @@ import pytest
 from realtime.stages.source import CaptureOptions, DeviceError, Microphone, open_video
 from tests.conftest import free_port
 from tests.desktop import pulse_daemon, xvfb
-from tests.helpers import normalise_text, wait_for_text, write_pcm_wav
+from benchmarks import transcripts
+from tests.helpers import wait_for_text, write_pcm_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS, W, H = 10, 200, 150  # the played video
@@ -322,7 +323,6 @@ def test_serve_follows_a_call_from_screen_and_monitor(bundle, spoken_session, sp
     """The whole point: `realtime serve --camera screen:... --microphone monitor` while a call
     (a held-out session: its face on the screen, its speech on the speakers) plays."""
     import av
-    import jiwer
 
     truth, media, wav, duration = spoken_session
     with av.open(str(media)) as container:
@@ -347,8 +347,7 @@ def test_serve_follows_a_call_from_screen_and_monitor(bundle, spoken_session, sp
     got = [json.loads(line) for line in messages.read_text().splitlines()]
     utterances = [m for m in got if m["type"] == "utterance"]
     assert len(utterances) == len(truth), [u["text"] for u in utterances]
-    wer = jiwer.wer(normalise_text(" ".join(u["text"] for u in truth)),
-                    normalise_text(" ".join(u["text"] for u in utterances)))
+    wer = transcripts.wer([u["text"] for u in truth], [u["text"] for u in utterances])
     assert wer < 0.30, (wer, [u["text"] for u in utterances])
     # The face was found on the screen for every utterance.
     assert all(u["modalities"] == ["text", "audio", "video"] for u in utterances), utterances

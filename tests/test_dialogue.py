@@ -97,7 +97,8 @@ def test_manifest_sessions_are_dialogues_in_time_order(corpus):
 def context_bundle(run_dir, tmp_path_factory):
     """The test run's student exported with mask pooling and 2 turns of context (the
     weights saw mean-pooled text; what is checked here is the plumbing, not accuracy)."""
-    from trainer.export import load_run, write_bundle
+    from trainer.export import write_bundle
+    from trainer.fit import load_run
     from trainer.fit import with_text_tokens
     from trainer.text_encoder import SentenceEncoder
 

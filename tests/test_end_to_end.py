@@ -8,13 +8,13 @@ import subprocess
 import sys
 import time
 
-import jiwer
 import jsonschema
 
 from common.atomic import process_alive
 from realtime import protocol
 from tests.conftest import free_port
-from tests.helpers import normalise_text, process_descendants, run_replay, stage_pids, wait_for_status
+from benchmarks import transcripts
+from tests.helpers import process_descendants, run_replay, stage_pids, wait_for_status
 
 
 def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp_path):
@@ -43,8 +43,7 @@ def test_replay_publishes_one_result_per_utterance(bundle, held_out_session, tmp
     assert len(lines) == len(truth)
     for got, want in zip(lines, truth):
         assert got["start"] < want["end"] and want["start"] < got["end"], (got, want)
-    wer = jiwer.wer(normalise_text(" ".join(u["text"] for u in truth)),
-                    normalise_text(" ".join(l["text"] for l in lines)))
+    wer = transcripts.wer([u["text"] for u in truth], [line["text"] for line in lines])
     assert wer < 0.30, wer
     labels = json.loads((bundle / "manifest.json").read_text())["labels"]
     for line in lines:

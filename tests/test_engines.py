@@ -34,7 +34,7 @@ def _keep_torch_threads():
 
 @pytest.fixture(scope="module")
 def model(run_dir):
-    from trainer.export import load_run
+    from trainer.fit import load_run
 
     return load_run(run_dir)[1]
 

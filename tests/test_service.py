@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import engines
-from engines.backends import BackendUnavailable, open_backend
+from engines.backends import BackendUnavailable
+from engines.runtime import open_backend
 from engines.bundle import open_bundle
 from tests.conftest import free_port
 from tests.helpers import infer_service, sample_windows

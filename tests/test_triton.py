@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import engines
-from engines.backends import BackendUnavailable, open_backend
+from engines.backends import BackendUnavailable
+from engines.runtime import open_backend
 from engines.bundle import open_bundle
 from engines.triton import MAX_BATCH, MODELS, write_model_repository
 from tests.helpers import max_difference, sample_windows

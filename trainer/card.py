@@ -14,7 +14,8 @@ from pathlib import Path
 
 from common.atomic import replacing_dir, write_file
 from engines.bundle import MANIFEST, open_bundle, write_manifest
-from engines.card import BRANCHES, CARD_JSON, CARD_MD, CARD_VERSION, read_card, summary_line
+from engines.bundle import CARD_JSON, CARD_MD
+from engines.card import BRANCHES, CARD_VERSION, read_card, summary_line
 from common.errors import InvalidInput, MissingInput
 from common.offline import ENCODER_ALIASES
 

@@ -249,8 +249,7 @@ def run_outputs(run: Path, data_spec: str, split: str, media=None, cache_dir: st
     """The run's student in PyTorch on the trainer's inputs (trainer.fit.build_inputs) of
     `split`: every head's probabilities (N, 4, L), presence (N, 3), targets (N, L), and
     whether the corpus is single-label."""
-    from trainer.export import load_run
-    from trainer.fit import TrainOptions, build_inputs, predict
+    from trainer.fit import TrainOptions, build_inputs, load_run, predict
     from trainer.text_encoder import SentenceEncoder
 
     info, model = load_run(run)
@@ -271,7 +270,7 @@ def run_outputs(run: Path, data_spec: str, split: str, media=None, cache_dir: st
 def run_scores(run: Path, data_spec: str, split: str, media=None, cache_dir: str | None = None,
                progress: bool = True) -> Scored:
     """The run's fused probabilities (run_outputs)."""
-    from trainer.export import load_run
+    from trainer.fit import load_run
 
     info, _ = load_run(run)
     probs, _, y, single_label = run_outputs(run, data_spec, split, media, cache_dir, progress)

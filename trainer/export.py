@@ -27,19 +27,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from common.atomic import replacing_dir, write_file
 from engines.bundle import Manifest, write_manifest
 from engines.calibration import CALIBRATION, METHODS
 from engines.dialogue import UNKNOWN_SPEAKER, Turn, text_input
-from common.errors import MissingInput
 from engines.heads import HEADS, MODALITIES
 from engines.preprocess import Preprocessing
 from common.settings import ConfigError
-from engines.student import INPUTS, ExportedStudent, Student, StudentConfig
+from engines.student import INPUTS, ExportedStudent, Student
 from engines.text import TextTokenizer
 from trainer.card import build_card, write_card_files
+from trainer.fit import load_run
 from trainer.text_encoder import SentenceEncoder
 
 OPSET = 18
@@ -58,16 +58,6 @@ def dynamic_axes(pre: Preprocessing) -> dict:
     audio_tokens is the student's log-mel length in tokens, up to all max_audio_s holds (a
     short window need not run the padding: engines.backends.trim_audio)."""
     return {**DYNAMIC_AXES, "audio_tokens": {"min": 1, "max": pre.audio_tokens}}
-
-
-def load_run(run: Path) -> tuple[dict, Student]:
-    info_path = run / "run.json"
-    if not info_path.is_file():
-        raise MissingInput(f"{info_path}: missing; is {run} a run directory of `trainer fit`?")
-    info = json.loads(info_path.read_text())
-    model = Student(StudentConfig(**info["student"]), Preprocessing.from_dict(info["preprocessing"]))
-    model.load_state_dict(load_file(str(run / "model.safetensors")))
-    return info, model.eval()
 
 
 def example_inputs(model: Student, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:

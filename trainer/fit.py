@@ -436,6 +436,17 @@ def run_settings(data_spec: str, media, speech_pad_ms: int, opts: TrainOptions, 
     return json.loads(json.dumps(flat))
 
 
+def load_run(run: Path) -> tuple[dict, Student]:
+    """A run directory of fit: its run.json, and the selected epoch's student in eval mode."""
+    info_path = run / "run.json"
+    if not info_path.is_file():
+        raise MissingInput(f"{info_path}: missing; is {run} a run directory of `trainer fit`?")
+    info = json.loads(info_path.read_text())
+    model = Student(StudentConfig(**info["student"]), Preprocessing.from_dict(info["preprocessing"]))
+    model.load_state_dict(load_file(str(run / "model.safetensors")))
+    return info, model.eval()
+
+
 def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces: FaceOptions,
         progress: bool = True, loss: LossWeights | None = None, media: str | Path | None = None,
         resume: bool = False, speech_pad_ms: int = SPEECH_PAD_MS) -> dict:
