@@ -32,10 +32,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="override one setting, e.g. --set asr.model=base (repeatable)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from engines.backends import BACKENDS
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """What replay and serve share: the bundle, where it runs, and where the stream goes."""
     from common.devices import DEVICES
+    from engines.backends import BACKENDS
 
+    parser.add_argument("--model", type=Path, help="model bundle directory (trainer export); default [model] bundle")
+    parser.add_argument("--endpoint", help="publish on this ZeroMQ endpoint (default [stream] endpoint)")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="inference backend (default [model] backend; auto: TensorRT, else PyTorch on CUDA, "
+                             "else ONNX Runtime on the CPU; triton: a Triton server at --triton-url; service: "
+                             "`realtime infer` at --service-endpoint)")
+    parser.add_argument("--device", choices=DEVICES, help="where the model runs (default [model] device)")
+    parser.add_argument("--triton-url", metavar="HOST:PORT",
+                        help="with --backend triton: the Triton server's HTTP endpoint (default [model] triton_url)")
+    parser.add_argument("--service-endpoint", metavar="ENDPOINT",
+                        help="with --backend service: where `realtime infer` answers (default [model] "
+                             "service_endpoint)")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="realtime",
         description="Multimodal emotion recognition over speech, transcript and face, "
@@ -48,20 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "utterance's emotions; nothing is dropped, and the same file gives "
                                     "the same probabilities every run.")
     rp.add_argument("media", type=Path, help="recorded session (.mp4, .mkv, .wav, ... anything FFmpeg reads)")
-    rp.add_argument("--model", type=Path, help="model bundle directory (trainer export); default [model] bundle")
     rp.add_argument("--out", type=Path, help="write one JSON object per utterance to this JSONL file")
     rp.add_argument("--all-messages", action="store_true",
                     help="with --out: write every published message (transcripts, window updates, "
                          "status), not only the utterance results")
-    rp.add_argument("--endpoint", help="publish on this ZeroMQ endpoint (default [stream] endpoint)")
-    rp.add_argument("--backend", choices=BACKENDS,
-                    help="inference backend (default [model] backend; auto: TensorRT, else PyTorch on CUDA, "
-                         "else ONNX Runtime on the CPU; triton: a Triton server at --triton-url)")
-    rp.add_argument("--device", choices=DEVICES, help="where the model runs (default [model] device)")
-    rp.add_argument("--triton-url", metavar="HOST:PORT",
-                    help="with --backend triton: the Triton server's HTTP endpoint (default [model] triton_url)")
-    rp.add_argument("--service-endpoint", metavar="ENDPOINT",
-                    help="with --backend service: where `realtime infer` answers (default [model] service_endpoint)")
+    _model_options(rp)
     rp.add_argument("--wait-subscribers", type=int, metavar="N",
                     help="hold the first message until N subscribers are connected")
     rp.add_argument("--realtime", action="store_true",
@@ -76,20 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Capture a camera and a microphone, transcribe, and publish emotions "
                                     "until Ctrl-C. Stages that die are restarted; a device that cannot be "
                                     "opened is an error.")
-    sp.add_argument("--model", type=Path, help="model bundle directory; default [model] bundle")
     sp.add_argument("--camera", help=CAMERA_HELP)
     sp.add_argument("--microphone", help=MICROPHONE_HELP)
     sp.add_argument("--camera-loop", action="store_true", default=None,
                     help="a video file --camera starts again at its end instead of ending "
                          "(default [capture] camera_loop)")
-    sp.add_argument("--endpoint", help="publish on this ZeroMQ endpoint (default [stream] endpoint)")
     sp.add_argument("--jsonl", type=Path, help="also write every published message to this JSONL file")
-    sp.add_argument("--backend", choices=BACKENDS, help="inference backend (default [model] backend)")
-    sp.add_argument("--device", choices=DEVICES, help="where the model runs (default [model] device)")
-    sp.add_argument("--triton-url", metavar="HOST:PORT",
-                    help="with --backend triton: the Triton server's HTTP endpoint (default [model] triton_url)")
-    sp.add_argument("--service-endpoint", metavar="ENDPOINT",
-                    help="with --backend service: where `realtime infer` answers (default [model] service_endpoint)")
+    _model_options(sp)
     sp.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
     _dashboard_options(sp, "while serving (waits for it to subscribe)")
     sp.add_argument("--quiet", action="store_true", help="do not print messages as they are published")
