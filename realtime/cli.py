@@ -58,7 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "published as a ZeroMQ stream (protocol: realtime/schema/emotion-stream-v1.json).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    # Each command: its arguments in _add_NAME, what it does in cmd_NAME (below).
+    _add_replay(sub)
+    _add_serve(sub)
+    _add_infer(sub)
+    _add_record(sub)
+    _add_describe(sub)
+    _add_keys(sub)
+    _add_devices(sub)
+    _add_listen(sub)
+    _add_dashboard(sub)
+    _add_report(sub)
+    return parser
 
+
+def _add_replay(sub) -> None:
     rp = sub.add_parser("replay", help="run the pipeline over a recorded session (offline, deterministic)",
                         description="Run every stage over a recorded audio/video file and publish each "
                                     "utterance's emotions; nothing is dropped, and the same file gives "
@@ -79,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true", help="do not print messages as they are published")
     _common(rp)
 
+
+def _add_serve(sub) -> None:
     sp = sub.add_parser("serve", help="live: webcam + microphone -> emotion stream",
                         description="Capture a camera and a microphone, transcribe, and publish emotions "
                                     "until Ctrl-C. Stages that die are restarted; a device that cannot be "
@@ -95,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="do not print messages as they are published")
     _common(sp)
 
+
+def _add_infer(sub) -> None:
     ip = sub.add_parser("infer", help="the inference service many sessions of this machine share",
                         description="Load the bundle's text encoder and student once and answer the fusion "
                                     "stage of every session run with --backend service, batching requests "
@@ -104,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--threads", type=int, help="ONNX Runtime threads (default [model] threads)")
     _common(ip)
 
+
+def _add_record(sub) -> None:
     cp = sub.add_parser("record", help="save a live session (camera + microphone) for replay",
                         description="Record the camera and the microphone into one file (mp4) that "
                                     "`realtime replay` reads, until Ctrl-C or --duration.")
@@ -114,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--fps", type=float, default=15.0, help="video frame rate written")
     _common(cp)
 
+
+def _add_describe(sub) -> None:
     dp = sub.add_parser("describe", help="verify a bundle and print its model card's summary",
                         description="Check every file of the bundle against its sha256 and print one line: "
                                     "labels, what each branch learnt from, test scores (card.json).")
@@ -121,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--json", action="store_true", help="print the whole card.json instead")
     _common(dp)
 
+
+def _add_keys(sub) -> None:
     kp = sub.add_parser("keys", help="create CURVE keys to publish the stream beyond this machine",
                         description="Write a server and a client key pair (ZeroMQ certificates; secret files "
                                     "mode 0600) and DIR/clients/ with the client's public key. The server "
@@ -129,11 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--server-key DIR/server.key.")
     kp.add_argument("--out", type=Path, required=True, help="directory for the key files")
 
+
+def _add_devices(sub) -> None:
     sub.add_parser("devices", help="list cameras, microphones, the screen and the monitor",
                    description="Cameras OpenCV can open (indices 0-9), PyAudio input devices, the screen "
                                "that --camera screen grabs (its size) and the monitor --microphone monitor "
                                "records (its source), or why they cannot be captured.")
 
+
+def _add_listen(sub) -> None:
     lp = sub.add_parser("listen", help="subscribe to an emotion stream and print it",
                         description="Print every message of an emotion stream until Ctrl-C.")
     lp.add_argument("--endpoint", default=None, help="stream to read (default [stream] endpoint)")
@@ -146,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an encrypted stream: the server's public key file (realtime keys: server.key)")
     _common(lp)
 
+
+def _add_dashboard(sub) -> None:
     dp = sub.add_parser("dashboard", help="show an emotion stream live in the browser",
                         description="Serve a web page on 127.0.0.1 that draws the emotion stream as it "
                                     "arrives (current probabilities, timeline, transcript, modalities, "
@@ -155,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"port of the page on 127.0.0.1 (default {DASHBOARD_PORT}; 0: any free port)")
     _common(dp)
 
+
+def _add_report(sub) -> None:
     hp = sub.add_parser("report", help="write a finished session as one self-contained HTML page",
                         description="Turn the JSONL of a session (realtime replay --out [--all-messages], "
                                     "realtime listen --jsonl) into a static HTML page: timeline, transcript "
@@ -168,8 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--session", default=None,
                     help="which session of the file (default: the last; listen --jsonl appends sessions)")
     _common(hp)
-    return parser
-
+    
 
 DASHBOARD_PORT = 8765
 

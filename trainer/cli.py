@@ -20,8 +20,6 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainer.fetch import BASE_URL as FETCH_BASE_URL  # light: urllib, tqdm
-
     parser = argparse.ArgumentParser(prog="trainer", description="Train and export the multimodal emotion model.")
     parser.add_argument("--config", type=Path, default=None,
                         help="settings file (default: config.toml of the checkout, else built-in defaults)")
@@ -29,7 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override one setting, e.g. --set train.lr=3e-4 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
+    # Each command: its arguments in _add_NAME, what it does in NAME (below), both in COMMANDS' order.
+    _add_synth(sub)
+    _add_teach(sub)
+    _add_fit(sub)
+    _add_evaluate(sub)
+    _add_recipe(sub)
+    _add_data(sub)
+    _add_export(sub)
+    _add_card(sub)
+    return parser
 
+
+def _add_synth(sub) -> None:
     sp = sub.add_parser("synth", help="generate a synthetic multimodal corpus of recorded sessions",
                         description="Speech (espeak-ng) and face video whose wording, prosody and "
                                     "expression carry emotions, muxed into .mp4 files, with manifest.jsonl.")
@@ -41,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="faces in view: 1, the speaker alone, or 2, both side by side with only the "
                          "speaker's mouth moving (default [synth] people)")
 
+
+def _add_teach(sub) -> None:
     tp = sub.add_parser("teach", help="fine-tune the text teacher on a corpus's transcripts",
                         description="TelME's text teacher: the text encoder fine-tuned on the prompt "
                                     "'<s1> past turns ... [SEP] Now <s1> feels [MASK]' with a head on the "
@@ -82,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue the run in --out from its last finished epoch (TEACHER/.checkpoint, "
                          "written after every epoch); give the same options")
 
+
+def _add_fit(sub) -> None:
     fp = sub.add_parser("fit", help="train the student on a corpus",
                         description="Train text, audio and video peers and the fusion branch; select the "
                                     "epoch on dev and tune per-label thresholds on dev.")
@@ -98,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its last epoch (last_state.pt)")
 
+
+def _add_evaluate(sub) -> None:
     vp = sub.add_parser("evaluate", help="score a run or a bundle on a split of a corpus and write a report",
                         description="Weighted/macro F1, accuracy, per-class F1 (argmax for single-label "
                                     "corpora), multi-label F1s, mAP, Hamming loss, calibration error, "
@@ -109,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--split", default="test", help="train, dev, test, or all (default test)")
     vp.add_argument("--report", type=Path, required=True, help="directory for report.json, report.md and PNGs")
 
+
+def _add_recipe(sub) -> None:
     rp = sub.add_parser("recipe", help="build a whole bundle from data in one resumable command",
                         description="real: a text teacher fine-tuned on the dialogues of MELD and IEMOCAP "
                                     "first (TelME; all-mpnet-base-v2 where the device has bf16 matrix units, a "
@@ -126,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--check", action="store_true",
                     help="only say where the corpora are (exit 2 when one is missing), train nothing")
 
+
+def _add_data(sub) -> None:
+    from trainer.fetch import BASE_URL as FETCH_BASE_URL  # light: urllib, tqdm
+
     dp = sub.add_parser("data", help="get the corpora the real recipe reads",
                         description="fetch: download MELD and GoEmotions from the public repositories our "
                                     "copies came from, check each file's SHA-256, and lay them out as "
@@ -141,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the files come from: URL + each repository path (default %(default)s; "
                             "a mirror that serves the same paths works)")
 
+
+def _add_export(sub) -> None:
     ep = sub.add_parser("export", help="export a run as a model bundle (ONNX graphs, weights, manifest)",
                         description="Write a bundle that ONNX Runtime, PyTorch and (with --tensorrt) "
                                     "TensorRT can run: ONNX graphs, student weights, tokenizer, manifest.")
@@ -156,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="per-label calibration of the probabilities, fitted on the run's dev split "
                          "(platt: scale and bias on each logit; temperature: scale only)")
 
+
+def _add_card(sub) -> None:
     cp = sub.add_parser("card", help="add `trainer evaluate` reports to a bundle's model card",
                         description="Add the scores of `trainer evaluate` reports (per-label F1, ECE, "
                                     "protocol, split) to the bundle's card.json and card.md, re-write the "
@@ -164,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--eval", dest="evals", action="append", default=[], metavar="NAME=REPORT_DIR",
                     help="a report directory (or its report.json), named NAME in the card; "
                          "without NAME= it is named KIND-SPLIT (repeatable)")
-    return parser
+    
 
 
 def synth(args, config, progress: bool) -> int:
