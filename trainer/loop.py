@@ -151,18 +151,19 @@ class EpochLoop:
     epoch's row (one JSON line), write the resume point, keep the best epoch's weights (the
     first with the highest `select` of its row); a progress bar over the epochs.  `main`:
     this process scores and writes (rank 0 of a torchrun; the other ranks only train).
-    point None: no resume point (nothing written)."""
+    point None: no resume point (nothing written).  desc: the progress bar's name."""
 
     def __init__(self, epochs: int, select: str, point: ResumePoint | None = None,
-                 log: Callable[[str], None] = note, progress: bool = False, main: bool = True):
+                 log: Callable[[str], None] = note, progress: bool = False, main: bool = True,
+                 desc: str = "training"):
         self.epochs, self.select, self.point = epochs, select, point
-        self.log, self.progress, self.main = log, progress, main
+        self.log, self.progress, self.main, self.desc = log, progress, main, desc
 
     def run(self, job: EpochJob, resume: bool = False) -> tuple[list[dict], dict | None]:
         """Train the epochs not done yet: (every epoch's row, the selected row); rank 0 only
         has rows, the other ranks ([], None)."""
         done, history, stopped = self._restore(job) if resume else (0, [], False)
-        with tqdm(total=self.epochs, initial=done, desc="training", unit="epoch",
+        with tqdm(total=self.epochs, initial=done, desc=self.desc, unit="epoch",
                   disable=not (self.progress and self.main)) as bar:
             for epoch in range(done + 1, self.epochs + 1):
                 if stopped:

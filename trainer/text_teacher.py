@@ -451,7 +451,7 @@ class TextTeacher(nn.Module):
         point = None if checkpoint is None else ResumePoint(
             checkpoint / STATE_FILE, {**dataclasses.asdict(cfg), "train_size": len(run.prompts)})
         key = cfg.select if cfg.select != "auto" else ("macro_f1" if cfg.multi_label else "weighted_f1")
-        loop = EpochLoop(cfg.epochs, f"dev_{key}", point, log=log, progress=progress)
+        loop = EpochLoop(cfg.epochs, f"dev_{key}", point, log=log, progress=progress, desc="text teacher")
         run.best_file = None if checkpoint is None else checkpoint / BEST_FILE
         self.history, _ = loop.run(run, resume)
         self.load_state_dict(run.best_weights())
