@@ -459,38 +459,39 @@ def fit(data_spec: str, out: Path, opts: TrainOptions, pre: Preprocessing, faces
     and writes, and the other ranks return {"rank": N}.
     """
     where = place(opts.device, opts.mixed_precision)
-    run = _fit(data_spec, out, opts, pre, faces, progress and where.main, loss, media, resume, where,
-               speech_pad_ms)
+    run = _FitRun(data_spec, out, opts, pre, faces, loss if loss is not None else LossWeights(), media, where,
+                  speech_pad_ms, progress and where.main).train(resume)
     where.close()  # on success only: see Placement.close
     return run
 
 
-def _fit(data_spec, out, opts, pre, faces, progress, loss, media, resume, where, speech_pad_ms) -> dict:
-    run = _FitRun(data_spec, out, opts, pre, faces, loss if loss is not None else LossWeights(), media, where,
-                  speech_pad_ms, progress)
-    run.load_data(resume)
-    run.build_model()
-    loop = EpochLoop(opts.epochs, "dev_weighted_f1", run.point, progress=progress, main=where.main)
-    _, best = loop.run(run, resume)
-    in_sync = where.in_sync(run.model)  # a collective: every rank takes part
-    if not where.main:
-        return {"rank": where.rank}
-    if best is None:
-        raise ValueError("no epoch trained")
-    if not in_sync:
-        raise RuntimeError("data-parallel ranks ended with different weights")
-    return run.select_and_save(best)
-
-
 class _FitRun(EpochJob):
-    """One `trainer fit` run, phase by phase: its data, its model, one epoch and what the loop
-    (trainer.loop.EpochLoop) keeps of it, and the selection and run.json at the end."""
+    """One `trainer fit` run, phase by phase (train() runs them): its data, its model, one epoch
+    and what the loop (trainer.loop.EpochLoop) keeps of it, and the selection and run.json at
+    the end."""
 
     def __init__(self, data_spec, out: Path, opts: TrainOptions, pre: Preprocessing, faces: FaceOptions,
                  weights: LossWeights, media, where, speech_pad_ms: int, progress: bool):
         self.data_spec, self.out, self.opts, self.pre, self.faces = data_spec, out, opts, pre, faces
         self.weights, self.media, self.where, self.speech_pad_ms = weights, media, where, speech_pad_ms
         self.progress = progress
+
+    def train(self, resume: bool) -> dict:
+        """The whole run: data, model, the epochs (trainer.loop.EpochLoop), then the selected
+        epoch's run.json (rank 0; the other ranks return {"rank": N})."""
+        where = self.where
+        self.load_data(resume)
+        self.build_model()
+        loop = EpochLoop(self.opts.epochs, "dev_weighted_f1", self.point, progress=self.progress, main=where.main)
+        _, best = loop.run(self, resume)
+        in_sync = where.in_sync(self.model)  # a collective: every rank takes part
+        if not where.main:
+            return {"rank": where.rank}
+        if best is None:
+            raise ValueError("no epoch trained")
+        if not in_sync:
+            raise RuntimeError("data-parallel ranks ended with different weights")
+        return self.select_and_save(best)
 
     # ------------------------------------------------------------------ data
 
