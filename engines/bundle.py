@@ -74,10 +74,11 @@ class Manifest:
     def io(self, graph: str) -> tuple[dict, dict]:
         """(inputs, outputs) of `graph`, each {name: {dtype, shape}}, for the backends that must
         declare them (Triton, TensorRT); BundleError where the export recorded none."""
-        if graph not in (self.inputs or {}) or graph not in (self.outputs or {}):
+        inputs, outputs = (self.inputs or {}).get(graph), (self.outputs or {}).get(graph)
+        if inputs is None or outputs is None:
             raise BundleError(f"the manifest records no inputs and outputs of {graph!r} (a bundle exported "
                               "before they were recorded): export the run again")
-        return (self.inputs or {})[graph], (self.outputs or {})[graph]
+        return inputs, outputs
 
     def to_dict(self) -> dict:
         """The JSON object: the entries that are set, in field order, then `extra`'s."""
