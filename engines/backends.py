@@ -132,7 +132,7 @@ def has_cuda() -> bool:
 
 def has_tensorrt() -> bool:
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt  # noqa: F401  # imported only to see that it loads
     except (ImportError, OSError):  # OSError: the wheel is there but its CUDA libraries are not
         return False
     return True

@@ -107,7 +107,7 @@ def pad_spans(spans: Sequence[tuple[float, float]], pad_s: float) -> list[tuple[
     hands out audio twice).  Clipping to the recording happens at the cut
     (Recording.window).  Returned in the order given."""
     order = sorted(range(len(spans)), key=lambda i: spans[i])
-    out: list[tuple[float, float]] = [None] * len(spans)  # type: ignore[list-item]
+    out = [(0.0, 0.0)] * len(spans)  # each one set below
     previous_end = -np.inf
     for i in order:
         start, end = spans[i]

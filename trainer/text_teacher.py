@@ -347,15 +347,14 @@ class TextTeacher(nn.Module):
         was_training = self.training
         self.eval()
         order = np.argsort(lengths)
-        out: list[np.ndarray] = [None] * len(lengths)  # type: ignore[list-item]
+        out: dict[int, np.ndarray] = {}
         bs = self.config.eval_batch_size
         for start in range(0, len(order), bs):
             idx = order[start:start + bs]
             values = compute(idx)  # float32: what is scored here is what a bundle would serve
-            for i, row in zip(idx, values.cpu().numpy()):
-                out[i] = row
+            out.update(zip(idx.tolist(), values.cpu().numpy()))
         self.train(was_training)
-        return np.stack(out) if out else np.zeros((0, self.head.out_features), np.float32)
+        return np.stack([out[i] for i in range(len(lengths))]) if out else np.zeros((0, self.head.out_features), np.float32)
 
     @torch.no_grad()
     def lower_outputs(self, prompts: list[str], n_layers: int, desc: str = "lower layers") -> LowerOutputs:
@@ -363,8 +362,8 @@ class TextTeacher(nn.Module):
         was_training = self.training
         self.eval()
         order = np.argsort([len(p) for p in prompts])
-        ids: list[torch.Tensor] = [None] * len(prompts)  # type: ignore[list-item]
-        hidden: list[torch.Tensor] = [None] * len(prompts)  # type: ignore[list-item]
+        ids: dict[int, torch.Tensor] = {}
+        hidden: dict[int, torch.Tensor] = {}
         bs = self.config.eval_batch_size
         with _only_layers(self.encoder, slice(0, n_layers)), tqdm(total=len(prompts), desc=desc, unit="prompt",
                                                                    mininterval=5) as bar:
@@ -373,13 +372,14 @@ class TextTeacher(nn.Module):
                 batch = self.encode([prompts[i] for i in idx])
                 with self._autocast():
                     out = self.encoder(**batch).last_hidden_state
-                for j, i in enumerate(idx):
+                for j, i in enumerate(idx.tolist()):
                     n = int(batch["attention_mask"][j].sum())
                     ids[i] = batch["input_ids"][j, :n].cpu()
                     hidden[i] = out[j, :n].to(torch.float16).cpu()
                 bar.update(len(idx))
         self.train(was_training)
-        return LowerOutputs(ids, hidden, n_layers, self.tokenizer.pad_token_id)
+        rows = range(len(prompts))
+        return LowerOutputs([ids[i] for i in rows], [hidden[i] for i in rows], n_layers, self.tokenizer.pad_token_id)
 
     @torch.no_grad()
     def _run_lower(self, lower: LowerOutputs) -> np.ndarray:
