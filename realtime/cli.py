@@ -59,16 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     # Each command: its arguments in _add_NAME, what it does in cmd_NAME (below).
-    _add_replay(sub)
-    _add_serve(sub)
-    _add_infer(sub)
-    _add_record(sub)
-    _add_describe(sub)
-    _add_keys(sub)
-    _add_devices(sub)
-    _add_listen(sub)
-    _add_dashboard(sub)
-    _add_report(sub)
+    for add in (_add_replay, _add_serve, _add_infer, _add_record, _add_describe, _add_keys, _add_devices, _add_listen, _add_dashboard, _add_report):
+        add(sub)
     return parser
 
 

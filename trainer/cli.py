@@ -28,14 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
     # Each command: its arguments in _add_NAME, what it does in NAME (below), both in COMMANDS' order.
-    _add_synth(sub)
-    _add_teach(sub)
-    _add_fit(sub)
-    _add_evaluate(sub)
-    _add_recipe(sub)
-    _add_data(sub)
-    _add_export(sub)
-    _add_card(sub)
+    for add in (_add_synth, _add_teach, _add_fit, _add_evaluate, _add_recipe, _add_data, _add_export, _add_card):
+        add(sub)
     return parser
 
 
