@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     # Each command: its arguments in _add_NAME, what it does in cmd_NAME (below).
-    for add in (_add_replay, _add_serve, _add_infer, _add_record, _add_describe, _add_keys, _add_devices, _add_listen, _add_dashboard, _add_report):
+    for add in (_add_replay, _add_serve, _add_infer, _add_record, _add_describe, _add_keys, _add_devices,
+                _add_listen, _add_dashboard, _add_report):
         add(sub)
     return parser
 
