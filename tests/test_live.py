@@ -8,12 +8,12 @@ import subprocess
 import sys
 import threading
 
-import jiwer
 import jsonschema
 
 from realtime import protocol
 from tests.conftest import free_port
-from tests.helpers import normalise_text, wait_for_text
+from benchmarks import transcripts
+from tests.helpers import wait_for_text
 
 
 def _watch_dashboard(url: str, seen: list[dict], opened: threading.Event) -> None:
@@ -67,8 +67,7 @@ def test_serve_publishes_live_results(bundle, spoken_session, virtual_microphone
         jsonschema.validate(message, protocol.schema())
     utterances = [m for m in got if m["type"] == "utterance"]
     assert len(utterances) == len(truth), [u["text"] for u in utterances]
-    wer = jiwer.wer(normalise_text(" ".join(u["text"] for u in truth)),
-                    normalise_text(" ".join(u["text"] for u in utterances)))
+    wer = transcripts.wer([u["text"] for u in truth], [u["text"] for u in utterances])
     assert wer < 0.30, (wer, [u["text"] for u in utterances])
     assert all(u["modalities"] == ["text", "audio", "video"] for u in utterances)
     windows = [m for m in got if m["type"] == "window"]
@@ -118,5 +117,5 @@ def test_record_then_replay(bundle, spoken_session, virtual_microphone, tmp_path
     assert result.returncode == 0, result.stderr
     lines = [json.loads(l) for l in out.read_text().splitlines()]
     assert len(lines) == len(truth)
-    wer = jiwer.wer(normalise_text(" ".join(u["text"] for u in truth)), normalise_text(" ".join(l["text"] for l in lines)))
+    wer = transcripts.wer([u["text"] for u in truth], [line["text"] for line in lines])
     assert wer < 0.30, (wer, [l["text"] for l in lines])

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 
-import jiwer
 import jsonschema
 import numpy as np
 import pytest
@@ -20,7 +19,8 @@ import pytest
 from realtime import protocol
 from realtime.pipeline import PROCESSING
 from tests.conftest import free_port
-from tests.helpers import kill_stage_after_first_utterance, normalise_text, read_messages
+from benchmarks import transcripts
+from tests.helpers import kill_stage_after_first_utterance, read_messages
 
 
 def _check_session(got: list[dict], truth: list[dict], stage: str, live: bool = False) -> None:
@@ -41,8 +41,7 @@ def _check_session(got: list[dict], truth: list[dict], stage: str, live: bool = 
         assert got_u["start"] - offset < want["end"] and want["start"] < got_u["end"] - offset, (got_u, want, offset)
     finals = [m["text"] for m in got if m["type"] == "transcript" and m["final"]]
     assert finals == [u["text"] for u in utterances]
-    wer = jiwer.wer(normalise_text(" ".join(u["text"] for u in truth)),
-                    normalise_text(" ".join(u["text"] for u in utterances)))
+    wer = transcripts.wer([u["text"] for u in truth], [u["text"] for u in utterances])
     assert wer < 0.30, (wer, [u["text"] for u in utterances])
     # Window updates go on where they were: none repeated, none skipped.
     ends = [m["end"] for m in got if m["type"] == "window"]
