@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.atomic import replacing
-from common.offline import ModelNotFoundError, resolve_text_encoder
+from common import offline
 from trainer.data import DataError
 
 # corpus kind -> folder of the data root that holds it
@@ -163,8 +163,8 @@ def teacher_encoder(opts: RecipeOptions, device, log) -> str:
     if not has_bf16_units(device):
         return MINILM
     try:
-        resolve_text_encoder(MPNET)
-    except ModelNotFoundError as exc:
+        offline.resolve_text_encoder(MPNET)  # looked up here: tests stand in for the part packages
+    except offline.ModelNotFoundError as exc:
         log(f"text teacher: all-MiniLM-L6-v2, as {MPNET} is not here ({exc})")
         return MINILM
     return MPNET
