@@ -187,6 +187,10 @@ class EpochLoop:
         if self.point is not None:
             self.point.save({**job.state(), "epoch": epoch, "history": json.dumps(history),
                              "seconds": job.budget.elapsed(), "stopped": stopped})
+        self._keep_if_best(job, history, epoch)
+
+    def _keep_if_best(self, job: EpochJob, history: list[dict], epoch: int) -> None:
+        """job.save_best(epoch) where epoch is the selected one of `history`."""
         best = self.selected(history)
         if best is not None and best["epoch"] == epoch:
             job.save_best(epoch)
@@ -205,9 +209,7 @@ class EpochLoop:
         job.budget.resume(float(state["seconds"]))
         if self.main:
             job.record(history)  # rows logged past the state (a kill between the two) go
-            best = self.selected(history)
-            if best is not None and best["epoch"] == done:
-                job.save_best(done)  # killed before it saved them
+            self._keep_if_best(job, history, done)  # killed before it saved them
             self.log(f"resume: {done} epochs done, " + (
                 "training had ended" + (" (the time budget ended it)" if stopped else "")
                 if stopped or done >= self.epochs else f"continuing with epoch {done + 1}"))

@@ -446,13 +446,12 @@ class TextTeacher(nn.Module):
         bar over the epochs.
         """
         cfg = self.config
-        run = _TeachRun(self, train, dev, kd, log)
         checkpoint = Path(checkpoint) if checkpoint is not None else None
+        run = _TeachRun(self, train, dev, kd, log, None if checkpoint is None else checkpoint / BEST_FILE)
         point = None if checkpoint is None else ResumePoint(
             checkpoint / STATE_FILE, {**dataclasses.asdict(cfg), "train_size": len(run.prompts)})
         key = cfg.select if cfg.select != "auto" else ("macro_f1" if cfg.multi_label else "weighted_f1")
         loop = EpochLoop(cfg.epochs, f"dev_{key}", point, log=log, progress=progress, desc="text teacher")
-        run.best_file = None if checkpoint is None else checkpoint / BEST_FILE
         self.history, _ = loop.run(run, resume)
         self.load_state_dict(run.best_weights())
         self.eval()
@@ -525,8 +524,8 @@ class _TeachRun(EpochJob):
     checkpoint)."""
 
     def __init__(self, teacher: TextTeacher, train: list[Utterance], dev: list[Utterance],
-                 kd: dict[str, np.ndarray] | None, log):
-        self.teacher, self.log = teacher, log
+                 kd: dict[str, np.ndarray] | None, log, best_file: Path | None):
+        self.teacher, self.log, self.best_file = teacher, log, best_file
         cfg = self.cfg = teacher.config
         set_seed(cfg.seed)
         self.gen = np.random.default_rng(cfg.seed)
@@ -552,7 +551,6 @@ class _TeachRun(EpochJob):
             self.opt, lambda step: lr_factor(step, self.plan["total"], self.plan["warmup"], "linear"))
         self.budget = TimeBudget(cfg.max_train_seconds)
         self.step = 0
-        self.best_file: Path | None = None
         self._best: dict | None = None
 
     def batches(self) -> list[np.ndarray]:
